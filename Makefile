@@ -1,0 +1,32 @@
+# One entry point for developers and CI alike: `make test` is what .ci/run runs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: all bootstrap test test-unit check lint types fmt demo clean
+
+all: check
+
+bootstrap:
+	@scripts/bootstrap
+
+test: bootstrap
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: bootstrap
+	$(PY) -m pytest -m "not netns and not scenario" $(PYTEST_ARGS)
+
+lint: bootstrap
+	$(VENV)/bin/ruff check failoverd tests lab bench
+	$(VENV)/bin/ruff format --check failoverd tests lab bench
+
+types: bootstrap
+	$(VENV)/bin/mypy failoverd
+
+check: lint types test
+
+fmt: bootstrap
+	$(VENV)/bin/ruff format failoverd tests lab bench
+	$(VENV)/bin/ruff check --fix failoverd tests lab bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

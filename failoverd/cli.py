@@ -1,0 +1,146 @@
+"""The `failoverd` command: check and simulate a policy (run comes with the daemon)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from failoverd.errors import PolicyError
+from failoverd.policy import load_policy
+from failoverd.policy.model import MatchSpec, Policy, UplinkSpec
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+
+def _match_text(m: MatchSpec) -> str:
+    parts = []
+    if m.src:
+        parts.append("src " + ",".join(m.src))
+    if m.dst:
+        parts.append("dst " + ",".join(m.dst))
+    if m.protocol is not None:
+        parts.append(f"proto {m.protocol}")
+    for name, rng in (("sport", m.sport), ("dport", m.dport)):
+        if rng is not None:
+            parts.append(f"{name} {rng[0]}" + (f"-{rng[1]}" if rng[1] != rng[0] else ""))
+    if m.dscp:
+        parts.append("dscp " + ",".join(str(d) for d in m.dscp))
+    if m.fwmark is not None:
+        parts.append(f"fwmark {m.fwmark:#x}")
+    if m.iif:
+        parts.append(f"iif {m.iif}")
+    return " ".join(parts)
+
+
+def _uplink_text(u: UplinkSpec) -> str:
+    via = f"via {u.next_hop}" if u.next_hop else "point-to-point"
+    bits = [f"{u.name:<10} {u.interface:<8} {via:<22} {u.kind:<9}"]
+    if u.carrier:
+        bits.append(f"carrier {u.carrier}")
+    if u.metered:
+        bits.append(f"metered, admits {', '.join(sorted(u.admit or ()))}")
+    elif u.admit is not None:
+        bits.append(f"admits {', '.join(sorted(u.admit))}")
+    bits.append("cold standby" if u.standby.cold else "hot")
+    if u.probes:
+        fastest = min(p.interval for p in u.probes)
+        bits.append(
+            f"{len(u.probes)} probe(s) every {fastest * 1000:g} ms, down when {u.health.quorum} of {len(u.probes)} fail"
+        )
+    else:
+        bits.append("no probes: carrier only")
+    return "  ".join(bits)
+
+
+def summary(policy: Policy) -> str:
+    own = policy.ownership
+    lines = [
+        f"{policy.source}: OK — site {policy.site}",
+        f"  owns route protocol {own.route_protocol}, rule priorities {own.rule_priorities[0]}-"
+        f"{own.rule_priorities[1]}, tables {own.tables[0]}-{own.tables[1]}, marks in {own.fwmark_mask:#010x}",
+        f"  uplinks ({len(policy.uplinks)}):",
+    ]
+    lines += [f"    {_uplink_text(u)}" for u in policy.uplinks.values()]
+    lines.append(f"  classes ({len(policy.classes)}), matched in this order:")
+    for c in policy.classes.values():
+        match = " | ".join(_match_text(m) for m in c.matches) or "everything else"
+        back = f"revertive after {c.preempt_delay:g}s" if c.revertive else "non-revertive"
+        lines.append(f"    {c.name:<10} {match}")
+        lines.append(f"    {'':<10} path {' > '.join(c.path)}; {back}; all down: {c.when_all_down}")
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for path in args.policy:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            for p in exc.problems:
+                print(p, file=sys.stderr)
+            status = EXIT_INVALID
+            continue
+        if not args.quiet:
+            print(summary(policy))
+    return status
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from failoverd.simulate import load_timeline, simulate
+
+    try:
+        policy = load_policy(args.policy)
+        timeline = load_timeline(args.events, policy)
+    except PolicyError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return EXIT_INVALID
+    records = simulate(policy, timeline)
+    for r in records:
+        if args.json:
+            print(json.dumps(r.as_dict(), sort_keys=False))
+            continue
+        d = r.data
+        t = f"{r.t:10.3f}s"
+        if r.kind == "decision":
+            to = d["uplink"] or d["route"]
+            print(f"{t}  class  {d['class']:<10} {d['from'] or '-':>10} -> {to:<12} {d['cause']}")
+        elif r.kind == "uplink" and args.verbose:
+            print(f"{t}  uplink {d['uplink']:<10} {d['from']:>10} -> {d['to']:<12} {d['cause']}")
+        elif r.kind == "alarm" and args.verbose:
+            print(f"{t}  alarm  {d['severity']:<10} {d['subject']:>10}    {d['cause']}")
+        elif r.kind == "reply":
+            print(f"{t}  reply  {'ok' if d['ok'] else 'REFUSED':<10} {d['request']:>10}    {d['text']}")
+        elif r.kind in ("standby", "conntrack", "clock", "note") and args.verbose:
+            print(f"{t}  {r.kind:<6} {json.dumps(d)}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="failoverd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="validate policy files and summarise what they will do")
+    p.add_argument("policy", nargs="+")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("simulate", help="replay a timeline of events through the engine")
+    p.add_argument("policy")
+    p.add_argument("--events", required=True, metavar="TIMELINE.yaml")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.add_argument("-v", "--verbose", action="store_true", help="also uplink changes, alarms, standby, conntrack")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Effects the engine asks the runtime to carry out; each carries the cause that produced it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from failoverd.policy.model import CommandSpec
+
+Route = Literal["via", "blackhole", "unreachable", "pending"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """Why something changed: a stable code for machines, a sentence for people, and the evidence."""
+
+    code: str
+    text: str
+    evidence: tuple[tuple[str, str], ...] = field(default=())
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.text}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"code": self.code, "text": self.text, "evidence": dict(self.evidence)}
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchClass:
+    """Desired forwarding for a class changed: via an uplink, or blackhole/unreachable."""
+
+    cls: str
+    from_uplink: str | None
+    to_uplink: str | None
+    route: Route
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawClass:
+    """A class left the policy: remove its rules and table."""
+
+    cls: str
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class FlushConntrack:
+    """Forget this class's flows that used `uplink` (their NAT source is wrong on the new path)."""
+
+    cls: str
+    uplink: str
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class ActivateStandby:
+    uplink: str
+    command: CommandSpec | None
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class DeactivateStandby:
+    uplink: str
+    command: CommandSpec | None
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkChanged:
+    uplink: str
+    old: str
+    new: str
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReaction:
+    """The clock state changed; features that depend on wall time are (dis)trusted accordingly."""
+
+    old: str
+    new: str
+    distrust: frozenset[str]
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    severity: Literal["info", "warning", "critical"]
+    subject: str
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReply:
+    """The answer to an operator command: what changed, or why nothing did."""
+
+    request: str
+    ok: bool
+    text: str
+    changes: tuple[str, ...] = ()
+    override: str | None = None
+
+
+Effect = (
+    SwitchClass
+    | WithdrawClass
+    | FlushConntrack
+    | ActivateStandby
+    | DeactivateStandby
+    | UplinkChanged
+    | ClockReaction
+    | Alarm
+    | CommandReply
+)

@@ -1,0 +1,103 @@
+"""Events the engine consumes: everything that happens to a gateway, as plain frozen records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+
+class ClockState(Enum):
+    """The clock checker's verdict on the wall clock (see research/CLOCK.md)."""
+
+    UNKNOWN = "unknown"
+    SANE = "sane"
+    HOLDOVER = "holdover"
+    SUSPECT = "suspect"
+    INSANE = "insane"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe's answer (or its absence at the deadline), as seen at `now`."""
+
+    uplink: str
+    probe: str  # ProbeSpec.key
+    ok: bool
+    rtt: float | None = None  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierChanged:
+    uplink: str
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StandbyResult:
+    """The outcome of a cold-standby activate/deactivate action the runtime ran."""
+
+    uplink: str
+    action: Literal["activate", "deactivate"]
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ForceClass:
+    """Operator: put a class on an uplink for `ttl` seconds."""
+
+    request: str
+    cls: str
+    uplink: str
+    reason: str
+    ttl: float | None = None
+    force: bool = False  # pin it there even if the uplink is down
+    by: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class DrainUplink:
+    """Operator: move every class off an uplink for `ttl` seconds (maintenance, suspected fault)."""
+
+    request: str
+    uplink: str
+    reason: str
+    ttl: float | None = None
+    force: bool = False  # drain even if a class is left with no uplink
+    by: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Operator: end one override (by id) or all of them (override=None)."""
+
+    request: str
+    override: str | None
+    by: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class ClockChanged:
+    """The clock checker's new verdict. Wall time is evidence here, never an input to a timer."""
+
+    state: ClockState
+    bound: float | None = None  # seconds of error the checker cannot rule out
+    evidence: tuple[str, ...] = ()
+    wall_time: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReloaded:
+    """A new policy is now in force; it arrives as step()'s policy argument."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: timers (hold-down, preempt, damping, TTLs) may have expired."""
+
+
+Command = ForceClass | DrainUplink | Release
+Event = (
+    ProbeResult | CarrierChanged | StandbyResult | ForceClass | DrainUplink | Release | ClockChanged | PolicyReloaded | Tick
+)

@@ -1,0 +1,161 @@
+"""Engine state: immutable records, and the uplink state machine written as a transition table.
+
+Everything that decides whether an uplink may move from one state to another lives in TRANSITIONS;
+code that wants a transition the table does not list has a bug, and `transition()` raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from failoverd.engine.effects import Cause, Route
+from failoverd.engine.events import ClockState
+from failoverd.errors import EngineBug
+from failoverd.policy.model import Policy
+
+
+class Health(Enum):
+    UNKNOWN = "UNKNOWN"  # hot uplink with no evidence yet
+    UP = "UP"
+    DEGRADED = "DEGRADED"  # usable, but RTT, jitter or loss beyond the policy's thresholds
+    DOWN = "DOWN"
+    STANDBY = "STANDBY"  # cold uplink, deliberately off
+    ACTIVATING = "ACTIVATING"  # cold uplink being brought up
+    FAILED = "FAILED"  # cold uplink whose activation failed
+
+
+H = Health
+TRANSITIONS: Mapping[Health, frozenset[Health]] = {
+    H.UNKNOWN: frozenset({H.UP, H.DEGRADED, H.DOWN, H.STANDBY}),
+    H.UP: frozenset({H.DEGRADED, H.DOWN, H.STANDBY}),
+    H.DEGRADED: frozenset({H.UP, H.DOWN, H.STANDBY}),
+    H.DOWN: frozenset({H.UP, H.DEGRADED, H.STANDBY}),
+    H.STANDBY: frozenset({H.ACTIVATING}),
+    H.ACTIVATING: frozenset({H.UP, H.DEGRADED, H.FAILED, H.STANDBY}),
+    H.FAILED: frozenset({H.ACTIVATING, H.STANDBY}),
+}
+USABLE = frozenset({H.UP, H.DEGRADED})
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    t: float
+    ok: bool
+    rtt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetState:
+    """One probe target's recent history inside the uplink's window."""
+
+    samples: tuple[Sample, ...] = ()
+    losses: int = 0  # consecutive
+    successes: int = 0  # consecutive
+    failed: bool = False
+    failed_cause: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkState:
+    health: Health
+    since: float
+    cause: Cause
+    carrier: bool = True
+    targets: Mapping[str, TargetState] = field(default_factory=dict)
+    fresh_successes: int = 0  # probe successes since the last time it went DOWN
+    clear_since: float | None = None  # the down condition has been clear since
+    degraded_clear_since: float | None = None
+    usable_since: float | None = None  # start of the current usable stretch (for preempt delay)
+    # RFC 2439 figure of merit: the penalty as of penalty_at, decaying with the half-life.
+    penalty: float = 0.0
+    penalty_at: float = 0.0
+    suppressed: bool = False
+    suppressed_at: float | None = None
+    activated: bool = False  # a cold uplink whose activate action succeeded
+    activation_deadline: float | None = None
+    retry_at: float | None = None
+    idle_since: float | None = None  # a cold uplink no class needs, since
+
+
+def transition(u: UplinkState, new: Health, now: float, cause: Cause) -> UplinkState:
+    if new not in TRANSITIONS[u.health]:
+        raise EngineBug(f"illegal uplink transition {u.health.value} -> {new.value} ({cause})")
+    usable_since = u.usable_since
+    if new in USABLE and u.health not in USABLE:
+        usable_since = now
+    elif new not in USABLE:
+        usable_since = None
+    return replace(u, health=new, since=now, cause=cause, usable_since=usable_since)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassState:
+    uplink: str | None
+    route: Route
+    since: float
+    cause: Cause
+    by_override: str | None = None  # the override id that put it here
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    id: str
+    kind: str  # "force" or "drain"
+    cls: str | None  # for force
+    uplink: str
+    reason: str
+    by: str
+    created: float
+    expires: float
+    force: bool = False
+
+    def describe(self) -> str:
+        what = f"class {self.cls} -> {self.uplink}" if self.kind == "force" else f"drain {self.uplink}"
+        return f"{self.id} ({what}{', forced' if self.force else ''}: {self.reason!r} by {self.by})"
+
+
+@dataclass(frozen=True, slots=True)
+class ClockView:
+    state: ClockState = ClockState.UNKNOWN
+    bound: float | None = None
+    since: float = 0.0
+    evidence: tuple[str, ...] = ()
+    wall_time: float | None = None  # evidence only: shown to operators, never used for a decision
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    now: float
+    uplinks: Mapping[str, UplinkState]
+    classes: Mapping[str, ClassState]
+    overrides: tuple[Override, ...] = ()
+    clock: ClockView = ClockView()
+    override_seq: int = 0
+    # When a Tick may next change something (a hold-down, preempt delay, TTL or damping decay ends);
+    # step() computes it so that the runtime can sleep until then instead of polling.
+    wake_at: float | None = None
+
+    def active_override(self, kind: str, subject: str) -> Override | None:
+        for o in self.overrides:
+            if o.kind == kind and (o.cls if kind == "force" else o.uplink) == subject:
+                return o
+        return None
+
+
+_START = Cause("start", "failoverd started; no evidence yet")
+
+
+def initial_uplink(cold: bool, now: float) -> UplinkState:
+    if cold:
+        return UplinkState(Health.STANDBY, now, Cause("cold-standby", "cold standby, off until a class needs it"))
+    return UplinkState(Health.UNKNOWN, now, _START)
+
+
+def initial_state(policy: Policy, now: float) -> EngineState:
+    return EngineState(
+        now=now,
+        uplinks={name: initial_uplink(u.standby.cold, now) for name, u in policy.uplinks.items()},
+        classes={name: ClassState(None, "pending", now, _START) for name in policy.classes},
+    )

@@ -1,0 +1,453 @@
+"""The engine's one entry point: step(state, event, policy, now) -> (state, effects); pure, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from failoverd.engine import health as hl
+from failoverd.engine.decide import Choice, candidate, choose, drained, is_failback, usable, why_unusable
+from failoverd.engine.effects import (
+    ActivateStandby,
+    Alarm,
+    Cause,
+    ClockReaction,
+    CommandReply,
+    DeactivateStandby,
+    Effect,
+    FlushConntrack,
+    SwitchClass,
+    UplinkChanged,
+    WithdrawClass,
+)
+from failoverd.engine.events import (
+    CarrierChanged,
+    ClockChanged,
+    ClockState,
+    DrainUplink,
+    Event,
+    ForceClass,
+    PolicyReloaded,
+    ProbeResult,
+    Release,
+    StandbyResult,
+    Tick,
+)
+from failoverd.engine.state import (
+    ClassState,
+    ClockView,
+    EngineState,
+    Health,
+    Override,
+    TargetState,
+    UplinkState,
+    initial_uplink,
+    transition,
+)
+from failoverd.errors import EngineBug
+from failoverd.policy.model import Policy
+
+DEFAULT_OVERRIDE_TTL = 3600.0
+
+
+class _Work:
+    """A step's scratch pad: mutable copies that become the next immutable state."""
+
+    def __init__(self, state: EngineState, policy: Policy, now: float) -> None:
+        self.before = state
+        self.policy = policy
+        self.now = now
+        self.uplinks: dict[str, UplinkState] = dict(state.uplinks)
+        self.classes: dict[str, ClassState] = dict(state.classes)
+        self.overrides: list[Override] = list(state.overrides)
+        self.clock = state.clock
+        self.seq = state.override_seq
+        self.effects: list[Effect] = []
+        self.reply: CommandReply | None = None
+        self.preempt_at: list[float] = []
+
+    def snapshot(self) -> EngineState:
+        return EngineState(
+            now=self.now,
+            uplinks=dict(self.uplinks),
+            classes=dict(self.classes),
+            overrides=tuple(self.overrides),
+            clock=self.clock,
+            override_seq=self.seq,
+        )
+
+    # -- events -----------------------------------------------------------------------------------
+    def probe(self, ev: ProbeResult) -> None:
+        spec = self.policy.uplinks.get(ev.uplink)
+        u = self.uplinks.get(ev.uplink)
+        if spec is None or u is None or u.health in (Health.STANDBY, Health.FAILED):
+            return  # stale: the uplink left the policy or is switched off
+        if u.health is Health.ACTIVATING and not u.activated:
+            return  # losses while the link is still coming up say nothing about it
+        self.uplinks[ev.uplink] = hl.record_probe(spec, u, ev.probe, ev.ok, ev.rtt, self.now)
+
+    def carrier(self, ev: CarrierChanged) -> None:
+        u = self.uplinks.get(ev.uplink)
+        if u is not None:
+            self.uplinks[ev.uplink] = replace(u, carrier=ev.up)
+
+    def standby_result(self, ev: StandbyResult) -> None:
+        u = self.uplinks.get(ev.uplink)
+        if u is None:
+            return
+        if ev.action == "deactivate":
+            if not ev.ok:
+                self.alarm("warning", ev.uplink, Cause("deactivate-failed", f"deactivation failed: {ev.detail}"))
+            return
+        if u.health is not Health.ACTIVATING:
+            return  # a late answer to an activation that already timed out or was cancelled
+        if ev.ok:
+            self.uplinks[ev.uplink] = replace(u, activated=True)
+        else:
+            self.fail_activation(ev.uplink, u, Cause("activate-failed", f"activation failed: {ev.detail}"))
+
+    def fail_activation(self, name: str, u: UplinkState, cause: Cause) -> None:
+        spec = self.policy.uplinks[name]
+        u = transition(u, Health.FAILED, self.now, cause)
+        self.uplinks[name] = replace(
+            u, activated=False, activation_deadline=None, retry_at=self.now + spec.standby.retry_after
+        )
+        self.alarm("critical", name, cause)
+
+    def clock_changed(self, ev: ClockChanged) -> None:
+        old = self.clock.state
+        self.clock = ClockView(ev.state, ev.bound, self.now if ev.state != old else self.clock.since, ev.evidence,
+                               ev.wall_time)  # fmt: skip
+        if ev.state == old:
+            return
+        reaction = {
+            ClockState.SUSPECT: self.policy.clock.on_suspect,
+            ClockState.INSANE: self.policy.clock.on_insane,
+        }.get(ev.state)
+        bound = f" (error bound {ev.bound:g}s)" if ev.bound is not None else ""
+        cause = Cause(
+            f"clock-{ev.state.value}",
+            f"clock {old.value} -> {ev.state.value}{bound}",
+            tuple((f"evidence{i}", e) for i, e in enumerate(ev.evidence)),
+        )
+        self.effects.append(ClockReaction(old.value, ev.state.value, reaction.distrust if reaction else frozenset(),
+                                          cause))  # fmt: skip
+        if reaction is not None and reaction.alarm:
+            self.alarm("critical" if reaction.severity == "critical" else "warning", "clock", cause)
+        elif old in (ClockState.SUSPECT, ClockState.INSANE):
+            self.alarm("info", "clock", cause)
+
+    def policy_reloaded(self) -> None:
+        pol = self.policy
+        for name in list(self.uplinks):
+            if name not in pol.uplinks:
+                del self.uplinks[name]
+        for name, spec in pol.uplinks.items():
+            u = self.uplinks.get(name)
+            if u is None or (not spec.standby.cold and u.health is Health.STANDBY):
+                self.uplinks[name] = initial_uplink(spec.standby.cold, self.now)
+            else:
+                keys = {p.key for p in spec.probes}
+                self.uplinks[name] = replace(u, targets={k: v for k, v in u.targets.items() if k in keys})
+        for name in list(self.classes):
+            if name not in pol.classes:
+                del self.classes[name]
+                self.effects.append(WithdrawClass(name, Cause("policy-reload", "class removed from the policy")))
+        for name in pol.classes:
+            self.classes.setdefault(name, ClassState(None, "pending", self.now, Cause("policy-reload", "new class")))
+        for o in list(self.overrides):
+            if o.uplink not in pol.uplinks or (o.cls is not None and o.cls not in pol.classes):
+                self.overrides.remove(o)
+                self.alarm("info", o.id, Cause("override-dropped", f"{o.describe()} names what the policy lost"))
+
+    # -- operator commands ------------------------------------------------------------------------
+    def refuse(self, request: str, text: str) -> None:
+        self.reply = CommandReply(request, False, text)
+
+    def ttl(self, request: str, ttl: float | None) -> float | None:
+        limit = self.policy.control.max_override
+        value = min(DEFAULT_OVERRIDE_TTL, limit) if ttl is None else ttl
+        if value <= 0:
+            self.refuse(request, "the duration must be positive")
+            return None
+        if value > limit:
+            self.refuse(request, f"the duration {value:g}s exceeds control.max_override ({limit:g}s)")
+            return None
+        return value
+
+    def new_override(self, **kw: object) -> Override:
+        self.seq += 1
+        o = Override(id=f"o{self.seq}", created=self.now, **kw)  # type: ignore[arg-type]
+        return o
+
+    def force_class(self, ev: ForceClass) -> None:
+        pol = self.policy
+        if ev.cls not in pol.classes:
+            return self.refuse(ev.request, f'unknown class "{ev.cls}" (classes: {", ".join(pol.classes)})')
+        spec = pol.uplinks.get(ev.uplink)
+        if spec is None:
+            return self.refuse(ev.request, f'unknown uplink "{ev.uplink}" (uplinks: {", ".join(pol.uplinks)})')
+        if not spec.admits(ev.cls):
+            kind = "metered uplink" if spec.metered else "uplink"
+            return self.refuse(
+                ev.request,
+                f'{kind} "{ev.uplink}" does not admit class "{ev.cls}" (admits: {", ".join(sorted(spec.admit or []))})',
+            )
+        if not ev.reason.strip():
+            return self.refuse(ev.request, "a reason is required: it goes into the history and the alarm")
+        ttl = self.ttl(ev.request, ev.ttl)
+        if ttl is None:
+            return None
+        u = self.uplinks[ev.uplink]
+        startable = spec.standby.cold and u.health in (Health.STANDBY, Health.FAILED, Health.ACTIVATING)
+        if not ev.force and not startable and not usable(self.snapshot(), ev.uplink):
+            return self.refuse(
+                ev.request,
+                f"refused: {why_unusable(self.snapshot(), ev.uplink)}; add --force to pin the class there anyway",
+            )
+        replaced = [o for o in self.overrides if o.kind == "force" and o.cls == ev.cls]
+        for o in replaced:
+            self.overrides.remove(o)
+        o = self.new_override(kind="force", cls=ev.cls, uplink=ev.uplink, reason=ev.reason, by=ev.by,
+                              expires=self.now + ttl, force=ev.force)  # fmt: skip
+        self.overrides.append(o)
+        text = f"override {o.id}: class {ev.cls} -> {ev.uplink} for {ttl:g}s"
+        if replaced:
+            text += f" (replaces {', '.join(r.id for r in replaced)})"
+        if startable:
+            text += f"; {ev.uplink} is cold standby and will be activated"
+        self.reply = CommandReply(ev.request, True, text, override=o.id)
+        return None
+
+    def drain(self, ev: DrainUplink) -> None:
+        pol = self.policy
+        if ev.uplink not in pol.uplinks:
+            return self.refuse(ev.request, f'unknown uplink "{ev.uplink}" (uplinks: {", ".join(pol.uplinks)})')
+        if not ev.reason.strip():
+            return self.refuse(ev.request, "a reason is required: it goes into the history and the alarm")
+        ttl = self.ttl(ev.request, ev.ttl)
+        if ttl is None:
+            return None
+        replaced = [o for o in self.overrides if o.kind == "drain" and o.uplink == ev.uplink]
+        for o in replaced:
+            self.overrides.remove(o)
+        o = self.new_override(kind="drain", cls=None, uplink=ev.uplink, reason=ev.reason, by=ev.by,
+                              expires=self.now + ttl, force=ev.force)  # fmt: skip
+        self.overrides.append(o)
+        if not ev.force:
+            trial = self.snapshot()
+            stranded = [
+                c.name
+                for c in pol.classes.values()
+                if trial.classes[c.name].route == "via"
+                and candidate(c, pol, trial).route in ("blackhole", "unreachable", "pending")
+                and not candidate(c, pol, trial).pending
+            ]
+            if stranded:
+                self.overrides.remove(o)
+                self.overrides.extend(replaced)
+                self.seq -= 1
+                return self.refuse(
+                    ev.request,
+                    f"refused: draining {ev.uplink} leaves class(es) {', '.join(stranded)} with no usable uplink; "
+                    "add --force to drain anyway",
+                )
+        self.reply = CommandReply(ev.request, True, f"override {o.id}: drain {ev.uplink} for {ttl:g}s", override=o.id)
+        return None
+
+    def release(self, ev: Release) -> None:
+        if ev.override is None:
+            gone = list(self.overrides)
+            self.overrides.clear()
+            text = f"released {', '.join(o.id for o in gone)}" if gone else "there were no overrides"
+            self.reply = CommandReply(ev.request, True, text)
+            return
+        match = [o for o in self.overrides if o.id == ev.override]
+        if not match:
+            known = ", ".join(o.id for o in self.overrides) or "none"
+            self.refuse(ev.request, f'no override "{ev.override}" (active: {known})')
+            return
+        self.overrides.remove(match[0])
+        self.reply = CommandReply(ev.request, True, f"released {match[0].describe()}", override=match[0].id)
+
+    # -- timers and decisions ---------------------------------------------------------------------
+    def expire_overrides(self) -> None:
+        for o in [o for o in self.overrides if o.expires <= self.now]:
+            self.overrides.remove(o)
+            self.alarm("info", o.id, Cause("override-expired", f"{o.describe()} expired"))
+
+    def update_uplinks(self, only: str | None = None) -> None:
+        """Re-judge uplinks; `only` limits it to one uplink when nothing but its probes changed."""
+        for name, spec in self.policy.uplinks.items():
+            u = self.uplinks[name]
+            if only is not None and name != only and not self.timer_due(name, u):
+                continue
+            if u.health is Health.ACTIVATING and u.activation_deadline is not None and self.now >= u.activation_deadline:
+                t = spec.standby.activation_time
+                self.fail_activation(name, u, Cause("activate-timeout", f"not passing traffic {t:g}s after activation"))
+                continue
+            u, lifted = hl.update_damping(spec, u, self.now)
+            if lifted is not None:
+                self.alarm("info", name, lifted)
+            was_suppressed = u.suppressed
+            u = hl.evaluate(spec, u, self.now)
+            if u.suppressed and not was_suppressed:
+                self.alarm(
+                    "warning",
+                    name,
+                    Cause("damped", f"flapping: penalty {u.penalty:.0f} > suppress {spec.damping.suppress:g}",
+                          (("penalty", f"{u.penalty:.0f}"),)),
+                )  # fmt: skip
+            self.uplinks[name] = u
+
+    def timer_due(self, name: str, u: UplinkState) -> bool:
+        spec = self.policy.uplinks[name]
+        due = hl.next_deadline(spec, u)
+        return (due is not None and due <= self.now) or (
+            u.activation_deadline is not None and u.activation_deadline <= self.now
+        )
+
+    def assign(self) -> dict[str, Choice]:
+        choices: dict[str, Choice] = {}
+        # One snapshot serves every class: a class's choice reads no other class's assignment.
+        view = self.snapshot()
+        for name, spec in self.policy.classes.items():
+            choice, ready_at = choose(spec, self.policy, view, self.now)
+            choices[name] = choice
+            if ready_at is not None:
+                self.preempt_at.append(ready_at)
+            cur = self.classes[name]
+            if choice.pending:
+                continue
+            if (choice.uplink, choice.route) == (cur.uplink, cur.route):
+                if choice.override != cur.by_override:
+                    self.classes[name] = replace(cur, by_override=choice.override)
+                continue
+            self.classes[name] = ClassState(choice.uplink, choice.route, self.now, choice.cause, choice.override)
+            self.effects.append(SwitchClass(name, cur.uplink, choice.uplink, choice.route, choice.cause))
+            if cur.uplink is not None and cur.route == "via":
+                back = is_failback(spec, cur, choice.uplink)
+                if (spec.flush_on_failback if back else spec.flush_on_failover) and choice.route == "via":
+                    self.effects.append(FlushConntrack(name, cur.uplink, choice.cause))
+            if choice.route in ("blackhole", "unreachable"):
+                self.alarm("critical", name, choice.cause)
+        return choices
+
+    def plan_standby(self, choices: dict[str, Choice]) -> None:
+        needed: set[str] = set()
+        for name, ch in choices.items():
+            needed |= ch.needs
+            cur = self.classes[name]
+            if cur.uplink is not None:
+                needed.add(cur.uplink)
+        for name, spec in self.policy.uplinks.items():
+            if not spec.standby.cold:
+                continue
+            u = self.uplinks[name]
+            sb = spec.standby
+            if name in needed:
+                if u.idle_since is not None:
+                    u = replace(u, idle_since=None)
+                retry = u.health is Health.FAILED and (u.retry_at is None or self.now >= u.retry_at)
+                if u.health is Health.STANDBY or retry:
+                    users = sorted(c for c, ch in choices.items() if name in ch.needs)
+                    cause = Cause("standby-needed", f"needed by {', '.join(users) or 'an override'}")
+                    self.effects.append(ActivateStandby(name, sb.activate, cause))
+                    u = transition(u, Health.ACTIVATING, self.now, cause)
+                    u = replace(u, activated=False, activation_deadline=self.now + sb.activation_time,
+                                retry_at=None, targets={}, fresh_successes=0)  # fmt: skip
+            elif u.health is not Health.STANDBY:
+                idle = u.idle_since
+                if idle is None:
+                    idle = self.now
+                    u = replace(u, idle_since=idle)
+                if self.now - idle >= sb.release_after:
+                    cause = Cause("standby-release", f"no class needed it for {sb.release_after:g}s")
+                    self.effects.append(DeactivateStandby(name, sb.deactivate, cause))
+                    u = transition(u, Health.STANDBY, self.now, cause)
+                    u = replace(u, activated=False, activation_deadline=None, idle_since=None, targets={},
+                                clear_since=None, degraded_clear_since=None)  # fmt: skip
+            self.uplinks[name] = u
+
+    def alarm(self, severity: str, subject: str, cause: Cause) -> None:
+        self.effects.append(Alarm(severity, subject, cause))  # type: ignore[arg-type]
+
+    def finish(self) -> tuple[EngineState, tuple[Effect, ...]]:
+        changed = [
+            UplinkChanged(n, self.before.uplinks[n].health.value, u.health.value, u.cause)
+            for n, u in self.uplinks.items()
+            if n in self.before.uplinks and self.before.uplinks[n].health is not u.health
+        ]
+        effects = changed + self.effects
+        if self.reply is not None:
+            moves = tuple(
+                f"{e.cls}: {e.from_uplink or '-'} -> {e.to_uplink or e.route}" for e in effects if isinstance(e, SwitchClass)
+            )
+            effects.append(replace(self.reply, changes=moves))
+        state = self.snapshot()
+        _check_invariants(state, self.policy)
+        return replace(state, wake_at=_wake_at(state, self.policy, self.preempt_at)), tuple(effects)
+
+
+def _check_invariants(state: EngineState, policy: Policy) -> None:
+    for name, c in state.classes.items():
+        if c.route == "via":
+            if c.uplink is None or c.uplink not in policy.uplinks:
+                raise EngineBug(f"class {name} routed via unknown uplink {c.uplink}")
+            if not policy.uplinks[c.uplink].admits(name):
+                raise EngineBug(f"class {name} on uplink {c.uplink}, which does not admit it")
+
+
+def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[EngineState, tuple[Effect, ...]]:
+    """Apply one event at monotonic time `now`; return the next state and the effects to carry out."""
+    if now < state.now:
+        raise EngineBug(f"time went backwards: {now} < {state.now} (the engine takes monotonic time only)")
+    w = _Work(state, policy, now)
+    match event:
+        case ProbeResult():
+            w.probe(event)
+        case CarrierChanged():
+            w.carrier(event)
+        case StandbyResult():
+            w.standby_result(event)
+        case ForceClass():
+            w.force_class(event)
+        case DrainUplink():
+            w.drain(event)
+        case Release():
+            w.release(event)
+        case ClockChanged():
+            w.clock_changed(event)
+        case PolicyReloaded():
+            w.policy_reloaded()
+        case Tick():
+            pass
+    w.expire_overrides()
+    w.update_uplinks(only=event.uplink if isinstance(event, ProbeResult) else None)
+    choices = w.assign()
+    w.plan_standby(choices)
+    return w.finish()
+
+
+def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> float | None:
+    times: list[float] = [o.expires for o in state.overrides] + preempt_at
+    for name, spec in policy.uplinks.items():
+        u = state.uplinks[name]
+        t = hl.next_deadline(spec, u)
+        if t is not None:
+            times.append(t)
+        if u.health is Health.ACTIVATING and u.activation_deadline is not None:
+            times.append(u.activation_deadline)
+        if u.health is Health.FAILED and u.retry_at is not None:
+            times.append(u.retry_at)
+        if spec.standby.cold and u.idle_since is not None:
+            times.append(u.idle_since + spec.standby.release_after)
+    future = [t for t in times if t > state.now]
+    return min(future) if future else None
+
+
+def next_deadline(state: EngineState) -> float | None:
+    """The earliest monotonic time at which a Tick could change something; None if only events can."""
+    return state.wake_at
+
+
+__all__ = ["TargetState", "drained", "next_deadline", "step"]

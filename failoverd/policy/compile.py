@@ -1,0 +1,216 @@
+"""Compile a validated PolicyDocument into the frozen runtime Policy, assigning tables and marks."""
+
+from __future__ import annotations
+
+import re
+
+from failoverd.policy import model as m
+from failoverd.policy import schema as s
+
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
+PORT_PROTOCOLS = {6, 17, 132}
+# RFC 2474 class selectors, RFC 2597 assured forwarding, RFC 3246 EF, RFC 5865 VA, RFC 8622 LE.
+DSCP_NAMES = {
+    "DF": 0, "BE": 0, "LE": 1, "EF": 46, "VA": 44,
+    **{f"CS{i}": 8 * i for i in range(8)},
+    **{f"AF{c}{d}": 8 * c + 2 * d for c in range(1, 5) for d in range(1, 4)},
+}  # fmt: skip
+
+
+def parse_ports(spec: int | str) -> tuple[int, int]:
+    """`5060`, `"5060"` or `"10000-20000"` → an inclusive range."""
+    if isinstance(spec, int):
+        lo = hi = spec
+    else:
+        mt = re.fullmatch(r"\s*(\d+)\s*(?:[-:]\s*(\d+))?\s*", spec)
+        if mt is None:
+            raise ValueError(f"{spec!r} is not a port or a range such as 10000-20000")
+        lo = int(mt.group(1))
+        hi = int(mt.group(2)) if mt.group(2) else lo
+    if not (1 <= lo <= hi <= 65535):
+        raise ValueError(f"port range {lo}-{hi} must lie within 1-65535, low end first")
+    return lo, hi
+
+
+def parse_dscp(spec: int | str) -> int:
+    if isinstance(spec, int):
+        if not 0 <= spec <= 63:
+            raise ValueError(f"DSCP {spec} is outside 0-63")
+        return spec
+    value = DSCP_NAMES.get(spec.upper())
+    if value is None:
+        raise ValueError(f"unknown DSCP name {spec!r}: use EF, VA, AF11..AF43, CS0..CS7, LE, DF or 0-63")
+    return value
+
+
+def protocol_number(spec: str | int | None) -> int | None:
+    if spec is None or isinstance(spec, int):
+        return spec
+    return PROTOCOLS[spec]
+
+
+def mark_values(mask: int, count: int) -> list[int]:
+    """The first `count` mark values that fit in `mask`, starting at 1 in the mask's lowest bit."""
+    shift = (mask & -mask).bit_length() - 1
+    return [(i << shift) for i in range(1, count + 1) if (i << shift) & ~mask == 0]
+
+
+def default_quorum(targets: int) -> int:
+    """A majority of the probe targets must fail; with one or two targets, all of them."""
+    return max(1, targets // 2 + 1) if targets > 2 else max(1, targets)
+
+
+def _command(c: s.Command | None) -> m.CommandSpec | None:
+    return None if c is None else m.CommandSpec(argv=tuple(c.run), timeout=c.timeout)
+
+
+def _probe(p: s.Probe, next_hop: str | None) -> m.ProbeSpec:
+    common = {"kind": p.kind, "interval": p.interval, "timeout": p.timeout}
+    match p:
+        case s.IcmpProbe():
+            return m.ProbeSpec(target=str(p.target), **common)
+        case s.UdpEchoProbe() | s.TcpProbe():
+            return m.ProbeSpec(target=str(p.target), port=p.port, **common)
+        case s.DnsProbe():
+            return m.ProbeSpec(target=str(p.target), query=p.query, record=p.record, **common)
+        case s.HttpProbe():
+            return m.ProbeSpec(target=p.url, expect_status=p.expect_status, **common)
+        case s.ArpProbe():
+            return m.ProbeSpec(target=next_hop or "", **common)
+    raise AssertionError(p)
+
+
+def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
+    own = doc.ownership
+    free_tables = iter(
+        t
+        for t in range(own.tables.first, own.tables.last + 1)
+        if t not in {u.table for u in doc.uplinks} | {c.table for c in doc.classes}
+    )
+    taken_marks = {u.fwmark for u in doc.uplinks} | {c.fwmark for c in doc.classes}
+    free_marks = iter(
+        v for v in mark_values(own.fwmark_mask, len(doc.uplinks) + len(doc.classes) + 64) if v not in taken_marks
+    )
+
+    uplinks: dict[str, m.UplinkSpec] = {}
+    for u in doc.uplinks:
+        h = u.health
+        next_hop = str(u.next_hop) if u.next_hop is not None else None
+        probes = tuple(_probe(p, next_hop) for p in u.probes)
+        uplinks[u.name] = m.UplinkSpec(
+            name=u.name,
+            interface=u.interface,
+            next_hop=next_hop,
+            kind=u.kind,
+            carrier=u.carrier,
+            metered=u.metered,
+            admit=frozenset(u.admit) if u.admit is not None else None,
+            standby=m.StandbySpec(
+                cold=u.standby.mode == "cold",
+                activate=_command(u.standby.activate),
+                deactivate=_command(u.standby.deactivate),
+                activation_time=u.standby.activation_time,
+                release_after=u.standby.release_after,
+                retry_after=u.standby.retry_after,
+            ),
+            probes=probes,
+            health=m.HealthSpec(
+                down_losses=h.down.consecutive_losses,
+                down_loss_percent=h.down.loss_percent,
+                window=h.down.window,
+                degraded_rtt=h.degraded.rtt_ms / 1000 if h.degraded.rtt_ms else None,
+                degraded_jitter=h.degraded.jitter_ms / 1000 if h.degraded.jitter_ms else None,
+                degraded_loss_percent=h.degraded.loss_percent,
+                degraded_clear_after=h.degraded.clear_after,
+                up_successes=h.up.successes,
+                hold_down=h.up.hold_down,
+                quorum=h.quorum if h.quorum is not None else default_quorum(len(probes)),
+            ),
+            damping=m.DampingSpec(
+                enabled=u.damping.enabled,
+                penalty=u.damping.penalty,
+                half_life=u.damping.half_life,
+                suppress=u.damping.suppress,
+                reuse=u.damping.reuse,
+                max_suppress=u.damping.max_suppress,
+            ),
+            table=u.table if u.table is not None else next(free_tables),
+            fwmark=u.fwmark if u.fwmark is not None else next(free_marks),
+        )
+
+    classes: dict[str, m.ClassSpec] = {}
+    for c in doc.classes:
+        matches = tuple(
+            m.MatchSpec(
+                src=tuple(str(p) for p in mt.src or ()),
+                dst=tuple(str(p) for p in mt.dst or ()),
+                protocol=protocol_number(mt.protocol),
+                sport=parse_ports(mt.sport) if mt.sport is not None else None,
+                dport=parse_ports(mt.dport) if mt.dport is not None else None,
+                dscp=tuple(parse_dscp(d) for d in mt.dscp or ()),
+                fwmark=mt.fwmark,
+                iif=mt.iif,
+            )
+            for mt in c.match
+        )
+        classes[c.name] = m.ClassSpec(
+            name=c.name,
+            matches=matches,
+            path=tuple(c.path),
+            revertive=c.revertive,
+            preempt_delay=c.preempt_delay,
+            avoid_degraded=c.on_degraded == "avoid",
+            when_all_down=c.when_all_down,
+            flush_on_failover=c.conntrack.on_failover == "flush",
+            flush_on_failback=c.conntrack.on_failback == "flush",
+            table=c.table if c.table is not None else next(free_tables),
+            fwmark=c.fwmark if c.fwmark is not None else next(free_marks),
+        )
+
+    def reaction(r: s.ClockReaction) -> m.ClockReactionSpec:
+        return m.ClockReactionSpec(alarm=r.alarm, severity=r.severity, distrust=frozenset(r.distrust))
+
+    ck = doc.clock
+    mq = doc.control.mqtt
+    return m.Policy(
+        site=doc.site,
+        ownership=m.OwnershipSpec(
+            route_protocol=own.route_protocol,
+            rule_priorities=(own.rule_priorities.first, own.rule_priorities.last),
+            tables=(own.tables.first, own.tables.last),
+            fwmark_mask=own.fwmark_mask,
+        ),
+        uplinks=uplinks,
+        classes=classes,
+        clock=m.ClockSpec(
+            servers=tuple(
+                m.TimeServerSpec(address=str(t.address), port=t.port, uplink=t.uplink, operator=t.operator)
+                for t in ck.servers
+            ),
+            chrony=ck.chrony,
+            max_error=ck.max_error,
+            panic=ck.panic,
+            min_agreeing_classes=ck.min_agreeing_classes,
+            on_suspect=reaction(ck.on_suspect),
+            on_insane=reaction(ck.on_insane),
+        ),
+        control=m.ControlSpec(
+            socket=doc.control.socket,
+            socket_mode=doc.control.socket_mode,
+            socket_group=doc.control.socket_group,
+            max_override=doc.control.max_override,
+            mqtt=m.MqttSpec(
+                enabled=mq.enabled,
+                host=mq.host,
+                port=mq.port,
+                topic_prefix=mq.topic_prefix,
+                client_id=mq.client_id,
+                username=mq.username,
+                password_file=mq.password_file,
+                tls=mq.tls,
+                ca_file=mq.ca_file,
+                uplink=mq.uplink,
+            ),
+        ),
+        source=source,
+    )

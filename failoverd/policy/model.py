@@ -1,0 +1,187 @@
+"""The compiled policy: frozen dataclasses that the engine and runtime read; no pydantic in here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+UplinkKind = Literal["wired", "cellular", "satellite"]
+WhenAllDown = Literal["blackhole", "unreachable", "keep"]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    argv: tuple[str, ...]
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class StandbySpec:
+    cold: bool
+    activate: CommandSpec | None
+    deactivate: CommandSpec | None
+    activation_time: float
+    release_after: float
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    kind: str
+    target: str  # address, URL, or the next hop for arp-nexthop: what the operator reads in status
+    interval: float
+    timeout: float
+    port: int | None = None
+    query: str | None = None
+    record: str | None = None
+    expect_status: int | None = None
+    key: str = field(init=False, compare=False)  # identity inside its uplink, as probe results name it
+
+    def __post_init__(self) -> None:
+        port = f":{self.port}" if self.port is not None else ""
+        object.__setattr__(self, "key", f"{self.kind}:{self.target}{port}")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    down_losses: int
+    down_loss_percent: float
+    window: float
+    degraded_rtt: float | None  # seconds
+    degraded_jitter: float | None  # seconds
+    degraded_loss_percent: float | None
+    degraded_clear_after: float
+    up_successes: int
+    hold_down: float
+    quorum: int  # failed targets that make the uplink DOWN
+
+
+@dataclass(frozen=True, slots=True)
+class DampingSpec:
+    enabled: bool
+    penalty: float
+    half_life: float
+    suppress: float
+    reuse: float
+    max_suppress: float
+
+    @property
+    def ceiling(self) -> float:
+        """RFC 2439 4.2: the penalty never exceeds what decays to `reuse` within max_suppress."""
+        return self.reuse * 2.0 ** (self.max_suppress / self.half_life)
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSpec:
+    name: str
+    interface: str
+    next_hop: str | None
+    kind: UplinkKind
+    carrier: str | None
+    metered: bool
+    admit: frozenset[str] | None  # None: every class
+    standby: StandbySpec
+    probes: tuple[ProbeSpec, ...]
+    health: HealthSpec
+    damping: DampingSpec
+    table: int
+    fwmark: int
+
+    def admits(self, cls: str) -> bool:
+        return self.admit is None or cls in self.admit
+
+
+@dataclass(frozen=True, slots=True)
+class MatchSpec:
+    src: tuple[str, ...] = ()
+    dst: tuple[str, ...] = ()
+    protocol: int | None = None
+    sport: tuple[int, int] | None = None
+    dport: tuple[int, int] | None = None
+    dscp: tuple[int, ...] = ()
+    fwmark: int | None = None
+    iif: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassSpec:
+    name: str
+    matches: tuple[MatchSpec, ...]  # empty: the catch-all class
+    path: tuple[str, ...]
+    revertive: bool
+    preempt_delay: float
+    avoid_degraded: bool
+    when_all_down: WhenAllDown
+    flush_on_failover: bool
+    flush_on_failback: bool
+    table: int
+    fwmark: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeServerSpec:
+    address: str
+    port: int
+    uplink: str | None
+    operator: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReactionSpec:
+    alarm: bool
+    severity: str
+    distrust: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSpec:
+    servers: tuple[TimeServerSpec, ...]
+    chrony: bool
+    max_error: float
+    panic: float
+    min_agreeing_classes: int
+    on_suspect: ClockReactionSpec
+    on_insane: ClockReactionSpec
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSpec:
+    enabled: bool
+    host: str
+    port: int
+    topic_prefix: str
+    client_id: str | None
+    username: str | None
+    password_file: str | None
+    tls: bool
+    ca_file: str | None
+    uplink: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSpec:
+    socket: str
+    socket_mode: int
+    socket_group: str | None
+    max_override: float
+    mqtt: MqttSpec
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipSpec:
+    route_protocol: int
+    rule_priorities: tuple[int, int]
+    tables: tuple[int, int]
+    fwmark_mask: int
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    site: str
+    ownership: OwnershipSpec
+    uplinks: Mapping[str, UplinkSpec] = field(hash=False)  # in the file's order
+    classes: Mapping[str, ClassSpec] = field(hash=False)  # in the file's order, which is match order
+    clock: ClockSpec = field(hash=False)
+    control: ControlSpec = field(hash=False)
+    source: str = "<policy>"

@@ -1,0 +1,299 @@
+"""The policy file's shape: pydantic models that validate YAML at the edge (strict, unknown keys rejected)."""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> object:
+    """Accept seconds as a number or a string with a unit (`500ms`, `2s`, `5m`, `1h`, `1d`)."""
+    if isinstance(value, bool):
+        return value  # let the float validator refuse it with its own message
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m is None:
+            raise ValueError(f"invalid duration {value!r}: write seconds (2, 0.5) or a value such as 500ms, 2s, 5m, 1h")
+        return float(m.group(1)) * _UNIT[m.group(2)]
+    return value
+
+
+def _parse_address(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from exc
+    return value
+
+
+def _parse_prefix(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a prefix (host bits set, or not an address/length)") from exc
+    return value
+
+
+def _parse_mode(value: object) -> object:
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
+        return int(value.replace("o", ""), 8)
+    if isinstance(value, str):
+        raise ValueError(f"{value!r} is not a file mode: write it quoted in octal, e.g. \"0660\"")
+    return value
+
+
+def _parse_int_or_hex(value: object) -> object:
+    if isinstance(value, str) and re.fullmatch(r"0[xX][0-9a-fA-F]+|\d+", value):
+        return int(value, 0)
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+NonNegDuration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Address = Annotated[IPv4Address | IPv6Address, BeforeValidator(_parse_address)]
+Prefix = Annotated[IPv4Network | IPv6Network, BeforeValidator(_parse_prefix)]
+Mark = Annotated[int, BeforeValidator(_parse_int_or_hex), Field(ge=1, le=0xFFFFFFFF)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,30}$")]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class IntRange(Strict):
+    first: int = Field(ge=1)
+    last: int = Field(ge=1)
+
+
+class Ownership(Strict):
+    """Kernel objects failoverd may create, so that it cleans up only its own."""
+
+    # 0-4 are the kernel's, 186-196 FRR's, 42 babel, 12 bird: 74 is free in iproute2's rt_protos.
+    route_protocol: int = Field(default=74, ge=5, le=254)
+    # Between the local table's 0 and main's 32766, away from wg-quick (32764/5) and Tailscale (5210-5270).
+    rule_priorities: IntRange = IntRange(first=20000, last=20999)
+    # Tables 253-255 are the kernel's; 52 is Tailscale's. 7100-7199 is ours.
+    tables: IntRange = IntRange(first=7100, last=7199)
+    # Bits of the packet mark failoverd may set and match on (kube-proxy uses 0x4000/0x8000, Tailscale 0xff0000).
+    fwmark_mask: Mark = 0x7F000000
+
+
+class Command(Strict):
+    """A command run without a shell: argv, not a string, so that no quoting can go wrong."""
+
+    run: list[str] = Field(min_length=1)
+    timeout: Duration = 30.0
+
+
+class Standby(Strict):
+    mode: Literal["hot", "cold"] = "hot"
+    activate: Command | None = None
+    deactivate: Command | None = None
+    # How long the link may take from the activate command to passing traffic.
+    activation_time: Duration = 60.0
+    # Keep a cold link up this long after the last class left it, so that a flapping primary does not cycle it.
+    release_after: NonNegDuration = 120.0
+    # After a failed activation, try again this much later if the plan still needs the link.
+    retry_after: Duration = 60.0
+
+
+class ProbeBase(Strict):
+    interval: Duration = 1.0
+    timeout: Duration = 1.0
+    name: str | None = None
+
+
+class IcmpProbe(ProbeBase):
+    kind: Literal["icmp"]
+    target: Address
+
+
+class UdpEchoProbe(ProbeBase):
+    kind: Literal["udp-echo"]
+    target: Address
+    port: int = Field(default=7, ge=1, le=65535)
+
+
+class TcpProbe(ProbeBase):
+    kind: Literal["tcp"]
+    target: Address
+    port: int = Field(ge=1, le=65535)
+
+
+class DnsProbe(ProbeBase):
+    kind: Literal["dns"]
+    target: Address
+    query: str = "."
+    record: Literal["A", "AAAA", "NS", "SOA"] = "NS"
+
+
+class HttpProbe(ProbeBase):
+    kind: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    expect_status: int = Field(default=200, ge=100, le=599)
+
+
+class ArpProbe(ProbeBase):
+    kind: Literal["arp-nexthop"]
+
+
+Probe = Annotated[
+    IcmpProbe | UdpEchoProbe | TcpProbe | DnsProbe | HttpProbe | ArpProbe, Field(discriminator="kind")
+]
+
+
+class DownWhen(Strict):
+    consecutive_losses: int = Field(default=3, ge=1)
+    loss_percent: Percent = 50.0
+    window: Duration = 10.0
+
+
+class DegradedWhen(Strict):
+    rtt_ms: float | None = Field(default=None, gt=0)
+    jitter_ms: float | None = Field(default=None, gt=0)
+    loss_percent: Percent | None = None
+    # Metrics must stay below the thresholds this long before DEGRADED clears (hysteresis).
+    clear_after: NonNegDuration = 10.0
+
+
+class UpWhen(Strict):
+    successes: int = Field(default=3, ge=1)
+    # After DOWN, the uplink must stay clean this long before it is used again.
+    hold_down: NonNegDuration = 5.0
+
+
+class Health(Strict):
+    down: DownWhen = DownWhen()
+    degraded: DegradedWhen = DegradedWhen()
+    up: UpWhen = UpWhen()
+    # Down when this many probe targets have failed; default: a majority of them.
+    quorum: int | None = Field(default=None, ge=1)
+
+
+class Damping(Strict):
+    """Flap damping after RFC 2439 section 4.2, on the monotonic clock."""
+
+    enabled: bool = True
+    penalty: float = Field(default=1000.0, gt=0)
+    half_life: Duration = 30.0
+    suppress: float = Field(default=2000.0, gt=0)
+    reuse: float = Field(default=750.0, gt=0)
+    max_suppress: Duration = 300.0
+
+
+class Uplink(Strict):
+    name: Name
+    interface: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")
+    next_hop: Address | None = None
+    point_to_point: bool = False
+    kind: Literal["wired", "cellular", "satellite"] = "wired"
+    carrier: str | None = None
+    metered: bool = False
+    # Classes allowed on this uplink; none listed means every class (and is refused on a metered uplink).
+    admit: list[Name] | None = None
+    standby: Standby = Standby()
+    probes: list[Probe] = Field(default_factory=list)
+    health: Health = Health()
+    damping: Damping = Damping()
+    table: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
+    fwmark: Mark | None = None
+
+
+PortSpec = Annotated[int | str, Field(union_mode="left_to_right")]
+
+
+class Match(Strict):
+    src: list[Prefix] | None = None
+    dst: list[Prefix] | None = None
+    protocol: Literal["tcp", "udp", "icmp", "icmpv6", "sctp"] | int | None = None
+    sport: PortSpec | None = None
+    dport: PortSpec | None = None
+    dscp: list[Annotated[int | str, Field(union_mode="left_to_right")]] | None = None
+    fwmark: Mark | None = None
+    iif: str | None = None
+
+
+class Conntrack(Strict):
+    on_failover: Literal["flush", "keep"] = "flush"
+    on_failback: Literal["flush", "keep"] = "flush"
+
+
+class TrafficClass(Strict):
+    name: Name
+    # Selectors are OR-ed; the fields inside one selector are AND-ed. No match: the catch-all class.
+    match: list[Match] = Field(default_factory=list)
+    path: list[Name] = Field(min_length=1)
+    revertive: bool = True
+    preempt_delay: NonNegDuration = 30.0
+    on_degraded: Literal["avoid", "stay"] = "avoid"
+    when_all_down: Literal["blackhole", "unreachable", "keep"] = "unreachable"
+    conntrack: Conntrack = Conntrack()
+    table: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
+    fwmark: Mark | None = None
+
+
+class TimeServer(Strict):
+    address: Address
+    port: int = Field(default=123, ge=1, le=65535)
+    uplink: Name | None = None
+    operator: str | None = None
+
+
+class ClockReaction(Strict):
+    alarm: bool = True
+    severity: Literal["warning", "critical"] = "critical"
+    # Features that depend on wall time and are marked unreliable in this state.
+    distrust: list[Literal["certificates", "signed-commands", "schedules"]] = Field(default_factory=list)
+
+
+class Clock(Strict):
+    servers: list[TimeServer] = Field(default_factory=list)
+    chrony: bool = True
+    max_error: Duration = 0.5
+    panic: Duration = 1000.0
+    min_agreeing_classes: int = Field(default=3, ge=1)
+    on_suspect: ClockReaction = ClockReaction(severity="warning")
+    on_insane: ClockReaction = ClockReaction(distrust=["certificates", "signed-commands", "schedules"])
+
+
+class Mqtt(Strict):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = "failoverd"
+    client_id: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    uplink: Name | None = None
+
+
+class Control(Strict):
+    socket: str = "/run/failoverd/control.sock"
+    socket_mode: Annotated[int, BeforeValidator(_parse_mode), Field(ge=0, le=0o777)] = 0o660
+    socket_group: str | None = None
+    max_override: Duration = 86400.0
+    mqtt: Mqtt = Mqtt()
+
+
+class PolicyDocument(Strict):
+    """a policy: site, uplinks, classes"""
+
+    site: str = Field(min_length=1)
+    ownership: Ownership = Ownership()
+    uplinks: list[Uplink] = Field(min_length=1)
+    classes: list[TrafficClass] = Field(min_length=1)
+    clock: Clock = Clock()
+    control: Control = Control()

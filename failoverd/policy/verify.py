@@ -1,0 +1,202 @@
+"""Cross-reference checks pydantic cannot make alone; each finding names its place in the file."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from failoverd.policy import schema as s
+from failoverd.policy.compile import (
+    PORT_PROTOCOLS,
+    default_quorum,
+    mark_values,
+    parse_dscp,
+    parse_ports,
+    protocol_number,
+)
+
+Finding = tuple[tuple[str | int, ...], str]
+
+
+def verify(doc: s.PolicyDocument) -> list[Finding]:
+    return [*_uplinks(doc), *_classes(doc), *_resources(doc), *_control(doc)]
+
+
+def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
+    class_names = {c.name for c in doc.classes}
+    seen_names: dict[str, int] = {}
+    seen_ifaces: dict[str, str] = {}
+    for i, u in enumerate(doc.uplinks):
+        at = ("uplinks", i)
+        if u.name in seen_names:
+            yield (*at, "name"), f'uplink "{u.name}" is defined twice (first as uplinks.{seen_names[u.name]})'
+        seen_names.setdefault(u.name, i)
+        if u.interface in seen_ifaces:
+            yield (*at, "interface"), (
+                f'uplink "{u.name}": interface "{u.interface}" is already used by uplink "{seen_ifaces[u.interface]}"'
+            )
+        seen_ifaces.setdefault(u.interface, u.name)
+        if u.next_hop is None and not u.point_to_point:
+            yield (*at, "next_hop"), f'uplink "{u.name}": next_hop is required unless point_to_point: true'
+        if u.next_hop is not None and u.point_to_point:
+            yield (*at, "point_to_point"), f'uplink "{u.name}": a point-to-point uplink takes no next_hop'
+        if u.metered and not u.admit:
+            yield (*at, "metered"), (
+                f'uplink "{u.name}" is metered but admits no class: list the classes it may carry in admit'
+            )
+        for j, name in enumerate(u.admit or ()):
+            if name not in class_names:
+                yield (*at, "admit", j), f'uplink "{u.name}" admits unknown class "{name}"'
+        sb = u.standby
+        if sb.mode == "cold" and sb.activate is None:
+            yield (*at, "standby", "mode"), f'uplink "{u.name}": a cold standby needs standby.activate'
+        if sb.mode == "hot" and (sb.activate or sb.deactivate):
+            yield (*at, "standby", "mode"), f'uplink "{u.name}": activate/deactivate need standby mode: cold'
+        if sb.activate is not None and sb.activate.timeout > sb.activation_time:
+            yield (*at, "standby", "activate", "timeout"), (
+                f'uplink "{u.name}": activate.timeout ({sb.activate.timeout:g}s) exceeds '
+                f"activation_time ({sb.activation_time:g}s)"
+            )
+        keys: Counter[str] = Counter()
+        for j, p in enumerate(u.probes):
+            key = f"{p.kind}:{getattr(p, 'target', getattr(p, 'url', ''))}:{getattr(p, 'port', '')}"
+            keys[key] += 1
+            if keys[key] == 2:
+                yield (*at, "probes", j), f'uplink "{u.name}": the same probe is listed twice'
+            if p.kind == "arp-nexthop" and u.next_hop is None:
+                yield (*at, "probes", j, "kind"), f'uplink "{u.name}": arp-nexthop needs a next_hop to ask for'
+            if p.timeout > 10 * p.interval and p.timeout > 5:
+                yield (*at, "probes", j, "timeout"), (
+                    f"timeout {p.timeout:g}s is over ten probe intervals: losses would be seen far too late"
+                )
+        h = u.health
+        targets = len(u.probes)
+        quorum = h.quorum if h.quorum is not None else default_quorum(targets)
+        if targets and quorum > targets:
+            yield (*at, "health", "quorum"), (
+                f'uplink "{u.name}": quorum {quorum} is more than its {targets} probe target(s), so it never goes down'
+            )
+        if targets == 0 and h.quorum is not None:
+            yield (*at, "health", "quorum"), f'uplink "{u.name}" has no probes to take a quorum of'
+        if u.probes and h.down.window < max(p.interval for p in u.probes):
+            yield (*at, "health", "down", "window"), (
+                f"window {h.down.window:g}s is shorter than the slowest probe interval, so it holds no sample"
+            )
+        d = h.degraded
+        if d.loss_percent is not None and d.loss_percent >= h.down.loss_percent:
+            yield (*at, "health", "degraded", "loss_percent"), (
+                f"degraded at {d.loss_percent:g}% loss is not below down at {h.down.loss_percent:g}%: "
+                "it could never be DEGRADED"
+            )
+        dm = u.damping
+        if dm.enabled and dm.reuse >= dm.suppress:
+            yield (*at, "damping", "reuse"), (
+                f"reuse ({dm.reuse:g}) must be below suppress ({dm.suppress:g}), or a suppressed uplink is never reused"
+            )
+
+
+def _classes(doc: s.PolicyDocument) -> Iterator[Finding]:
+    uplinks = {u.name: u for u in doc.uplinks}
+    seen: dict[str, int] = {}
+    catch_all: str | None = None
+    for i, c in enumerate(doc.classes):
+        at = ("classes", i)
+        if c.name in seen:
+            yield (*at, "name"), f'class "{c.name}" is defined twice (first as classes.{seen[c.name]})'
+        seen.setdefault(c.name, i)
+        if catch_all is not None:
+            yield (*at, "name"), f'class "{c.name}" comes after catch-all class "{catch_all}" and can never match'
+        if not c.match:
+            catch_all = catch_all or c.name
+        usable = False
+        for j, name in enumerate(c.path):
+            if name not in uplinks:
+                yield (*at, "path", j), f'class "{c.name}": path names unknown uplink "{name}"'
+                continue
+            if c.path.index(name) != j:
+                yield (*at, "path", j), f'class "{c.name}": uplink "{name}" appears twice in the path'
+            u = uplinks[name]
+            if u.admit is None or c.name in u.admit:
+                usable = True
+        if not usable and all(n in uplinks for n in c.path):
+            yield (*at, "path"), f'class "{c.name}": no uplink in its path admits it (see their admit lists)'
+        for j, mt in enumerate(c.match):
+            mat = (*at, "match", j)
+            if mt == s.Match():
+                yield mat, "an empty selector matches everything: leave match out for the catch-all class"
+            proto = protocol_number(mt.protocol)
+            for field in ("sport", "dport"):
+                spec = getattr(mt, field)
+                if spec is None:
+                    continue
+                if proto not in PORT_PROTOCOLS:
+                    yield (*mat, field), f"{field} needs protocol tcp, udp or sctp"
+                try:
+                    parse_ports(spec)
+                except ValueError as exc:
+                    yield (*mat, field), str(exc)
+            for k, d in enumerate(mt.dscp or ()):
+                try:
+                    parse_dscp(d)
+                except ValueError as exc:
+                    yield (*mat, "dscp", k), str(exc)
+            families = {p.version for p in (mt.src or []) + (mt.dst or [])}
+            if len(families) > 1:
+                yield mat, "src and dst mix IPv4 and IPv6 prefixes: split them into two selectors"
+            if mt.fwmark is not None and mt.fwmark & doc.ownership.fwmark_mask:
+                yield (*mat, "fwmark"), (
+                    f"fwmark {mt.fwmark:#x} overlaps failoverd's own mark bits {doc.ownership.fwmark_mask:#x}"
+                )
+
+
+def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
+    own = doc.ownership
+    for name, rng in (("rule_priorities", own.rule_priorities), ("tables", own.tables)):
+        if rng.first > rng.last:
+            yield ("ownership", name, "last"), f"{name}: last ({rng.last}) is below first ({rng.first})"
+    if own.rule_priorities.last >= 32766:
+        yield ("ownership", "rule_priorities", "last"), "rule priorities must stay below the main table's 32766"
+    for t in (253, 254, 255):
+        if own.tables.first <= t <= own.tables.last:
+            yield ("ownership", "tables"), f"table range includes {t}, a table the kernel owns"
+    needed = len(doc.uplinks) + len(doc.classes)
+    if own.tables.last - own.tables.first + 1 < needed:
+        yield ("ownership", "tables"), f"table range holds fewer than the {needed} tables this policy needs"
+    if len(mark_values(own.fwmark_mask, needed)) < needed:
+        yield ("ownership", "fwmark_mask"), f"fwmark_mask has room for fewer than the {needed} marks this policy needs"
+    rules = len(doc.uplinks) + sum(max(1, len(c.match)) for c in doc.classes)
+    if own.rule_priorities.last - own.rule_priorities.first + 1 < 2 * rules:
+        yield ("ownership", "rule_priorities"), f"rule priority range is too small for the {2 * rules} rules needed"
+
+    tables: dict[int, str] = {}
+    marks: dict[int, str] = {}
+    items: list[tuple[tuple[str | int, ...], str, int | None, int | None]] = [
+        (("uplinks", i), f'uplink "{u.name}"', u.table, u.fwmark) for i, u in enumerate(doc.uplinks)
+    ] + [(("classes", i), f'class "{c.name}"', c.table, c.fwmark) for i, c in enumerate(doc.classes)]
+    for at, who, table, mark in items:
+        if table is not None:
+            if not own.tables.first <= table <= own.tables.last:
+                yield (*at, "table"), (
+                    f"{who}: table {table} is outside failoverd's range {own.tables.first}-{own.tables.last}"
+                )
+            if table in tables:
+                yield (*at, "table"), f"{who}: table {table} is already used by {tables[table]}"
+            tables.setdefault(table, who)
+        if mark is not None:
+            if mark & ~own.fwmark_mask:
+                yield (*at, "fwmark"), f"{who}: fwmark {mark:#x} has bits outside fwmark_mask {own.fwmark_mask:#x}"
+            if mark in marks:
+                yield (*at, "fwmark"), f"{who}: fwmark {mark:#x} is already used by {marks[mark]}"
+            marks.setdefault(mark, who)
+
+
+def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
+    uplinks = {u.name for u in doc.uplinks}
+    for i, t in enumerate(doc.clock.servers):
+        if t.uplink is not None and t.uplink not in uplinks:
+            yield ("clock", "servers", i, "uplink"), f'time server {t.address} names unknown uplink "{t.uplink}"'
+    mq = doc.control.mqtt
+    if mq.uplink is not None and mq.uplink not in uplinks:
+        yield ("control", "mqtt", "uplink"), f'MQTT names unknown uplink "{mq.uplink}"'
+    if doc.clock.max_error >= doc.clock.panic:
+        yield ("clock", "max_error"), "max_error must be below panic"

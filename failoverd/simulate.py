@@ -1,0 +1,320 @@
+"""Replay a timeline against a policy: a simulated world feeds probe results to the real engine.
+
+The world holds, per uplink, carrier, loss, RTT and jitter (and per probe target, loss); the timeline
+changes them at given monotonic times. Every probe the policy defines is sent at its interval and
+answered after its RTT, or reported lost at its timeout — so detection times come out as they would on
+a gateway. Engine timers run exactly: the simulator ticks the engine at `next_deadline()`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from failoverd.engine import effects as fx
+from failoverd.engine import events as ev
+from failoverd.engine.state import EngineState, initial_state
+from failoverd.engine.step import next_deadline, step
+from failoverd.errors import PolicyError
+from failoverd.policy.load import locate, parse_document
+from failoverd.policy.model import Policy
+from failoverd.policy.schema import Duration, NonNegDuration, Strict
+
+# -- the timeline file ---------------------------------------------------------------------------
+
+
+class Condition(Strict):
+    carrier: Literal["up", "down"] | None = None
+    loss: float | None = Field(default=None, ge=0, le=100)
+    rtt_ms: float | None = Field(default=None, ge=0)
+    jitter_ms: float | None = Field(default=None, ge=0)
+
+
+class Step(Condition):
+    at: NonNegDuration
+    note: str | None = None
+    uplink: str | None = None
+    target: str | None = None  # a probe target (address or URL) of that uplink
+    carrier_outage: str | None = None  # every uplink of this carrier loses all traffic
+    carrier_restored: str | None = None
+    flap: Duration | None = None  # toggle the uplink's carrier with this period ...
+    until: NonNegDuration | None = None  # ... until then
+    command: Literal["failover", "drain", "release"] | None = None
+    class_: str | None = Field(default=None, alias="class")
+    to: str | None = None
+    for_: Duration | None = Field(default=None, alias="for")
+    reason: str | None = None
+    force: bool = False
+    override: str | None = None
+    all: bool = False
+    clock: Literal["unknown", "sane", "holdover", "suspect", "insane"] | None = None
+    bound: float | None = None
+    wall_shift: float = 0.0
+
+
+class Standby(Strict):
+    activation: Literal["ok", "fail", "hang"] = "ok"
+    delay: NonNegDuration = 5.0
+
+
+class UplinkWorld(Condition):
+    standby: Standby = Standby()
+
+
+class Timeline(Strict):
+    """a timeline: duration, events"""
+
+    duration: Duration
+    seed: int = 1
+    world: dict[str, UplinkWorld] = Field(default_factory=dict)
+    events: list[Step] = Field(default_factory=list)
+
+
+_ARG_NAMES = {"class_": "class", "for_": "for"}
+
+
+def _check(t: Timeline, policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
+    bad: list[tuple[tuple[str | int, ...], str]] = []
+    for name in t.world:
+        if name not in policy.uplinks:
+            bad.append((("world", name), f'unknown uplink "{name}"'))
+    carriers = {u.carrier for u in policy.uplinks.values() if u.carrier}
+    for i, s in enumerate(t.events):
+        at = ("events", i)
+        if s.uplink is not None and s.uplink not in policy.uplinks:
+            bad.append(((*at, "uplink"), f'unknown uplink "{s.uplink}" (uplinks: {", ".join(policy.uplinks)})'))
+        elif s.target is not None:
+            targets = {p.target for p in policy.uplinks[s.uplink].probes} if s.uplink else set()
+            if s.target not in targets:
+                bad.append(((*at, "target"), f'uplink "{s.uplink}" has no probe target "{s.target}"'))
+        for key in ("carrier_outage", "carrier_restored"):
+            name = getattr(s, key)
+            if name is not None and name not in carriers:
+                bad.append(((*at, key), f'no uplink has carrier "{name}" (carriers: {", ".join(sorted(carriers))})'))
+        if (s.flap is not None or s.carrier or s.loss is not None or s.rtt_ms is not None) and s.uplink is None:
+            bad.append((at, "this change needs an uplink"))
+        if s.flap is not None and s.until is None:
+            bad.append(((*at, "flap"), "flap needs until"))
+        if s.command == "failover" and (s.class_ is None or s.to is None or not s.reason):
+            bad.append(((*at, "command"), "failover needs class, to and reason"))
+        if s.command == "drain" and (s.uplink is None or not s.reason):
+            bad.append(((*at, "command"), "drain needs uplink and reason"))
+        if s.command == "release" and s.override is None and not s.all:
+            bad.append(((*at, "command"), "release needs override or all: true"))
+    return bad
+
+
+def load_timeline(path: str | Path, policy: Policy) -> Timeline:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([]) from exc
+    timeline, locator = parse_document(text, str(p), Timeline)
+    bad = _check(timeline, policy)
+    if bad:
+        raise locate(locator, str(p), bad)
+    return timeline
+
+
+# -- the simulated world ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Link:
+    carrier: bool = True
+    loss: float = 0.0
+    rtt: float = 0.02
+    jitter: float = 0.0
+    powered: bool = True  # cold standby links are off until activated
+    target_loss: dict[str, float] = field(default_factory=dict)
+    outage: bool = False  # carrier-wide outage: link up, nothing passes
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One line of simulation output."""
+
+    t: float
+    kind: str  # decision, uplink, alarm, reply, standby, conntrack, clock
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"t": round(self.t, 6), "kind": self.kind, **self.data}
+
+
+@dataclass(slots=True)
+class Simulation:
+    policy: Policy
+    timeline: Timeline
+    wall_epoch: float = 1_767_225_600.0  # 2026-01-01T00:00:00Z; only ever evidence in clock events
+    records: list[Record] = field(default_factory=list)
+    state: EngineState | None = None
+
+    def run(self) -> list[Record]:
+        pol, tl = self.policy, self.timeline
+        rng = random.Random(tl.seed)
+        links = {name: _Link(powered=not u.standby.cold) for name, u in pol.uplinks.items()}
+        for name, w in tl.world.items():
+            self._apply_condition(links[name], w, None)
+        queue: list[tuple[float, int, str, Any]] = []
+        seq = 0
+
+        def push(t: float, kind: str, payload: Any) -> None:
+            nonlocal seq
+            seq += 1
+            heapq.heappush(queue, (t, seq, kind, payload))
+
+        for i, s in enumerate(tl.events):
+            push(s.at, "step", (i, s))
+        for name, u in pol.uplinks.items():
+            for j, p in enumerate(u.probes):
+                # Spread the targets of an uplink over its interval, as the runtime does.
+                push(p.interval * j / max(1, len(u.probes)), "send", (name, p))
+        state = initial_state(pol, 0.0)
+        state = self._step(state, ev.Tick(), 0.0, links, push)
+        requests = 0
+        deadline = next_deadline(state)
+
+        while queue:
+            t, _, kind, payload = queue[0]
+            if t > tl.duration:
+                break
+            if deadline is not None and deadline < t:
+                state = self._step(state, ev.Tick(), deadline, links, push)
+                deadline = next_deadline(state)
+                continue
+            heapq.heappop(queue)
+            if kind == "send":
+                name, p = payload
+                push(t + p.interval, "send", payload)
+                link = links[name]
+                loss = max(link.loss, link.target_loss.get(p.target, 0.0))
+                rtt = max(0.0, link.rtt + rng.uniform(-link.jitter, link.jitter))
+                passes = link.carrier and link.powered and not link.outage and rng.uniform(0, 100) >= loss
+                if passes and rtt <= p.timeout:
+                    push(t + rtt, "result", ev.ProbeResult(name, p.key, True, rtt))
+                else:
+                    push(t + p.timeout, "result", ev.ProbeResult(name, p.key, False, None))
+            elif kind == "result":
+                state = self._step(state, payload, t, links, push)
+            elif kind == "engine":
+                if isinstance(payload, ev.StandbyResult) and payload.action == "activate" and payload.ok:
+                    links[payload.uplink].powered = True  # the modem is up when it says so
+                state = self._step(state, payload, t, links, push)
+            elif kind == "flap":
+                name, period, until = payload
+                link = links[name]
+                link.carrier = not link.carrier
+                state = self._step(state, ev.CarrierChanged(name, link.carrier), t, links, push)
+                if t + period / 2 <= until:
+                    push(t + period / 2, "flap", payload)
+                elif not link.carrier:
+                    push(until, "flap", payload)
+            elif kind == "step":
+                i, s = payload
+                for event in self._step_events(s, links, i, requests):
+                    requests += 1
+                    state = self._step(state, event, t, links, push)
+                if s.flap is not None and s.uplink is not None:
+                    push(t, "flap", (s.uplink, s.flap, s.until or t))
+            deadline = next_deadline(state)
+        # Let timers that fall before the end run out.
+        while (d := next_deadline(state)) is not None and d <= tl.duration:
+            state = self._step(state, ev.Tick(), d, links, push)
+        self.state = state
+        return self.records
+
+    @staticmethod
+    def _apply_condition(link: _Link, c: Condition, target: str | None) -> None:
+        if c.carrier is not None:
+            link.carrier = c.carrier == "up"
+        if c.loss is not None:
+            if target is None:
+                link.loss = c.loss
+            else:
+                link.target_loss[target] = c.loss
+        if c.rtt_ms is not None:
+            link.rtt = c.rtt_ms / 1000
+        if c.jitter_ms is not None:
+            link.jitter = c.jitter_ms / 1000
+
+    def _step_events(self, s: Step, links: dict[str, _Link], index: int, seq: int) -> Iterator[ev.Event]:
+        request = f"r{index}"
+        if s.uplink is not None and s.command is None:
+            link = links[s.uplink]
+            before = link.carrier
+            self._apply_condition(link, s, s.target)
+            if link.carrier != before:
+                yield ev.CarrierChanged(s.uplink, link.carrier)
+        for key, down in (("carrier_outage", True), ("carrier_restored", False)):
+            name = getattr(s, key)
+            if name is not None:
+                for uname, u in self.policy.uplinks.items():
+                    if u.carrier == name:
+                        links[uname].outage = down
+        if s.command == "failover" and s.class_ and s.to:
+            yield ev.ForceClass(request, s.class_, s.to, s.reason or "", s.for_, s.force, "simulation")
+        elif s.command == "drain" and s.uplink:
+            yield ev.DrainUplink(request, s.uplink, s.reason or "", s.for_, s.force, "simulation")
+        elif s.command == "release":
+            yield ev.Release(request, None if s.all else s.override, "simulation")
+        if s.clock is not None:
+            wall = self.wall_epoch + s.at + s.wall_shift
+            evidence = (f"wall clock shifted {s.wall_shift:+g}s",) if s.wall_shift else ()
+            yield ev.ClockChanged(ev.ClockState(s.clock), s.bound, evidence, wall)
+        if s.note is not None and s.command is None:
+            self.records.append(Record(s.at, "note", {"text": s.note}))
+
+    def _step(self, state: EngineState, event: ev.Event, t: float, links: dict[str, _Link], push: Any) -> EngineState:
+        state, effects = step(state, event, self.policy, t)
+        for e in effects:
+            self._record(t, e, links, push)
+        return state
+
+    def _record(self, t: float, e: fx.Effect, links: dict[str, _Link], push: Any) -> None:
+        match e:
+            case fx.SwitchClass():
+                data = {"class": e.cls, "from": e.from_uplink, "uplink": e.to_uplink, "route": e.route,
+                        "cause": str(e.cause), "evidence": dict(e.cause.evidence)}  # fmt: skip
+                self.records.append(Record(t, "decision", data))
+            case fx.UplinkChanged():
+                data = {"uplink": e.uplink, "from": e.old, "to": e.new, "cause": str(e.cause)}
+                self.records.append(Record(t, "uplink", data))
+            case fx.Alarm():
+                data = {"severity": e.severity, "subject": e.subject, "cause": str(e.cause)}
+                self.records.append(Record(t, "alarm", data))
+            case fx.CommandReply():
+                data = {"request": e.request, "ok": e.ok, "text": e.text, "changes": list(e.changes)}
+                self.records.append(Record(t, "reply", data))
+            case fx.FlushConntrack():
+                self.records.append(Record(t, "conntrack", {"class": e.cls, "uplink": e.uplink}))
+            case fx.ClockReaction():
+                data = {"from": e.old, "to": e.new, "distrust": sorted(e.distrust), "cause": str(e.cause)}
+                self.records.append(Record(t, "clock", data))
+            case fx.ActivateStandby():
+                self.records.append(Record(t, "standby", {"uplink": e.uplink, "action": "activate"}))
+                sb = self.timeline.world.get(e.uplink, UplinkWorld()).standby
+                if sb.activation == "ok":
+                    push(t + sb.delay, "engine", ev.StandbyResult(e.uplink, "activate", True))
+                elif sb.activation == "fail":
+                    push(t + sb.delay, "engine", ev.StandbyResult(e.uplink, "activate", False, "modem error"))
+            case fx.DeactivateStandby():
+                self.records.append(Record(t, "standby", {"uplink": e.uplink, "action": "deactivate"}))
+                links[e.uplink].powered = False
+                push(t, "engine", ev.StandbyResult(e.uplink, "deactivate", True))
+            case fx.WithdrawClass():
+                self.records.append(Record(t, "decision", {"class": e.cls, "uplink": None, "route": "withdrawn",
+                                                           "cause": str(e.cause)}))  # fmt: skip
+
+
+def simulate(policy: Policy, timeline: Timeline, wall_epoch: float | None = None) -> list[Record]:
+    sim = Simulation(policy, timeline) if wall_epoch is None else Simulation(policy, timeline, wall_epoch)
+    return sim.run()
+
