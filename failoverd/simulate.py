@@ -48,7 +48,7 @@ class Step(Condition):
     command: Literal["failover", "drain", "release"] | None = None
     class_: str | None = Field(default=None, alias="class")
     to: str | None = None
-    for_: Duration | None = Field(default=None, alias="for")
+    for_: NonNegDuration | None = Field(default=None, alias="for")
     reason: str | None = None
     force: bool = False
     override: str | None = None
@@ -282,13 +282,13 @@ class Simulation:
         match e:
             case fx.SwitchClass():
                 data = {"class": e.cls, "from": e.from_uplink, "uplink": e.to_uplink, "route": e.route,
-                        "cause": str(e.cause), "evidence": dict(e.cause.evidence)}  # fmt: skip
+                        "code": e.cause.code, "cause": str(e.cause), "evidence": dict(e.cause.evidence)}  # fmt: skip
                 self.records.append(Record(t, "decision", data))
             case fx.UplinkChanged():
-                data = {"uplink": e.uplink, "from": e.old, "to": e.new, "cause": str(e.cause)}
+                data = {"uplink": e.uplink, "from": e.old, "to": e.new, "code": e.cause.code, "cause": str(e.cause)}
                 self.records.append(Record(t, "uplink", data))
             case fx.Alarm():
-                data = {"severity": e.severity, "subject": e.subject, "cause": str(e.cause)}
+                data = {"severity": e.severity, "subject": e.subject, "code": e.cause.code, "cause": str(e.cause)}
                 self.records.append(Record(t, "alarm", data))
             case fx.CommandReply():
                 data = {"request": e.request, "ok": e.ok, "text": e.text, "changes": list(e.changes)}

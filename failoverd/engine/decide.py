@@ -20,7 +20,7 @@ A metered uplink never carries a class it does not admit, override or not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.state import USABLE, ClassState, EngineState, Health, Override
@@ -62,6 +62,7 @@ def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
     needs: set[str] = set()
     skipped: list[str] = []
     degraded: str | None = None
+    unknown: str | None = None
     for name in spec.path:
         up = policy.uplinks.get(name)
         u = state.uplinks.get(name)
@@ -71,15 +72,21 @@ def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
             skipped.append(f"{name} drained")
             continue
         if u.health is Health.UNKNOWN and not up.standby.cold:
-            return Choice(None, "pending", Cause("pending", f"waiting for first evidence on {name}"), pending=True)
+            unknown = unknown or name
+            skipped.append(f"{name} unknown")
+            continue
         if usable(state, name):
             if u.health is Health.DEGRADED and spec.avoid_degraded:
                 degraded = degraded or name
                 skipped.append(f"{name} degraded")
                 continue
-            return Choice(name, "via", _path_cause(name, spec, skipped), needs=frozenset(needs))
+            # Behind an uplink with no evidence yet, this is only a fallback: see choose().
+            return Choice(
+                name, "via", _path_cause(name, spec, skipped), needs=frozenset(needs), pending=unknown is not None
+            )
         if up.standby.cold and u.health in (Health.STANDBY, Health.ACTIVATING, Health.FAILED, Health.UNKNOWN):
-            needs.add(name)
+            if unknown is None:  # a better uplink with no evidence yet may make it unnecessary
+                needs.add(name)
             skipped.append(f"{name} {u.health.value.lower()}")
             continue
         skipped.append(f"{name} {'damped' if u.suppressed else u.health.value.lower()}")
@@ -89,7 +96,11 @@ def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
             "via",
             Cause("degraded-best", f"{degraded} is degraded but nothing better is usable", _ev(skipped)),
             needs=frozenset(needs),
+            pending=unknown is not None,
         )
+    if unknown is not None:
+        wait = Cause("pending", f"waiting for first evidence on {unknown}", _ev(skipped))
+        return Choice(None, "pending", wait, needs=frozenset(needs), pending=True)
     text = "no uplink in the path is usable" + (f" ({', '.join(skipped)})" if skipped else "")
     if spec.when_all_down == "keep":
         keep = Cause("all-down-keep", text + "; keeping the last route", _ev(skipped))
@@ -142,7 +153,14 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
             Cause(cand.cause.code, cand.cause.text + note, cand.cause.evidence),
             needs=cand.needs,
         )
-    if cur is None or cand.pending:
+    if cand.pending:
+        # A more preferred uplink has no evidence yet. Wait for it, unless the class sits on nothing
+        # usable and the walk found somewhere usable: then take that now.
+        stranded = cur is not None and cur.route != "pending" and (cur.uplink is None or not usable(state, cur.uplink))
+        if stranded and cand.uplink is not None:
+            return replace(cand, pending=False), None
+        return replace(cand, pending=True), None
+    if cur is None:
         return cand, None
     if cur.route != "via" or cur.uplink is None:
         return cand, None
@@ -171,7 +189,8 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
             f"{cand.uplink} is usable again but the class is non-revertive; staying on {cur.uplink}",
         )
         return Choice(cur.uplink, "via", hold, needs=cand.needs), None
-    since = state.uplinks[cand.uplink].usable_since
+    cu_state = state.uplinks[cand.uplink]
+    since = cu_state.up_since if spec.avoid_degraded else cu_state.usable_since
     ready_at = (since if since is not None else now) + spec.preempt_delay
     if now >= ready_at:
         return (
@@ -180,7 +199,7 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
                 "via",
                 Cause(
                     "preempt",
-                    f"{cand.uplink} stable for {now - (since or now):g}s >= preempt delay {spec.preempt_delay:g}s",
+                    f"{cand.uplink} stable for {now - (since or now):.1f}s >= preempt delay {spec.preempt_delay:g}s",
                     (("preempt_delay", f"{spec.preempt_delay:g}s"),),
                 ),
                 needs=cand.needs,

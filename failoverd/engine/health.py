@@ -103,7 +103,9 @@ def _down_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
 
 def _degraded_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
     h = spec.health
-    samples = [s for p in spec.probes for s in u.targets.get(p.key, TargetState()).samples]
+    # A failed target is that target's problem (the quorum judges it), not a sign of a degraded path.
+    live = [t for p in spec.probes if not (t := u.targets.get(p.key, TargetState())).failed]
+    samples = [s for t in live for s in t.samples]
     if not samples:
         return None
     ok_rtts = [s.rtt for s in samples if s.ok and s.rtt is not None]
@@ -114,8 +116,8 @@ def _degraded_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
             reasons.append(("rtt", f"{mean * 1000:.0f} ms > {h.degraded_rtt * 1000:.0f} ms"))
     if h.degraded_jitter is not None:
         diffs = []
-        for p in spec.probes:
-            rtts = [s.rtt for s in u.targets.get(p.key, TargetState()).samples if s.ok and s.rtt is not None]
+        for t in live:
+            rtts = [s.rtt for s in t.samples if s.ok and s.rtt is not None]
             diffs += [abs(b - a) for a, b in zip(rtts, rtts[1:], strict=False)]
         if len(diffs) >= 3:
             jitter = sum(diffs) / len(diffs)

@@ -67,7 +67,8 @@ class UplinkState:
     fresh_successes: int = 0  # probe successes since the last time it went DOWN
     clear_since: float | None = None  # the down condition has been clear since
     degraded_clear_since: float | None = None
-    usable_since: float | None = None  # start of the current usable stretch (for preempt delay)
+    usable_since: float | None = None  # start of the current usable (UP or DEGRADED) stretch
+    up_since: float | None = None  # start of the current UP stretch: preempt delay for classes avoiding DEGRADED
     # RFC 2439 figure of merit: the penalty as of penalty_at, decaying with the half-life.
     penalty: float = 0.0
     penalty_at: float = 0.0
@@ -87,7 +88,8 @@ def transition(u: UplinkState, new: Health, now: float, cause: Cause) -> UplinkS
         usable_since = now
     elif new not in USABLE:
         usable_since = None
-    return replace(u, health=new, since=now, cause=cause, usable_since=usable_since)
+    up_since = (u.up_since if u.health is Health.UP else now) if new is Health.UP else None
+    return replace(u, health=new, since=now, cause=cause, usable_since=usable_since, up_since=up_since)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,14 +28,15 @@ class _Locator:
 
     root: Any
 
-    def find(self, loc: Loc) -> tuple[int, int, tuple[str | int, ...]]:
+    def find(self, loc: Loc, at_key: bool = False) -> tuple[int, int, tuple[str | int, ...]]:
+        """Where `loc` stands; at_key points at the key itself rather than its value (unknown keys)."""
         node = self.root
         line, col = 1, 1
         kept: list[str | int] = []
         for i, part in enumerate(loc):
             last = i == len(loc) - 1
             if isinstance(node, CommentedMap) and part in node:
-                ln, cl = node.lc.value(part) if last else node.lc.key(part)
+                ln, cl = node.lc.value(part) if last and not at_key else node.lc.key(part)
                 if last and isinstance(node[part], CommentedMap | CommentedSeq) and len(node[part]) == 0:
                     ln, cl = node.lc.key(part)
                 line, col = ln + 1, cl + 1
@@ -46,12 +47,12 @@ class _Locator:
                 line, col = ln + 1, cl + 1
                 kept.append(part)
                 node = node[part]
-            elif isinstance(node, CommentedMap) and not last:
-                # A discriminator tag or a validator's own step in pydantic's loc: not a key in the file.
+            elif isinstance(node, CommentedMap) and not last and loc[i + 1] in node:
+                # A discriminator tag in pydantic's loc (probes.0.icmp.target): not a key in the file.
                 continue
             else:
-                # A missing field: point at the mapping that lacks it.
-                kept.append(part)
+                # A key left out (so its default applies): point at the mapping that lacks it.
+                kept.extend(loc[i:])
                 if isinstance(node, CommentedMap | CommentedSeq) and node.lc.line is not None:
                     line, col = node.lc.line + 1, node.lc.col + 1
                 break
@@ -110,7 +111,7 @@ def parse_document(text: str, source: str, model: type[M]) -> tuple[M, _Locator]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            line, col, kept = locator.find(err["loc"])
+            line, col, kept = locator.find(err["loc"], at_key=err["type"] == "extra_forbidden")
             problems.append(Problem(source, line, col, _dotted(kept), _message(err)))
         raise PolicyError(sorted(set(problems))) from None
 

@@ -1,0 +1,120 @@
+"""Policy files: every example passes; every broken file yields the located errors it announces."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from failoverd.errors import PolicyError
+from failoverd.policy import load_policy, parse_policy_text
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "policies").glob("*.yaml")) + sorted((ROOT / "tests" / "golden" / "policies").glob("*.yaml"))
+BROKEN = sorted((ROOT / "tests" / "broken").glob("*.yaml"))
+
+
+def test_there_are_examples_and_broken_files() -> None:
+    names = {p.name for p in EXAMPLES}
+    assert {"branch.yaml", "emergency.yaml", "lab.yaml"} <= names
+    assert len(BROKEN) >= 12
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_policy_is_valid(path: Path) -> None:
+    policy = load_policy(path)
+    assert policy.uplinks and policy.classes
+    tables = [u.table for u in policy.uplinks.values()] + [c.table for c in policy.classes.values()]
+    marks = [u.fwmark for u in policy.uplinks.values()] + [c.fwmark for c in policy.classes.values()]
+    assert len(set(tables)) == len(tables)
+    assert len(set(marks)) == len(marks)
+    lo, hi = policy.ownership.tables
+    assert all(lo <= t <= hi for t in tables)
+    assert all(m & ~policy.ownership.fwmark_mask == 0 for m in marks)
+
+
+def test_branch_policy_is_short() -> None:
+    """The issue's promise: a two-uplink branch office fits in about 15 lines."""
+    lines = [ln for ln in (ROOT / "policies" / "branch.yaml").read_text().splitlines()
+             if ln.strip() and not ln.strip().startswith("#")]  # fmt: skip
+    assert len(lines) <= 17
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=[p.name for p in BROKEN])
+def test_broken_policy_is_rejected_with_location(path: Path) -> None:
+    text = path.read_text()
+    expected = re.findall(r"^# expect: (.+)$", text, flags=re.M)
+    assert expected, f"{path.name} announces no expected error"
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    got = [str(p) for p in info.value.problems]
+    for exp in expected:
+        want = f"{path}:{exp}"
+        assert any(g.startswith(want) for g in got), f"expected {want!r}\ngot:\n" + "\n".join(got)
+
+
+def test_check_cli_exit_status_and_stderr(tmp_path: Path) -> None:
+    bad = ROOT / "tests" / "broken" / "unknown-key.yaml"
+    r = subprocess.run([sys.executable, "-m", "failoverd.cli", "check", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert f"{bad}:6:5: uplinks.0.nexthop: unknown key" in r.stderr
+    assert r.stdout == ""
+    good = ROOT / "policies" / "branch.yaml"
+    r = subprocess.run([sys.executable, "-m", "failoverd.cli", "check", str(good)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "fiber > lte" in r.stdout
+    missing = tmp_path / "nope.yaml"
+    r = subprocess.run([sys.executable, "-m", "failoverd.cli", "check", str(missing)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "cannot read" in r.stderr
+
+
+def test_every_problem_is_reported_not_just_the_first() -> None:
+    text = """
+site: x
+uplinks:
+  - {name: a, interface: eth1, next_hop: 192.0.2.1, bogus: 1}
+  - {name: b, interface: eth2, next_hop: 192.0.2.5, kind: laser}
+classes:
+  - {name: all, path: [a, b], when_all_down: panic}
+"""
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(text, "p.yaml")
+    paths = {p.path for p in info.value.problems}
+    assert paths == {"uplinks.0.bogus", "uplinks.1.kind", "classes.0.when_all_down"}
+    assert all(p.line in (4, 5, 7) for p in info.value.problems)
+
+
+def test_defaults_and_durations() -> None:
+    policy = parse_policy_text(
+        """
+site: s
+uplinks:
+  - name: a
+    interface: eth1
+    next_hop: 2001:db8::1
+    probes:
+      - {kind: udp-echo, target: 2001:db8:1::1, interval: 250ms, timeout: 0.5}
+      - {kind: tcp, target: 192.0.2.7, port: 443, interval: 1m}
+      - {kind: http, url: "https://example.net/health"}
+    health: {down: {window: 2m}}
+classes:
+  - name: sip
+    match: [{protocol: udp, dport: "5060-5061", dscp: [EF, 34]}]
+    path: [a]
+  - {name: all, path: [a]}
+""",
+        "inline",
+    )
+    a = policy.uplinks["a"]
+    assert [p.interval for p in a.probes] == [0.25, 60.0, 1.0]
+    assert a.probes[0].key == "udp-echo:2001:db8:1::1:7"
+    assert a.health.quorum == 2  # a majority of three
+    sip = policy.classes["sip"]
+    assert sip.matches[0].dport == (5060, 5061)
+    assert sip.matches[0].dscp == (46, 34)
+    assert sip.matches[0].protocol == 17
+    assert policy.classes["all"].matches == ()
