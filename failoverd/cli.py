@@ -90,7 +90,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from failoverd.simulate import load_timeline, simulate
+    from failoverd.simulate import load_timeline, simulate  # noqa: PLC0415 (keeps `check` fast to start)
 
     try:
         policy = load_policy(args.policy)

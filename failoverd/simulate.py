@@ -281,14 +281,25 @@ class Simulation:
     def _record(self, t: float, e: fx.Effect, links: dict[str, _Link], push: Any) -> None:
         match e:
             case fx.SwitchClass():
-                data = {"class": e.cls, "from": e.from_uplink, "uplink": e.to_uplink, "route": e.route,
+                data: dict[str, Any] = {"class": e.cls, "from": e.from_uplink, "uplink": e.to_uplink, "route": e.route,
                         "code": e.cause.code, "cause": str(e.cause), "evidence": dict(e.cause.evidence)}  # fmt: skip
                 self.records.append(Record(t, "decision", data))
             case fx.UplinkChanged():
-                data = {"uplink": e.uplink, "from": e.old, "to": e.new, "code": e.cause.code, "cause": str(e.cause)}
+                data = {
+                    "uplink": e.uplink,
+                    "from": e.old,
+                    "to": e.new,
+                    "code": e.cause.code,
+                    "cause": str(e.cause),
+                }
                 self.records.append(Record(t, "uplink", data))
             case fx.Alarm():
-                data = {"severity": e.severity, "subject": e.subject, "code": e.cause.code, "cause": str(e.cause)}
+                data = {
+                    "severity": e.severity,
+                    "subject": e.subject,
+                    "code": e.cause.code,
+                    "cause": str(e.cause),
+                }
                 self.records.append(Record(t, "alarm", data))
             case fx.CommandReply():
                 data = {"request": e.request, "ok": e.ok, "text": e.text, "changes": list(e.changes)}
@@ -317,4 +328,3 @@ class Simulation:
 def simulate(policy: Policy, timeline: Timeline, wall_epoch: float | None = None) -> list[Record]:
     sim = Simulation(policy, timeline) if wall_epoch is None else Simulation(policy, timeline, wall_epoch)
     return sim.run()
-

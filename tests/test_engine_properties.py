@@ -109,9 +109,9 @@ DISASTER: list[tuple[float, ev.Event]] = [
     (1.0, ev.StandbyResult("sat", "activate", True)),
     (0.5, ev.ProbeResult("sat", PROBES["sat"][0], True, 0.6)),
 ]
-timelines = st.tuples(
-    st.booleans(), st.lists(st.tuples(st.floats(0, 4), events), min_size=1, max_size=150)
-).map(lambda t: (DISASTER if t[0] else []) + t[1])
+timelines = st.tuples(st.booleans(), st.lists(st.tuples(st.floats(0, 4), events), min_size=1, max_size=150)).map(
+    lambda t: (DISASTER if t[0] else []) + t[1]
+)
 
 
 def check_invariants(state: EngineState, policy: Policy, effects: tuple[fx.Effect, ...]) -> None:
@@ -171,7 +171,10 @@ def test_invariants_hold_for_any_event_sequence(timeline: list[tuple[float, ev.E
 @given(timelines, st.floats(-3e9, 3e9))
 def test_shifting_wall_clock_data_changes_no_decision(timeline: list[tuple[float, ev.Event]], shift: float) -> None:
     shifted = [
-        (dt, replace(e, wall_time=e.wall_time + shift) if isinstance(e, ev.ClockChanged) and e.wall_time else e)
+        (
+            dt,
+            replace(e, wall_time=e.wall_time + shift) if isinstance(e, ev.ClockChanged) and e.wall_time else e,
+        )
         for dt, e in timeline
     ]
     assert run(timeline) == run(shifted)

@@ -37,9 +37,7 @@ def _fmt(rows: list[dict[str, Any]]) -> str:
 
 
 def _check_ordered(kind: str, expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> None:
-    assert len(actual) == len(expected), (
-        f"{kind}: expected {len(expected)}, got {len(actual)}:\n{_fmt(actual)}"
-    )
+    assert len(actual) == len(expected), f"{kind}: expected {len(expected)}, got {len(actual)}:\n{_fmt(actual)}"
     for i, (exp, act) in enumerate(zip(expected, actual, strict=True)):
         where = f"{kind} #{i + 1}: expected {exp}, got\n{_fmt([act])}"
         if "t" in exp:

@@ -58,16 +58,22 @@ def test_broken_policy_is_rejected_with_location(path: Path) -> None:
 
 def test_check_cli_exit_status_and_stderr(tmp_path: Path) -> None:
     bad = ROOT / "tests" / "broken" / "unknown-key.yaml"
-    r = subprocess.run([sys.executable, "-m", "failoverd.cli", "check", str(bad)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "failoverd.cli", "check", str(bad)], capture_output=True, text=True, check=False
+    )
     assert r.returncode == 2
     assert f"{bad}:6:5: uplinks.0.nexthop: unknown key" in r.stderr
     assert r.stdout == ""
     good = ROOT / "policies" / "branch.yaml"
-    r = subprocess.run([sys.executable, "-m", "failoverd.cli", "check", str(good)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "failoverd.cli", "check", str(good)], capture_output=True, text=True, check=False
+    )
     assert r.returncode == 0, r.stderr
     assert "fiber > lte" in r.stdout
     missing = tmp_path / "nope.yaml"
-    r = subprocess.run([sys.executable, "-m", "failoverd.cli", "check", str(missing)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "failoverd.cli", "check", str(missing)], capture_output=True, text=True, check=False
+    )
     assert r.returncode == 2
     assert "cannot read" in r.stderr
 

@@ -82,7 +82,11 @@ def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
                 continue
             # Behind an uplink with no evidence yet, this is only a fallback: see choose().
             return Choice(
-                name, "via", _path_cause(name, spec, skipped), needs=frozenset(needs), pending=unknown is not None
+                name,
+                "via",
+                _path_cause(name, spec, skipped),
+                needs=frozenset(needs),
+                pending=unknown is not None,
             )
         if up.standby.cold and u.health in (Health.STANDBY, Health.ACTIVATING, Health.FAILED, Health.UNKNOWN):
             if unknown is None:  # a better uplink with no evidence yet may make it unnecessary
@@ -130,21 +134,19 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
     """Where the class goes now, and when a preempt timer would make it move if nothing else happens."""
     cur = state.classes.get(spec.name)
     forced = state.active_override("force", spec.name)
-    if forced is not None and policy.uplinks[forced.uplink].admits(spec.name):
-        if forced.force or usable(state, forced.uplink):
-            cause = Cause(
-                "override",
-                f"operator override {forced.id}: {forced.reason!r} by {forced.by}",
-                (("override", forced.id),),
-            )
-            need = frozenset({forced.uplink}) if policy.uplinks[forced.uplink].standby.cold else frozenset()
-            return Choice(forced.uplink, "via", cause, override=forced.id, needs=need), None
+    admitted = forced is not None and policy.uplinks[forced.uplink].admits(spec.name)
+    if forced is not None and admitted and (forced.force or usable(state, forced.uplink)):
+        cause = Cause(
+            "override",
+            f"operator override {forced.id}: {forced.reason!r} by {forced.by}",
+            (("override", forced.id),),
+        )
+        need = frozenset({forced.uplink}) if policy.uplinks[forced.uplink].standby.cold else frozenset()
+        return Choice(forced.uplink, "via", cause, override=forced.id, needs=need), None
 
     cand = candidate(spec, policy, state)
     if forced is not None and policy.uplinks[forced.uplink].standby.cold:
-        cand = Choice(
-            cand.uplink, cand.route, cand.cause, cand.override, cand.needs | {forced.uplink}, cand.pending
-        )
+        cand = Choice(cand.uplink, cand.route, cand.cause, cand.override, cand.needs | {forced.uplink}, cand.pending)
     if forced is not None and not cand.pending:
         note = f"; override {forced.id} waits: {why_unusable(state, forced.uplink)}"
         cand = Choice(
@@ -211,8 +213,4 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
 
 
 def is_failback(spec: ClassSpec, old: ClassState, new_uplink: str | None) -> bool:
-    return (
-        old.uplink is not None
-        and new_uplink is not None
-        and _rank(spec, new_uplink) < _rank(spec, old.uplink)
-    )
+    return old.uplink is not None and new_uplink is not None and _rank(spec, new_uplink) < _rank(spec, old.uplink)

@@ -99,5 +99,13 @@ class Tick:
 
 Command = ForceClass | DrainUplink | Release
 Event = (
-    ProbeResult | CarrierChanged | StandbyResult | ForceClass | DrainUplink | Release | ClockChanged | PolicyReloaded | Tick
+    ProbeResult
+    | CarrierChanged
+    | StandbyResult
+    | ForceClass
+    | DrainUplink
+    | Release
+    | ClockChanged
+    | PolicyReloaded
+    | Tick
 )

@@ -23,6 +23,7 @@ hold down time").
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
@@ -45,7 +46,7 @@ def _loss_percent(samples: tuple[Sample, ...]) -> float:
 
 
 def record_probe(
-    spec: UplinkSpec, u: UplinkState, probe: str, ok: bool, rtt: float | None, now: float
+    spec: UplinkSpec, u: UplinkState, now: float, *, probe: str, ok: bool, rtt: float | None
 ) -> UplinkState:
     """Fold one probe result into its target's history."""
     pspec = next((p for p in spec.probes if p.key == probe), None)
@@ -118,7 +119,7 @@ def _degraded_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
         diffs = []
         for t in live:
             rtts = [s.rtt for s in t.samples if s.ok and s.rtt is not None]
-            diffs += [abs(b - a) for a, b in zip(rtts, rtts[1:], strict=False)]
+            diffs += [abs(b - a) for a, b in itertools.pairwise(rtts)]
         if len(diffs) >= 3:
             jitter = sum(diffs) / len(diffs)
             if jitter > h.degraded_jitter:
@@ -133,7 +134,7 @@ def _degraded_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
 
 
 def decayed_penalty(d: DampingSpec, u: UplinkState, now: float) -> float:
-    return u.penalty * 2.0 ** (-(now - u.penalty_at) / d.half_life)
+    return float(u.penalty * 2.0 ** (-(now - u.penalty_at) / d.half_life))
 
 
 def reuse_time(d: DampingSpec, u: UplinkState) -> float | None:
@@ -222,7 +223,9 @@ def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
         if spec.probes:
             text += f" with {u.fresh_successes} probe successes"
         if degraded is not None:
-            return transition(u, Health.DEGRADED, now, Cause("recovered-degraded", f"{text}; {degraded.text}", evidence))
+            return transition(
+                u, Health.DEGRADED, now, Cause("recovered-degraded", f"{text}; {degraded.text}", evidence)
+            )
         return transition(u, Health.UP, now, Cause("recovered", text, evidence))
 
     degraded = _degraded_cause(spec, u)

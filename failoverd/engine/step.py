@@ -83,7 +83,7 @@ class _Work:
             return  # stale: the uplink left the policy or is switched off
         if u.health is Health.ACTIVATING and not u.activated:
             return  # losses while the link is still coming up say nothing about it
-        self.uplinks[ev.uplink] = hl.record_probe(spec, u, ev.probe, ev.ok, ev.rtt, self.now)
+        self.uplinks[ev.uplink] = hl.record_probe(spec, u, self.now, probe=ev.probe, ok=ev.ok, rtt=ev.rtt)
 
     def carrier(self, ev: CarrierChanged) -> None:
         u = self.uplinks.get(ev.uplink)
@@ -281,7 +281,11 @@ class _Work:
             u = self.uplinks[name]
             if only is not None and name != only and not self.timer_due(name, u):
                 continue
-            if u.health is Health.ACTIVATING and u.activation_deadline is not None and self.now >= u.activation_deadline:
+            if (
+                u.health is Health.ACTIVATING
+                and u.activation_deadline is not None
+                and self.now >= u.activation_deadline
+            ):
                 t = spec.standby.activation_time
                 self.fail_activation(name, u, Cause("activate-timeout", f"not passing traffic {t:g}s after activation"))
                 continue
@@ -380,7 +384,9 @@ class _Work:
         effects = changed + self.effects
         if self.reply is not None:
             moves = tuple(
-                f"{e.cls}: {e.from_uplink or '-'} -> {e.to_uplink or e.route}" for e in effects if isinstance(e, SwitchClass)
+                f"{e.cls}: {e.from_uplink or '-'} -> {e.to_uplink or e.route}"
+                for e in effects
+                if isinstance(e, SwitchClass)
             )
             effects.append(replace(self.reply, changes=moves))
         state = self.snapshot()

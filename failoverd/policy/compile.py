@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from failoverd.policy import model as m
 from failoverd.policy import schema as s
@@ -65,18 +66,18 @@ def _command(c: s.Command | None) -> m.CommandSpec | None:
 
 
 def _probe(p: s.Probe, next_hop: str | None) -> m.ProbeSpec:
-    common = {"kind": p.kind, "interval": p.interval, "timeout": p.timeout}
+    base = m.ProbeSpec(kind=p.kind, target="", interval=p.interval, timeout=p.timeout)
     match p:
         case s.IcmpProbe():
-            return m.ProbeSpec(target=str(p.target), **common)
+            return replace(base, target=str(p.target))
         case s.UdpEchoProbe() | s.TcpProbe():
-            return m.ProbeSpec(target=str(p.target), port=p.port, **common)
+            return replace(base, target=str(p.target), port=p.port)
         case s.DnsProbe():
-            return m.ProbeSpec(target=str(p.target), query=p.query, record=p.record, **common)
+            return replace(base, target=str(p.target), query=p.query, record=p.record)
         case s.HttpProbe():
-            return m.ProbeSpec(target=p.url, expect_status=p.expect_status, **common)
+            return replace(base, target=p.url, expect_status=p.expect_status)
         case s.ArpProbe():
-            return m.ProbeSpec(target=next_hop or "", **common)
+            return replace(base, target=next_hop or "")
     raise AssertionError(p)
 
 

@@ -69,7 +69,7 @@ class DampingSpec:
     @property
     def ceiling(self) -> float:
         """RFC 2439 4.2: the penalty never exceeds what decays to `reuse` within max_suppress."""
-        return self.reuse * 2.0 ** (self.max_suppress / self.half_life)
+        return float(self.reuse * 2.0 ** (self.max_suppress / self.half_life))
 
 
 @dataclass(frozen=True, slots=True)

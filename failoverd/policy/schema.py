@@ -48,7 +48,8 @@ def _parse_mode(value: object) -> object:
     if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
         return int(value.replace("o", ""), 8)
     if isinstance(value, str):
-        raise ValueError(f"{value!r} is not a file mode: write it quoted in octal, e.g. \"0660\"")
+        # pydantic turns ValueError, not TypeError, into a located validation error.
+        raise ValueError(f'{value!r} is not a file mode: write it quoted in octal, e.g. "0660"')  # noqa: TRY004
     return value
 
 
@@ -148,9 +149,7 @@ class ArpProbe(ProbeBase):
     kind: Literal["arp-nexthop"]
 
 
-Probe = Annotated[
-    IcmpProbe | UdpEchoProbe | TcpProbe | DnsProbe | HttpProbe | ArpProbe, Field(discriminator="kind")
-]
+Probe = Annotated[IcmpProbe | UdpEchoProbe | TcpProbe | DnsProbe | HttpProbe | ArpProbe, Field(discriminator="kind")]
 
 
 class DownWhen(Strict):

@@ -32,8 +32,12 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
             yield (*at, "name"), f'uplink "{u.name}" is defined twice (first as uplinks.{seen_names[u.name]})'
         seen_names.setdefault(u.name, i)
         if u.interface in seen_ifaces:
-            yield (*at, "interface"), (
-                f'uplink "{u.name}": interface "{u.interface}" is already used by uplink "{seen_ifaces[u.interface]}"'
+            yield (
+                (*at, "interface"),
+                (
+                    f'uplink "{u.name}": interface "{u.interface}" is already used by '
+                    f'uplink "{seen_ifaces[u.interface]}"'
+                ),
             )
         seen_ifaces.setdefault(u.interface, u.name)
         if u.next_hop is None and not u.point_to_point:
@@ -41,8 +45,9 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
         if u.next_hop is not None and u.point_to_point:
             yield (*at, "point_to_point"), f'uplink "{u.name}": a point-to-point uplink takes no next_hop'
         if u.metered and not u.admit:
-            yield (*at, "metered"), (
-                f'uplink "{u.name}" is metered but admits no class: list the classes it may carry in admit'
+            yield (
+                (*at, "metered"),
+                (f'uplink "{u.name}" is metered but admits no class: list the classes it may carry in admit'),
             )
         for j, name in enumerate(u.admit or ()):
             if name not in class_names:
@@ -53,9 +58,12 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
         if sb.mode == "hot" and (sb.activate or sb.deactivate):
             yield (*at, "standby", "mode"), f'uplink "{u.name}": activate/deactivate need standby mode: cold'
         if sb.activate is not None and sb.activate.timeout > sb.activation_time:
-            yield (*at, "standby", "activate", "timeout"), (
-                f'uplink "{u.name}": activate.timeout ({sb.activate.timeout:g}s) exceeds '
-                f"activation_time ({sb.activation_time:g}s)"
+            yield (
+                (*at, "standby", "activate", "timeout"),
+                (
+                    f'uplink "{u.name}": activate.timeout ({sb.activate.timeout:g}s) exceeds '
+                    f"activation_time ({sb.activation_time:g}s)"
+                ),
             )
         keys: Counter[str] = Counter()
         for j, p in enumerate(u.probes):
@@ -64,34 +72,50 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
             if keys[key] == 2:
                 yield (*at, "probes", j), f'uplink "{u.name}": the same probe is listed twice'
             if p.kind == "arp-nexthop" and u.next_hop is None:
-                yield (*at, "probes", j, "kind"), f'uplink "{u.name}": arp-nexthop needs a next_hop to ask for'
+                yield (
+                    (*at, "probes", j, "kind"),
+                    f'uplink "{u.name}": arp-nexthop needs a next_hop to ask for',
+                )
             if p.timeout > 10 * p.interval and p.timeout > 5:
-                yield (*at, "probes", j, "timeout"), (
-                    f"timeout {p.timeout:g}s is over ten probe intervals: losses would be seen far too late"
+                yield (
+                    (*at, "probes", j, "timeout"),
+                    (f"timeout {p.timeout:g}s is over ten probe intervals: losses would be seen far too late"),
                 )
         h = u.health
         targets = len(u.probes)
         quorum = h.quorum if h.quorum is not None else default_quorum(targets)
         if targets and quorum > targets:
-            yield (*at, "health", "quorum"), (
-                f'uplink "{u.name}": quorum {quorum} is more than its {targets} probe target(s), so it never goes down'
+            yield (
+                (*at, "health", "quorum"),
+                (
+                    f'uplink "{u.name}": quorum {quorum} is more than its {targets} probe target(s), '
+                    "so it never goes down"
+                ),
             )
         if targets == 0 and h.quorum is not None:
             yield (*at, "health", "quorum"), f'uplink "{u.name}" has no probes to take a quorum of'
         if u.probes and h.down.window < max(p.interval for p in u.probes):
-            yield (*at, "health", "down", "window"), (
-                f"window {h.down.window:g}s is shorter than the slowest probe interval, so it holds no sample"
+            yield (
+                (*at, "health", "down", "window"),
+                (f"window {h.down.window:g}s is shorter than the slowest probe interval, so it holds no sample"),
             )
         d = h.degraded
         if d.loss_percent is not None and d.loss_percent >= h.down.loss_percent:
-            yield (*at, "health", "degraded", "loss_percent"), (
-                f"degraded at {d.loss_percent:g}% loss is not below down at {h.down.loss_percent:g}%: "
-                "it could never be DEGRADED"
+            yield (
+                (*at, "health", "degraded", "loss_percent"),
+                (
+                    f"degraded at {d.loss_percent:g}% loss is not below down at {h.down.loss_percent:g}%: "
+                    "it could never be DEGRADED"
+                ),
             )
         dm = u.damping
         if dm.enabled and dm.reuse >= dm.suppress:
-            yield (*at, "damping", "reuse"), (
-                f"reuse ({dm.reuse:g}) must be below suppress ({dm.suppress:g}), or a suppressed uplink is never reused"
+            yield (
+                (*at, "damping", "reuse"),
+                (
+                    f"reuse ({dm.reuse:g}) must be below suppress ({dm.suppress:g}), "
+                    "or a suppressed uplink is never reused"
+                ),
             )
 
 
@@ -105,7 +129,10 @@ def _classes(doc: s.PolicyDocument) -> Iterator[Finding]:
             yield (*at, "name"), f'class "{c.name}" is defined twice (first as classes.{seen[c.name]})'
         seen.setdefault(c.name, i)
         if catch_all is not None:
-            yield (*at, "name"), f'class "{c.name}" comes after catch-all class "{catch_all}" and can never match'
+            yield (
+                (*at, "name"),
+                f'class "{c.name}" comes after catch-all class "{catch_all}" and can never match',
+            )
         if not c.match:
             catch_all = catch_all or c.name
         usable = False
@@ -144,8 +171,9 @@ def _classes(doc: s.PolicyDocument) -> Iterator[Finding]:
             if len(families) > 1:
                 yield mat, "src and dst mix IPv4 and IPv6 prefixes: split them into two selectors"
             if mt.fwmark is not None and mt.fwmark & doc.ownership.fwmark_mask:
-                yield (*mat, "fwmark"), (
-                    f"fwmark {mt.fwmark:#x} overlaps failoverd's own mark bits {doc.ownership.fwmark_mask:#x}"
+                yield (
+                    (*mat, "fwmark"),
+                    (f"fwmark {mt.fwmark:#x} overlaps failoverd's own mark bits {doc.ownership.fwmark_mask:#x}"),
                 )
 
 
@@ -155,7 +183,10 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
         if rng.first > rng.last:
             yield ("ownership", name, "last"), f"{name}: last ({rng.last}) is below first ({rng.first})"
     if own.rule_priorities.last >= 32766:
-        yield ("ownership", "rule_priorities", "last"), "rule priorities must stay below the main table's 32766"
+        yield (
+            ("ownership", "rule_priorities", "last"),
+            "rule priorities must stay below the main table's 32766",
+        )
     for t in (253, 254, 255):
         if own.tables.first <= t <= own.tables.last:
             yield ("ownership", "tables"), f"table range includes {t}, a table the kernel owns"
@@ -163,28 +194,38 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
     if own.tables.last - own.tables.first + 1 < needed:
         yield ("ownership", "tables"), f"table range holds fewer than the {needed} tables this policy needs"
     if len(mark_values(own.fwmark_mask, needed)) < needed:
-        yield ("ownership", "fwmark_mask"), f"fwmark_mask has room for fewer than the {needed} marks this policy needs"
+        yield (
+            ("ownership", "fwmark_mask"),
+            f"fwmark_mask has room for fewer than the {needed} marks this policy needs",
+        )
     rules = len(doc.uplinks) + sum(max(1, len(c.match)) for c in doc.classes)
     if own.rule_priorities.last - own.rule_priorities.first + 1 < 2 * rules:
-        yield ("ownership", "rule_priorities"), f"rule priority range is too small for the {2 * rules} rules needed"
+        yield (
+            ("ownership", "rule_priorities"),
+            f"rule priority range is too small for the {2 * rules} rules needed",
+        )
 
     tables: dict[int, str] = {}
     marks: dict[int, str] = {}
-    items: list[tuple[tuple[str | int, ...], str, int | None, int | None]] = [
-        (("uplinks", i), f'uplink "{u.name}"', u.table, u.fwmark) for i, u in enumerate(doc.uplinks)
-    ] + [(("classes", i), f'class "{c.name}"', c.table, c.fwmark) for i, c in enumerate(doc.classes)]
+    items: list[tuple[tuple[str | int, ...], str, int | None, int | None]] = []
+    items += [(("uplinks", i), f'uplink "{u.name}"', u.table, u.fwmark) for i, u in enumerate(doc.uplinks)]
+    items += [(("classes", i), f'class "{c.name}"', c.table, c.fwmark) for i, c in enumerate(doc.classes)]
     for at, who, table, mark in items:
         if table is not None:
             if not own.tables.first <= table <= own.tables.last:
-                yield (*at, "table"), (
-                    f"{who}: table {table} is outside failoverd's range {own.tables.first}-{own.tables.last}"
+                yield (
+                    (*at, "table"),
+                    (f"{who}: table {table} is outside failoverd's range {own.tables.first}-{own.tables.last}"),
                 )
             if table in tables:
                 yield (*at, "table"), f"{who}: table {table} is already used by {tables[table]}"
             tables.setdefault(table, who)
         if mark is not None:
             if mark & ~own.fwmark_mask:
-                yield (*at, "fwmark"), f"{who}: fwmark {mark:#x} has bits outside fwmark_mask {own.fwmark_mask:#x}"
+                yield (
+                    (*at, "fwmark"),
+                    f"{who}: fwmark {mark:#x} has bits outside fwmark_mask {own.fwmark_mask:#x}",
+                )
             if mark in marks:
                 yield (*at, "fwmark"), f"{who}: fwmark {mark:#x} is already used by {marks[mark]}"
             marks.setdefault(mark, who)
@@ -194,7 +235,10 @@ def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
     uplinks = {u.name for u in doc.uplinks}
     for i, t in enumerate(doc.clock.servers):
         if t.uplink is not None and t.uplink not in uplinks:
-            yield ("clock", "servers", i, "uplink"), f'time server {t.address} names unknown uplink "{t.uplink}"'
+            yield (
+                ("clock", "servers", i, "uplink"),
+                f'time server {t.address} names unknown uplink "{t.uplink}"',
+            )
     mq = doc.control.mqtt
     if mq.uplink is not None and mq.uplink not in uplinks:
         yield ("control", "mqtt", "uplink"), f'MQTT names unknown uplink "{mq.uplink}"'

@@ -1,0 +1,1 @@
+"""Benchmarks: failover time, flap resistance and cost, side by side with peers."""

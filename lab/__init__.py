@@ -1,0 +1,1 @@
+"""The failoverd lab: a containerlab topology that also runs on plain network namespaces."""
