@@ -120,6 +120,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from failoverd.observe.logging import configure  # noqa: PLC0415
+
+    configure(args.log_level, json=True if args.log_json else None)
+    if args.netns:
+        from failoverd.kernel.netlink import set_netns  # noqa: PLC0415
+
+        try:
+            set_netns(args.netns)
+        except OSError as exc:
+            print(f"failoverd: cannot enter network namespace {args.netns!r}: {exc.strerror}", file=sys.stderr)
+            return EXIT_INVALID
+    from failoverd.runtime import Options, run  # noqa: PLC0415
+
+    return run(
+        Options(
+            policy_path=Path(args.policy),
+            state_dir=Path(args.state_dir) if args.state_dir else None,
+            socket_path=args.socket,
+            restore_on_exit=args.restore_on_exit,
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="failoverd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.add_argument("-v", "--verbose", action="store_true", help="also uplink changes, alarms, standby, conntrack")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("run", help="run the daemon: probe, decide, program the kernel")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--state-dir", default="/var/lib/failoverd", help="overrides and history survive restarts here")
+    p.add_argument("--socket", help="control socket (default: the policy's control.socket)")
+    p.add_argument("--netns", help="run inside this existing network namespace")
+    p.add_argument(
+        "--restore-on-exit",
+        action="store_true",
+        help="remove everything failoverd installed when stopped (default: fail-static, keep it)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -281,8 +281,15 @@ class Simulation:
     def _record(self, t: float, e: fx.Effect, links: dict[str, _Link], push: Any) -> None:
         match e:
             case fx.SwitchClass():
-                data: dict[str, Any] = {"class": e.cls, "from": e.from_uplink, "uplink": e.to_uplink, "route": e.route,
-                        "code": e.cause.code, "cause": str(e.cause), "evidence": dict(e.cause.evidence)}  # fmt: skip
+                data: dict[str, Any] = {
+                    "class": e.cls,
+                    "from": e.from_uplink,
+                    "uplink": e.to_uplink,
+                    "route": e.route,
+                    "code": e.cause.code,
+                    "cause": str(e.cause),
+                    "evidence": dict(e.cause.evidence),
+                }
                 self.records.append(Record(t, "decision", data))
             case fx.UplinkChanged():
                 data = {
@@ -321,8 +328,9 @@ class Simulation:
                 links[e.uplink].powered = False
                 push(t, "engine", ev.StandbyResult(e.uplink, "deactivate", True))
             case fx.WithdrawClass():
-                self.records.append(Record(t, "decision", {"class": e.cls, "uplink": None, "route": "withdrawn",
-                                                           "cause": str(e.cause)}))  # fmt: skip
+                self.records.append(
+                    Record(t, "decision", {"class": e.cls, "uplink": None, "route": "withdrawn", "cause": str(e.cause)})
+                )
 
 
 def simulate(policy: Policy, timeline: Timeline, wall_epoch: float | None = None) -> list[Record]:

@@ -85,12 +85,25 @@ clock_states = st.builds(
     st.floats(0, 2e9),
 )
 commands = st.one_of(
-    st.builds(ev.ForceClass, st.just("r"), st.sampled_from([*CLASSES, "nope"]), st.sampled_from([*UPLINKS, "x"]),
-              st.sampled_from(["", "maintenance"]), st.none() | st.floats(-1, 1e5), st.booleans()),
-    st.builds(ev.DrainUplink, st.just("r"), st.sampled_from([*UPLINKS, "x"]), st.just("works"),
-              st.none() | st.floats(1, 100), st.booleans()),
+    st.builds(
+        ev.ForceClass,
+        st.just("r"),
+        st.sampled_from([*CLASSES, "nope"]),
+        st.sampled_from([*UPLINKS, "x"]),
+        st.sampled_from(["", "maintenance"]),
+        st.none() | st.floats(-1, 1e5),
+        st.booleans(),
+    ),
+    st.builds(
+        ev.DrainUplink,
+        st.just("r"),
+        st.sampled_from([*UPLINKS, "x"]),
+        st.just("works"),
+        st.none() | st.floats(1, 100),
+        st.booleans(),
+    ),
     st.builds(ev.Release, st.just("r"), st.none() | st.sampled_from(["o1", "o2", "o3", "o9"])),
-)  # fmt: skip
+)
 events = st.one_of(
     probe_results(),
     probe_results(),

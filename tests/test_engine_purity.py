@@ -6,8 +6,23 @@ import ast
 from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parent.parent / "failoverd" / "engine"
-BANNED = {"asyncio", "time", "socket", "pyroute2", "aiomqtt", "prometheus_client", "datetime", "os", "subprocess",
-          "threading", "random", "structlog", "logging", "select", "selectors"}  # fmt: skip
+BANNED = {
+    "asyncio",
+    "time",
+    "socket",
+    "pyroute2",
+    "aiomqtt",
+    "prometheus_client",
+    "datetime",
+    "os",
+    "subprocess",
+    "threading",
+    "random",
+    "structlog",
+    "logging",
+    "select",
+    "selectors",
+}
 # The engine may import these failoverd modules only: each is pure too.
 ALLOWED_INTERNAL = {"failoverd.engine", "failoverd.policy.model", "failoverd.errors"}
 

@@ -161,3 +161,34 @@ def initial_state(policy: Policy, now: float) -> EngineState:
         uplinks={name: initial_uplink(u.standby.cold, now) for name, u in policy.uplinks.items()},
         classes={name: ClassState(None, "pending", now, _START) for name in policy.classes},
     )
+
+
+def restored_state(
+    policy: Policy,
+    now: float,
+    adopted: Mapping[str, tuple[str | None, str]],
+    overrides: tuple[Override, ...] = (),
+    override_seq: int = 0,
+) -> EngineState:
+    """The state after a restart: classes where the kernel still has them, overrides still in force.
+
+    Adopting what the kernel holds means a restart moves nothing by itself: the classes stay where
+    the previous run left them until evidence (probes, carrier) says otherwise.
+    """
+    state = initial_state(policy, now)
+    classes = dict(state.classes)
+    for name, (uplink, kind) in adopted.items():
+        if name not in classes:
+            continue
+        if kind == "via" and (
+            uplink is None or uplink not in policy.uplinks or not policy.uplinks[uplink].admits(name)
+        ):
+            continue
+        what = f"via {uplink}" if kind == "via" else kind
+        classes[name] = ClassState(uplink, kind, now, Cause("adopted", f"found {what} in the kernel at start"))  # type: ignore[arg-type]
+    kept = tuple(
+        o
+        for o in overrides
+        if o.expires > now and o.uplink in policy.uplinks and (o.cls is None or o.cls in policy.classes)
+    )
+    return replace(state, classes=classes, overrides=kept, override_seq=override_seq)

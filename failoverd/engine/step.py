@@ -115,8 +115,9 @@ class _Work:
 
     def clock_changed(self, ev: ClockChanged) -> None:
         old = self.clock.state
-        self.clock = ClockView(ev.state, ev.bound, self.now if ev.state != old else self.clock.since, ev.evidence,
-                               ev.wall_time)  # fmt: skip
+        self.clock = ClockView(
+            ev.state, ev.bound, self.now if ev.state != old else self.clock.since, ev.evidence, ev.wall_time
+        )
         if ev.state == old:
             return
         reaction = {
@@ -129,8 +130,9 @@ class _Work:
             f"clock {old.value} -> {ev.state.value}{bound}",
             tuple((f"evidence{i}", e) for i, e in enumerate(ev.evidence)),
         )
-        self.effects.append(ClockReaction(old.value, ev.state.value, reaction.distrust if reaction else frozenset(),
-                                          cause))  # fmt: skip
+        self.effects.append(
+            ClockReaction(old.value, ev.state.value, reaction.distrust if reaction else frozenset(), cause)
+        )
         if reaction is not None and reaction.alarm:
             self.alarm("critical" if reaction.severity == "critical" else "warning", "clock", cause)
         elif old in (ClockState.SUSPECT, ClockState.INSANE):
@@ -207,8 +209,15 @@ class _Work:
         replaced = [o for o in self.overrides if o.kind == "force" and o.cls == ev.cls]
         for o in replaced:
             self.overrides.remove(o)
-        o = self.new_override(kind="force", cls=ev.cls, uplink=ev.uplink, reason=ev.reason, by=ev.by,
-                              expires=self.now + ttl, force=ev.force)  # fmt: skip
+        o = self.new_override(
+            kind="force",
+            cls=ev.cls,
+            uplink=ev.uplink,
+            reason=ev.reason,
+            by=ev.by,
+            expires=self.now + ttl,
+            force=ev.force,
+        )
         self.overrides.append(o)
         text = f"override {o.id}: class {ev.cls} -> {ev.uplink} for {ttl:g}s"
         if replaced:
@@ -230,8 +239,9 @@ class _Work:
         replaced = [o for o in self.overrides if o.kind == "drain" and o.uplink == ev.uplink]
         for o in replaced:
             self.overrides.remove(o)
-        o = self.new_override(kind="drain", cls=None, uplink=ev.uplink, reason=ev.reason, by=ev.by,
-                              expires=self.now + ttl, force=ev.force)  # fmt: skip
+        o = self.new_override(
+            kind="drain", cls=None, uplink=ev.uplink, reason=ev.reason, by=ev.by, expires=self.now + ttl, force=ev.force
+        )
         self.overrides.append(o)
         if not ev.force:
             trial = self.snapshot()
@@ -298,9 +308,12 @@ class _Work:
                 self.alarm(
                     "warning",
                     name,
-                    Cause("damped", f"flapping: penalty {u.penalty:.0f} > suppress {spec.damping.suppress:g}",
-                          (("penalty", f"{u.penalty:.0f}"),)),
-                )  # fmt: skip
+                    Cause(
+                        "damped",
+                        f"flapping: penalty {u.penalty:.0f} > suppress {spec.damping.suppress:g}",
+                        (("penalty", f"{u.penalty:.0f}"),),
+                    ),
+                )
             self.uplinks[name] = u
 
     def timer_due(self, name: str, u: UplinkState) -> bool:
@@ -357,8 +370,14 @@ class _Work:
                     cause = Cause("standby-needed", f"needed by {', '.join(users) or 'an override'}")
                     self.effects.append(ActivateStandby(name, sb.activate, cause))
                     u = transition(u, Health.ACTIVATING, self.now, cause)
-                    u = replace(u, activated=False, activation_deadline=self.now + sb.activation_time,
-                                retry_at=None, targets={}, fresh_successes=0)  # fmt: skip
+                    u = replace(
+                        u,
+                        activated=False,
+                        activation_deadline=self.now + sb.activation_time,
+                        retry_at=None,
+                        targets={},
+                        fresh_successes=0,
+                    )
             elif u.health is not Health.STANDBY:
                 idle = u.idle_since
                 if idle is None:
@@ -368,8 +387,15 @@ class _Work:
                     cause = Cause("standby-release", f"no class needed it for {sb.release_after:g}s")
                     self.effects.append(DeactivateStandby(name, sb.deactivate, cause))
                     u = transition(u, Health.STANDBY, self.now, cause)
-                    u = replace(u, activated=False, activation_deadline=None, idle_since=None, targets={},
-                                clear_since=None, degraded_clear_since=None)  # fmt: skip
+                    u = replace(
+                        u,
+                        activated=False,
+                        activation_deadline=None,
+                        idle_since=None,
+                        targets={},
+                        clear_since=None,
+                        degraded_clear_since=None,
+                    )
             self.uplinks[name] = u
 
     def alarm(self, severity: str, subject: str, cause: Cause) -> None:

@@ -12,10 +12,14 @@ PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 PORT_PROTOCOLS = {6, 17, 132}
 # RFC 2474 class selectors, RFC 2597 assured forwarding, RFC 3246 EF, RFC 5865 VA, RFC 8622 LE.
 DSCP_NAMES = {
-    "DF": 0, "BE": 0, "LE": 1, "EF": 46, "VA": 44,
+    "DF": 0,
+    "BE": 0,
+    "LE": 1,
+    "EF": 46,
+    "VA": 44,
     **{f"CS{i}": 8 * i for i in range(8)},
     **{f"AF{c}{d}": 8 * c + 2 * d for c in range(1, 5) for d in range(1, 4)},
-}  # fmt: skip
+}
 
 
 def parse_ports(spec: int | str) -> tuple[int, int]:

@@ -1,0 +1,1 @@
+"""Operator control: the command table, the local unix socket, and (later) MQTT for fleets."""

@@ -1,0 +1,231 @@
+"""`failoverctl`: the operator's client for a running failoverd (local unix socket, JSON lines)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_SOCKET = "/run/failoverd/control.sock"
+WIDTH = 100
+EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 3
+
+COLOURS = {
+    "UP": "32",
+    "DEGRADED": "33",
+    "DOWN": "31",
+    "FAILED": "31",
+    "ACTIVATING": "36",
+    "STANDBY": "2",
+    "UNKNOWN": "2",
+    "critical": "31",
+    "warning": "33",
+}
+
+
+class Client:
+    def __init__(self, path: str, timeout: float = 15.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def request(self, req: dict[str, Any]) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(self.timeout)
+            s.connect(self.path)
+            s.sendall(json.dumps(req).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        reply: dict[str, Any] = json.loads(buf)
+        return reply
+
+
+def _paint(text: str, key: str, tty: bool) -> str:
+    code = COLOURS.get(key)
+    return f"\033[{code}m{text}\033[0m" if tty and code else text
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_status(st: dict[str, Any], tty: bool) -> str:
+    lines = [
+        f"site {st['site']}   policy {st['policy']}   pid {st['pid']}   up {_age(st['uptime_s'])}   "
+        f"clock {st['clock']['state'].upper()}",
+        "",
+        f"{'UPLINK':<10} {'IFACE':<8} {'KIND':<9} {'STATE':<10} {'RTT':>8} {'LOSS':>5} {'SINCE':>6}  CAUSE",
+    ]
+    for u in st["uplinks"]:
+        state = u["state"] + ("*" if u["suppressed"] or u["drained"] else "")
+        rtt = f"{u['rtt_ms']:.1f}ms" if u["rtt_ms"] is not None else "-"
+        loss = f"{u['loss_percent']:.0f}%" if u["loss_percent"] is not None else "-"
+        cause = f"{u['cause']['code']}: {u['cause']['text']}"
+        if u["drained"]:
+            cause = "drained; " + cause
+        if u["suppressed"]:
+            cause = f"damped (penalty {u['penalty']:.0f}); " + cause
+        head = f"{u['name']:<10} {u['interface']:<8} {u['kind']:<9} "
+        tail = f" {rtt:>8} {loss:>5} {_age(u['age_s']):>6}  "
+        lines.append(
+            head + _paint(f"{state:<10}", u["state"], tty) + tail + _cut(cause, WIDTH - len(head) - 10 - len(tail))
+        )
+    lines += ["", f"{'CLASS':<10} {'ROUTE':<18} {'SINCE':>6}  CAUSE"]
+    for c in st["classes"]:
+        route = f"via {c['uplink']}" if c["route"] == "via" else c["route"]
+        cause = f"{c['cause']['code']}: {c['cause']['text']}"
+        head = f"{c['name']:<10} {route:<18} {_age(c['age_s']):>6}  "
+        lines.append(head + _cut(cause, WIDTH - len(head)))
+    if st["overrides"]:
+        lines += ["", "OVERRIDES"]
+        for o in st["overrides"]:
+            what = f"{o['class']} -> {o['uplink']}" if o["kind"] == "force" else f"drain {o['uplink']}"
+            forced = " (forced)" if o["force"] else ""
+            lines.append(
+                _cut(
+                    f"{o['id']:<4} {what}{forced}  {o['reason']!r} by {o['by']}, {_age(o['expires_in_s'])} left", WIDTH
+                )
+            )
+    return "\n".join(lines)
+
+
+def render_history(records: list[dict[str, Any]], tty: bool) -> str:
+    out = []
+    for r in records:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("wall", 0)))
+        kind = r.get("kind", "?")
+        cause = r.get("cause", {})
+        why = f"{cause.get('code')}: {cause.get('text')}" if isinstance(cause, dict) and cause else ""
+        if kind == "decision":
+            what = f"{r['class']}: {r.get('from') or '-'} -> {r.get('uplink') or r.get('route')}"
+        elif kind == "uplink":
+            what = f"{r['uplink']}: {r['from']} -> " + _paint(r["to"], r["to"], tty)
+        elif kind == "alarm":
+            what = _paint(r["severity"].upper(), r["severity"], tty) + f" {r['subject']}"
+        elif kind == "command":
+            what = f"{'ok' if r['ok'] else 'REFUSED'}: {r['text']}"
+        else:
+            what = json.dumps({k: v for k, v in r.items() if k not in ("wall", "mono", "kind", "cause")})
+        out.append(_cut(f"{stamp} {kind:<9} {what}  {why}".rstrip(), WIDTH if not tty else 10 * WIDTH))
+    return "\n".join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="failoverctl", description=__doc__)
+    p.add_argument("--socket", default=os.environ.get("FAILOVERD_SOCKET", DEFAULT_SOCKET))
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("status", help="uplinks, classes, overrides, clock")
+    f = sub.add_parser("failover", help="put a class on an uplink for a while")
+    f.add_argument("cls", metavar="CLASS")
+    f.add_argument("--to", required=True, metavar="UPLINK")
+    f.add_argument("--for", dest="duration", metavar="DURATION", help="e.g. 30m (default 1h, capped by policy)")
+    f.add_argument("--reason", required=True)
+    f.add_argument("--force", action="store_true", help="even onto an uplink that is down")
+    d = sub.add_parser("drain", help="move every class off an uplink for a while")
+    d.add_argument("uplink")
+    d.add_argument("--for", dest="duration", metavar="DURATION")
+    d.add_argument("--reason", required=True)
+    d.add_argument("--force", action="store_true", help="even if a class is left with no uplink")
+    r = sub.add_parser("release", help="end an override")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("override", nargs="?")
+    g.add_argument("--all", action="store_true")
+    e = sub.add_parser("explain", help="why a class is where it is")
+    e.add_argument("cls", metavar="CLASS")
+    h = sub.add_parser("history", help="recent decisions and events")
+    h.add_argument("--last", type=int, default=20)
+    sub.add_parser("reload", help="validate and load the policy file again")
+    for parser in (p, *sub.choices.values()):
+        if parser is not p:
+            parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    return p
+
+
+def to_request(args: argparse.Namespace) -> dict[str, Any]:
+    by = f"failoverctl:{os.environ.get('SUDO_USER') or os.environ.get('USER') or os.getuid()}"
+    match args.cmd:
+        case "failover":
+            req = {
+                "cmd": "failover",
+                "class": args.cls,
+                "to": args.to,
+                "reason": args.reason,
+                "force": args.force,
+                "by": by,
+            }
+        case "drain":
+            req = {"cmd": "drain", "uplink": args.uplink, "reason": args.reason, "force": args.force, "by": by}
+        case "release":
+            req = (
+                {"cmd": "release", "all": True, "by": by}
+                if args.all
+                else {"cmd": "release", "override": args.override, "by": by}
+            )
+        case "explain":
+            req = {"cmd": "explain", "class": args.cls}
+        case "history":
+            req = {"cmd": "history", "last": args.last}
+        case _:
+            req = {"cmd": args.cmd}
+    if getattr(args, "duration", None):
+        req["for"] = args.duration
+    return req
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    try:
+        reply = Client(args.socket).request(to_request(args))
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"failoverctl: no failoverd is listening on {args.socket} (is it running? --socket?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except PermissionError:
+        print(f"failoverctl: not allowed to use {args.socket} (are you in its group?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (TimeoutError, json.JSONDecodeError) as exc:
+        print(f"failoverctl: no usable answer from failoverd: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif not reply.get("ok"):
+        print(f"refused: {reply.get('error')}", file=sys.stderr)
+        for p in reply.get("problems", []):
+            print(f"  {p}", file=sys.stderr)
+    elif args.cmd == "status":
+        print(render_status(reply, tty))
+    elif args.cmd == "history":
+        print(render_history(reply["records"], tty))
+    elif args.cmd == "explain":
+        print("\n".join(reply["chain"]))
+    else:
+        print(reply.get("text", "ok"))
+        for change in reply.get("changes", []):
+            print(f"  moved {change}")
+    return EXIT_OK if reply.get("ok") else EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

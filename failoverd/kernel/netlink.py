@@ -1,0 +1,273 @@
+"""The only module that speaks netlink (pyroute2): observe, reconcile and purge failoverd's own routes and rules.
+
+Ownership: a route is failoverd's when it carries the policy's route protocol number; a rule when it
+carries that protocol (FRA_PROTOCOL) and a priority inside failoverd's range. Nothing else is read
+for a decision, changed or deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import (
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV4_RULE,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_IPV6_RULE,
+    RTMGRP_LINK,
+)
+
+from failoverd.kernel.plan import Route, Rule
+from failoverd.policy.model import OwnershipSpec
+
+FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+FAMILY_OF = {socket.AF_INET: 4, socket.AF_INET6: 6}
+RTN = {1: "unicast", 6: "blackhole", 7: "unreachable"}
+RTN_OF = {v: k for k, v in RTN.items()}
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+UNSET = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    name: str
+    index: int
+    up: bool  # administratively
+    carrier: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    link: Link
+    gone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedChanged:
+    """Someone (maybe us) added or deleted a route or rule that carries failoverd's protocol."""
+
+    what: str  # "route" or "rule"
+    action: str  # "new" or "del"
+    detail: str
+
+
+@dataclass(slots=True)
+class Diff:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.failed)
+
+
+def set_netns(name: str) -> None:
+    """Move this whole process into an existing network namespace (before any socket is opened)."""
+    from pyroute2.netns import setns  # noqa: PLC0415 (only needed with --netns)
+
+    setns(name, flags=0)
+
+
+def _link(msg: object) -> Link:
+    flags = int(msg["flags"])  # type: ignore[index]
+    return Link(msg.get("ifname"), int(msg["index"]), bool(flags & IFF_UP), bool(flags & IFF_LOWER_UP))  # type: ignore[attr-defined,index]
+
+
+class Kernel:
+    """Programs failoverd's routes and rules, remembering what it believes the kernel holds."""
+
+    def __init__(self, ownership: OwnershipSpec) -> None:
+        self.own = ownership
+        self.ipr = AsyncIPRoute()
+        self.routes: set[Route] = set()
+        self.rules: set[Rule] = set()
+        self.links: dict[str, Link] = {}
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Kernel:
+        await self.ipr.__aenter__()
+        await self.refresh_links()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.ipr.__aexit__(*exc)
+
+    # -- observe ------------------------------------------------------------------------------------
+    async def refresh_links(self) -> dict[str, Link]:
+        links = [_link(m) async for m in await self.ipr.link("dump")]
+        self.links = {ln.name: ln for ln in links}
+        return self.links
+
+    def _ifname(self, index: int | None) -> str | None:
+        for ln in self.links.values():
+            if ln.index == index:
+                return ln.name
+        return None
+
+    async def observe(self) -> tuple[set[Route], set[Rule]]:
+        """Dump what failoverd owns now; refreshes the cache."""
+        await self.refresh_links()
+        routes: set[Route] = set()
+        for fam in (4, 6):
+            async for m in await self.ipr.route("dump", family=FAMILY[fam], proto=self.own.route_protocol):
+                if m["proto"] != self.own.route_protocol:
+                    continue
+                table = m.get("table") or m["table"]
+                dst_len = m["dst_len"]
+                kind = RTN.get(m["type"], f"type{m['type']}")
+                if dst_len != 0:
+                    kind = f"{kind}/{m.get('dst')}/{dst_len}"  # not a shape we make: stale, to be removed
+                if kind in ("blackhole", "unreachable"):
+                    routes.add(Route(int(table), fam, kind))  # the kernel hangs them on lo: not ours to say
+                else:
+                    routes.add(Route(int(table), fam, kind, m.get("gateway"), self._ifname(m.get("oif"))))
+        rules: set[Rule] = set()
+        lo, hi = self.own.rule_priorities
+        for fam in (4, 6):
+            async for m in await self.ipr.rule("dump", family=FAMILY[fam]):
+                prio = m.get("priority")
+                if prio is None or not lo <= prio <= hi or m.get("protocol") != self.own.route_protocol:
+                    continue
+                fwmark = m.get("fwmark")
+                sup = m.get("suppress_prefixlen")
+                rules.add(
+                    Rule(
+                        priority=int(prio),
+                        family=fam,
+                        table=int(m.get("table") or m["table"]),
+                        fwmark=fwmark,
+                        fwmask=m.get("fwmask") if fwmark is not None else None,
+                        suppress_prefixlen=None if sup in (None, UNSET) else int(sup),
+                    )
+                )
+        self.routes, self.rules = routes, rules
+        return routes, rules
+
+    # -- reconcile ----------------------------------------------------------------------------------
+    async def reconcile(self, routes: Iterable[Route], rules: Iterable[Rule], *, full: bool = False) -> Diff:
+        """Make the kernel hold exactly these owned routes and rules; a no-op when it already does.
+
+        Against the cache by default (one netlink request per real change: the fast path of a
+        failover); `full` dumps the kernel first (start-up, periodic audit, after foreign changes).
+        """
+        want_routes, want_rules = set(routes), set(rules)
+        async with self._lock:
+            if full:
+                await self.observe()
+            diff = Diff()
+            keys = {(r.table, r.family) for r in want_routes}
+            # Replace first: a class's switch is a single atomic replace of its default route.
+            for r in sorted(want_routes - self.routes):
+                try:
+                    await self._route("replace", r)
+                except NetlinkError as exc:
+                    diff.failed.append(f"{r}: {exc.args[1] if len(exc.args) > 1 else exc}")
+                    continue
+                self.routes = {x for x in self.routes if (x.table, x.family) != (r.table, r.family)} | {r}
+                diff.added.append(str(r))
+            for r in sorted(self.routes - want_routes):
+                if (r.table, r.family) in keys and "/" not in r.kind:
+                    continue  # replaced above
+                try:
+                    await self._route("del", r)
+                except NetlinkError as exc:
+                    if exc.code != 3:  # ESRCH: already gone
+                        diff.failed.append(f"delete {r}: {exc}")
+                        continue
+                self.routes.discard(r)
+                diff.removed.append(str(r))
+            for rule in sorted(self.rules - want_rules):
+                try:
+                    await self._rule("del", rule)
+                except NetlinkError as exc:
+                    if exc.code != 2:  # ENOENT
+                        diff.failed.append(f"delete rule {rule}: {exc}")
+                        continue
+                self.rules.discard(rule)
+                diff.removed.append(str(rule))
+            for rule in sorted(want_rules - self.rules):
+                try:
+                    await self._rule("add", rule)
+                except NetlinkError as exc:
+                    if exc.code != 17:  # EEXIST: someone re-added it; it is ours by its protocol
+                        diff.failed.append(f"rule {rule}: {exc}")
+                        continue
+                self.rules.add(rule)
+                diff.added.append(str(rule))
+            return diff
+
+    async def purge(self) -> Diff:
+        """Remove everything failoverd owns (for --restore-on-exit and `failoverd purge`)."""
+        return await self.reconcile((), (), full=True)
+
+    async def _route(self, cmd: str, r: Route) -> None:
+        dst = "0.0.0.0/0" if r.family == 4 else "::/0"
+        kw: dict[str, object] = {
+            "dst": dst,
+            "family": FAMILY[r.family],
+            "table": r.table,
+            "proto": self.own.route_protocol,
+        }
+        if "/" in r.kind:  # a stale foreign-shaped route of ours: delete by its own prefix
+            base, pfx, plen = r.kind.split("/")
+            kw.update(dst=f"{pfx}/{plen}", type=RTN_OF.get(base, 1))
+        elif r.kind == "unicast":
+            kw["type"] = 1
+            if r.dev is not None:
+                link = self.links.get(r.dev)
+                if link is None:
+                    raise NetlinkError(19, f"interface {r.dev} does not exist")
+                kw["oif"] = link.index
+            if r.gateway is not None:
+                kw["gateway"] = r.gateway
+        else:
+            kw["type"] = RTN_OF[r.kind]
+        await self.ipr.route(cmd, **kw)
+
+    async def _rule(self, cmd: str, rule: Rule) -> None:
+        kw: dict[str, object] = {
+            "family": FAMILY[rule.family],
+            "priority": rule.priority,
+            "table": rule.table,
+            "protocol": self.own.route_protocol,
+        }
+        if rule.fwmark is not None:
+            kw.update(fwmark=rule.fwmark, fwmask=rule.fwmask)
+        if rule.suppress_prefixlen is not None:
+            kw["suppress_prefixlen"] = rule.suppress_prefixlen
+        await self.ipr.rule(cmd, **kw)
+
+    # -- watch --------------------------------------------------------------------------------------
+    async def watch(self) -> AsyncIterator[LinkEvent | OwnedChanged]:
+        """Link carrier changes, and any change to routes or rules carrying failoverd's protocol."""
+        groups = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE
+        async with AsyncIPRoute() as mon:
+            await mon.bind(groups=groups)
+            while True:
+                for m in await _batch(mon):
+                    event = m["event"]
+                    if event in ("RTM_NEWLINK", "RTM_DELLINK"):
+                        link = _link(m)
+                        gone = event == "RTM_DELLINK"
+                        if gone:
+                            self.links.pop(link.name, None)
+                        else:
+                            self.links[link.name] = link
+                        yield LinkEvent(link, gone)
+                    elif event in ("RTM_NEWROUTE", "RTM_DELROUTE") and m["proto"] == self.own.route_protocol:
+                        yield OwnedChanged("route", event[4:7].lower(), f"table {m.get('table')}")
+                    elif event in ("RTM_NEWRULE", "RTM_DELRULE") and m.get("protocol") == self.own.route_protocol:
+                        yield OwnedChanged("rule", event[4:7].lower(), f"priority {m.get('priority')}")
+
+
+async def _batch(mon: AsyncIPRoute) -> list[dict[str, object]]:
+    got = mon.get()
+    if hasattr(got, "__aiter__"):
+        return [m async for m in got]
+    return list(await got)

@@ -1,0 +1,1 @@
+"""Observability: structured logs, the decision journal, and systemd notification."""

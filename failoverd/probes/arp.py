@@ -1,0 +1,47 @@
+"""ARP probes of the next hop (RFC 826): is the ISP's router on the link answering at all?"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+from pathlib import Path
+
+from failoverd.policy.model import ProbeSpec, UplinkSpec
+from failoverd.probes.base import DatagramSession, ProbeOutcome
+
+ETH_P_ARP = 0x0806
+SIOCGIFADDR = 0x8915
+
+
+def _own_ipv4(ifname: str) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("256s", ifname.encode()[:15])
+        return fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)[20:24]
+
+
+class ArpSession(DatagramSession):
+    def __init__(self, spec: ProbeSpec, uplink: UplinkSpec) -> None:
+        self.ifname = uplink.interface
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ARP))
+        sock.setblocking(False)
+        sock.bind((self.ifname, ETH_P_ARP))
+        super().__init__(sock, spec.timeout)
+        self.target = socket.inet_aton(spec.target)
+        self.mac = bytes.fromhex(Path(f"/sys/class/net/{self.ifname}/address").read_text().strip().replace(":", ""))
+
+    def match(self, data: bytes, addr: tuple[str, int]) -> int | None:
+        if len(data) < 28:
+            return None
+        op = struct.unpack_from("!H", data, 6)[0]
+        sender_ip = data[14:18]
+        return 1 if op == 2 and sender_ip == self.target else None
+
+    async def probe(self) -> ProbeOutcome:
+        try:
+            own = _own_ipv4(self.ifname)
+        except OSError as exc:
+            return ProbeOutcome(False, None, f"{self.ifname} has no IPv4 address ({exc.strerror})")
+        request = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, self.mac, own, b"\0" * 6, self.target)
+        # One outstanding ARP at a time is enough: sequence "1" names it.
+        return await self.exchange(request, (self.ifname, ETH_P_ARP, 0, 0, b"\xff" * 6), 1)  # type: ignore[arg-type]

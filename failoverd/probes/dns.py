@@ -1,0 +1,37 @@
+"""DNS probes: one query over UDP; any answer with our id proves the path and the server alive."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from failoverd.policy.model import ProbeSpec, UplinkSpec
+from failoverd.probes.base import DatagramSession, ProbeOutcome, family_of, marked_socket
+
+_QTYPE = {"A": 1, "NS": 2, "SOA": 6, "AAAA": 28}
+
+
+def encode_query(qid: int, name: str, record: str) -> bytes:
+    header = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)  # RD set, one question (RFC 1035 4.1.1)
+    labels = [label for label in name.strip(".").split(".") if label]
+    qname = b"".join(bytes([len(lb)]) + lb.encode("idna") for lb in labels) + b"\0"
+    return header + qname + struct.pack("!HH", _QTYPE[record], 1)
+
+
+class DnsSession(DatagramSession):
+    def __init__(self, spec: ProbeSpec, uplink: UplinkSpec) -> None:
+        fam = family_of(spec.target)
+        super().__init__(marked_socket(fam, socket.SOCK_DGRAM, 0, uplink.fwmark), spec.timeout)
+        self.dest = (spec.target, spec.port or 53)
+        self.name = spec.query or "."
+        self.record = spec.record or "NS"
+
+    def match(self, data: bytes, addr: tuple[str, int]) -> int | None:
+        if len(data) < 12:
+            return None
+        qid, flags = struct.unpack_from("!HH", data)
+        return qid if flags & 0x8000 else None  # QR bit: a response
+
+    async def probe(self) -> ProbeOutcome:
+        qid = self.next_seq()
+        return await self.exchange(encode_query(qid, self.name, self.record), self.dest, qid)

@@ -1,0 +1,69 @@
+"""HTTP(S) GET probes: the status line must be the expected one.
+
+Certificates are not verified: the probe asks whether the path carries traffic to the server, and a
+wrong wall clock (which the clock checker reports on its own) must not make every HTTPS probe fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from urllib.parse import urlsplit
+
+from failoverd.policy.model import ProbeSpec, UplinkSpec
+from failoverd.probes.base import ProbeOutcome, family_of, marked_socket
+
+
+class HttpSession:
+    def __init__(self, spec: ProbeSpec, uplink: UplinkSpec) -> None:
+        self.spec = spec
+        self.mark = uplink.fwmark
+        url = urlsplit(spec.target)
+        self.tls = url.scheme == "https"
+        self.host = url.hostname or ""
+        self.port = url.port or (443 if self.tls else 80)
+        self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+
+    async def probe(self) -> ProbeOutcome:
+        start = time.monotonic()
+        try:
+            return await asyncio.wait_for(self._get(start), self.spec.timeout)
+        except TimeoutError:
+            return ProbeOutcome(False, None, "timeout")
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            return ProbeOutcome(False, None, str(exc))
+
+    async def _get(self, start: float) -> ProbeOutcome:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        address = str(infos[0][4][0])
+        sock = marked_socket(family_of(address), socket.SOCK_STREAM, 0, self.mark)
+        try:
+            await loop.sock_connect(sock, (address, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        ctx = None
+        if self.tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname=self.host if ctx else None)
+        try:
+            writer.write(
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUser-Agent: failoverd-probe\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            line = await reader.readline()
+        finally:
+            writer.close()
+        parts = line.decode("latin-1").split()
+        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+        if status != (self.spec.expect_status or 200):
+            return ProbeOutcome(False, None, f"HTTP status {status}")
+        return ProbeOutcome(True, time.monotonic() - start)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,53 @@
+"""ICMP/ICMPv6 echo over a raw socket (root or CAP_NET_RAW), filtered by our identifier."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+
+from failoverd.policy.model import ProbeSpec, UplinkSpec
+from failoverd.probes.base import DatagramSession, ProbeOutcome, family_of, marked_socket
+
+_ids = itertools.count((os.getpid() * 7919) & 0xFFFF)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+class IcmpSession(DatagramSession):
+    def __init__(self, spec: ProbeSpec, uplink: UplinkSpec) -> None:
+        self.family = family_of(spec.target)
+        proto = socket.IPPROTO_ICMP if self.family == socket.AF_INET else socket.IPPROTO_ICMPV6
+        super().__init__(marked_socket(self.family, socket.SOCK_RAW, proto, uplink.fwmark), spec.timeout)
+        self.ident = next(_ids) & 0xFFFF
+        self.target = spec.target
+
+    def match(self, data: bytes, addr: tuple[str, int]) -> int | None:
+        if self.family == socket.AF_INET:
+            if len(data) < 20:
+                return None
+            data = data[(data[0] & 0x0F) * 4 :]  # IPv4 raw sockets deliver the IP header too
+            reply_type = 0
+        else:
+            reply_type = 129
+        if len(data) < 8 or addr[0] != self.target:
+            return None
+        icmp_type, _, _, ident, seq = struct.unpack_from("!BBHHH", data)
+        return seq if icmp_type == reply_type and ident == self.ident else None
+
+    async def probe(self) -> ProbeOutcome:
+        seq = self.next_seq()
+        echo = 8 if self.family == socket.AF_INET else 128
+        payload = b"failoverd-probe!"
+        header = struct.pack("!BBHHH", echo, 0, 0, self.ident, seq)
+        if self.family == socket.AF_INET:  # the kernel fills in the ICMPv6 checksum itself
+            header = struct.pack("!BBHHH", echo, 0, _checksum(header + payload), self.ident, seq)
+        return await self.exchange(header + payload, (self.target, 0), seq)

@@ -1,0 +1,408 @@
+"""The imperative shell: one TaskGroup of named tasks feeding one event queue into the pure engine.
+
+Only this module (and the kernel, probe and control modules it drives) awaits, reads clocks or
+touches the kernel. Every effect the engine returns is carried out here, logged with its cause, and
+written to the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failoverd.actions import run_command
+from failoverd.engine import effects as fx
+from failoverd.engine import events as ev
+from failoverd.engine.state import EngineState, Health, restored_state
+from failoverd.engine.step import step
+from failoverd.errors import FailoverdError, PolicyError
+from failoverd.kernel import conntrack, nft, plan
+from failoverd.kernel.netlink import Diff, Kernel, LinkEvent, OwnedChanged
+from failoverd.observe import systemd
+from failoverd.observe.journal import Journal, effect_record
+from failoverd.observe.logging import get as get_logger
+from failoverd.policy import load_policy
+from failoverd.policy.model import Policy, ProbeSpec
+from failoverd.probes import open_session
+from failoverd.statefile import load_overrides, save_overrides
+
+log = get_logger("failoverd")
+AUDIT_INTERVAL = 30.0  # full kernel reconcile, in case a netlink event was missed
+
+
+class Shutdown(Exception):
+    """Raised inside the TaskGroup to stop every task (SIGTERM, SIGINT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewPolicy:
+    policy: Policy
+    reply: asyncio.Future[dict[str, Any]] | None = None
+
+
+@dataclass(slots=True)
+class Options:
+    policy_path: Path
+    state_dir: Path | None = None
+    socket_path: str | None = None
+    restore_on_exit: bool = False
+
+
+@dataclass(slots=True)
+class Daemon:
+    opts: Options
+    policy: Policy
+    state: EngineState = field(init=False)
+    kernel: Kernel = field(init=False)
+    queue: asyncio.Queue[ev.Event | NewPolicy] = field(default_factory=asyncio.Queue)
+    journal: Journal = field(init=False)
+    replies: dict[str, asyncio.Future[fx.CommandReply]] = field(default_factory=dict)
+    generation: int = 0
+    tg: asyncio.TaskGroup | None = None
+    last_step: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    audit_wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    seq: int = 0
+    carrier: dict[str, bool] = field(default_factory=dict)
+    listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    probe_stats: dict[tuple[str, str], tuple[float, float | None, str]] = field(default_factory=dict)
+
+    # -- start-up -----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        if self.opts.state_dir is not None:
+            self.opts.state_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(self.opts.state_dir)
+        async with Kernel(self.policy.ownership) as kernel:
+            self.kernel = kernel
+            await self._start()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    self.tg = tg
+                    tg.create_task(self._engine_loop(), name="engine")
+                    tg.create_task(self._watch_kernel(), name="netlink-watch")
+                    tg.create_task(self._audit_loop(), name="audit")
+                    tg.create_task(self._probe_supervisor(), name="probes")
+                    tg.create_task(self._signals(), name="signals")
+                    tg.create_task(self._control(), name="control")
+                    if (interval := systemd.watchdog_interval()) is not None:
+                        tg.create_task(self._watchdog(interval), name="watchdog")
+                    systemd.notify("READY=1\nSTATUS=failoverd running")
+                    log.info("started", policy=self.policy.source, site=self.policy.site, pid=os.getpid())
+            except* Shutdown:
+                pass
+            systemd.notify("STOPPING=1")
+            if self.opts.restore_on_exit:
+                diff = await kernel.purge()
+                with contextlib.suppress(nft.NftError):
+                    await nft.remove()
+                log.info("restored-on-exit", removed=len(diff.removed))
+            else:
+                log.info("stopped-fail-static", note="the last forwarding state stays in the kernel")
+
+    async def _start(self) -> None:
+        now = time.monotonic()
+        routes, _ = await self.kernel.observe()
+        adopted = plan.adopt(self.policy, routes)
+        overrides: tuple[Any, ...] = ()
+        seq = 0
+        if self.opts.state_dir is not None:
+            overrides, seq, note = load_overrides(self.opts.state_dir)
+            if note:
+                log.warning("state", note=note)
+        self.state = restored_state(self.policy, now, adopted, overrides, seq)
+        if adopted:
+            log.info("adopted", classes={k: v[0] or v[1] for k, v in adopted.items()})
+        await self._apply_classification()
+        diff = await self._converge(full=True)
+        if diff.removed:
+            log.info("purged-stale", removed=diff.removed)
+        for name, u in self.policy.uplinks.items():
+            link = self.kernel.links.get(u.interface)
+            up = link is not None and link.up and link.carrier
+            self.carrier[name] = up
+            self.queue.put_nowait(ev.CarrierChanged(name, up))
+            if link is None:
+                log.warning("missing-interface", uplink=name, interface=u.interface)
+
+    async def _apply_classification(self) -> None:
+        try:
+            await nft.apply(self.policy)
+        except nft.NftError as exc:
+            # Rules and routes still steer marked traffic; only classification is missing.
+            log.error("nft-failed", error=str(exc))
+
+    async def _converge(self, full: bool = False) -> Diff:
+        assignments = {n: (c.uplink, c.route) for n, c in self.state.classes.items()}
+        routes = plan.desired_routes(self.policy, assignments)
+        diff = await self.kernel.reconcile(routes, plan.desired_rules(self.policy), full=full)
+        for failure in diff.failed:
+            log.warning("kernel-refused", detail=failure)
+        return diff
+
+    # -- the engine ---------------------------------------------------------------------------------
+    async def _engine_loop(self) -> None:
+        await self._step(ev.Tick())
+        while True:
+            wake = self.state.wake_at
+            timeout = None if wake is None else max(0.0, wake - time.monotonic())
+            try:
+                item = await asyncio.wait_for(self.queue.get(), timeout)
+            except TimeoutError:
+                item = ev.Tick()
+            if isinstance(item, NewPolicy):
+                await self._switch_policy(item)
+                continue
+            await self._step(item)
+
+    async def _step(self, event: ev.Event) -> None:
+        now = time.monotonic()
+        before = self.state
+        self.state, effects = step(self.state, event, self.policy, now)
+        self.last_step = now
+        await self._execute(effects, now, before)
+
+    async def _execute(self, effects: tuple[fx.Effect, ...], now: float, before: EngineState) -> None:
+        routes_changed = False
+        for e in effects:
+            record = effect_record(e)
+            if record is not None:
+                self._record(record, now)
+            match e:
+                case fx.SwitchClass():
+                    routes_changed = True
+                    log.warning(
+                        "decision",
+                        cls=e.cls,
+                        frm=e.from_uplink,
+                        to=e.to_uplink or e.route,
+                        cause=e.cause.code,
+                        text=e.cause.text,
+                        evidence=dict(e.cause.evidence),
+                    )
+                case fx.WithdrawClass():
+                    routes_changed = True
+                case fx.UplinkChanged():
+                    log.info("uplink", uplink=e.uplink, frm=e.old, to=e.new, cause=e.cause.code, text=e.cause.text)
+                case fx.Alarm():
+                    level = {"info": log.info, "warning": log.warning, "critical": log.critical}[e.severity]
+                    level("alarm", subject=e.subject, cause=e.cause.code, text=e.cause.text)
+                case fx.ClockReaction():
+                    log.warning("clock", frm=e.old, to=e.new, distrust=sorted(e.distrust), text=e.cause.text)
+                case fx.FlushConntrack():
+                    self._spawn(self._flush(e), f"conntrack-{e.cls}")
+                case fx.ActivateStandby() | fx.DeactivateStandby():
+                    self._spawn(self._standby(e), f"standby-{e.uplink}")
+                case fx.CommandReply():
+                    fut = self.replies.pop(e.request, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(e)
+        if routes_changed:
+            t0 = time.monotonic()
+            diff = await self._converge()
+            log.info("kernel", changed=diff.added + diff.removed, ms=round((time.monotonic() - t0) * 1000, 2))
+        if self.opts.state_dir is not None and (
+            before.overrides != self.state.overrides or before.override_seq != self.state.override_seq
+        ):
+            save_overrides(self.opts.state_dir, self.state.overrides, self.state.override_seq)
+
+    def _record(self, record: dict[str, Any], now: float) -> None:
+        rec = self.journal.add(record, now)
+        for listener in list(self.listeners):
+            listener(rec)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        assert self.tg is not None
+        self.tg.create_task(coro, name=name)
+
+    async def _flush(self, e: fx.FlushConntrack) -> None:
+        c = self.policy.classes.get(e.cls)
+        if c is None:
+            return
+        ok, text = await conntrack.flush_mark(c.fwmark, self.policy.ownership.fwmark_mask)
+        (log.info if ok else log.warning)("conntrack-flush", cls=e.cls, uplink=e.uplink, result=text)
+
+    async def _standby(self, e: fx.ActivateStandby | fx.DeactivateStandby) -> None:
+        action = "activate" if isinstance(e, fx.ActivateStandby) else "deactivate"
+        if e.command is None:
+            ok, text = True, "no command configured"
+        else:
+            log.info("standby-run", uplink=e.uplink, action=action, argv=list(e.command.argv))
+            ok, text = await run_command(e.command)
+        await self.queue.put(ev.StandbyResult(e.uplink, action, ok, text))  # type: ignore[arg-type]
+
+    async def _switch_policy(self, item: NewPolicy) -> None:
+        old = self.policy
+        self.policy = item.policy
+        self.generation += 1
+        await self._apply_classification()
+        await self._step(ev.PolicyReloaded())
+        await self._converge(full=True)
+        for name, u in self.policy.uplinks.items():
+            if name not in old.uplinks:
+                link = self.kernel.links.get(u.interface)
+                await self.queue.put(ev.CarrierChanged(name, bool(link and link.up and link.carrier)))
+        log.warning("policy-reloaded", policy=self.policy.source)
+        self._record({"kind": "reload", "ok": True, "policy": self.policy.source}, time.monotonic())
+        if item.reply is not None and not item.reply.done():
+            item.reply.set_result({"ok": True, "text": f"policy {self.policy.source} in force"})
+
+    # -- commands (from the control socket) ---------------------------------------------------------
+    async def command(self, event: ev.ForceClass | ev.DrainUplink | ev.Release) -> fx.CommandReply:
+        fut: asyncio.Future[fx.CommandReply] = asyncio.get_running_loop().create_future()
+        self.replies[event.request] = fut
+        await self.queue.put(event)
+        return await asyncio.wait_for(fut, 10)
+
+    def next_request(self) -> str:
+        self.seq += 1
+        return f"c{self.seq}"
+
+    async def reload(self) -> dict[str, Any]:
+        """Validate the policy file again; on any error keep running the old policy and say why."""
+        try:
+            new = load_policy(self.opts.policy_path)
+        except PolicyError as exc:
+            problems = [str(p) for p in exc.problems]
+            for p in problems:
+                log.error("reload-refused", problem=p)
+            self._record({"kind": "reload", "ok": False, "problems": problems}, time.monotonic())
+            return {"ok": False, "text": "policy refused; the running policy stays in force", "problems": problems}
+        if new.ownership != self.policy.ownership:
+            text = "ownership (route protocol, priorities, tables, marks) changed: restart failoverd to apply it"
+            log.error("reload-refused", problem=text)
+            return {"ok": False, "text": text, "problems": [text]}
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        await self.queue.put(NewPolicy(new, fut))
+        return await asyncio.wait_for(fut, 10)
+
+    # -- probes -------------------------------------------------------------------------------------
+    async def _probe_supervisor(self) -> None:
+        while True:
+            gen = self.generation
+            async with asyncio.TaskGroup() as ptg:
+                for name, u in self.policy.uplinks.items():
+                    for i, spec in enumerate(u.probes):
+                        # Spread an uplink's targets over its interval; they still run concurrently.
+                        phase = spec.interval * i / max(1, len(u.probes))
+                        ptg.create_task(self._probe_loop(gen, name, spec, phase), name=f"probe-{name}-{spec.key}")
+                ptg.create_task(self._wait_generation(gen), name="probe-generation")
+
+    async def _wait_generation(self, gen: int) -> None:
+        while self.generation == gen:
+            await asyncio.sleep(0.5)
+
+    def _probing(self, uplink: str) -> bool:
+        u = self.state.uplinks.get(uplink)
+        return u is not None and u.health not in (Health.STANDBY, Health.FAILED)
+
+    async def _probe_loop(self, gen: int, uplink: str, spec: ProbeSpec, phase: float) -> None:
+        u = self.policy.uplinks[uplink]
+        try:
+            session = open_session(spec, u)
+        except OSError as exc:
+            log.error("probe-unavailable", uplink=uplink, probe=spec.key, error=exc.strerror or str(exc))
+            return
+        try:
+            await asyncio.sleep(phase)
+            next_at = time.monotonic()
+            async with asyncio.TaskGroup() as attempts:
+                while self.generation == gen:
+                    if self._probing(uplink):
+                        attempts.create_task(self._attempt(session, uplink, spec))
+                    next_at += spec.interval
+                    delay = next_at - time.monotonic()
+                    if delay < 0:  # fell behind (suspended, overloaded): do not burst to catch up
+                        next_at = time.monotonic()
+                        delay = 0
+                    await asyncio.sleep(delay)
+        finally:
+            session.close()
+
+    async def _attempt(self, session: Any, uplink: str, spec: ProbeSpec) -> None:
+        out = await session.probe()
+        self.probe_stats[(uplink, spec.key)] = (time.monotonic(), out.rtt, out.detail)
+        await self.queue.put(ev.ProbeResult(uplink, spec.key, out.ok, out.rtt))
+
+    # -- kernel events ------------------------------------------------------------------------------
+    async def _watch_kernel(self) -> None:
+        by_iface = {u.interface: name for name, u in self.policy.uplinks.items()}
+        async for e in self.kernel.watch():
+            if isinstance(e, LinkEvent):
+                by_iface = {u.interface: name for name, u in self.policy.uplinks.items()}
+                name = by_iface.get(e.link.name)
+                if name is None:
+                    continue
+                up = e.link.up and e.link.carrier and not e.gone
+                if self.carrier.get(name) != up:
+                    self.carrier[name] = up
+                    log.info("carrier", uplink=name, interface=e.link.name, up=up)
+                    await self.queue.put(ev.CarrierChanged(name, up))
+                    if up:
+                        self.audit_wanted.set()  # the kernel drops routes of a device that went down
+            elif isinstance(e, OwnedChanged):
+                # Ours or someone else's change: a full reconcile tells which, and undoes the latter.
+                self.audit_wanted.set()
+
+    async def _audit_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.audit_wanted.wait(), AUDIT_INTERVAL)
+            await asyncio.sleep(0.05)  # let a burst of events settle
+            self.audit_wanted.clear()
+            diff = await self._converge(full=True)
+            if diff.added or diff.removed:
+                log.warning(
+                    "restored-owned-state",
+                    added=diff.added,
+                    removed=diff.removed,
+                    note="an owned route or rule was changed outside failoverd",
+                )
+                self._record({"kind": "restored", "added": diff.added, "removed": diff.removed}, time.monotonic())
+
+    # -- signals, control, watchdog -----------------------------------------------------------------
+    async def _signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        received: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, received.put_nowait, sig)
+        while True:
+            sig = await received.get()
+            log.info("signal", signal=sig.name)
+            if sig is not signal.SIGHUP:
+                raise Shutdown
+            await self.reload()
+
+    async def _control(self) -> None:
+        from failoverd.control.unix import serve  # noqa: PLC0415 (keeps the import graph acyclic)
+
+        await serve(self, self.opts.socket_path or self.policy.control.socket)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            # Pet the watchdog only while the engine loop is alive: it wakes at least every audit.
+            if time.monotonic() - self.last_step < max(AUDIT_INTERVAL * 2, interval * 4):
+                systemd.notify("WATCHDOG=1")
+
+
+def run(opts: Options) -> int:
+    try:
+        policy = load_policy(opts.policy_path)
+    except PolicyError as exc:
+        for p in exc.problems:
+            log.error("policy", problem=str(p))
+        return 2
+    daemon = Daemon(opts, policy)
+    try:
+        asyncio.run(daemon.run())
+    except FailoverdError as exc:
+        log.error("fatal", error=str(exc))
+        return 1
+    return 0

@@ -1,0 +1,175 @@
+"""Lab traffic: a paced UDP stream with sequence numbers, and a receiver that measures what arrived.
+
+`python -m lab.traffic send --dst 198.19.1.10:9000 --rate 1000`
+`python -m lab.traffic recv --bind 198.19.1.10:9000 --out result.json`   (summary on SIGTERM)
+
+The receiver reports the longest gap between consecutive arrivals (the outage a user felt), lost,
+duplicated and reordered packets, and which source address (after NAT: which ISP) carried each part
+of the stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAGIC = b"FOT1"
+FMT = "!4sId"  # magic, sequence, send time (CLOCK_MONOTONIC, shared by every namespace of one host)
+SIZE = struct.calcsize(FMT)
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def send(dst: tuple[str, int], rate: float, duration: float | None, size: int, tos: int) -> int:
+    fam = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_DGRAM)
+    if tos:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+    sock.setblocking(False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    start = time.monotonic()
+    seq = 0
+    pad = b"\0" * max(0, size - SIZE)
+    while not stop.is_set():
+        now = time.monotonic()
+        if duration is not None and now - start >= duration:
+            break
+        due = int((now - start) * rate) + 1
+        while seq < due:
+            # No route right now: the packet is lost, the stream goes on.
+            with contextlib.suppress(OSError):
+                sock.sendto(struct.pack(FMT, MAGIC, seq, time.monotonic()) + pad, dst)
+            seq += 1
+        await asyncio.sleep(min(0.001, 1 / rate))
+    sock.close()
+    return seq
+
+
+@dataclass
+class Receiver:
+    arrivals: list[tuple[float, int, str, float]] = field(default_factory=list)  # t, seq, src, sent
+
+    def summary(self, top: int = 5) -> dict[str, Any]:
+        if not self.arrivals:
+            return {"received": 0, "max_gap_ms": None, "lost": None, "by_source": {}, "switches": []}
+        seen: set[int] = set()
+        dup = reordered = 0
+        highest = -1
+        by_source: dict[str, int] = {}
+        switches: list[dict[str, Any]] = []
+        gaps: list[tuple[float, float, float]] = []
+        prev_t, prev_src = self.arrivals[0][0], self.arrivals[0][2]
+        for t, seq, src, _ in self.arrivals:
+            if seq in seen:
+                dup += 1
+                continue
+            seen.add(seq)
+            if seq < highest:
+                reordered += 1
+            highest = max(highest, seq)
+            by_source[src] = by_source.get(src, 0) + 1
+            gaps.append((t - prev_t, prev_t, t))
+            if src != prev_src:
+                switches.append({"t": t, "from": prev_src, "to": src})
+            prev_t, prev_src = t, src
+        first = min(seen)
+        gaps.sort(reverse=True)
+        return {
+            "received": len(seen),
+            "first_seq": first,
+            "last_seq": highest,
+            "lost": highest - first + 1 - len(seen),
+            "duplicates": dup,
+            "reordered": reordered,
+            "max_gap_ms": round(gaps[0][0] * 1000, 3) if gaps else 0.0,
+            "gaps": [{"ms": round(g * 1000, 3), "from_t": a, "to_t": b} for g, a, b in gaps[:top]],
+            "by_source": by_source,
+            "switches": switches,
+            "first_t": self.arrivals[0][0],
+            "last_t": self.arrivals[-1][0],
+        }
+
+
+async def recv(bind: tuple[str, int], out: Path | None, duration: float | None) -> dict[str, Any]:
+    fam = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind(bind)
+    sock.setblocking(False)
+    r = Receiver()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def readable() -> None:
+        while True:
+            try:
+                data, addr = sock.recvfrom(2048)
+            except BlockingIOError:
+                return
+            if len(data) >= SIZE:
+                magic, seq, sent = struct.unpack_from(FMT, data)
+                if magic == MAGIC:
+                    r.arrivals.append((time.monotonic(), seq, addr[0], sent))
+
+    loop.add_reader(sock.fileno(), readable)
+    if duration is None:
+        await stop.wait()
+    else:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), duration)
+    loop.remove_reader(sock.fileno())
+    readable()
+    sock.close()
+    summary = r.summary()
+    if out is not None:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary))
+        tmp.replace(out)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m lab.traffic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("send")
+    s.add_argument("--dst", required=True)
+    s.add_argument("--rate", type=float, default=1000.0, help="packets per second")
+    s.add_argument("--duration", type=float)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--tos", type=lambda v: int(v, 0), default=0, help="IP TOS byte, e.g. 0xb8 for DSCP EF")
+    r = sub.add_parser("recv")
+    r.add_argument("--bind", required=True)
+    r.add_argument("--out", type=Path)
+    r.add_argument("--duration", type=float)
+    args = ap.parse_args(argv)
+    if args.cmd == "send":
+        asyncio.run(send(_addr(args.dst), args.rate, args.duration, args.size, args.tos))
+    else:
+        summary = asyncio.run(recv(_addr(args.bind), args.out, args.duration))
+        json.dump(summary, sys.stdout)
+        sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""A two-ISP gateway in network namespaces, with failoverd, probe targets and a traffic stream, for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.netns import LabError, Topology, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+POLICY = """
+site: test-gw
+uplinks:
+  - name: fiber
+    interface: fiber0
+    next_hop: 198.18.1.1
+    probes:
+      - {kind: udp-echo, target: 198.19.0.1, interval: 50ms, timeout: 150ms}
+      - {kind: udp-echo, target: 198.19.0.2, interval: 50ms, timeout: 150ms}
+      - {kind: udp-echo, target: 198.19.0.3, interval: 50ms, timeout: 150ms}
+    health:
+      down: {consecutive_losses: 3, loss_percent: 40, window: 2s}
+      up: {successes: 5, hold_down: 1s}
+  - name: mobile
+    interface: mob1
+    next_hop: 198.18.2.1
+    kind: cellular
+    probes:
+      - {kind: udp-echo, target: 198.19.0.1, interval: 100ms, timeout: 300ms}
+      - {kind: icmp, target: 198.19.0.2, interval: 100ms, timeout: 300ms}
+classes:
+  - name: critical
+    match: [{src: [198.18.10.10/32]}]
+    path: [fiber, mobile]
+    preempt_delay: PREEMPT
+  - name: bulk
+    path: [fiber, mobile]
+    preempt_delay: 2s
+control:
+  max_override: 1h
+"""
+
+FIBER_NAT = "198.18.1.2"
+MOBILE_NAT = "198.18.2.2"
+SERVER = "198.19.1.10"
+
+
+@dataclass
+class GatewayLab:
+    """gw (failoverd) — isp1 (fiber) / isp2 (mobile) — inet (targets, server); lan behind gw."""
+
+    tmp: Path
+    preempt: str = "3s"
+    topo: Topology = field(init=False)
+    daemon: subprocess.Popen[bytes] | None = None
+    receiver: subprocess.Popen[bytes] | None = None
+    sender: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.topo = Topology(f"fo-t{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000:03d}")
+        self.policy_path = self.tmp / "policy.yaml"
+        self.policy_path.write_text(POLICY.replace("PREEMPT", self.preempt))
+        self.state_dir = self.tmp / "state"
+        self.socket = str(self.tmp / "ctl.sock")
+        self.log = self.tmp / "failoverd.log"
+
+    # -- topology -----------------------------------------------------------------------------------
+    def build(self) -> GatewayLab:
+        t = self.topo
+        try:
+            for n in ("gw", "isp1", "isp2", "inet", "lan"):
+                t.add_node(n)
+            t.link("gw", "lan0", "lan", "eth0")
+            t.link("gw", "fiber0", "isp1", "down0")
+            t.link("gw", "mob1", "isp2", "down0")
+            t.link("isp1", "up0", "inet", "isp1")
+            t.link("isp2", "up0", "inet", "isp2")
+            t.addr("gw", "lan0", "198.18.10.1/24")
+            t.addr("gw", "fiber0", "198.18.1.2/30")
+            t.addr("gw", "mob1", "198.18.2.2/30")
+            t.addr("isp1", "down0", "198.18.1.1/30")
+            t.addr("isp1", "up0", "198.18.101.1/30")
+            t.addr("isp2", "down0", "198.18.2.1/30")
+            t.addr("isp2", "up0", "198.18.102.1/30")
+            t.addr("inet", "isp1", "198.18.101.2/30")
+            t.addr("inet", "isp2", "198.18.102.2/30")
+            for a in ("198.19.0.1", "198.19.0.2", "198.19.0.3", SERVER):
+                t.addr("inet", "lo", f"{a}/32")
+            t.route("inet", "198.18.1.0/30", "via", "198.18.101.1")
+            t.route("inet", "198.18.2.0/30", "via", "198.18.102.1")
+            t.route("isp1", "198.19.0.0/16", "via", "198.18.101.2")
+            t.route("isp2", "198.19.0.0/16", "via", "198.18.102.2")
+            t.addr("lan", "eth0", "198.18.10.10/24")
+            t.addr("lan", "eth0", "198.18.10.20/24")
+            t.route("lan", "default", "via", "198.18.10.1")
+            # NAT on each uplink is the gateway's own configuration, not failoverd's.
+            t.nft(
+                "gw",
+                "table ip labnat {\n chain post {\n type nat hook postrouting priority srcnat;\n"
+                ' oifname "fiber0" masquerade\n oifname "mob1" masquerade\n }\n}\n',
+            )
+            # Counters of the probes each ISP forwards (router-originated traffic must keep its uplink).
+            for isp, src in (("isp1", FIBER_NAT), ("isp2", MOBILE_NAT)):
+                t.nft(
+                    isp,
+                    f"table inet lab {{\n chain transit {{\n type filter hook forward priority 0;\n"
+                    f" ip saddr {src} udp dport 7 counter\n }}\n}}\n",
+                )
+            targets = [x for a in ("198.19.0.1", "198.19.0.2", "198.19.0.3") for x in ("--bind", a)]
+            t.spawn("inet", [PY, "-m", "lab.responder", *targets], cwd=ROOT)
+        except BaseException:
+            t.destroy()
+            raise
+        return self
+
+    def destroy(self) -> None:
+        self.topo.destroy()
+
+    # -- faults -------------------------------------------------------------------------------------
+    def carrier(self, up: bool) -> None:
+        """Cut or mend the fiber: the ISP's end goes down, so the gateway sees carrier loss."""
+        self.topo.sh("isp1", "ip", "link", "set", "dev", "down0", "up" if up else "down")
+
+    def blackhole(self, on: bool) -> None:
+        """The ISP router keeps its link and its address but forwards nothing."""
+        if on:
+            self.topo.nft(
+                "isp1",
+                "table inet fault {\n chain transit {\n type filter hook forward priority -10; policy drop;\n }\n}\n",
+            )
+        else:
+            self.topo.nft("isp1", "delete table inet fault\n")
+
+    def kill_target(self, address: str) -> None:
+        self.topo.sh("inet", "ip", "addr", "del", f"{address}/32", "dev", "lo")
+
+    def probe_packets(self, isp: str) -> int:
+        out = self.topo.sh(isp, "nft", "-j", "list", "table", "inet", "lab").stdout
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule")
+            if rule:
+                for expr in rule["expr"]:
+                    if "counter" in expr:
+                        return int(expr["counter"]["packets"])
+        raise LabError("no probe counter")
+
+    # -- failoverd ----------------------------------------------------------------------------------
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        cmd = [
+            PY,
+            "-m",
+            "failoverd.cli",
+            "run",
+            "--policy",
+            str(self.policy_path),
+            "--state-dir",
+            str(self.state_dir),
+            "--socket",
+            self.socket,
+            "--netns",
+            self.topo.ns("gw"),
+            "--log-json",
+            *extra,
+        ]
+        out = self.log.open("ab")
+        self.daemon = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.topo.procs.append(self.daemon)
+        wait_for(self._answers, 15, what=f"failoverd control socket (log: {self.log})")
+        return self.daemon
+
+    def _answers(self) -> bool:
+        if self.daemon is not None and self.daemon.poll() is not None:
+            raise LabError(f"failoverd exited with {self.daemon.returncode}:\n{self.log.read_text()[-3000:]}")
+        try:
+            return bool(self.ctl("status")["ok"])
+        except (LabError, json.JSONDecodeError):
+            return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.daemon is not None
+        return self.topo.stop(self.daemon, sig)
+
+    def ctl(self, *args: str, check_exit: bool = False) -> dict[str, Any]:
+        r = subprocess.run(
+            [PY, "-m", "failoverd.ctl", "--socket", self.socket, "--json", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=20,
+            check=False,
+        )
+        if r.returncode == 3:
+            raise LabError(r.stderr)
+        reply: dict[str, Any] = json.loads(r.stdout)
+        return reply
+
+    def cls(self, name: str) -> str | None:
+        for c in self.ctl("status")["classes"]:
+            if c["name"] == name:
+                return c["uplink"] if c["route"] == "via" else c["route"]
+        raise LabError(f"no class {name}")
+
+    def uplink_state(self, name: str) -> str:
+        return next(u["state"] for u in self.ctl("status")["uplinks"] if u["name"] == name)
+
+    def wait_class(self, name: str, where: str | None, timeout: float = 10) -> None:
+        wait_for(lambda: self.cls(name) == where, timeout, 0.05, f"class {name} on {where}")
+
+    # -- kernel views -------------------------------------------------------------------------------
+    def routes(self) -> list[str]:
+        out = self.topo.sh("gw", "ip", "-4", "route", "show", "table", "all", "proto", "74").stdout
+        return sorted(line.strip() for line in out.splitlines() if line.strip())
+
+    def rules(self) -> list[str]:
+        out = self.topo.sh("gw", "ip", "-4", "rule", "show").stdout
+        return sorted(line.strip() for line in out.splitlines() if "proto 74" in line)
+
+    # -- traffic ------------------------------------------------------------------------------------
+    def start_traffic(self, rate: int = 500) -> None:
+        self.result = self.tmp / "traffic.json"
+        self.receiver = self.topo.spawn(
+            "inet", [PY, "-m", "lab.traffic", "recv", "--bind", f"{SERVER}:9000", "--out", str(self.result)], cwd=ROOT
+        )
+        time.sleep(0.3)
+        self.sender = self.topo.spawn(
+            "lan", [PY, "-m", "lab.traffic", "send", "--dst", f"{SERVER}:9000", "--rate", str(rate)], cwd=ROOT
+        )
+
+    def stop_traffic(self) -> dict[str, Any]:
+        assert self.sender is not None and self.receiver is not None
+        self.topo.stop(self.sender)
+        time.sleep(0.3)
+        self.topo.stop(self.receiver)
+        summary: dict[str, Any] = json.loads(self.result.read_text())
+        return summary
