@@ -20,7 +20,7 @@ lint: bootstrap
 	$(VENV)/bin/ruff format --check failoverd tests lab bench
 
 types: bootstrap
-	$(VENV)/bin/mypy failoverd
+	$(VENV)/bin/mypy failoverd lab
 
 check: lint types test
 

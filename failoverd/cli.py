@@ -146,6 +146,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Send each probe of the policy once (or --count times) and print what came back."""
+    import asyncio  # noqa: PLC0415
+
+    if args.netns:
+        from failoverd.kernel.netlink import set_netns  # noqa: PLC0415
+
+        set_netns(args.netns)
+    from failoverd.probes import open_session  # noqa: PLC0415
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return EXIT_INVALID
+
+    async def run_all() -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        for name, u in policy.uplinks.items():
+            if args.uplink and name not in args.uplink:
+                continue
+            for spec in u.probes:
+                try:
+                    session = open_session(spec, u)
+                except OSError as exc:
+                    rows.append({"uplink": name, "probe": spec.key, "ok": False, "detail": str(exc)})
+                    continue
+                try:
+                    for _ in range(args.count):
+                        out = await session.probe()
+                        rtt = round(out.rtt * 1000, 3) if out.rtt is not None else None
+                        rows.append(
+                            {"uplink": name, "probe": spec.key, "ok": out.ok, "rtt_ms": rtt, "detail": out.detail}
+                        )
+                finally:
+                    session.close()
+        return rows
+
+    rows = asyncio.run(run_all())
+    for r in rows:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            verdict = f"ok {r['rtt_ms']:.2f} ms" if r["ok"] else f"LOST ({r['detail']})"
+            print(f"{r['uplink']:<10} {r['probe']:<40} {verdict}")
+    return EXIT_OK if rows and all(r["ok"] for r in rows) else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="failoverd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("probe", help="send each probe of a policy once and print the answers")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--uplink", action="append", help="only this uplink (repeat)")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--netns", help="probe from inside this existing network namespace")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe)
     return parser
 
 

@@ -73,6 +73,7 @@ class Daemon:
     carrier: dict[str, bool] = field(default_factory=dict)
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     probe_stats: dict[tuple[str, str], tuple[float, float | None, str]] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
 
     # -- start-up -----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -142,8 +143,14 @@ class Daemon:
         assignments = {n: (c.uplink, c.route) for n, c in self.state.classes.items()}
         routes = plan.desired_routes(self.policy, assignments)
         diff = await self.kernel.reconcile(routes, plan.desired_rules(self.policy), full=full)
-        for failure in diff.failed:
-            log.warning("kernel-refused", detail=failure)
+        # A route via a link that is down (a cold standby that is off) is refused on every try: say
+        # so when it starts and when it ends, not at every reconcile.
+        failed = set(diff.failed)
+        for failure in sorted(failed - self.refused):
+            log.warning("kernel-refused", detail=failure, note="retried on link changes and every audit")
+        for failure in sorted(self.refused - failed):
+            log.info("kernel-accepted", detail=failure)
+        self.refused = failed
         return diff
 
     # -- the engine ---------------------------------------------------------------------------------

@@ -80,10 +80,13 @@ class Receiver:
                 dup += 1
                 continue
             seen.add(seq)
-            if seq < highest:
-                reordered += 1
-            highest = max(highest, seq)
             by_source[src] = by_source.get(src, 0) + 1
+            if seq < highest:
+                # A late packet (say, held in a queue while a link was down) is not the live stream:
+                # it neither ends a gap nor marks a change of path.
+                reordered += 1
+                continue
+            highest = seq
             gaps.append((t - prev_t, prev_t, t))
             if src != prev_src:
                 switches.append({"t": t, "from": prev_src, "to": src})

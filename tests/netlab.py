@@ -37,10 +37,23 @@ uplinks:
     probes:
       - {kind: udp-echo, target: 198.19.0.1, interval: 100ms, timeout: 300ms}
       - {kind: icmp, target: 198.19.0.2, interval: 100ms, timeout: 300ms}
+  - name: sat
+    interface: sat0
+    next_hop: 198.18.4.1
+    kind: satellite
+    metered: true
+    admit: [critical]
+    standby:
+      mode: cold
+      activate: {run: [ip, link, set, dev, sat0, up], timeout: 5s}
+      deactivate: {run: [ip, link, set, dev, sat0, down], timeout: 5s}
+      activation_time: 10s
+      release_after: 3s
+    probes: [{kind: udp-echo, target: 198.19.0.1, interval: 100ms, timeout: 500ms}]
 classes:
   - name: critical
     match: [{src: [198.18.10.10/32]}]
-    path: [fiber, mobile]
+    path: [fiber, mobile, sat]
     preempt_delay: PREEMPT
   - name: bulk
     path: [fiber, mobile]
@@ -51,12 +64,13 @@ control:
 
 FIBER_NAT = "198.18.1.2"
 MOBILE_NAT = "198.18.2.2"
+SAT_NAT = "198.18.4.2"
 SERVER = "198.19.1.10"
 
 
 @dataclass
 class GatewayLab:
-    """gw (failoverd) — isp1 (fiber) / isp2 (mobile) — inet (targets, server); lan behind gw."""
+    """gw (failoverd) — isp1 (fiber) / isp2 (mobile) / isp3 (satellite, cold) — inet; lan behind gw."""
 
     tmp: Path
     preempt: str = "3s"
@@ -77,13 +91,15 @@ class GatewayLab:
     def build(self) -> GatewayLab:
         t = self.topo
         try:
-            for n in ("gw", "isp1", "isp2", "inet", "lan"):
+            for n in ("gw", "isp1", "isp2", "isp3", "inet", "lan"):
                 t.add_node(n)
             t.link("gw", "lan0", "lan", "eth0")
             t.link("gw", "fiber0", "isp1", "down0")
             t.link("gw", "mob1", "isp2", "down0")
             t.link("isp1", "up0", "inet", "isp1")
             t.link("isp2", "up0", "inet", "isp2")
+            t.link("gw", "sat0", "isp3", "down0")
+            t.link("isp3", "up0", "inet", "isp3")
             t.addr("gw", "lan0", "198.18.10.1/24")
             t.addr("gw", "fiber0", "198.18.1.2/30")
             t.addr("gw", "mob1", "198.18.2.2/30")
@@ -93,6 +109,13 @@ class GatewayLab:
             t.addr("isp2", "up0", "198.18.102.1/30")
             t.addr("inet", "isp1", "198.18.101.2/30")
             t.addr("inet", "isp2", "198.18.102.2/30")
+            t.addr("gw", "sat0", "198.18.4.2/30")
+            t.addr("isp3", "down0", "198.18.4.1/30")
+            t.addr("isp3", "up0", "198.18.103.1/30")
+            t.addr("inet", "isp3", "198.18.103.2/30")
+            t.route("inet", "198.18.4.0/30", "via", "198.18.103.1")
+            t.route("isp3", "198.19.0.0/16", "via", "198.18.103.2")
+            t.sh("gw", "ip", "link", "set", "dev", "sat0", "down")  # the terminal is off until needed
             for a in ("198.19.0.1", "198.19.0.2", "198.19.0.3", SERVER):
                 t.addr("inet", "lo", f"{a}/32")
             t.route("inet", "198.18.1.0/30", "via", "198.18.101.1")
@@ -106,7 +129,7 @@ class GatewayLab:
             t.nft(
                 "gw",
                 "table ip labnat {\n chain post {\n type nat hook postrouting priority srcnat;\n"
-                ' oifname "fiber0" masquerade\n oifname "mob1" masquerade\n }\n}\n',
+                ' oifname "fiber0" masquerade\n oifname "mob1" masquerade\n oifname "sat0" masquerade\n }\n}\n',
             )
             # Counters of the probes each ISP forwards (router-originated traffic must keep its uplink).
             for isp, src in (("isp1", FIBER_NAT), ("isp2", MOBILE_NAT)):
@@ -130,15 +153,15 @@ class GatewayLab:
         """Cut or mend the fiber: the ISP's end goes down, so the gateway sees carrier loss."""
         self.topo.sh("isp1", "ip", "link", "set", "dev", "down0", "up" if up else "down")
 
-    def blackhole(self, on: bool) -> None:
+    def blackhole(self, on: bool, isp: str = "isp1") -> None:
         """The ISP router keeps its link and its address but forwards nothing."""
         if on:
             self.topo.nft(
-                "isp1",
+                isp,
                 "table inet fault {\n chain transit {\n type filter hook forward priority -10; policy drop;\n }\n}\n",
             )
         else:
-            self.topo.nft("isp1", "delete table inet fault\n")
+            self.topo.nft(isp, "delete table inet fault\n")
 
     def kill_target(self, address: str) -> None:
         self.topo.sh("inet", "ip", "addr", "del", f"{address}/32", "dev", "lo")

@@ -342,8 +342,10 @@ class _Work:
             self.classes[name] = ClassState(choice.uplink, choice.route, self.now, choice.cause, choice.override)
             self.effects.append(SwitchClass(name, cur.uplink, choice.uplink, choice.route, choice.cause))
             if cur.uplink is not None and cur.route == "via":
+                # Also when the class now has no route at all: its flows keep the old uplink's NAT
+                # in conntrack and would leave by the next uplink with a source it does not own.
                 back = is_failback(spec, cur, choice.uplink)
-                if (spec.flush_on_failback if back else spec.flush_on_failover) and choice.route == "via":
+                if spec.flush_on_failback if back else spec.flush_on_failover:
                     self.effects.append(FlushConntrack(name, cur.uplink, choice.cause))
             if choice.route in ("blackhole", "unreachable"):
                 self.alarm("critical", name, choice.cause)

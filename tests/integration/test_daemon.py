@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from netlab import FIBER_NAT, MOBILE_NAT, ROOT, GatewayLab
+from netlab import FIBER_NAT, MOBILE_NAT, ROOT, SAT_NAT, GatewayLab
 
 from lab.netns import wait_for
 
@@ -170,7 +170,7 @@ def test_broken_policy_on_reload_is_refused_and_the_old_one_stays(gwlab: Gateway
     gwlab.start()
     gwlab.wait_class("critical", "fiber")
     good = gwlab.policy_path.read_text()
-    broken = good.replace("path: [fiber, mobile]\n    preempt_delay: 3s", "path: [fiber, lte]")
+    broken = good.replace("path: [fiber, mobile, sat]\n    preempt_delay: 3s", "path: [fiber, lte]")
     gwlab.policy_path.write_text(broken)
     line = broken.splitlines().index("    path: [fiber, lte]") + 1
     r = ctl_exit(gwlab, "reload")
@@ -243,3 +243,27 @@ def test_systemd_notify_ready_and_watchdog(gwlab: GatewayLab, tmp_path: Path) ->
         while not any(m.startswith("WATCHDOG=1") for m in got):
             got.append(s.recv(4096).decode())
     assert any(m.startswith("READY=1") for m in got), got
+
+
+def test_cold_satellite_is_activated_as_last_resort_and_released(gwlab: GatewayLab) -> None:
+    gwlab.start()
+    gwlab.wait_class("critical", "fiber")
+    assert gwlab.uplink_state("sat") == "STANDBY"
+    gwlab.start_traffic()
+    time.sleep(0.3)
+    gwlab.blackhole(True, "isp2")
+    gwlab.carrier(False)
+    # Only critical may use the metered satellite; bulk has nowhere to go.
+    gwlab.wait_class("critical", "sat", timeout=10)
+    assert gwlab.cls("bulk") == "unreachable"
+    assert "state UP" in gwlab.topo.sh("gw", "ip", "link", "show", "dev", "sat0").stdout
+    time.sleep(0.5)
+    gwlab.carrier(True)
+    gwlab.wait_class("critical", "fiber", timeout=10)
+    # Released once no class has needed it for release_after (3 s): the activate command's opposite ran.
+    wait_for(lambda: gwlab.uplink_state("sat") == "STANDBY", 10, what="satellite released")
+    assert "state DOWN" in gwlab.topo.sh("gw", "ip", "link", "show", "dev", "sat0").stdout
+    traffic = gwlab.stop_traffic()
+    assert [s["to"] for s in traffic["switches"]] == [SAT_NAT, FIBER_NAT], traffic["switches"]
+    standby = history(gwlab, "standby")
+    assert [r["action"] for r in standby] == ["activate", "deactivate"]
