@@ -106,7 +106,16 @@ class Receiver:
             "switches": switches,
             "first_t": self.arrivals[0][0],
             "last_t": self.arrivals[-1][0],
+            "buckets": self.buckets(),
         }
+
+    def buckets(self, width: float = 0.1) -> list[list[Any]]:
+        """Arrivals per `width` seconds and source: what a plot of delivery over time needs."""
+        out: dict[int, dict[str, int]] = {}
+        for t, _, src, _ in self.arrivals:
+            b = out.setdefault(int(t / width), {})
+            b[src] = b.get(src, 0) + 1
+        return [[round(k * width, 3), v] for k, v in sorted(out.items())]
 
 
 async def recv(bind: tuple[str, int], out: Path | None, duration: float | None) -> dict[str, Any]:
@@ -149,6 +158,71 @@ async def recv(bind: tuple[str, int], out: Path | None, duration: float | None) 
     return summary
 
 
+async def tcp_send(dst: tuple[str, int], rate: float, duration: float | None) -> int:
+    """Records over TCP at `rate` per second; reconnects when the connection breaks (as after a
+    failover with NAT, when the old flow's state is flushed)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    start = time.monotonic()
+    seq = 0
+    pad = b"\0" * 52
+    while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*dst), 1.0)
+        except (OSError, TimeoutError):
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
+                due = int((time.monotonic() - start) * rate) + 1
+                while seq < due:
+                    writer.write(struct.pack(FMT, MAGIC, seq, time.monotonic()) + pad)
+                    seq += 1
+                await asyncio.wait_for(writer.drain(), 1.0)
+                await asyncio.sleep(min(0.01, 1 / rate))
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+    return seq
+
+
+async def tcp_recv(bind: tuple[str, int], out: Path | None, duration: float | None) -> dict[str, Any]:
+    r = Receiver()
+    record = SIZE + 52
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        src = writer.get_extra_info("peername")[0]
+        try:
+            while True:
+                data = await reader.readexactly(record)
+                magic, seq, sent = struct.unpack_from(FMT, data)
+                if magic == MAGIC:
+                    r.arrivals.append((time.monotonic(), seq, src, sent))
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(client, *bind)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), duration)
+    r.arrivals.sort()
+    summary = r.summary()
+    if out is not None:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary))
+        tmp.replace(out)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m lab.traffic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,15 +234,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--duration", type=float)
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--tos", type=lambda v: int(v, 0), default=0, help="IP TOS byte, e.g. 0xb8 for DSCP EF")
+    s.add_argument("--tcp", action="store_true", help="a TCP stream of records instead of UDP datagrams")
     r = sub.add_parser("recv")
     r.add_argument("--bind", required=True)
     r.add_argument("--out", type=Path)
     r.add_argument("--duration", type=float)
+    r.add_argument("--tcp", action="store_true")
     args = ap.parse_args(argv)
-    if args.cmd == "send":
+    if args.cmd == "send" and args.tcp:
+        asyncio.run(tcp_send(_addr(args.dst), args.rate, args.duration))
+    elif args.cmd == "send":
         asyncio.run(send(_addr(args.dst), args.rate, args.duration, args.size, args.tos))
     else:
-        summary = asyncio.run(recv(_addr(args.bind), args.out, args.duration))
+        receive = tcp_recv if args.tcp else recv
+        summary = asyncio.run(receive(_addr(args.bind), args.out, args.duration))
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
     return 0

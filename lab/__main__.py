@@ -1,0 +1,138 @@
+"""`python -m lab`: bring the failoverd lab up on network namespaces, inject failures, run scenarios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lab import scenario as sc
+from lab.netns import LabError
+from lab.topology import CLAB, ROOT, Lab, load
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab creates network namespaces: run it as root (sudo)")
+
+
+def _table(reports: list[dict[str, Any]]) -> str:
+    lines = [f"{'SCENARIO':<24} {'RESULT':<7} {'OUTAGE':>9} {'LOST':>6}  PATH TAKEN BY critical (bulk)"]
+    for r in reports:
+        crit = r["classes"].get("critical", {})
+        bulk = r["classes"].get("bulk", {})
+        path = " > ".join(dict.fromkeys(["start"] + [c["to"] for c in crit.get("path_changes", [])]))
+        bpath = " > ".join(dict.fromkeys([c["to"] for c in bulk.get("path_changes", [])])) or "-"
+        outage = f"{r['outage_ms']:.0f} ms" if r["outage_ms"] is not None else "-"
+        lines.append(f"{r['scenario']:<24} {'pass' if r['passed'] else 'FAIL':<7} {outage:>9} "
+                     f"{r['lost_packets'] if r['lost_packets'] is not None else '-':>6}  {path} ({bpath})")  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_scenarios(lab: Lab, names: list[str], out_dir: Path, plot: bool, quiet: bool = False) -> list[dict[str, Any]]:
+    reports = []
+    for name in names:
+        print(f"== scenario {name}")
+        out = out_dir / name
+        report = sc.run(lab, name, out, progress=(lambda s: None) if quiet else print)
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+        for e in report["expectations"]:
+            mark = "ok " if e["passed"] else "FAIL"
+            limits = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("max", "min", "equals", "uplinks", "uplink"))
+            print(f"  [{mark}] {e['what']}{' of ' + e['class'] if e['class'] else ''}: measured {e['measured']}"
+                  f" ({limits})")  # fmt: skip
+        if plot:
+            from lab.plot import plot as draw  # noqa: PLC0415
+
+            report["plot"] = str(draw(report, out / "plot.png"))
+        reports.append(report)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
+    ap.add_argument("--topology", type=Path, default=CLAB)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="create the namespaces, links and services (replacing a previous run)")
+    sub.add_parser("down", help="remove everything the lab created")
+    sub.add_parser("status", help="which nodes exist and how many processes run in each")
+    e = sub.add_parser("exec", help="run a command inside a node")
+    e.add_argument("node")
+    e.add_argument("argv", nargs=argparse.REMAINDER)
+    s = sub.add_parser("scenario", help="run one scenario (the lab is brought up if it is not)")
+    s.add_argument("name")
+    s.add_argument("--json", type=Path, dest="json_out", help="write the report here")
+    s.add_argument("--plot", type=Path, help="write a PNG here")
+    s.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    sub.add_parser("scenarios", help="list the scenario catalog")
+    d = sub.add_parser("demo", help="up, fiber-cut and silent-blackhole with live progress, summary, down")
+    d.add_argument("--out", type=Path, default=ROOT / "lab" / "out")
+    d.add_argument("--keep", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "scenarios":
+            for name, path in sc.catalog().items():
+                print(f"{name:<24} {sc.load_scenario(str(path)).title}")
+            return 0
+        lab = Lab(load(args.topology))
+        if args.cmd == "status":
+            rows = lab.status()
+            for r in rows:
+                print(f"{r['node']:<10} {r['namespace']:<24} {'up' if r['up'] else 'down':<5} {r['processes']} processes")
+            return 0 if all(r["up"] for r in rows) else 1
+        _need_root()
+        if args.cmd == "up":
+            t = time.monotonic()
+            lab.up()
+            print(f"lab {lab.spec.name} up: {len(lab.spec.nodes)} nodes, {len(lab.spec.links)} links "
+                  f"({time.monotonic() - t:.1f}s); `python -m lab down` removes it")  # fmt: skip
+            return 0
+        if args.cmd == "down":
+            gone = lab.down()
+            print(f"removed {len(gone)} namespaces" if gone else "nothing to remove")
+            return 0
+        if args.cmd == "exec":
+            return lab.exec(args.node, args.argv or ["sh"])
+        if args.cmd == "scenario":
+            was_up = lab.is_up
+            if not was_up:
+                lab.up()
+            try:
+                out = (args.json_out.parent if args.json_out else ROOT / "lab" / "out") / f"run-{args.name}"
+                (report,) = run_scenarios(lab, [args.name], out.parent, plot=args.plot is not None)
+                if args.plot:
+                    Path(report["plot"]).replace(args.plot)
+                    report["plot"] = str(args.plot)
+                if args.json_out:
+                    args.json_out.write_text(json.dumps(report, indent=1))
+                print(_table([report]))
+                return 0 if report["passed"] else 1
+            finally:
+                if not was_up and not args.keep:
+                    lab.down()
+        if args.cmd == "demo":
+            print("bringing the lab up (10 namespaces: gateway, LAN, 3 ISPs + satellite, internet, broker, operator)")
+            lab.up()
+            try:
+                reports = run_scenarios(lab, ["fiber-cut", "silent-blackhole"], args.out, plot=True)
+            finally:
+                if not args.keep:
+                    lab.down()
+                    print("lab removed")
+            print()
+            print(_table(reports))
+            for r in reports:
+                print(f"plot: {r['plot']}   report: {Path(r['plot']).parent / 'report.json'}")
+            return 0 if all(r["passed"] for r in reports) else 1
+    except LabError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

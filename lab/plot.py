@@ -1,0 +1,69 @@
+"""One PNG per scenario run: uplink states over time, per-class delivery by uplink, faults marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+STATE_COLOURS = {"UP": "#2e7d32", "DEGRADED": "#f9a825", "DOWN": "#c62828", "STANDBY": "#bdbdbd",
+                 "ACTIVATING": "#4fc3f7", "FAILED": "#6a1b9a", "UNKNOWN": "#eeeeee"}  # fmt: skip
+UPLINK_COLOURS = ["#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#8d6e63", "#9e9d24"]
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    import matplotlib  # noqa: PLC0415 (heavy; only the lab needs it)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    states = report.get("states", [])
+    uplinks = list(states[0][1]) if states else []
+    classes = list(report.get("buckets", {}))
+    fig, axes = plt.subplots(1 + len(classes), 1, figsize=(12, 2.2 + 2.2 * len(classes)), sharex=True,
+                             gridspec_kw={"height_ratios": [max(1, len(uplinks)) * 0.5] + [1.6] * len(classes)})  # fmt: skip
+    axes = list(axes) if len(classes) else [axes]
+    end = max([s[0] for s in states] + [0.0]) + 0.1
+    ax = axes[0]
+    for i, name in enumerate(uplinks):
+        spans: list[tuple[float, float, str]] = []
+        for t, ups, _ in states:
+            st = ups.get(name, "UNKNOWN").rstrip("*")
+            if spans and spans[-1][2] == st:
+                spans[-1] = (spans[-1][0], t, st)
+            else:
+                spans.append((t, t, st))
+        for j, (a, _, st) in enumerate(spans):
+            b = spans[j + 1][0] if j + 1 < len(spans) else end
+            ax.broken_barh([(a, b - a)], (i - 0.4, 0.8), color=STATE_COLOURS.get(st, "#999999"))
+            if b - a > end / 25:
+                ax.text(a + (b - a) / 2, i, st, ha="center", va="center", fontsize=7, color="white")
+    ax.set_yticks(range(len(uplinks)), uplinks)
+    ax.set_title(f"{report['scenario']}: {report.get('title', '')} — {'PASSED' if report['passed'] else 'FAILED'}",
+                 loc="left")  # fmt: skip
+    colour = {name: UPLINK_COLOURS[i % len(UPLINK_COLOURS)] for i, name in enumerate(uplinks)}
+    for k, cls in enumerate(classes):
+        ax = axes[1 + k]
+        buckets = report["buckets"][cls]
+        sources = sorted({s for _, by in buckets for s in by})
+        for s in sources:
+            xs = [t for t, by in buckets]
+            ys = [by.get(s, 0) * 10 for _, by in buckets]  # per 100 ms → per second
+            ax.fill_between(xs, ys, step="post", alpha=0.7, color=colour.get(s, "#555555"), label=f"via {s}")
+        info = report.get("classes", {}).get(cls, {})
+        ax.set_ylabel(f"{cls}\npackets/s")
+        ax.legend(loc="upper right", fontsize=7)
+        ax.text(0.01, 0.9, f"longest gap {info.get('outage_ms')} ms, lost {info.get('lost_packets')}",
+                transform=ax.transAxes, fontsize=8, va="top")  # fmt: skip
+    for ax in axes:
+        for e in report.get("timeline", []):
+            if e["kind"] == "fault":
+                ax.axvline(e["t"], color="black", linestyle="--", linewidth=0.8)
+    for e in report.get("timeline", []):
+        if e["kind"] == "fault":
+            axes[0].text(e["t"], len(uplinks) - 0.4, " " + e["what"], fontsize=7, rotation=0, va="bottom")
+    axes[-1].set_xlabel("seconds since traffic start")
+    axes[-1].set_xlim(0, end)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

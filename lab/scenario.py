@@ -1,0 +1,430 @@
+"""Failure scenarios: a timeline of faults against the lab while traffic flows, and what must come of it.
+
+A scenario file (lab/scenarios/NAME.yaml) names a policy, the traffic, numbered steps (`at` seconds
+after the traffic starts: a fault, an operator command, a daemon crash) and expectations measured on
+what the traffic felt and what failoverd decided. `run()` brings failoverd up on the gateway, plays
+the steps, and returns a report: passed, each expectation with its measured value, the outage and
+losses of the critical stream, the switches, and a timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from failoverd.ctl import Client
+from failoverd.errors import PolicyError
+from failoverd.policy import load_policy
+from failoverd.policy.load import parse_document
+from failoverd.policy.model import Policy
+from lab.netns import LabError, wait_for
+from lab.topology import ROOT, Lab
+
+SCENARIOS = ROOT / "lab" / "scenarios"
+PY = sys.executable
+# Where each class's stream goes: (source node, server address:port, TCP?).
+STREAMS = {"critical": ("dispatch", "198.19.1.10:9000", False), "bulk": ("office", "198.19.1.20:9001", True)}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stream(Strict):
+    rate: float = Field(default=1000, gt=0, le=20000)
+
+
+class Traffic(Strict):
+    critical: Stream | None = Stream()
+    bulk: Stream | None = Stream(rate=200)
+
+
+class Step(Strict):
+    at: float = Field(ge=0)
+    do: Literal[
+        "carrier", "blackhole", "loss", "dns-fail", "flap", "carrier-outage", "sat-delay", "kill-daemon",
+        "start-daemon", "failoverctl", "stop-node-process",
+    ]
+    uplink: str | None = None
+    carrier: str | None = None
+    up: bool | None = None
+    on: bool = True
+    percent: float | None = Field(default=None, ge=0, le=100)
+    direction: Literal["both", "down", "up"] = "both"
+    period: float | None = Field(default=None, gt=0)
+    until: float | None = None
+    ms: float | None = Field(default=None, ge=0)
+    args: list[str] | None = None
+    node: str | None = None
+    match: str | None = None
+    note: str | None = None
+
+
+class Expect(Strict):
+    what: Literal["outage_ms", "lost_packets", "switches", "final_uplink", "carried_by", "never_on", "uplink_state",
+                  "delivered"]
+    cls: str | None = Field(default=None, alias="class")
+    uplink: str | None = None
+    max: float | None = None
+    min: float | None = None
+    equals: str | None = None
+    uplinks: list[str] | None = None
+
+
+class ScenarioFile(BaseModel):
+    """a scenario: name, policy, duration, steps, expect"""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    name: str
+    title: str
+    about: str = ""
+    policy: str = "policies/lab.yaml"
+    duration: float = Field(gt=0, le=600)
+    settle: float = Field(default=2.0, ge=0)
+    traffic: Traffic = Traffic()
+    steps: list[Step] = Field(default_factory=list)
+    expect: list[Annotated[Expect, Field()]] = Field(default_factory=list)
+
+
+def catalog() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(SCENARIOS.glob("*.yaml"))}
+
+
+def load_scenario(name_or_path: str) -> ScenarioFile:
+    path = Path(name_or_path)
+    if not path.exists():
+        path = catalog().get(name_or_path, path)
+    if not path.exists():
+        raise LabError(f"no scenario {name_or_path!r} (scenarios: {', '.join(catalog())})")
+    scenario, _ = parse_document(path.read_text(), str(path), ScenarioFile)
+    return scenario
+
+
+@dataclass
+class Observer:
+    """Polls failoverd's status every 100 ms: the uplink and class timeline for the report and plot."""
+
+    socket: str
+    samples: list[tuple[float, dict[str, str], dict[str, str]]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        client = Client(self.socket, timeout=2)
+        while not self.stop.is_set():
+            try:
+                st = client.request({"cmd": "status"})
+            except (OSError, ValueError):
+                st = None  # daemon down (a crash scenario) or busy
+            if st and st.get("ok"):
+                ups = {u["name"]: u["state"] + ("*" if u["suppressed"] else "") for u in st["uplinks"]}
+                cls = {c["name"]: (c["uplink"] if c["route"] == "via" else c["route"]) for c in st["classes"]}
+                self.samples.append((time.monotonic(), ups, cls))
+            self.stop.wait(0.1)
+
+
+@dataclass
+class Run:
+    lab: Lab
+    scenario: ScenarioFile
+    policy: Policy
+    out: Path
+    progress: Callable[[str], None] = print
+    daemon: subprocess.Popen[bytes] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    t0: float = 0.0
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def socket(self) -> str:
+        return str(self.out / "failoverd.sock")
+
+    def say(self, text: str) -> None:
+        t = time.monotonic() - self.t0 if self.t0 else 0.0
+        self.progress(f"  {t:7.2f}s  {text}")
+
+    # -- failoverd ----------------------------------------------------------------------------------
+    def start_daemon(self) -> None:
+        cmd = [PY, "-m", "failoverd.cli", "run", "--policy", str(ROOT / self.scenario.policy), "--state-dir",
+               str(self.out / "state"), "--socket", self.socket, "--netns", self.lab.topo.ns("gw"), "--log-json"]  # fmt: skip
+        log = (self.out / "failoverd.log").open("ab")
+        self.daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        client = Client(self.socket, timeout=2)
+
+        def ready() -> bool:
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise LabError(f"failoverd exited with {self.daemon.returncode}; see {self.out / 'failoverd.log'}")
+            try:
+                return bool(client.request({"cmd": "status"}).get("ok"))
+            except OSError:
+                return False
+
+        wait_for(ready, 20, what="failoverd to answer on its socket")
+
+    def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            os.kill(self.daemon.pid, sig)
+            self.daemon.wait(10)
+
+    # -- faults -------------------------------------------------------------------------------------
+    def isp_of(self, uplink: str) -> tuple[str, str]:
+        u = self.policy.uplinks.get(uplink)
+        if u is None:
+            raise LabError(f"unknown uplink {uplink!r}")
+        return self.lab.peer("gw", u.interface)
+
+    def nft_fault(self, node: str, name: str, rules: list[str] | None) -> None:
+        """Install (or with None remove) a named fault table in a node's forward path."""
+        if rules is None:
+            self.lab.topo.sh(node, "nft", "delete", "table", "inet", name, check=False)
+            return
+        body = "\n".join(f"  {r}" for r in rules)
+        self.lab.topo.nft(node, f"table inet {name} {{\n chain transit {{\n  type filter hook forward priority -10;\n"
+                                f"{body}\n }}\n}}\n")  # fmt: skip
+
+    def apply(self, step: Step) -> None:
+        topo = self.lab.topo
+        match step.do:
+            case "carrier":
+                node, iface = self.isp_of(step.uplink or "")
+                topo.sh(node, "ip", "link", "set", "dev", iface, "up" if step.up else "down")
+            case "blackhole":
+                node, _ = self.isp_of(step.uplink or "")
+                self.nft_fault(node, "fault_blackhole", ["drop"] if step.on else None)
+            case "loss":
+                node, down_if = self.isp_of(step.uplink or "")
+                pct = int(step.percent or 0)
+                sel = {"both": "", "down": f'oifname "{down_if}" ', "up": f'iifname "{down_if}" '}[step.direction]
+                self.nft_fault(node, "fault_loss", [f"{sel}numgen random mod 100 < {pct} drop"] if pct else None)
+            case "dns-fail":
+                node, _ = self.isp_of(step.uplink or "")
+                self.nft_fault(node, "fault_dns", ["udp dport 53 drop", "tcp dport 53 drop"] if step.on else None)
+            case "flap":
+                node, iface = self.isp_of(step.uplink or "")
+                thread = threading.Thread(target=self._flap, args=(node, iface, step.period or 2.0, step.until or 0.0),
+                                          daemon=True)  # fmt: skip
+                thread.start()
+                self.threads.append(thread)
+            case "carrier-outage":
+                hit = [n for n, u in self.policy.uplinks.items() if u.carrier == step.carrier]
+                if not hit:
+                    raise LabError(f"no uplink of carrier {step.carrier!r}")
+                for name in hit:
+                    node, _ = self.isp_of(name)
+                    self.nft_fault(node, "fault_outage", ["drop"] if step.on else None)
+            case "sat-delay":
+                topo.sh("sat-gs", "python3", "-c", "import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                        f".sendto(b'{step.ms or 0}', ('127.0.0.1', 9999))")  # fmt: skip
+            case "kill-daemon":
+                self.kill_daemon(signal.SIGKILL)
+            case "start-daemon":
+                self.start_daemon()
+            case "failoverctl":
+                r = subprocess.run([PY, "-m", "failoverd.ctl", "--socket", self.socket, *(step.args or [])],
+                                   capture_output=True, text=True, cwd=ROOT, timeout=20, check=False)  # fmt: skip
+                self.say(f"failoverctl {' '.join(step.args or [])}: {(r.stdout + r.stderr).strip()}")
+            case "stop-node-process":
+                topo.sh(step.node or "", "pkill", "-f", step.match or "", check=False)
+
+    def _flap(self, node: str, iface: str, period: float, until: float) -> None:
+        up = True
+        while time.monotonic() - self.t0 < until:
+            up = not up
+            self.lab.topo.sh(node, "ip", "link", "set", "dev", iface, "up" if up else "down")
+            self.events.append({"t": time.monotonic(), "fault": f"flap {iface} {'up' if up else 'down'}"})
+            time.sleep(period / 2)
+        self.lab.topo.sh(node, "ip", "link", "set", "dev", iface, "up")
+
+    def clear_faults(self) -> None:
+        for node in ("isp-fiber", "mno-a", "mno-b", "sat-gs"):
+            for table in ("fault_blackhole", "fault_loss", "fault_dns", "fault_outage"):
+                self.lab.topo.sh(node, "nft", "delete", "table", "inet", table, check=False)
+            self.lab.topo.sh(node, "ip", "link", "set", "dev", "down0", "up", check=False)
+
+    # -- the run ------------------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        sc = self.scenario
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.clear_faults()
+        self.start_daemon()
+        time.sleep(sc.settle)
+        streams: dict[str, tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], Path]] = {}
+        for cls, (node, server, tcp) in STREAMS.items():
+            spec = getattr(sc.traffic, cls)
+            if spec is None:
+                continue
+            result = self.out / f"traffic-{cls}.json"
+            flag = ["--tcp"] if tcp else []
+            recv = self.lab.topo.spawn("inet", [PY, "-m", "lab.traffic", "recv", "--bind", server, "--out", str(result),
+                                                *flag], cwd=ROOT)  # fmt: skip
+            streams[cls] = (recv, recv, result)
+        time.sleep(0.3)
+        for cls, (node, server, tcp) in STREAMS.items():
+            if cls not in streams:
+                continue
+            spec = getattr(sc.traffic, cls)
+            flag = ["--tcp"] if tcp else []
+            send = self.lab.topo.spawn(node, [PY, "-m", "lab.traffic", "send", "--dst", server, "--rate",
+                                              str(spec.rate), *flag], cwd=ROOT)  # fmt: skip
+            streams[cls] = (streams[cls][0], send, streams[cls][2])
+        observer = Observer(self.socket)
+        watcher = threading.Thread(target=observer.run, daemon=True)
+        self.t0 = time.monotonic()
+        watcher.start()
+        self.say(f"traffic flowing ({', '.join(streams)}); scenario {sc.name}: {sc.title}")
+        try:
+            for step in sorted(sc.steps, key=lambda s: s.at):
+                delay = self.t0 + step.at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                what = step.note or f"{step.do} " + " ".join(
+                    f"{k}={v}" for k, v in step.model_dump(exclude_none=True, exclude={"at", "do", "note"}).items()
+                    if not (k in ("on", "direction") and v in (True, "both"))
+                )
+                self.events.append({"t": time.monotonic(), "fault": what})
+                self.say(f"inject: {what}")
+                self.apply(step)
+            rest = self.t0 + sc.duration - time.monotonic()
+            if rest > 0:
+                time.sleep(rest)
+        finally:
+            for _, send, _ in streams.values():
+                self.lab.topo.stop(send)
+            time.sleep(0.5)
+            for recv, _, _ in streams.values():
+                self.lab.topo.stop(recv)
+            observer.stop.set()
+            watcher.join(2)
+            for thread in self.threads:
+                thread.join(sc.duration)
+        traffic = {cls: json.loads(r.read_text()) for cls, (_, _, r) in streams.items() if r.exists()}
+        try:
+            final = Client(self.socket).request({"cmd": "status"})
+            history = Client(self.socket).request({"cmd": "history", "last": 2000})["records"]
+        except OSError:
+            final, history = {}, []
+        self.kill_daemon(signal.SIGTERM)
+        self.clear_faults()
+        return self.report(traffic, final, history, observer)
+
+    # -- the report ---------------------------------------------------------------------------------
+    def nat_names(self) -> dict[str, str]:
+        names = {}
+        for name, u in self.policy.uplinks.items():
+            out = self.lab.topo.sh("gw", "ip", "-4", "-o", "addr", "show", "dev", u.interface, check=False).stdout
+            for word in out.split():
+                if "/" in word and word[0].isdigit():
+                    names[word.split("/")[0]] = name
+        return names
+
+    def report(self, traffic: dict[str, Any], final: dict[str, Any], history: list[dict[str, Any]],
+               observer: Observer) -> dict[str, Any]:  # fmt: skip
+        nat = self.nat_names()
+        decisions = [r for r in history if r.get("kind") == "decision" and r.get("mono", 0) >= self.t0]
+        per_class: dict[str, Any] = {}
+        for cls, t in traffic.items():
+            carried = {nat.get(src, src): n for src, n in t.get("by_source", {}).items()}
+            per_class[cls] = {
+                "outage_ms": t.get("max_gap_ms"),
+                "lost_packets": t.get("lost"),
+                "received": t.get("received"),
+                "carried_by": carried,
+                "path_changes": [{"t": round(s["t"] - self.t0, 3), "to": nat.get(s["to"], s["to"])}
+                                 for s in t.get("switches", [])],  # fmt: skip
+            }
+        finals = {c["name"]: (c["uplink"] if c["route"] == "via" else c["route"]) for c in final.get("classes", [])}
+        states = {u["name"]: u["state"] for u in final.get("uplinks", [])}
+        results = [self.measure(e, per_class, decisions, finals, states) for e in self.scenario.expect]
+        timeline = sorted(
+            [{"t": round(e["t"] - self.t0, 3), "kind": "fault", "what": e["fault"]} for e in self.events]
+            + [{"t": round(r["mono"] - self.t0, 3), "kind": r["kind"],
+                "what": _describe(r)} for r in history if r.get("mono", 0) >= self.t0 - 0.5 and _describe(r)],
+            key=lambda x: x["t"],
+        )  # fmt: skip
+        critical = per_class.get("critical", {})
+        return {
+            "scenario": self.scenario.name,
+            "title": self.scenario.title,
+            "passed": all(r["passed"] for r in results),
+            "expectations": results,
+            "outage_ms": critical.get("outage_ms"),
+            "lost_packets": critical.get("lost_packets"),
+            "switches": {c: sum(1 for d in decisions if d["class"] == c) for c in self.policy.classes},
+            "classes": per_class,
+            "final": {"classes": finals, "uplinks": states},
+            "timeline": timeline,
+            "states": [[round(t - self.t0, 3), ups, cls] for t, ups, cls in observer.samples],
+            "buckets": {cls: [[round(b[0] - self.t0, 3), {nat.get(k, k): v for k, v in b[1].items()}]
+                              for b in t.get("buckets", [])] for cls, t in traffic.items()},  # fmt: skip
+        }
+
+    def measure(self, e: Expect, per_class: dict[str, Any], decisions: list[dict[str, Any]], finals: dict[str, Any],
+                states: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+        c = per_class.get(e.cls or "", {})
+        value: Any
+        match e.what:
+            case "outage_ms" | "lost_packets" | "received":
+                value = c.get(e.what)
+            case "delivered":
+                value = c.get("received")
+            case "switches":
+                value = sum(1 for d in decisions if d["class"] == e.cls)
+            case "final_uplink":
+                value = finals.get(e.cls or "")
+            case "carried_by":
+                value = sorted(u for u, n in c.get("carried_by", {}).items() if n >= 10)
+            case "never_on":
+                value = sorted(set(c.get("carried_by", {})) | {d["uplink"] for d in decisions if d["class"] == e.cls
+                                                               and d["uplink"]})  # fmt: skip
+            case "uplink_state":
+                value = states.get(e.uplink or "")
+        ok = value is not None
+        if ok and e.max is not None:
+            ok = float(value) <= e.max
+        if ok and e.min is not None:
+            ok = float(value) >= e.min
+        if ok and e.equals is not None:
+            ok = value == e.equals
+        if ok and e.uplinks is not None and e.what == "carried_by":
+            ok = value == sorted(e.uplinks)
+        if e.what == "never_on":
+            ok = e.uplink not in (value or [])
+        limit = {k: v for k, v in (("max", e.max), ("min", e.min), ("equals", e.equals), ("uplinks", e.uplinks),
+                                   ("uplink", e.uplink)) if v is not None}  # fmt: skip
+        return {"what": e.what, "class": e.cls, **limit, "measured": value, "passed": bool(ok)}
+
+
+def _describe(r: dict[str, Any]) -> str:
+    match r.get("kind"):
+        case "decision":
+            return f"{r['class']}: {r.get('from') or '-'} -> {r.get('uplink') or r.get('route')} ({r['cause']['code']})"
+        case "uplink":
+            return f"{r['uplink']}: {r['from']} -> {r['to']} ({r['cause']['code']})"
+        case "standby":
+            return f"{r['uplink']}: {r['action']}"
+        case "clock":
+            return f"clock {r['from']} -> {r['to']}"
+    return ""
+
+
+def run(lab: Lab, name: str, out: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    scenario = load_scenario(name)
+    try:
+        policy = load_policy(ROOT / scenario.policy)
+    except PolicyError as exc:
+        raise LabError(str(exc)) from None
+    r = Run(lab, scenario, policy, out, progress)
+    try:
+        return r.execute()
+    finally:
+        r.kill_daemon(signal.SIGKILL)
