@@ -9,6 +9,11 @@ all: check
 bootstrap:
 	@scripts/bootstrap
 
+demo:
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo builds network namespaces: run it as root (sudo make demo)" >&2; exit 2; fi
+	@scripts/bootstrap
+	$(PY) -m lab demo
+
 test: bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -195,6 +195,40 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if rows and all(r["ok"] for r in rows) else EXIT_FAILED
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Remove every route, rule and nftables table failoverd owns (after uninstalling, or for a clean lab)."""
+    import asyncio  # noqa: PLC0415
+
+    if args.netns:
+        from failoverd.kernel.netlink import set_netns  # noqa: PLC0415
+
+        set_netns(args.netns)
+    from failoverd.kernel import nft  # noqa: PLC0415
+    from failoverd.kernel.netlink import Kernel  # noqa: PLC0415
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return EXIT_INVALID
+
+    async def purge() -> list[str]:
+        async with Kernel(policy.ownership) as kernel:
+            diff = await kernel.purge()
+        try:
+            await nft.remove()
+        except nft.NftError as exc:
+            print(f"failoverd: {exc}", file=sys.stderr)
+        return diff.removed
+
+    removed = asyncio.run(purge())
+    print(
+        f"removed {len(removed)} routes and rules owned by failoverd (route protocol {policy.ownership.route_protocol})"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="failoverd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--netns", help="probe from inside this existing network namespace")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_probe)
+    p = sub.add_parser("purge", help="remove every route, rule and nftables table failoverd owns")
+    p.add_argument("--policy", required=True, help="for its ownership section")
+    p.add_argument("--netns", help="inside this existing network namespace")
+    p.set_defaults(func=cmd_purge)
     return parser
 
 

@@ -25,11 +25,13 @@ def _table(reports: list[dict[str, Any]]) -> str:
     for r in reports:
         crit = r["classes"].get("critical", {})
         bulk = r["classes"].get("bulk", {})
-        path = " > ".join(dict.fromkeys(["start"] + [c["to"] for c in crit.get("path_changes", [])]))
-        bpath = " > ".join(dict.fromkeys([c["to"] for c in bulk.get("path_changes", [])])) or "-"
+        path = " > ".join(["start", *(c["to"] for c in crit.get("path_changes", []))])
+        bpath = " > ".join(c["to"] for c in bulk.get("path_changes", [])) or "-"
         outage = f"{r['outage_ms']:.0f} ms" if r["outage_ms"] is not None else "-"
-        lines.append(f"{r['scenario']:<24} {'pass' if r['passed'] else 'FAIL':<7} {outage:>9} "
-                     f"{r['lost_packets'] if r['lost_packets'] is not None else '-':>6}  {path} ({bpath})")  # fmt: skip
+        lines.append(
+            f"{r['scenario']:<24} {'pass' if r['passed'] else 'FAIL':<7} {outage:>9} "
+            f"{r['lost_packets'] if r['lost_packets'] is not None else '-':>6}  {path} ({bpath})"
+        )
     return "\n".join(lines)
 
 
@@ -43,8 +45,10 @@ def run_scenarios(lab: Lab, names: list[str], out_dir: Path, plot: bool, quiet: 
         for e in report["expectations"]:
             mark = "ok " if e["passed"] else "FAIL"
             limits = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("max", "min", "equals", "uplinks", "uplink"))
-            print(f"  [{mark}] {e['what']}{' of ' + e['class'] if e['class'] else ''}: measured {e['measured']}"
-                  f" ({limits})")  # fmt: skip
+            print(
+                f"  [{mark}] {e['what']}{' of ' + e['class'] if e['class'] else ''}: measured {e['measured']}"
+                f" ({limits})"
+            )
         if plot:
             from lab.plot import plot as draw  # noqa: PLC0415
 
@@ -82,14 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "status":
             rows = lab.status()
             for r in rows:
-                print(f"{r['node']:<10} {r['namespace']:<24} {'up' if r['up'] else 'down':<5} {r['processes']} processes")
+                print(
+                    f"{r['node']:<10} {r['namespace']:<24} {'up' if r['up'] else 'down':<5} {r['processes']} processes"
+                )
             return 0 if all(r["up"] for r in rows) else 1
         _need_root()
         if args.cmd == "up":
             t = time.monotonic()
             lab.up()
-            print(f"lab {lab.spec.name} up: {len(lab.spec.nodes)} nodes, {len(lab.spec.links)} links "
-                  f"({time.monotonic() - t:.1f}s); `python -m lab down` removes it")  # fmt: skip
+            print(
+                f"lab {lab.spec.name} up: {len(lab.spec.nodes)} nodes, {len(lab.spec.links)} links "
+                f"({time.monotonic() - t:.1f}s); `python -m lab down` removes it"
+            )
             return 0
         if args.cmd == "down":
             gone = lab.down()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
@@ -37,10 +38,8 @@ class Control(asyncio.DatagramProtocol):
         self.relay = relay
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self.relay.delay = max(0.0, float(data.decode().strip()) / 1000)
-        except ValueError:
-            pass
 
 
 class Relay:
@@ -58,10 +57,8 @@ class Relay:
             self.loop.call_later(self.delay, self._write, packet)
 
     def _write(self, packet: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):  # a full queue drops the packet, as a real link would
             os.write(self.fd, packet)
-        except OSError:
-            pass  # a full queue drops the packet, as a real link would
 
 
 async def main_async(dev: str, delay_ms: float, via: list[str], port: int) -> None:

@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-STATE_COLOURS = {"UP": "#2e7d32", "DEGRADED": "#f9a825", "DOWN": "#c62828", "STANDBY": "#bdbdbd",
-                 "ACTIVATING": "#4fc3f7", "FAILED": "#6a1b9a", "UNKNOWN": "#eeeeee"}  # fmt: skip
+STATE_COLOURS = {
+    "UP": "#2e7d32",
+    "DEGRADED": "#f9a825",
+    "DOWN": "#c62828",
+    "STANDBY": "#bdbdbd",
+    "ACTIVATING": "#4fc3f7",
+    "FAILED": "#6a1b9a",
+    "UNKNOWN": "#eeeeee",
+}
 UPLINK_COLOURS = ["#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#8d6e63", "#9e9d24"]
 
 
@@ -19,9 +26,14 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     states = report.get("states", [])
     uplinks = list(states[0][1]) if states else []
     classes = list(report.get("buckets", {}))
-    fig, axes = plt.subplots(1 + len(classes), 1, figsize=(12, 2.2 + 2.2 * len(classes)), sharex=True,
-                             gridspec_kw={"height_ratios": [max(1, len(uplinks)) * 0.5] + [1.6] * len(classes)})  # fmt: skip
-    axes = list(axes) if len(classes) else [axes]
+    fig, axes = plt.subplots(
+        1 + len(classes),
+        1,
+        figsize=(12, 2.2 + 2.2 * len(classes)),
+        sharex=True,
+        gridspec_kw={"height_ratios": [max(1, len(uplinks)) * 0.5] + [1.6] * len(classes)},
+    )
+    axes = list(axes) if classes else [axes]
     end = max([s[0] for s in states] + [0.0]) + 0.1
     ax = axes[0]
     for i, name in enumerate(uplinks):
@@ -38,29 +50,40 @@ def plot(report: dict[str, Any], path: Path) -> Path:
             if b - a > end / 25:
                 ax.text(a + (b - a) / 2, i, st, ha="center", va="center", fontsize=7, color="white")
     ax.set_yticks(range(len(uplinks)), uplinks)
-    ax.set_title(f"{report['scenario']}: {report.get('title', '')} — {'PASSED' if report['passed'] else 'FAILED'}",
-                 loc="left")  # fmt: skip
+    ax.set_title(
+        f"{report['scenario']}: {report.get('title', '')} — {'PASSED' if report['passed'] else 'FAILED'}", loc="left"
+    )
     colour = {name: UPLINK_COLOURS[i % len(UPLINK_COLOURS)] for i, name in enumerate(uplinks)}
     for k, cls in enumerate(classes):
         ax = axes[1 + k]
         buckets = report["buckets"][cls]
         sources = sorted({s for _, by in buckets for s in by})
+        # Buckets with no arrival are absent from the report: put the zeros back, or a gap is drawn over.
+        dense = {round(t, 1): by for t, by in buckets}
+        grid = [round(i * 0.1, 1) for i in range(int(end * 10) + 1)]
         for s in sources:
-            xs = [t for t, by in buckets]
-            ys = [by.get(s, 0) * 10 for _, by in buckets]  # per 100 ms → per second
+            xs = grid
+            ys = [dense.get(t, {}).get(s, 0) * 10 for t in grid]  # per 100 ms → per second
             ax.fill_between(xs, ys, step="post", alpha=0.7, color=colour.get(s, "#555555"), label=f"via {s}")
         info = report.get("classes", {}).get(cls, {})
         ax.set_ylabel(f"{cls}\npackets/s")
         ax.legend(loc="upper right", fontsize=7)
-        ax.text(0.01, 0.9, f"longest gap {info.get('outage_ms')} ms, lost {info.get('lost_packets')}",
-                transform=ax.transAxes, fontsize=8, va="top")  # fmt: skip
+        ax.text(
+            0.01,
+            0.9,
+            f"longest gap {info.get('outage_ms')} ms, lost {info.get('lost_packets')}",
+            transform=ax.transAxes,
+            fontsize=8,
+            va="top",
+        )
     for ax in axes:
         for e in report.get("timeline", []):
             if e["kind"] == "fault":
                 ax.axvline(e["t"], color="black", linestyle="--", linewidth=0.8)
-    for e in report.get("timeline", []):
-        if e["kind"] == "fault":
-            axes[0].text(e["t"], len(uplinks) - 0.4, " " + e["what"], fontsize=7, rotation=0, va="bottom")
+    faults = [e for e in report.get("timeline", []) if e["kind"] == "fault"]
+    for i, e in enumerate(faults):
+        # Stagger the labels so that faults injected together stay readable.
+        axes[0].text(e["t"], len(uplinks) - 0.45 - 0.35 * (i % 3), " " + e["what"], fontsize=7, va="bottom")
     axes[-1].set_xlabel("seconds since traffic start")
     axes[-1].set_xlim(0, end)
     fig.tight_layout()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,8 +54,17 @@ class Traffic(Strict):
 class Step(Strict):
     at: float = Field(ge=0)
     do: Literal[
-        "carrier", "blackhole", "loss", "dns-fail", "flap", "carrier-outage", "sat-delay", "kill-daemon",
-        "start-daemon", "failoverctl", "stop-node-process",
+        "carrier",
+        "blackhole",
+        "loss",
+        "dns-fail",
+        "flap",
+        "carrier-outage",
+        "sat-delay",
+        "kill-daemon",
+        "start-daemon",
+        "failoverctl",
+        "stop-node-process",
     ]
     uplink: str | None = None
     carrier: str | None = None
@@ -72,8 +82,9 @@ class Step(Strict):
 
 
 class Expect(Strict):
-    what: Literal["outage_ms", "lost_packets", "switches", "final_uplink", "carried_by", "never_on", "uplink_state",
-                  "delivered"]
+    what: Literal[
+        "outage_ms", "lost_packets", "switches", "final_uplink", "carried_by", "never_on", "uplink_state", "delivered"
+    ]
     cls: str | None = Field(default=None, alias="class")
     uplink: str | None = None
     max: float | None = None
@@ -155,8 +166,21 @@ class Run:
 
     # -- failoverd ----------------------------------------------------------------------------------
     def start_daemon(self) -> None:
-        cmd = [PY, "-m", "failoverd.cli", "run", "--policy", str(ROOT / self.scenario.policy), "--state-dir",
-               str(self.out / "state"), "--socket", self.socket, "--netns", self.lab.topo.ns("gw"), "--log-json"]  # fmt: skip
+        cmd = [
+            PY,
+            "-m",
+            "failoverd.cli",
+            "run",
+            "--policy",
+            str(ROOT / self.scenario.policy),
+            "--state-dir",
+            str(self.out / "state"),
+            "--socket",
+            self.socket,
+            "--netns",
+            self.lab.topo.ns("gw"),
+            "--log-json",
+        ]
         log = (self.out / "failoverd.log").open("ab")
         self.daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         client = Client(self.socket, timeout=2)
@@ -189,8 +213,10 @@ class Run:
             self.lab.topo.sh(node, "nft", "delete", "table", "inet", name, check=False)
             return
         body = "\n".join(f"  {r}" for r in rules)
-        self.lab.topo.nft(node, f"table inet {name} {{\n chain transit {{\n  type filter hook forward priority -10;\n"
-                                f"{body}\n }}\n}}\n")  # fmt: skip
+        self.lab.topo.nft(
+            node,
+            f"table inet {name} {{\n chain transit {{\n  type filter hook forward priority -10;\n{body}\n }}\n}}\n",
+        )
 
     def apply(self, step: Step) -> None:
         topo = self.lab.topo
@@ -211,8 +237,9 @@ class Run:
                 self.nft_fault(node, "fault_dns", ["udp dport 53 drop", "tcp dport 53 drop"] if step.on else None)
             case "flap":
                 node, iface = self.isp_of(step.uplink or "")
-                thread = threading.Thread(target=self._flap, args=(node, iface, step.period or 2.0, step.until or 0.0),
-                                          daemon=True)  # fmt: skip
+                thread = threading.Thread(
+                    target=self._flap, args=(node, iface, step.period or 2.0, step.until or 0.0), daemon=True
+                )
                 thread.start()
                 self.threads.append(thread)
             case "carrier-outage":
@@ -223,15 +250,26 @@ class Run:
                     node, _ = self.isp_of(name)
                     self.nft_fault(node, "fault_outage", ["drop"] if step.on else None)
             case "sat-delay":
-                topo.sh("sat-gs", "python3", "-c", "import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
-                        f".sendto(b'{step.ms or 0}', ('127.0.0.1', 9999))")  # fmt: skip
+                topo.sh(
+                    "sat-gs",
+                    "python3",
+                    "-c",
+                    "import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                    f".sendto(b'{step.ms or 0}', ('127.0.0.1', 9999))",
+                )
             case "kill-daemon":
                 self.kill_daemon(signal.SIGKILL)
             case "start-daemon":
                 self.start_daemon()
             case "failoverctl":
-                r = subprocess.run([PY, "-m", "failoverd.ctl", "--socket", self.socket, *(step.args or [])],
-                                   capture_output=True, text=True, cwd=ROOT, timeout=20, check=False)  # fmt: skip
+                r = subprocess.run(
+                    [PY, "-m", "failoverd.ctl", "--socket", self.socket, *(step.args or [])],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                    timeout=20,
+                    check=False,
+                )
                 self.say(f"failoverctl {' '.join(step.args or [])}: {(r.stdout + r.stderr).strip()}")
             case "stop-node-process":
                 topo.sh(step.node or "", "pkill", "-f", step.match or "", check=False)
@@ -256,17 +294,27 @@ class Run:
         sc = self.scenario
         self.out.mkdir(parents=True, exist_ok=True)
         self.clear_faults()
+        # Every scenario starts from a clean gateway: no routes or overrides left by the one before.
+        shutil.rmtree(self.out / "state", ignore_errors=True)
+        subprocess.run(
+            [PY, "-m", "failoverd.cli", "purge", "--policy", str(ROOT / sc.policy), "--netns", self.lab.topo.ns("gw")],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
         self.start_daemon()
         time.sleep(sc.settle)
         streams: dict[str, tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], Path]] = {}
-        for cls, (node, server, tcp) in STREAMS.items():
+        for cls, (_, server, tcp) in STREAMS.items():
             spec = getattr(sc.traffic, cls)
             if spec is None:
                 continue
             result = self.out / f"traffic-{cls}.json"
             flag = ["--tcp"] if tcp else []
-            recv = self.lab.topo.spawn("inet", [PY, "-m", "lab.traffic", "recv", "--bind", server, "--out", str(result),
-                                                *flag], cwd=ROOT)  # fmt: skip
+            recv = self.lab.topo.spawn(
+                "inet", [PY, "-m", "lab.traffic", "recv", "--bind", server, "--out", str(result), *flag], cwd=ROOT
+            )
             streams[cls] = (recv, recv, result)
         time.sleep(0.3)
         for cls, (node, server, tcp) in STREAMS.items():
@@ -274,8 +322,9 @@ class Run:
                 continue
             spec = getattr(sc.traffic, cls)
             flag = ["--tcp"] if tcp else []
-            send = self.lab.topo.spawn(node, [PY, "-m", "lab.traffic", "send", "--dst", server, "--rate",
-                                              str(spec.rate), *flag], cwd=ROOT)  # fmt: skip
+            send = self.lab.topo.spawn(
+                node, [PY, "-m", "lab.traffic", "send", "--dst", server, "--rate", str(spec.rate), *flag], cwd=ROOT
+            )
             streams[cls] = (streams[cls][0], send, streams[cls][2])
         observer = Observer(self.socket)
         watcher = threading.Thread(target=observer.run, daemon=True)
@@ -288,7 +337,8 @@ class Run:
                 if delay > 0:
                     time.sleep(delay)
                 what = step.note or f"{step.do} " + " ".join(
-                    f"{k}={v}" for k, v in step.model_dump(exclude_none=True, exclude={"at", "do", "note"}).items()
+                    f"{k}={v}"
+                    for k, v in step.model_dump(exclude_none=True, exclude={"at", "do", "note"}).items()
                     if not (k in ("on", "direction") and v in (True, "both"))
                 )
                 self.events.append({"t": time.monotonic(), "fault": what})
@@ -327,8 +377,9 @@ class Run:
                     names[word.split("/")[0]] = name
         return names
 
-    def report(self, traffic: dict[str, Any], final: dict[str, Any], history: list[dict[str, Any]],
-               observer: Observer) -> dict[str, Any]:  # fmt: skip
+    def report(
+        self, traffic: dict[str, Any], final: dict[str, Any], history: list[dict[str, Any]], observer: Observer
+    ) -> dict[str, Any]:
         nat = self.nat_names()
         decisions = [r for r in history if r.get("kind") == "decision" and r.get("mono", 0) >= self.t0]
         per_class: dict[str, Any] = {}
@@ -339,18 +390,22 @@ class Run:
                 "lost_packets": t.get("lost"),
                 "received": t.get("received"),
                 "carried_by": carried,
-                "path_changes": [{"t": round(s["t"] - self.t0, 3), "to": nat.get(s["to"], s["to"])}
-                                 for s in t.get("switches", [])],  # fmt: skip
+                "path_changes": [
+                    {"t": round(s["t"] - self.t0, 3), "to": nat.get(s["to"], s["to"])} for s in t.get("switches", [])
+                ],
             }
         finals = {c["name"]: (c["uplink"] if c["route"] == "via" else c["route"]) for c in final.get("classes", [])}
         states = {u["name"]: u["state"] for u in final.get("uplinks", [])}
         results = [self.measure(e, per_class, decisions, finals, states) for e in self.scenario.expect]
         timeline = sorted(
             [{"t": round(e["t"] - self.t0, 3), "kind": "fault", "what": e["fault"]} for e in self.events]
-            + [{"t": round(r["mono"] - self.t0, 3), "kind": r["kind"],
-                "what": _describe(r)} for r in history if r.get("mono", 0) >= self.t0 - 0.5 and _describe(r)],
+            + [
+                {"t": round(r["mono"] - self.t0, 3), "kind": r["kind"], "what": _describe(r)}
+                for r in history
+                if r.get("mono", 0) >= self.t0 - 0.5 and _describe(r)
+            ],
             key=lambda x: x["t"],
-        )  # fmt: skip
+        )
         critical = per_class.get("critical", {})
         return {
             "scenario": self.scenario.name,
@@ -364,12 +419,23 @@ class Run:
             "final": {"classes": finals, "uplinks": states},
             "timeline": timeline,
             "states": [[round(t - self.t0, 3), ups, cls] for t, ups, cls in observer.samples],
-            "buckets": {cls: [[round(b[0] - self.t0, 3), {nat.get(k, k): v for k, v in b[1].items()}]
-                              for b in t.get("buckets", [])] for cls, t in traffic.items()},  # fmt: skip
+            "buckets": {
+                cls: [
+                    [round(b[0] - self.t0, 3), {nat.get(k, k): v for k, v in b[1].items()}]
+                    for b in t.get("buckets", [])
+                ]
+                for cls, t in traffic.items()
+            },
         }
 
-    def measure(self, e: Expect, per_class: dict[str, Any], decisions: list[dict[str, Any]], finals: dict[str, Any],
-                states: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    def measure(
+        self,
+        e: Expect,
+        per_class: dict[str, Any],
+        decisions: list[dict[str, Any]],
+        finals: dict[str, Any],
+        states: dict[str, str],
+    ) -> dict[str, Any]:
         c = per_class.get(e.cls or "", {})
         value: Any
         match e.what:
@@ -384,8 +450,10 @@ class Run:
             case "carried_by":
                 value = sorted(u for u, n in c.get("carried_by", {}).items() if n >= 10)
             case "never_on":
-                value = sorted(set(c.get("carried_by", {})) | {d["uplink"] for d in decisions if d["class"] == e.cls
-                                                               and d["uplink"]})  # fmt: skip
+                value = sorted(
+                    set(c.get("carried_by", {}))
+                    | {d["uplink"] for d in decisions if d["class"] == e.cls and d["uplink"]}
+                )
             case "uplink_state":
                 value = states.get(e.uplink or "")
         ok = value is not None
@@ -399,8 +467,17 @@ class Run:
             ok = value == sorted(e.uplinks)
         if e.what == "never_on":
             ok = e.uplink not in (value or [])
-        limit = {k: v for k, v in (("max", e.max), ("min", e.min), ("equals", e.equals), ("uplinks", e.uplinks),
-                                   ("uplink", e.uplink)) if v is not None}  # fmt: skip
+        limit = {
+            k: v
+            for k, v in (
+                ("max", e.max),
+                ("min", e.min),
+                ("equals", e.equals),
+                ("uplinks", e.uplinks),
+                ("uplink", e.uplink),
+            )
+            if v is not None
+        }
         return {"what": e.what, "class": e.cls, **limit, "measured": value, "passed": bool(ok)}
 
 

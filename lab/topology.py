@@ -34,8 +34,8 @@ def load(path: Path = CLAB) -> LabSpec:
     topo = doc["topology"]
     defaults = (topo.get("kinds") or {}).get("linux") or {}
     nodes: dict[str, tuple[str, ...]] = {}
-    for name, node in (topo.get("nodes") or {}).items():
-        node = node or {}
+    for name, given in (topo.get("nodes") or {}).items():
+        node = given or {}
         kind = node.get("kind", "linux")
         if kind != "linux":
             raise LabError(f"{path}: node {name}: kind {kind!r} needs containerlab; only linux nodes run here")
@@ -77,10 +77,17 @@ class Lab:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             for node, lines in self.spec.nodes.items():
                 for line in lines:
-                    r = subprocess.run(["ip", "netns", "exec", self.topo.ns(node), "sh", "-c", line], cwd=ROOT,
-                                       env=env, capture_output=True, text=True, timeout=30, check=False)
+                    r = subprocess.run(
+                        ["ip", "netns", "exec", self.topo.ns(node), "sh", "-c", line],
+                        cwd=ROOT,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=30,
+                        check=False,
+                    )
                     if r.returncode != 0:
-                        raise LabError(f"{node}: exec {line!r}: {r.stderr.strip() or r.stdout.strip()}")
+                        raise LabError(f"{node}: exec {line!r}: {r.stderr.strip() or r.stdout.strip()}")  # noqa: TRY301
         except BaseException:
             self.down()
             raise
@@ -95,8 +102,11 @@ class Lab:
         rows = []
         for node in self.spec.nodes:
             ns = self.topo.ns(node)
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                                  check=False).stdout.split() if ns in have else []
+            pids = (
+                subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False).stdout.split()
+                if ns in have
+                else []
+            )
             rows.append({"node": node, "namespace": ns, "up": ns in have, "processes": len(pids)})
         return rows
 
@@ -104,8 +114,9 @@ class Lab:
         if node not in self.spec.nodes:
             raise LabError(f"unknown node {node!r} (nodes: {', '.join(self.spec.nodes)})")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        return subprocess.run(["ip", "netns", "exec", self.topo.ns(node), *argv], cwd=ROOT, env=env,
-                              check=False).returncode
+        return subprocess.run(
+            ["ip", "netns", "exec", self.topo.ns(node), *argv], cwd=ROOT, env=env, check=False
+        ).returncode
 
     def peer(self, node: str, iface: str) -> tuple[str, str]:
         """The other end of a link."""

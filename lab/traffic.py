@@ -170,7 +170,7 @@ async def tcp_send(dst: tuple[str, int], rate: float, duration: float | None) ->
     pad = b"\0" * 52
     while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*dst), 1.0)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(*dst), 1.0)
         except (OSError, TimeoutError):
             await asyncio.sleep(0.05)
             continue

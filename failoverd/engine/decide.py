@@ -42,6 +42,14 @@ def usable(state: EngineState, name: str) -> bool:
     return u is not None and u.health in USABLE and not u.suppressed and u.carrier
 
 
+def known_bad(state: EngineState, name: str) -> bool:
+    """Unusable on evidence; an uplink with no evidence yet (UNKNOWN, as after a restart) is not."""
+    u = state.uplinks.get(name)
+    if u is None or drained(state, name):
+        return True
+    return u.health is not Health.UNKNOWN and not usable(state, name)
+
+
 def drained(state: EngineState, name: str) -> Override | None:
     return state.active_override("drain", name)
 
@@ -158,7 +166,7 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
     if cand.pending:
         # A more preferred uplink has no evidence yet. Wait for it, unless the class sits on nothing
         # usable and the walk found somewhere usable: then take that now.
-        stranded = cur is not None and cur.route != "pending" and (cur.uplink is None or not usable(state, cur.uplink))
+        stranded = cur is not None and cur.route != "pending" and (cur.uplink is None or known_bad(state, cur.uplink))
         if stranded and cand.uplink is not None:
             return replace(cand, pending=False), None
         return replace(cand, pending=True), None

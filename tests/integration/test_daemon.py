@@ -197,6 +197,26 @@ def test_sigterm_is_fail_static_and_restore_on_exit_cleans_up(gwlab: GatewayLab)
     assert gwlab.kill(signal.SIGTERM) == 0
     assert gwlab.routes() == routes and gwlab.rules() == rules
     assert "failoverd" in gwlab.topo.sh("gw", "nft", "list", "tables").stdout
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "failoverd.cli",
+            "purge",
+            "--policy",
+            str(gwlab.policy_path),
+            "--netns",
+            gwlab.topo.ns("gw"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[1]) >= len(routes) + len(rules)  # (the views here are IPv4 only)
+    assert gwlab.routes() == [] and gwlab.rules() == []
+    assert "failoverd" not in gwlab.topo.sh("gw", "nft", "list", "tables").stdout
     gwlab.start("--restore-on-exit")
     gwlab.wait_class("critical", "fiber")
     assert gwlab.kill(signal.SIGTERM) == 0

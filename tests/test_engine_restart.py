@@ -1,0 +1,54 @@
+"""After a restart the engine adopts the kernel's assignments and moves nothing before evidence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from failoverd.engine import effects as fx
+from failoverd.engine import events as ev
+from failoverd.engine.state import Health, Override, restored_state
+from failoverd.engine.step import step
+from failoverd.policy import load_policy
+
+POLICY = load_policy(Path(__file__).resolve().parent.parent / "policies" / "lab.yaml")
+
+
+def switches(effects: tuple[fx.Effect, ...]) -> list[tuple[str, str | None]]:
+    return [(e.cls, e.to_uplink) for e in effects if isinstance(e, fx.SwitchClass)]
+
+
+def test_adopted_classes_stay_until_the_primary_is_judged() -> None:
+    state = restored_state(POLICY, 100.0, {"critical": ("fiber", "via"), "bulk": ("mobile-a", "via")})
+    assert state.uplinks["fiber"].health is Health.UNKNOWN
+    # mobile-a answers first: nothing moves, fiber has no evidence yet.
+    state, effects = step(state, ev.ProbeResult("mobile-a", "udp-echo:198.19.0.1:7", True, 0.01), POLICY, 100.1)
+    state, effects2 = step(state, ev.ProbeResult("mobile-a", "udp-echo:198.19.0.2:7", True, 0.01), POLICY, 100.1)
+    assert switches(effects) == switches(effects2) == []
+    assert state.classes["critical"].uplink == "fiber" and state.classes["critical"].cause.code == "adopted"
+    # fiber's targets answer: critical stays; bulk, revertive, waits for its preempt delay.
+    for target in ("198.19.0.1", "198.19.0.2"):
+        state, effects = step(state, ev.ProbeResult("fiber", f"udp-echo:{target}:7", True, 0.01), POLICY, 100.2)
+        assert switches(effects) == []
+    assert state.uplinks["fiber"].health is Health.UP
+    state, effects = step(state, ev.Tick(), POLICY, 100.2 + 30)
+    assert switches(effects) == [("bulk", "fiber")]
+
+
+def test_adopted_class_on_an_uplink_known_down_moves() -> None:
+    state = restored_state(POLICY, 0.0, {"critical": ("mobile-a", "via")})
+    state, _ = step(state, ev.CarrierChanged("mobile-a", False), POLICY, 0.0)
+    state, _ = step(state, ev.CarrierChanged("fiber", True), POLICY, 0.0)
+    assert state.classes["critical"].uplink == "mobile-a"  # fiber unknown, mobile-b unknown: wait ...
+    for target in ("198.19.0.1", "198.19.0.2"):
+        state, effects = step(state, ev.ProbeResult("mobile-b", f"udp-echo:{target}:7", True, 0.01), POLICY, 0.1)
+    # ... no: mobile-a is known down, and mobile-b is usable, so critical leaves at once.
+    assert state.classes["critical"].uplink == "mobile-b"
+
+
+def test_restored_overrides_expire_on_schedule_and_bad_ones_are_dropped() -> None:
+    good = Override("o3", "force", "critical", "mobile-b", "drill", "ops", 0.0, 50.0)
+    stale = Override("o1", "force", "critical", "mobile-b", "old", "ops", 0.0, 5.0)
+    gone = Override("o2", "drain", None, "lte", "uplink left the policy", "ops", 0.0, 500.0)
+    state = restored_state(POLICY, 10.0, {}, (good, stale, gone), 3)
+    assert [o.id for o in state.overrides] == ["o3"]
+    assert state.override_seq == 3
