@@ -40,7 +40,7 @@ def test_adopted_class_on_an_uplink_known_down_moves() -> None:
     state, _ = step(state, ev.CarrierChanged("fiber", True), POLICY, 0.0)
     assert state.classes["critical"].uplink == "mobile-a"  # fiber unknown, mobile-b unknown: wait ...
     for target in ("198.19.0.1", "198.19.0.2"):
-        state, effects = step(state, ev.ProbeResult("mobile-b", f"udp-echo:{target}:7", True, 0.01), POLICY, 0.1)
+        state, _ = step(state, ev.ProbeResult("mobile-b", f"udp-echo:{target}:7", True, 0.01), POLICY, 0.1)
     # ... no: mobile-a is known down, and mobile-b is usable, so critical leaves at once.
     assert state.classes["critical"].uplink == "mobile-b"
 
