@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from failoverd.errors import PolicyError
 from failoverd.policy import load_policy
@@ -229,6 +230,75 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_clock(args: argparse.Namespace) -> int:
+    """One-shot clock check against the given servers, like a sharper `chronyc sources`."""
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from failoverd import BUILD_FLOOR  # noqa: PLC0415
+    from failoverd.clock.consensus import Budget, Sample, Verdict, judge  # noqa: PLC0415
+    from failoverd.clock.sntp import query  # noqa: PLC0415
+    from failoverd.clock.sources import adjtimex  # noqa: PLC0415
+    from failoverd.ctl import render_clock  # noqa: PLC0415
+    from failoverd.engine.events import ClockState  # noqa: PLC0415
+
+    def split(server: str) -> tuple[str, int]:
+        host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+        return host, int(port) if port else 123
+
+    async def ask() -> list[Any]:
+        best = []
+        for server in args.server:
+            host, port = split(server)
+            # Several exchanges a server, keep the one with the least delay (the RFC 5905 clock filter's idea).
+            replies = [await query(host, port, timeout=args.timeout) for _ in range(args.samples)]
+            good = [r for r in replies if r.ok]
+            best.append(min(good, key=lambda r: r.delay) if good else replies[-1])
+        return best
+
+    replies = asyncio.run(ask())
+    samples = [Sample(r.server, r.server, r.offset, r.half_width, r.mono, None, r.stratum) for r in replies if r.ok]
+    kernel = adjtimex()
+    budget = Budget(args.max_error, args.panic, 100e-6, min(args.min_classes, len(args.server)), 1, BUILD_FLOOR)
+    verdict, c = judge(
+        Verdict(),
+        now=time.monotonic(),
+        wall=time.time(),
+        samples=samples,
+        steps=[],
+        b=budget,
+        kernel_synced=bool(kernel and kernel.synced),
+    )
+    false = {s for s, _ in c.falsetickers}
+    report = {
+        "state": verdict.state.value,
+        "bound_s": verdict.bound,
+        "evidence": list(verdict.evidence),
+        "sources": [
+            {
+                "server": r.server,
+                "class": r.server,
+                "uplink": None,
+                "age_s": 0.0,
+                **(
+                    {
+                        "state": "falseticker" if r.server in false else "agrees",
+                        "offset_s": r.offset,
+                        "delay_s": r.delay,
+                        "stratum": r.stratum,
+                    }
+                    if r.ok
+                    else {"state": "no answer", "error": r.error}
+                ),
+            }
+            for r in replies
+        ],
+        "kernel": None if kernel is None else {"synced": kernel.synced, "maxerror_s": kernel.maxerror},
+    }
+    print(json.dumps(report, indent=1) if args.json else render_clock(report, sys.stdout.isatty()))
+    return {ClockState.SANE: 0, ClockState.SUSPECT: 1, ClockState.HOLDOVER: 1}.get(verdict.state, 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="failoverd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -266,6 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, help="for its ownership section")
     p.add_argument("--netns", help="inside this existing network namespace")
     p.set_defaults(func=cmd_purge)
+    p = sub.add_parser("clock", help="check this machine's clock against NTP servers, once")
+    p.add_argument("--server", action="append", required=True, help="HOST or HOST:PORT (repeat; 4 or more is best)")
+    p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=1.0)
+    p.add_argument("--max-error", type=float, default=0.5)
+    p.add_argument("--panic", type=float, default=1000.0)
+    p.add_argument("--min-classes", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_clock)
     return parser
 
 

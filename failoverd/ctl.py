@@ -110,6 +110,32 @@ def render_status(st: dict[str, Any], tty: bool) -> str:
     return "\n".join(lines)
 
 
+def render_clock(rep: dict[str, Any], tty: bool) -> str:
+    colour = {"sane": "UP", "holdover": "DEGRADED", "suspect": "DEGRADED", "insane": "DOWN"}.get(rep["state"], "")
+    bound = f" ± {rep['bound_s']:.4f}s" if rep.get("bound_s") is not None else ""
+    lines = [f"clock {_paint(rep['state'].upper(), colour, tty)}{bound}"]
+    lines += [f"  {_cut(e, WIDTH - 2)}" for e in rep.get("evidence", [])]
+    lines += ["", f"{'SERVER':<22} {'CLASS':<12} {'UPLINK':<9} {'OFFSET':>12} {'DELAY':>9} {'AGE':>6}  VERDICT"]
+    for s in rep.get("sources", []):
+        off = f"{s['offset_s']:+.4f}s" if "offset_s" in s else "-"
+        delay = f"{s['delay_s'] * 1000:.1f}ms" if "delay_s" in s else "-"
+        verdict = s["state"] + (f" ({s['error']})" if s.get("error") else "")
+        state_colour = {"agrees": "UP", "falseticker": "DOWN", "no answer": "DEGRADED"}.get(s["state"], "")
+        lines.append(
+            f"{s['server']:<22} {str(s['class'])[:12]:<12} {s.get('uplink') or '-'!s:<9} {off:>12} "
+            f"{delay:>9} {_age(s.get('age_s')):>6}  " + _paint(_cut(verdict, 30), state_colour, tty)
+        )
+    if rep.get("steps"):
+        lines += ["", "STEPS (recent)"]
+        for st in rep["steps"]:
+            label = "explained" if st["explained"] else "UNEXPLAINED"
+            lines.append(f"  {st['delta_s']:+.3f}s {_age(st['age_s'])} ago, {label}: {st['why']}")
+    for name in ("chrony", "kernel"):
+        if rep.get(name):
+            lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in rep[name].items()))
+    return "\n".join(lines)
+
+
 def render_history(records: list[dict[str, Any]], tty: bool) -> str:
     out = []
     for r in records:
@@ -157,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("history", help="recent decisions and events")
     h.add_argument("--last", type=int, default=20)
     sub.add_parser("reload", help="validate and load the policy file again")
+    sub.add_parser("clock", help="the clock's verdict, each time source, recent steps")
     for parser in (p, *sub.choices.values()):
         if parser is not p:
             parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
@@ -218,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render_status(reply, tty))
     elif args.cmd == "history":
         print(render_history(reply["records"], tty))
+    elif args.cmd == "clock":
+        print(render_clock(reply, tty))
     elif args.cmd == "explain":
         print("\n".join(reply["chain"]))
     else:

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from failoverd.actions import run_command
+from failoverd.clock.monitor import ClockMonitor
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
+from failoverd.engine.decide import usable
 from failoverd.engine.state import EngineState, Health, restored_state
 from failoverd.engine.step import step
 from failoverd.errors import FailoverdError, PolicyError
@@ -74,6 +76,7 @@ class Daemon:
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     probe_stats: dict[tuple[str, str], tuple[float, float | None, str]] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
+    clock: ClockMonitor | None = None
 
     # -- start-up -----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -92,6 +95,7 @@ class Daemon:
                     tg.create_task(self._probe_supervisor(), name="probes")
                     tg.create_task(self._signals(), name="signals")
                     tg.create_task(self._control(), name="control")
+                    tg.create_task(self._clock_loop(), name="clock")
                     if (interval := systemd.watchdog_interval()) is not None:
                         tg.create_task(self._watchdog(interval), name="watchdog")
                     systemd.notify("READY=1\nSTATUS=failoverd running")
@@ -372,6 +376,38 @@ class Daemon:
                     note="an owned route or rule was changed outside failoverd",
                 )
                 self._record({"kind": "restored", "added": diff.added, "removed": diff.removed}, time.monotonic())
+
+    # -- clock sanity -------------------------------------------------------------------------------
+    async def _clock_loop(self) -> None:
+        """Judge the clock every interval and at once after a step; tell the engine when the verdict moves.
+
+        Nothing here feeds a timer: the engine runs on the monotonic clock whatever the verdict says."""
+        self.clock = ClockMonitor(self.policy, self.opts.state_dir)
+        self.clock.usable = lambda: [n for n in self.policy.uplinks if usable(self.state, n)]
+        if not self.policy.clock.servers and not self.policy.clock.chrony:
+            return
+        last: tuple[str, float | None] | None = None
+        next_round = time.monotonic()
+        while True:
+            self.clock.policy = self.policy
+            steps = self.clock.poll_steps()
+            for st in steps:
+                log.warning("clock-step", delta_s=round(st.delta, 6), explained=st.explained, why=st.why)
+                self._record(
+                    {"kind": "clock-step", "delta_s": st.delta, "explained": st.explained, "why": st.why},
+                    time.monotonic(),
+                )
+            if steps or time.monotonic() >= next_round:
+                v = await self.clock.round()
+                next_round = time.monotonic() + self.policy.clock.interval
+                bound = None if v.bound is None else round(v.bound, 3)
+                if (v.state.value, bound) != last:
+                    changed = last is None or last[0] != v.state.value
+                    last = (v.state.value, bound)
+                    if changed:
+                        log.info("clock-verdict", state=v.state.value, bound_s=v.bound, evidence=list(v.evidence))
+                    await self.queue.put(ev.ClockChanged(v.state, v.bound, v.evidence, time.time()))
+            await asyncio.sleep(1.0)
 
     # -- signals, control, watchdog -----------------------------------------------------------------
     async def _signals(self) -> None:

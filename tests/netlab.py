@@ -60,7 +60,18 @@ classes:
     preempt_delay: 2s
 control:
   max_override: 1h
+clock:
+  servers:                 # three honest chronyd and one liar, over both uplinks, four operators
+    - {address: 198.19.0.123, uplink: fiber, operator: op-a}
+    - {address: 198.19.0.124, uplink: mobile, operator: op-b}
+    - {address: 198.19.0.125, uplink: fiber, operator: op-c}
+    - {address: 198.19.0.126, uplink: mobile, operator: op-d}
+  chrony: false
+  interval: 1s
+  drift_ppm: DRIFT
 """
+TIME_SERVERS = ("198.19.0.123", "198.19.0.124", "198.19.0.125", "198.19.0.126")
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 FIBER_NAT = "198.18.1.2"
 MOBILE_NAT = "198.18.2.2"
@@ -74,6 +85,7 @@ class GatewayLab:
 
     tmp: Path
     preempt: str = "3s"
+    drift_ppm: float = 100.0
     topo: Topology = field(init=False)
     daemon: subprocess.Popen[bytes] | None = None
     receiver: subprocess.Popen[bytes] | None = None
@@ -82,7 +94,8 @@ class GatewayLab:
     def __post_init__(self) -> None:
         self.topo = Topology(f"fo-t{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000:03d}")
         self.policy_path = self.tmp / "policy.yaml"
-        self.policy_path.write_text(POLICY.replace("PREEMPT", self.preempt))
+        self.policy_path.write_text(POLICY.replace("PREEMPT", self.preempt).replace("DRIFT", str(self.drift_ppm)))
+        self.time_servers: dict[str, subprocess.Popen[bytes]] = {}
         self.state_dir = self.tmp / "state"
         self.socket = str(self.tmp / "ctl.sock")
         self.log = self.tmp / "failoverd.log"
@@ -138,12 +151,35 @@ class GatewayLab:
                     f"table inet lab {{\n chain transit {{\n type filter hook forward priority 0;\n"
                     f" ip saddr {src} udp dport 7 counter\n }}\n}}\n",
                 )
+            for a in TIME_SERVERS:
+                t.addr("inet", "lo", f"{a}/32")
+                self.time_server(a, "chrony" if a != TIME_SERVERS[-1] else "+1000")
             targets = [x for a in ("198.19.0.1", "198.19.0.2", "198.19.0.3") for x in ("--bind", a)]
             t.spawn("inet", [PY, "-m", "lab.responder", *targets], cwd=ROOT)
         except BaseException:
             t.destroy()
             raise
         return self
+
+    def time_server(self, address: str, kind: str) -> None:
+        """Serve time on `address`: a real chronyd ("chrony", true time) or the lab's liar (an offset such
+        as "+1000", "year-2000", "silent"). Replaces whatever served there before."""
+        old = self.time_servers.pop(address, None)
+        if old is not None:
+            self.topo.stop(old)
+        if kind == "chrony":
+            conf = self.tmp / f"chrony-{address}.conf"
+            # -x: never touch the machine's clock; serve it as stratum 3.
+            conf.write_text(f"bindaddress {address}\nport 123\ncmdport 0\nlocal stratum 3\nallow all\n"
+                            f"pidfile {self.tmp}/chrony-{address}.pid\n")
+            cmd = ["chronyd", "-x", "-d", "-u", "root", "-f", str(conf)]
+        else:
+            mode = ["--offset", kind] if kind[0] in "+-" else [f"--{kind}"]
+            cmd = [PY, "-m", "lab.liar", "--bind", address, *mode]
+        self.time_servers[address] = self.topo.spawn("inet", cmd, log=self.tmp / f"time-{address}.log", cwd=ROOT)
+
+    def clock(self) -> dict[str, Any]:
+        return self.ctl("clock")
 
     def destroy(self) -> None:
         self.topo.destroy()

@@ -241,6 +241,12 @@ async def history(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "records": d.journal.last(n)}
 
 
+async def clock(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    if d.clock is None:
+        return {"ok": True, "state": d.state.clock.state.value, "sources": [], "steps": [], "evidence": []}
+    return {"ok": True, **d.clock.report()}
+
+
 async def reload(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     out = await d.reload()
     if not out.get("ok"):
@@ -270,6 +276,7 @@ COMMANDS: dict[str, Command] = {
         Command("explain", {"class": str}, ("class",), explain, "why a class is where it is"),
         Command("history", {"last": int}, (), history, "recent decisions and events"),
         Command("reload", {}, (), reload, "validate and load the policy file again"),
+        Command("clock", {}, (), clock, "the clock's verdict, each time source, recent steps"),
     )
 }
 

@@ -35,7 +35,12 @@ async def serve(d: Daemon, path: str) -> None:
                     reply = {"ok": False, "error": f"not JSON: {exc.msg} at column {exc.colno}"}
                 else:
                     reply = await dispatch(d, request)
-                    if isinstance(request, dict) and request.get("cmd") not in ("status", "history", "explain"):
+                    if isinstance(request, dict) and request.get("cmd") not in (
+                        "status",
+                        "history",
+                        "explain",
+                        "clock",
+                    ):
                         log.info(
                             "command",
                             request=request,

@@ -141,6 +141,9 @@ class ClockSpec:
     max_error: float
     panic: float
     min_agreeing_classes: int
+    interval: float
+    drift: float  # seconds per second
+    hysteresis: int
     on_suspect: ClockReactionSpec
     on_insane: ClockReactionSpec
 

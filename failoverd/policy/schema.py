@@ -262,6 +262,12 @@ class Clock(Strict):
     max_error: Duration = 0.5
     panic: Duration = 1000.0
     min_agreeing_classes: int = Field(default=3, ge=1)
+    # How often the servers are asked; steps are watched every second regardless.
+    interval: Duration = 16.0
+    # Undisciplined oscillators stay within ~100 ppm: how fast an error bound grows with age.
+    drift_ppm: float = Field(default=100.0, gt=0, le=100000)  # beyond 500 only tests want
+    # Agreeing rounds in a row before leaving SUSPECT or INSANE.
+    hysteresis: int = Field(default=3, ge=1)
     on_suspect: ClockReaction = ClockReaction(severity="warning")
     on_insane: ClockReaction = ClockReaction(distrust=["certificates", "signed-commands", "schedules"])
 

@@ -1,0 +1,148 @@
+"""The clock checker's loop: ask the servers (each over its uplink), read chrony and the kernel, judge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failoverd import BUILD_FLOOR
+from failoverd.clock.consensus import Budget, Consensus, Sample, Step, Verdict, judge
+from failoverd.clock.sntp import Reply, query
+from failoverd.clock.sources import ChronyView, KernelClock, StepWatch, adjtimex, chrony_tracking
+from failoverd.policy.model import Policy
+
+# The last confirmed-good wall time, minus this, is a floor the clock may not fall below after a restart.
+FLOOR_SLACK = 3600.0
+
+
+@dataclass
+class ClockMonitor:
+    policy: Policy
+    state_dir: Path | None = None
+    verdict: Verdict = field(default_factory=Verdict)
+    consensus: Consensus | None = None
+    replies: dict[str, Reply] = field(default_factory=dict)
+    chrony: ChronyView | None = None
+    kernel: KernelClock | None = None
+    watch: StepWatch | None = None
+    pending_steps: list[Step] = field(default_factory=list)
+    # Uplinks usable now (from the engine): a server whose own uplink is down is asked over another
+    # one, rather than lost as evidence just when the gateway is failing over.
+    usable: Callable[[], list[str]] = lambda: []
+    via: dict[str, str | None] = field(default_factory=dict)
+
+    def budget(self) -> Budget:
+        ck = self.policy.clock
+        floor = BUILD_FLOOR
+        if self.state_dir is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                floor = max(floor, json.loads((self.state_dir / "clock.json").read_text())["good_wall"] - FLOOR_SLACK)
+        return Budget(ck.max_error, ck.panic, ck.drift, ck.min_agreeing_classes, ck.hysteresis, floor)
+
+    def poll_steps(self) -> list[Step]:
+        """Called every second: steps are noted at once and judged at the next round."""
+        if self.watch is None:
+            self.watch = StepWatch()
+        steps = self.watch.poll(self.chrony)
+        self.pending_steps += steps
+        return steps
+
+    async def round(self) -> Verdict:
+        ck = self.policy.clock
+        marks = {name: u.fwmark for name, u in self.policy.uplinks.items()}
+        usable = self.usable()
+        for s in ck.servers:
+            self.via[s.address] = s.uplink if s.uplink in usable or not usable else usable[0]
+        replies = await asyncio.gather(
+            *(
+                query(s.address, s.port, timeout=min(2.0, ck.interval / 2), mark=marks.get(self.via[s.address] or ""))
+                for s in ck.servers
+            )
+        )
+        self.chrony = await chrony_tracking() if ck.chrony else None
+        self.kernel = adjtimex()
+        samples = []
+        for s, r in zip(ck.servers, replies, strict=True):
+            self.replies[s.address] = r
+            if r.ok:
+                samples.append(
+                    Sample(s.address, s.operator or s.address, r.offset, r.half_width, r.mono, s.uplink, r.stratum)
+                )
+        steps, self.pending_steps = self.pending_steps, []
+        synced = bool((self.kernel and self.kernel.synced) or (self.chrony and self.chrony.synced))
+        self.verdict, self.consensus = judge(
+            self.verdict,
+            now=time.monotonic(),
+            wall=time.time(),
+            samples=samples,
+            steps=steps,
+            b=self.budget(),
+            kernel_synced=synced,
+        )
+        if self.verdict.state.value == "sane" and self.state_dir is not None:
+            tmp = self.state_dir / "clock.json.tmp"
+            tmp.write_text(json.dumps({"good_wall": time.time()}))
+            tmp.replace(self.state_dir / "clock.json")
+        return self.verdict
+
+    def report(self) -> dict[str, Any]:
+        v, c = self.verdict, self.consensus
+        now = time.monotonic()
+        drift = self.policy.clock.drift
+        false = {s for s, _ in (c.falsetickers if c else ())}
+        sources = []
+        for s in self.policy.clock.servers:
+            r = self.replies.get(s.address)
+            row: dict[str, Any] = {
+                "server": s.address,
+                "class": s.operator or s.address,
+                "uplink": self.via.get(s.address, s.uplink),
+            }
+            if r is None:
+                row.update(state="not asked yet")
+            elif not r.ok:
+                row.update(state="no answer", error=r.error, age_s=round(now - r.mono, 1))
+            else:
+                lo, hi = Sample(s.address, "", r.offset, r.half_width, r.mono).interval(now, drift)
+                row.update(
+                    state="falseticker" if s.address in false else "agrees",
+                    offset_s=r.offset,
+                    interval_s=[lo, hi],
+                    delay_s=r.delay,
+                    stratum=r.stratum,
+                    refid=r.refid,
+                    age_s=round(now - r.mono, 1),
+                )
+            sources.append(row)
+        return {
+            "state": v.state.value,
+            "since_s": round(now - v.since, 1) if v.since else None,
+            "bound_s": v.bound,
+            "evidence": list(v.evidence),
+            "consensus": None
+            if c is None
+            else {
+                "ok": c.ok,
+                "offset_s": c.offset,
+                "bound_s": c.bound,
+                "classes": list(c.classes),
+                "of": c.total_classes,
+            },
+            "sources": sources,
+            "steps": [
+                {"age_s": round(now - s.mono, 1), "delta_s": s.delta, "explained": s.explained, "why": s.why}
+                for s in v.steps
+            ],
+            "chrony": None
+            if self.chrony is None
+            else {"synced": self.chrony.synced, "offset_s": self.chrony.offset, "stratum": self.chrony.stratum},
+            "kernel": None
+            if self.kernel is None
+            else {"synced": self.kernel.synced, "maxerror_s": self.kernel.maxerror},
+        }
