@@ -41,8 +41,9 @@ class Liar(asyncio.DatagramProtocol):
             return
         rx = self.lie(time.time())
         xmt = struct.unpack_from("!Q", data, 40)[0]
-        reply = struct.pack(_PACKET, 0x24, 2, 4, -20, 0x10, 0x10, 0x7F7F0101, ntp(rx - 16), xmt, ntp(rx),
-                            ntp(self.lie(time.time())))
+        reply = struct.pack(
+            _PACKET, 0x24, 2, 4, -20, 0x10, 0x10, 0x7F7F0101, ntp(rx - 16), xmt, ntp(rx), ntp(self.lie(time.time()))
+        )
         self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
 

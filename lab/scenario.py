@@ -33,6 +33,7 @@ from lab.netns import LabError, wait_for
 from lab.topology import ROOT, Lab
 
 SCENARIOS = ROOT / "lab" / "scenarios"
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 PY = sys.executable
 # Where each class's stream goes: (source node, server address:port, TCP?).
 STREAMS = {"critical": ("dispatch", "198.19.1.10:9000", False), "bulk": ("office", "198.19.1.20:9001", True)}
@@ -65,7 +66,12 @@ class Step(Strict):
         "start-daemon",
         "failoverctl",
         "stop-node-process",
+        "ntp-server",
+        "clock-step",
     ]
+    server: str | None = None  # ntp-server: the address; kind says what serves there
+    kind: str | None = None  # chrony, an offset such as "+1000", year-2000, silent
+    shift: str | None = None  # clock-step: the daemon's wall clock moves by this, e.g. "+3600"
     uplink: str | None = None
     carrier: str | None = None
     up: bool | None = None
@@ -83,8 +89,20 @@ class Step(Strict):
 
 class Expect(Strict):
     what: Literal[
-        "outage_ms", "lost_packets", "switches", "final_uplink", "carried_by", "never_on", "uplink_state", "delivered"
+        "outage_ms",
+        "lost_packets",
+        "switches",
+        "final_uplink",
+        "carried_by",
+        "never_on",
+        "uplink_state",
+        "delivered",
+        "clock_state",
+        "falseticker",
+        "clock_steps",
     ]
+    any_of: list[str] | None = None
+    server: str | None = None
     cls: str | None = Field(default=None, alias="class")
     uplink: str | None = None
     max: float | None = None
@@ -103,6 +121,8 @@ class ScenarioFile(BaseModel):
     policy: str = "policies/lab.yaml"
     duration: float = Field(gt=0, le=600)
     settle: float = Field(default=2.0, ge=0)
+    # Run failoverd under libfaketime so that clock-step can move its wall clock (and only its own).
+    faketime: bool = False
     traffic: Traffic = Traffic()
     steps: list[Step] = Field(default_factory=list)
     expect: list[Annotated[Expect, Field()]] = Field(default_factory=list)
@@ -154,7 +174,12 @@ class Run:
     daemon: subprocess.Popen[bytes] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     t0: float = 0.0
+    clock: dict[str, Any] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def stamp(self) -> Path:
+        return self.out / "faketime"
 
     @property
     def socket(self) -> str:
@@ -182,7 +207,17 @@ class Run:
             "--log-json",
         ]
         log = (self.out / "failoverd.log").open("ab")
-        self.daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        env = dict(os.environ)
+        if self.scenario.faketime:
+            env.update(
+                LD_PRELOAD=FAKETIME,
+                FAKETIME_TIMESTAMP_FILE=str(self.stamp),
+                FAKETIME_NO_CACHE="1",
+                FAKETIME_DONT_FAKE_MONOTONIC="1",
+            )
+        self.daemon = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True, env=env
+        )
         client = Client(self.socket, timeout=2)
 
         def ready() -> bool:
@@ -273,6 +308,23 @@ class Run:
                 self.say(f"failoverctl {' '.join(step.args or [])}: {(r.stdout + r.stderr).strip()}")
             case "stop-node-process":
                 topo.sh(step.node or "", "pkill", "-f", step.match or "", check=False)
+            case "ntp-server":
+                self.ntp_server(step.server or "", step.kind or "chrony")
+            case "clock-step":
+                self.stamp.write_text(f"{step.shift}\n")
+
+    def ntp_server(self, address: str, kind: str) -> None:
+        """Replace what serves time on `address` in the internet node: chronyd (true time) or the liar."""
+        n = address.rsplit(".", 1)[1]
+        topo = self.lab.topo
+        topo.sh("inet", "pkill", "-f", f"fo-lab-chrony-{n}.conf", check=False)
+        topo.sh("inet", "pkill", "-f", f"lab.liar --bind {address}", check=False)
+        time.sleep(0.2)
+        if kind == "chrony":
+            topo.sh("inet", "chronyd", "-x", "-u", "root", "-f", f"/tmp/fo-lab-chrony-{n}.conf")
+        else:
+            mode = ["--offset", kind] if kind[0] in "+-" else [f"--{kind}"]
+            topo.spawn("inet", [PY, "-m", "lab.liar", "--bind", address, *mode], cwd=ROOT)
 
     def _flap(self, node: str, iface: str, period: float, until: float) -> None:
         up = True
@@ -293,7 +345,10 @@ class Run:
     def execute(self) -> dict[str, Any]:
         sc = self.scenario
         self.out.mkdir(parents=True, exist_ok=True)
+        self.stamp.write_text("+0\n")
         self.clear_faults()
+        for n in (123, 124, 125, 126):  # honest time servers again, whatever the last scenario left
+            self.ntp_server(f"198.19.0.{n}", "chrony")
         # Every scenario starts from a clean gateway: no routes or overrides left by the one before.
         shutil.rmtree(self.out / "state", ignore_errors=True)
         subprocess.run(
@@ -361,6 +416,7 @@ class Run:
         try:
             final = Client(self.socket).request({"cmd": "status"})
             history = Client(self.socket).request({"cmd": "history", "last": 2000})["records"]
+            self.clock = Client(self.socket).request({"cmd": "clock"})
         except OSError:
             final, history = {}, []
         self.kill_daemon(signal.SIGTERM)
@@ -456,10 +512,17 @@ class Run:
                 )
             case "uplink_state":
                 value = states.get(e.uplink or "")
+            case "clock_state":
+                value = self.clock.get("state")
+            case "falseticker":
+                value = sorted(s["server"] for s in self.clock.get("sources", []) if s.get("state") == "falseticker")
+            case "clock_steps":
+                value = [round(s["delta_s"], 3) for s in self.clock.get("steps", []) if not s["explained"]]
         ok = value is not None
-        if ok and e.max is not None:
+        numeric = isinstance(value, int | float)
+        if ok and numeric and e.max is not None:
             ok = float(value) <= e.max
-        if ok and e.min is not None:
+        if ok and numeric and e.min is not None:
             ok = float(value) >= e.min
         if ok and e.equals is not None:
             ok = value == e.equals
@@ -475,9 +538,17 @@ class Run:
                 ("equals", e.equals),
                 ("uplinks", e.uplinks),
                 ("uplink", e.uplink),
+                ("any_of", e.any_of),
+                ("server", e.server),
             )
             if v is not None
         }
+        if ok and e.any_of is not None:
+            ok = value in e.any_of
+        if e.what == "falseticker":
+            ok = value == ([e.server] if e.server else [])
+        if e.what == "clock_steps":
+            ok = len(value or []) >= 1
         return {"what": e.what, "class": e.cls, **limit, "measured": value, "passed": bool(ok)}
 
 

@@ -170,8 +170,10 @@ class GatewayLab:
         if kind == "chrony":
             conf = self.tmp / f"chrony-{address}.conf"
             # -x: never touch the machine's clock; serve it as stratum 3.
-            conf.write_text(f"bindaddress {address}\nport 123\ncmdport 0\nlocal stratum 3\nallow all\n"
-                            f"pidfile {self.tmp}/chrony-{address}.pid\n")
+            conf.write_text(
+                f"bindaddress {address}\nport 123\ncmdport 0\nlocal stratum 3\nallow all\n"
+                f"pidfile {self.tmp}/chrony-{address}.pid\n"
+            )
             cmd = ["chronyd", "-x", "-d", "-u", "root", "-f", str(conf)]
         else:
             mode = ["--offset", kind] if kind[0] in "+-" else [f"--{kind}"]

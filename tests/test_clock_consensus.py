@@ -16,8 +16,14 @@ def honest(name: str, offset: float = 0.001, mono: float = 0.0) -> Sample:
     return Sample(name, f"op-{name}", offset, 0.01, mono)
 
 
-def run(v: Verdict, samples: list[Sample], now: float = 0.0, steps: tuple[Step, ...] = (), synced: bool = False,
-        wall: float = WALL) -> Verdict:
+def run(
+    v: Verdict,
+    samples: list[Sample],
+    now: float = 0.0,
+    steps: tuple[Step, ...] = (),
+    synced: bool = False,
+    wall: float = WALL,
+) -> Verdict:
     v, _ = judge(v, now=now, wall=wall, samples=samples, steps=steps, b=B, kernel_synced=synced)
     return v
 

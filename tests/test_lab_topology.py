@@ -54,7 +54,8 @@ def test_bad_topology_is_refused(tmp_path: Path) -> None:
 def test_every_scenario_file_is_valid() -> None:
     names = set(catalog())
     required = {"fiber-cut", "silent-blackhole", "gray-loss", "flapping-primary", "carrier-outage-roaming",
-                "satellite-last-resort", "manual-failover", "recovery-revertive", "daemon-crash"}  # fmt: skip
+                "satellite-last-resort", "manual-failover", "recovery-revertive", "daemon-crash", "ntp-liar",
+                "clock-step"}  # fmt: skip
     assert required <= names
     for name in names:
         s = load_scenario(name)

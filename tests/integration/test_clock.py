@@ -23,13 +23,22 @@ def test_one_liar_among_four_is_flagged_and_the_clock_stays_sane(gwlab: GatewayL
     wait_for(lambda: clock_state(gwlab) == "sane", 15, what="clock SANE")
     rep = gwlab.clock()
     verdicts = {s["server"]: s["state"] for s in rep["sources"]}
-    assert verdicts == {"198.19.0.123": "agrees", "198.19.0.124": "agrees", "198.19.0.125": "agrees",
-                        "198.19.0.126": "falseticker"}
+    assert verdicts == {
+        "198.19.0.123": "agrees",
+        "198.19.0.124": "agrees",
+        "198.19.0.125": "agrees",
+        "198.19.0.126": "falseticker",
+    }
     liar = next(s for s in rep["sources"] if s["server"] == "198.19.0.126")
     assert abs(liar["offset_s"] - 1000) < 1
     assert gwlab.ctl("status")["clock"]["state"] == "sane"
-    r = subprocess.run([sys.executable, "-m", "failoverd.ctl", "--socket", gwlab.socket, "clock"], capture_output=True,
-                       text=True, cwd=ROOT, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "failoverd.ctl", "--socket", gwlab.socket, "clock"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert "falseticker" in r.stdout and r.stdout.startswith("clock SANE")
 
 
@@ -85,8 +94,14 @@ def test_a_step_of_the_daemons_clock_is_detected_and_failover_is_unchanged(
     stamp = gwlab.tmp / "faketime"
     stamp.write_text("+0\n")
     # libfaketime shifts only the daemon's wall clock (never the machine's); monotonic stays real.
-    gwlab.start(env={"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": str(stamp), "FAKETIME_NO_CACHE": "1",
-                     "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    gwlab.start(
+        env={
+            "LD_PRELOAD": FAKETIME,
+            "FAKETIME_TIMESTAMP_FILE": str(stamp),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+    )
     wait_for(lambda: clock_state(gwlab) == "sane", 15, what="clock SANE")
     gwlab.wait_class("critical", "fiber")
     gwlab.start_traffic()
