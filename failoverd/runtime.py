@@ -386,7 +386,7 @@ class Daemon:
         self.clock.usable = lambda: [n for n in self.policy.uplinks if usable(self.state, n)]
         if not self.policy.clock.servers and not self.policy.clock.chrony:
             return
-        last: tuple[str, float | None] | None = None
+        last: tuple[str, float | None, tuple[str, ...]] | None = None
         next_round = time.monotonic()
         while True:
             self.clock.policy = self.policy
@@ -401,12 +401,12 @@ class Daemon:
                 v = await self.clock.round()
                 next_round = time.monotonic() + self.policy.clock.interval
                 bound = None if v.bound is None else round(v.bound, 3)
-                if (v.state.value, bound) != last:
-                    changed = last is None or last[0] != v.state.value
-                    last = (v.state.value, bound)
-                    if changed:
+                disagreeing = self.clock.disagreeing_uplinks()
+                if (v.state.value, bound, disagreeing) != last:
+                    if last is None or last[0] != v.state.value:
                         log.info("clock-verdict", state=v.state.value, bound_s=v.bound, evidence=list(v.evidence))
-                    await self.queue.put(ev.ClockChanged(v.state, v.bound, v.evidence, time.time()))
+                    last = (v.state.value, bound, disagreeing)
+                    await self.queue.put(ev.ClockChanged(v.state, v.bound, v.evidence, time.time(), disagreeing))
             await asyncio.sleep(1.0)
 
     # -- signals, control, watchdog -----------------------------------------------------------------

@@ -56,6 +56,7 @@ class Step(Condition):
     clock: Literal["unknown", "sane", "holdover", "suspect", "insane"] | None = None
     bound: float | None = None
     wall_shift: float = 0.0
+    disagreeing: list[str] = Field(default_factory=list)  # uplinks over which only falsetickers answer
 
 
 class Standby(Strict):
@@ -268,7 +269,7 @@ class Simulation:
         if s.clock is not None:
             wall = self.wall_epoch + s.at + s.wall_shift
             evidence = (f"wall clock shifted {s.wall_shift:+g}s",) if s.wall_shift else ()
-            yield ev.ClockChanged(ev.ClockState(s.clock), s.bound, evidence, wall)
+            yield ev.ClockChanged(ev.ClockState(s.clock), s.bound, evidence, wall, tuple(s.disagreeing))
         if s.note is not None and s.command is None:
             self.records.append(Record(s.at, "note", {"text": s.note}))
 

@@ -14,7 +14,7 @@ from typing import Any
 from failoverd import BUILD_FLOOR
 from failoverd.clock.consensus import Budget, Consensus, Sample, Step, Verdict, judge
 from failoverd.clock.sntp import Reply, query
-from failoverd.clock.sources import ChronyView, KernelClock, StepWatch, adjtimex, chrony_tracking
+from failoverd.clock.sources import ChronyView, GpsFix, KernelClock, StepWatch, adjtimex, chrony_tracking, gpsd_time
 from failoverd.policy.model import Policy
 
 # The last confirmed-good wall time, minus this, is a floor the clock may not fall below after a restart.
@@ -32,6 +32,7 @@ class ClockMonitor:
     kernel: KernelClock | None = None
     watch: StepWatch | None = None
     pending_steps: list[Step] = field(default_factory=list)
+    gps: GpsFix | None = None
     # Uplinks usable now (from the engine): a server whose own uplink is down is asked over another
     # one, rather than lost as evidence just when the gateway is failing over.
     usable: Callable[[], list[str]] = lambda: []
@@ -66,6 +67,10 @@ class ClockMonitor:
             )
         )
         self.chrony = await chrony_tracking() if ck.chrony else None
+        self.gps = None
+        if ck.gpsd:
+            host, _, port = ck.gpsd.partition(":")
+            self.gps = await gpsd_time(host, int(port or 2947), timeout=min(3.0, ck.interval))
         self.kernel = adjtimex()
         samples = []
         for s, r in zip(ck.servers, replies, strict=True):
@@ -74,6 +79,8 @@ class ClockMonitor:
                 samples.append(
                     Sample(s.address, s.operator or s.address, r.offset, r.half_width, r.mono, s.uplink, r.stratum)
                 )
+        if self.gps is not None:
+            samples.append(Sample("gpsd", "gps", self.gps.offset, self.gps.error, self.gps.mono, None, 0))
         steps, self.pending_steps = self.pending_steps, []
         synced = bool((self.kernel and self.kernel.synced) or (self.chrony and self.chrony.synced))
         self.verdict, self.consensus = judge(
@@ -90,6 +97,19 @@ class ClockMonitor:
             tmp.write_text(json.dumps({"good_wall": time.time()}))
             tmp.replace(self.state_dir / "clock.json")
         return self.verdict
+
+    def disagreeing_uplinks(self) -> tuple[str, ...]:
+        """Uplinks over which every source that answered is a falseticker (while a consensus exists)."""
+        c = self.consensus
+        if c is None or not c.ok:
+            return ()
+        false = {s for s, _ in c.falsetickers}
+        per: dict[str, list[bool]] = {}
+        for s in self.policy.clock.servers:
+            r, via = self.replies.get(s.address), self.via.get(s.address)
+            if r is not None and r.ok and via is not None:
+                per.setdefault(via, []).append(s.address in false)
+        return tuple(sorted(u for u, flags in per.items() if flags and all(flags)))
 
     def report(self) -> dict[str, Any]:
         v, c = self.verdict, self.consensus
@@ -120,11 +140,25 @@ class ClockMonitor:
                     age_s=round(now - r.mono, 1),
                 )
             sources.append(row)
+        if self.policy.clock.gpsd:
+            g = self.gps
+            row = {"server": f"gpsd {self.policy.clock.gpsd}", "class": "gps", "uplink": None}
+            if g is None:
+                row.update(state="no answer", error="no TPV with time")
+            else:
+                row.update(
+                    state="falseticker" if "gpsd" in false else "agrees",
+                    offset_s=g.offset,
+                    delay_s=0.0,
+                    age_s=round(now - g.mono, 1),
+                )
+            sources.append(row)
         return {
             "state": v.state.value,
             "since_s": round(now - v.since, 1) if v.since else None,
             "bound_s": v.bound,
             "evidence": list(v.evidence),
+            "disagreeing_uplinks": list(self.disagreeing_uplinks()),
             "consensus": None
             if c is None
             else {

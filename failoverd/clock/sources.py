@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import json
 import os
 import shutil
 import struct
@@ -104,6 +105,48 @@ async def chrony_tracking(timeout: float = 2.0) -> ChronyView | None:
         )
     except ValueError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class GpsFix:
+    offset: float  # GPS time minus local wall clock, seconds
+    error: float  # seconds: gpsd's estimated time error, at least the serial latency it cannot see
+    mono: float
+
+
+GPSD_LATENCY = 0.2  # a fix reaches gpsd over a serial line some 100-200 ms after its second began
+
+
+async def gpsd_time(host: str, port: int = 2947, timeout: float = 3.0) -> GpsFix | None:
+    """The next TPV report from gpsd's JSON feed (`?WATCH`), as a clock sample; None if there is none."""
+    from datetime import datetime  # noqa: PLC0415
+
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        writer.write(b'?WATCH={"enable":true,"json":true};\n')
+        await writer.drain()
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            line = await asyncio.wait_for(reader.readline(), left)
+            if not line:
+                return None
+            local, mono = time.time(), time.monotonic()
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("class") != "TPV" or not msg.get("time") or msg.get("mode", 0) < 2:
+                continue
+            gps = datetime.fromisoformat(str(msg["time"]).replace("Z", "+00:00")).timestamp()
+            return GpsFix(gps - local, max(float(msg.get("ept", 0.0)), GPSD_LATENCY), mono)
+    except (OSError, TimeoutError, ValueError):
+        pass
+    finally:
+        writer.close()
+    return None
 
 
 class StepWatch:

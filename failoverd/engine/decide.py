@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from failoverd.engine.effects import Cause, Route
+from failoverd.engine.events import ClockState
 from failoverd.engine.state import USABLE, ClassState, EngineState, Health, Override
 from failoverd.policy.model import ClassSpec, Policy
 
@@ -40,6 +41,14 @@ class Choice:
 def usable(state: EngineState, name: str) -> bool:
     u = state.uplinks.get(name)
     return u is not None and u.health in USABLE and not u.suppressed and u.carrier
+
+
+def time_suspect(policy: Policy, state: EngineState, name: str) -> bool:
+    """The clock policy says to avoid uplinks over which only falsetickers answer, and this is one."""
+    reaction = {ClockState.SUSPECT: policy.clock.on_suspect, ClockState.INSANE: policy.clock.on_insane}.get(
+        state.clock.state
+    )
+    return reaction is not None and reaction.avoid_uplinks and name in state.clock.disagreeing_uplinks
 
 
 def known_bad(state: EngineState, name: str) -> bool:
@@ -87,6 +96,11 @@ def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
             if u.health is Health.DEGRADED and spec.avoid_degraded:
                 degraded = degraded or name
                 skipped.append(f"{name} degraded")
+                continue
+            if time_suspect(policy, state, name):
+                # Used only if nothing better is usable, like a degraded uplink.
+                degraded = degraded or name
+                skipped.append(f"{name} time sources disagree")
                 continue
             # Behind an uplink with no evidence yet, this is only a fallback: see choose().
             return Choice(
@@ -190,8 +204,8 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
         return cand, None
     if _rank(spec, cand.uplink) > _rank(spec, cur.uplink):
         return cand, None  # current is avoided (degraded) in favour of a later uplink
-    if cu.health is Health.DEGRADED and spec.avoid_degraded:
-        return cand, None  # leaving a degraded uplink is a failover, not a failback
+    if (cu.health is Health.DEGRADED and spec.avoid_degraded) or time_suspect(policy, state, cur.uplink):
+        return cand, None  # leaving a degraded (or time-suspect) uplink is a failover, not a failback
     # Failback to a more preferred uplink.
     if not spec.revertive:
         hold = Cause(

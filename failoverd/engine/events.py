@@ -85,6 +85,7 @@ class ClockChanged:
     bound: float | None = None  # seconds of error the checker cannot rule out
     evidence: tuple[str, ...] = ()
     wall_time: float | None = None
+    disagreeing_uplinks: tuple[str, ...] = ()  # uplinks over which only falsetickers answered
 
 
 @dataclass(frozen=True, slots=True)

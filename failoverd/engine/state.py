@@ -125,6 +125,7 @@ class ClockView:
     since: float = 0.0
     evidence: tuple[str, ...] = ()
     wall_time: float | None = None  # evidence only: shown to operators, never used for a decision
+    disagreeing_uplinks: frozenset[str] = frozenset()  # uplinks over which only falsetickers answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,12 @@ class _Work:
     def clock_changed(self, ev: ClockChanged) -> None:
         old = self.clock.state
         self.clock = ClockView(
-            ev.state, ev.bound, self.now if ev.state != old else self.clock.since, ev.evidence, ev.wall_time
+            ev.state,
+            ev.bound,
+            self.now if ev.state != old else self.clock.since,
+            ev.evidence,
+            ev.wall_time,
+            frozenset(ev.disagreeing_uplinks),
         )
         if ev.state == old:
             return

@@ -173,7 +173,9 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
         )
 
     def reaction(r: s.ClockReaction) -> m.ClockReactionSpec:
-        return m.ClockReactionSpec(alarm=r.alarm, severity=r.severity, distrust=frozenset(r.distrust))
+        return m.ClockReactionSpec(
+            alarm=r.alarm, severity=r.severity, distrust=frozenset(r.distrust), avoid_uplinks=r.avoid_uplinks
+        )
 
     ck = doc.clock
     mq = doc.control.mqtt
@@ -193,6 +195,7 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
                 for t in ck.servers
             ),
             chrony=ck.chrony,
+            gpsd=ck.gpsd,
             max_error=ck.max_error,
             panic=ck.panic,
             min_agreeing_classes=ck.min_agreeing_classes,

@@ -132,12 +132,14 @@ class ClockReactionSpec:
     alarm: bool
     severity: str
     distrust: frozenset[str]
+    avoid_uplinks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ClockSpec:
     servers: tuple[TimeServerSpec, ...]
     chrony: bool
+    gpsd: str | None
     max_error: float
     panic: float
     min_agreeing_classes: int

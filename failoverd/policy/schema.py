@@ -254,11 +254,16 @@ class ClockReaction(Strict):
     severity: Literal["warning", "critical"] = "critical"
     # Features that depend on wall time and are marked unreliable in this state.
     distrust: list[Literal["certificates", "signed-commands", "schedules"]] = Field(default_factory=list)
+    # Prefer uplinks whose time sources agree: an uplink over which only falsetickers answer may be
+    # tampered with (or lead to a lying network); classes avoid it while another uplink is usable.
+    avoid_uplinks: bool = False
 
 
 class Clock(Strict):
     servers: list[TimeServer] = Field(default_factory=list)
     chrony: bool = True
+    # gpsd's JSON feed ("host:port"), where a GPS receiver is fitted: one more independent class.
+    gpsd: str | None = Field(default=None, pattern=r"^[^:\s]+(:\d{1,5})?$")
     max_error: Duration = 0.5
     panic: Duration = 1000.0
     min_agreeing_classes: int = Field(default=3, ge=1)

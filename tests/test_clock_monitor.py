@@ -1,0 +1,81 @@
+"""The clock monitor end to end on loopback (no root): SNTP servers, a gpsd feed, the verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from failoverd.clock.monitor import ClockMonitor
+from failoverd.policy import parse_policy_text
+
+ROOT = Path(__file__).resolve().parent.parent
+GPS_WEEK_ROLLOVER = 1024 * 7 * 86400  # a receiver with the 2019 bug reports dates 19.6 years back
+
+
+@pytest.fixture
+def servers() -> Iterator[list[int]]:
+    """Three SNTP servers on loopback serving this machine's own time (the liar with offset 0)."""
+    ports = [12301, 12302, 12303]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "lab.liar", "--bind", "127.0.0.1", "--port", str(p), "--offset", "0"],
+                         cwd=ROOT)
+        for p in ports
+    ]
+    time.sleep(0.8)
+    try:
+        yield ports
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(5)
+
+
+async def fake_gpsd(shift: float) -> tuple[asyncio.AbstractServer, int]:
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b'{"class":"VERSION","release":"3.22"}\n')
+        when = datetime.fromtimestamp(time.time() - shift, UTC).isoformat().replace("+00:00", "Z")
+        writer.write(json.dumps({"class": "TPV", "mode": 3, "time": when, "ept": 0.005}).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def policy(ports: list[int], gpsd_port: int) -> str:
+    servers = "\n".join(f"    - {{address: 127.0.0.1, port: {p}, operator: op{p}}}" for p in ports)
+    return f"""
+site: t
+uplinks: [{{name: a, interface: lo, point_to_point: true}}]
+classes: [{{name: all, path: [a]}}]
+clock:
+  chrony: false
+  gpsd: "127.0.0.1:{gpsd_port}"
+  servers:
+{servers}
+"""
+
+
+@pytest.mark.parametrize(("shift", "state", "gps_verdict"), [(0.0, "sane", "agrees"),
+                                                            (GPS_WEEK_ROLLOVER, "sane", "falseticker")])
+async def test_gps_is_one_more_class_and_a_week_rollover_is_a_falseticker(
+    servers: list[int], shift: float, state: str, gps_verdict: str
+) -> None:
+    gps, port = await fake_gpsd(shift)
+    async with gps:
+        mon = ClockMonitor(parse_policy_text(policy(servers, port), "t.yaml"))
+        verdict = await mon.round()
+    assert verdict.state.value == state, verdict.evidence
+    rep = mon.report()
+    gps_row = next(s for s in rep["sources"] if s["class"] == "gps")
+    assert gps_row["state"] == gps_verdict
+    assert rep["consensus"]["of"] == 4
