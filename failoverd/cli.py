@@ -147,21 +147,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
-    """Send each probe of the policy once (or --count times) and print what came back."""
-    import asyncio  # noqa: PLC0415
-
+def _policy_in_netns(args: argparse.Namespace) -> Policy | None:
+    """Enter --netns (before any socket exists) and load --policy; None after printing its problems."""
     if args.netns:
         from failoverd.kernel.netlink import set_netns  # noqa: PLC0415
 
         set_netns(args.netns)
-    from failoverd.probes import open_session  # noqa: PLC0415
-
     try:
-        policy = load_policy(args.policy)
+        return load_policy(args.policy)
     except PolicyError as exc:
         for p in exc.problems:
             print(p, file=sys.stderr)
+        return None
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Send each probe of the policy once (or --count times) and print what came back."""
+    import asyncio  # noqa: PLC0415
+
+    from failoverd.probes import open_session  # noqa: PLC0415
+
+    policy = _policy_in_netns(args)
+    if policy is None:
         return EXIT_INVALID
 
     async def run_all() -> list[dict[str, object]]:
@@ -200,18 +207,11 @@ def cmd_purge(args: argparse.Namespace) -> int:
     """Remove every route, rule and nftables table failoverd owns (after uninstalling, or for a clean lab)."""
     import asyncio  # noqa: PLC0415
 
-    if args.netns:
-        from failoverd.kernel.netlink import set_netns  # noqa: PLC0415
-
-        set_netns(args.netns)
     from failoverd.kernel import nft  # noqa: PLC0415
     from failoverd.kernel.netlink import Kernel  # noqa: PLC0415
 
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
+    policy = _policy_in_netns(args)
+    if policy is None:
         return EXIT_INVALID
 
     async def purge() -> list[str]:
