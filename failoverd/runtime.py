@@ -39,6 +39,21 @@ log = get_logger("failoverd")
 AUDIT_INTERVAL = 30.0  # full kernel reconcile, in case a netlink event was missed
 
 
+SHUTDOWN_GRACE = 6.0
+
+
+def _log_stuck_tasks() -> None:
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=3)
+        where = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames]
+        log.warning("shutdown-waiting-for", task=task.get_name(), where=where)
+
+
+def _exit_now() -> None:
+    log.error("shutdown-forced", note="tasks did not stop in time; forwarding stays as it is (fail-static)")
+    os._exit(0)
+
+
 class Shutdown(Exception):
     """Raised inside the TaskGroup to stop every task (SIGTERM, SIGINT)."""
 
@@ -419,6 +434,10 @@ class Daemon:
             sig = await received.get()
             log.info("signal", signal=sig.name)
             if sig is not signal.SIGHUP:
+                # Stopping must never hang (systemd would wait, an operator would reach for kill -9).
+                # If the tasks have not wound down in time, say which ones, then leave fail-static.
+                loop.call_later(SHUTDOWN_GRACE / 2, _log_stuck_tasks)
+                loop.call_later(SHUTDOWN_GRACE, _exit_now)
                 raise Shutdown
             await self.reload()
 
