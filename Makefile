@@ -25,7 +25,7 @@ lint: bootstrap
 	$(VENV)/bin/ruff format --check failoverd tests lab bench
 
 types: bootstrap
-	$(VENV)/bin/mypy failoverd lab
+	$(VENV)/bin/mypy failoverd lab bench
 
 check: lint types test
 

@@ -1,0 +1,60 @@
+"""Engine cost: how many events per second the pure engine steps through, on a realistic load.
+
+`python -m bench engine [--seconds 10]`: the lab policy's probes (every uplink and target at its
+interval, all answering) replayed through step() as fast as it goes; prints events/s and µs/event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from failoverd.engine import events as ev
+from failoverd.engine.state import initial_state
+from failoverd.engine.step import step
+from failoverd.policy import load_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def measure(policy_path: Path, simulated: float) -> dict[str, Any]:
+    policy = load_policy(policy_path)
+    schedule = sorted(
+        (k * p.interval + j * 0.001, name, p.key)
+        for name, u in policy.uplinks.items()
+        if not u.standby.cold
+        for j, p in enumerate(u.probes)
+        for k in range(int(simulated / p.interval))
+    )
+    state, _ = step(initial_state(policy, 0.0), ev.Tick(), policy, 0.0)
+    start = time.perf_counter()
+    for t, uplink, key in schedule:
+        state, _ = step(state, ev.ProbeResult(uplink, key, True, 0.01), policy, t)
+    elapsed = time.perf_counter() - start
+    return {
+        "policy": str(policy_path.relative_to(ROOT)),
+        "events": len(schedule),
+        "simulated_s": simulated,
+        "events_per_s": round(len(schedule) / elapsed),
+        "us_per_event": round(elapsed / len(schedule) * 1e6, 1),
+        "probe_events_per_s_of_policy": round(len(schedule) / simulated),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench engine", description=__doc__)
+    ap.add_argument("--policy", type=Path, default=ROOT / "policies" / "lab.yaml")
+    ap.add_argument("--seconds", type=float, default=60.0, help="simulated seconds of probing")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    r = measure(args.policy.resolve(), args.seconds)
+    print(
+        f"{r['events']} probe events ({r['probe_events_per_s_of_policy']}/s in the policy): "
+        f"{r['events_per_s']} events/s, {r['us_per_event']} µs/event"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=1))
+    return 0
