@@ -34,7 +34,3 @@ class PolicyError(FailoverdError):
 
 class EngineBug(FailoverdError):
     """An illegal state transition or broken invariant: a bug in failoverd, never an operator error."""
-
-
-class CommandRefused(FailoverdError):
-    """An operator command that cannot be carried out; the message says why and what to do instead."""

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,6 @@ class Daemon:
     audit_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     seq: int = 0
     carrier: dict[str, bool] = field(default_factory=dict)
-    listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     probe_stats: dict[tuple[str, str], tuple[float, float | None, str]] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
     clock: ClockMonitor | None = None
@@ -239,9 +237,7 @@ class Daemon:
             save_overrides(self.opts.state_dir, self.state.overrides, self.state.override_seq)
 
     def _record(self, record: dict[str, Any], now: float) -> None:
-        rec = self.journal.add(record, now)
-        for listener in list(self.listeners):
-            listener(rec)
+        self.journal.add(record, now)
 
     def _spawn(self, coro: Any, name: str) -> None:
         assert self.tg is not None

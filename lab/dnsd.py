@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
 import struct
+
+from lab.serve import serve_udp
 
 
 def answer(query: bytes, address: str) -> bytes | None:
@@ -50,24 +51,13 @@ class Dns(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
 
-async def serve(binds: list[str], port: int, address: str) -> None:
-    loop = asyncio.get_running_loop()
-    transports = [(await loop.create_datagram_endpoint(lambda: Dns(address), local_addr=(b, port)))[0] for b in binds]
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for t in transports:
-        t.close()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bind", action="append", required=True)
     ap.add_argument("--port", type=int, default=53)
     ap.add_argument("--answer", default="198.19.1.10")
     args = ap.parse_args()
-    asyncio.run(serve(args.bind, args.port, args.answer))
+    asyncio.run(serve_udp(lambda: Dns(args.answer), args.bind, args.port))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import struct
 import time
+
+from lab.serve import serve_udp
 
 NTP_EPOCH = 2208988800
 Y2000 = 946684800.0
@@ -47,16 +48,6 @@ class Liar(asyncio.DatagramProtocol):
         self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
 
-async def serve(bind: str, port: int, mode: str, value: float) -> None:
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: Liar(mode, value), local_addr=(bind, port))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    transport.close()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bind", required=True)
@@ -75,7 +66,7 @@ def main() -> None:
         mode, value = "drift", args.drift_ppm
     else:
         mode, value = "silent", 0.0
-    asyncio.run(serve(args.bind, args.port, mode, value))
+    asyncio.run(serve_udp(lambda: Liar(mode, value), [args.bind], args.port))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,10 +130,10 @@ class Topology:
         self.nodes.clear()
 
 
-def wait_for(predicate: object, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(interval)
     raise LabError(f"timed out after {timeout:g}s waiting for {what}")

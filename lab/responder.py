@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
+
+from lab.serve import serve_udp
 
 
 class Echo(asyncio.DatagramProtocol):
@@ -19,23 +20,12 @@ class Echo(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)  # type: ignore[attr-defined]
 
 
-async def serve(port: int, hosts: list[str]) -> None:
-    loop = asyncio.get_running_loop()
-    transports = [(await loop.create_datagram_endpoint(Echo, local_addr=(h, port)))[0] for h in hosts]
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for t in transports:
-        t.close()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=7)
     ap.add_argument("--bind", action="append", required=True, help="an address to answer on (repeat)")
     args = ap.parse_args()
-    asyncio.run(serve(args.port, args.bind))
+    asyncio.run(serve_udp(Echo, args.bind, args.port))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from failoverd.engine import health as hl
-from failoverd.engine.decide import Choice, candidate, choose, drained, is_failback, usable, why_unusable
+from failoverd.engine.decide import Choice, candidate, choose, is_failback, usable, why_unusable
 from failoverd.engine.effects import (
     ActivateStandby,
     Alarm,
@@ -38,7 +38,6 @@ from failoverd.engine.state import (
     EngineState,
     Health,
     Override,
-    TargetState,
     UplinkState,
     initial_uplink,
     transition,
@@ -487,6 +486,3 @@ def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> flo
 def next_deadline(state: EngineState) -> float | None:
     """The earliest monotonic time at which a Tick could change something; None if only events can."""
     return state.wake_at
-
-
-__all__ = ["TargetState", "drained", "next_deadline", "step"]
