@@ -7,12 +7,17 @@ import signal
 from collections.abc import Callable
 
 
-async def until_stopped() -> None:
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (inside a running loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def until_stopped() -> None:
+    await stop_on_signals().wait()
 
 
 async def serve_udp(factory: Callable[[], asyncio.DatagramProtocol], binds: list[str], port: int) -> None:

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import socket
 import struct
 import sys
@@ -22,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lab.serve import stop_on_signals
 
 MAGIC = b"FOT1"
 FMT = "!4sId"  # magic, sequence, send time (CLOCK_MONOTONIC, shared by every namespace of one host)
@@ -39,10 +40,7 @@ async def send(dst: tuple[str, int], rate: float, duration: float | None, size: 
     if tos:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
     sock.setblocking(False)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     start = time.monotonic()
     seq = 0
     pad = b"\0" * max(0, size - SIZE)
@@ -126,9 +124,7 @@ async def recv(bind: tuple[str, int], out: Path | None, duration: float | None) 
     sock.setblocking(False)
     r = Receiver()
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
 
     def readable() -> None:
         while True:
@@ -161,10 +157,7 @@ async def recv(bind: tuple[str, int], out: Path | None, duration: float | None) 
 async def tcp_send(dst: tuple[str, int], rate: float, duration: float | None) -> int:
     """Records over TCP at `rate` per second; reconnects when the connection breaks (as after a
     failover with NAT, when the old flow's state is flushed)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     start = time.monotonic()
     seq = 0
     pad = b"\0" * 52
@@ -207,10 +200,7 @@ async def tcp_recv(bind: tuple[str, int], out: Path | None, duration: float | No
             writer.close()
 
     server = await asyncio.start_server(client, *bind)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with server:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), duration)
