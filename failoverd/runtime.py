@@ -310,10 +310,11 @@ class Daemon:
             gen = self.generation
             async with asyncio.TaskGroup() as ptg:
                 for name, u in self.policy.uplinks.items():
-                    for i, spec in enumerate(u.probes):
-                        # Spread an uplink's targets over its interval; they still run concurrently.
-                        phase = spec.interval * i / max(1, len(u.probes))
-                        ptg.create_task(self._probe_loop(gen, name, spec, phase), name=f"probe-{name}-{spec.key}")
+                    for spec in u.probes:
+                        # An uplink's targets probe in step, not spread over the interval: the uplink
+                        # falls when `quorum` targets have failed, so a spread delays that by up to
+                        # one interval, half of one on average at two targets.
+                        ptg.create_task(self._probe_loop(gen, name, spec), name=f"probe-{name}-{spec.key}")
                 ptg.create_task(self._wait_generation(gen), name="probe-generation")
 
     async def _wait_generation(self, gen: int) -> None:
@@ -324,7 +325,7 @@ class Daemon:
         u = self.state.uplinks.get(uplink)
         return u is not None and u.health not in (Health.STANDBY, Health.FAILED)
 
-    async def _probe_loop(self, gen: int, uplink: str, spec: ProbeSpec, phase: float) -> None:
+    async def _probe_loop(self, gen: int, uplink: str, spec: ProbeSpec) -> None:
         u = self.policy.uplinks[uplink]
         try:
             session = open_session(spec, u)
@@ -332,7 +333,6 @@ class Daemon:
             log.error("probe-unavailable", uplink=uplink, probe=spec.key, error=exc.strerror or str(exc))
             return
         try:
-            await asyncio.sleep(phase)
             next_at = time.monotonic()
             async with asyncio.TaskGroup() as attempts:
                 while self.generation == gen:

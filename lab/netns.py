@@ -40,6 +40,12 @@ def delete_namespaces(prefix: str) -> list[str]:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
+        # SIGKILL is delivered, not done: wait until they are gone, so that a lab built right after
+        # does not meet their pid files (chronyd refuses to start beside a live one).
+        deadline = time.monotonic() + 5
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+            time.sleep(0.02)
         ip("netns", "del", ns, check=False)
         gone.append(ns)
     return gone

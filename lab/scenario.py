@@ -142,6 +142,30 @@ def load_scenario(name_or_path: str) -> ScenarioFile:
     return scenario
 
 
+def launch_failoverd(netns: str, policy: Path, out: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `failoverd run` for the gateway namespace (state, socket and log under `out`) and wait until
+    it answers on its control socket."""
+    socket = str(out / "failoverd.sock")
+    cmd = [PY, "-m", "failoverd.cli", "run", "--policy", str(policy), "--state-dir", str(out / "state")]
+    cmd += ["--socket", socket, "--netns", netns, "--log-json"]
+    log = (out / "failoverd.log").open("ab")
+    daemon = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True, env=env or dict(os.environ)
+    )
+    client = Client(socket, timeout=2)
+
+    def ready() -> bool:
+        if daemon.poll() is not None:
+            raise LabError(f"failoverd exited with {daemon.returncode}; see {out / 'failoverd.log'}")
+        try:
+            return bool(client.request({"cmd": "status"}).get("ok"))
+        except OSError:
+            return False
+
+    wait_for(ready, 20, what="failoverd to answer on its socket")
+    return daemon
+
+
 @dataclass
 class Observer:
     """Polls failoverd's status every 100 ms: the uplink and class timeline for the report and plot."""
@@ -191,22 +215,6 @@ class Run:
 
     # -- failoverd ----------------------------------------------------------------------------------
     def start_daemon(self) -> None:
-        cmd = [
-            PY,
-            "-m",
-            "failoverd.cli",
-            "run",
-            "--policy",
-            str(ROOT / self.scenario.policy),
-            "--state-dir",
-            str(self.out / "state"),
-            "--socket",
-            self.socket,
-            "--netns",
-            self.lab.topo.ns("gw"),
-            "--log-json",
-        ]
-        log = (self.out / "failoverd.log").open("ab")
         env = dict(os.environ)
         if self.scenario.faketime:
             env.update(
@@ -215,20 +223,7 @@ class Run:
                 FAKETIME_NO_CACHE="1",
                 FAKETIME_DONT_FAKE_MONOTONIC="1",
             )
-        self.daemon = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True, env=env
-        )
-        client = Client(self.socket, timeout=2)
-
-        def ready() -> bool:
-            if self.daemon is not None and self.daemon.poll() is not None:
-                raise LabError(f"failoverd exited with {self.daemon.returncode}; see {self.out / 'failoverd.log'}")
-            try:
-                return bool(client.request({"cmd": "status"}).get("ok"))
-            except OSError:
-                return False
-
-        wait_for(ready, 20, what="failoverd to answer on its socket")
+        self.daemon = launch_failoverd(self.lab.topo.ns("gw"), ROOT / self.scenario.policy, self.out, env)
 
     def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
         if self.daemon is not None and self.daemon.poll() is None:

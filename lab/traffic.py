@@ -116,26 +116,49 @@ class Receiver:
         return [[round(k * width, 3), v] for k, v in sorted(out.items())]
 
 
-async def recv(bind: tuple[str, int], out: Path | None, duration: float | None) -> dict[str, Any]:
+# Linux's IP_PKTINFO (Python 3.11's socket module does not name it): the interface a datagram came in on.
+IP_PKTINFO = 8
+
+
+async def recv(
+    bind: tuple[str, int], out: Path | None, duration: float | None, by_iface: bool = False
+) -> dict[str, Any]:
+    """Receive the stream; a packet's path is its source address, or with `by_iface` the interface it
+    arrived on (which tells the ISP that carried it even when a stale NAT binding kept the source)."""
     fam = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
     sock = socket.socket(fam, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    if by_iface:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     sock.bind(bind)
     sock.setblocking(False)
     r = Receiver()
     loop = asyncio.get_running_loop()
     stop = stop_on_signals()
+    names: dict[int, str] = {}
+
+    def iface(anc: list[tuple[int, int, bytes]]) -> str:
+        for level, kind, blob in anc:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(blob) >= 4:
+                index = struct.unpack_from("=i", blob)[0]
+                if index not in names:
+                    try:
+                        names[index] = socket.if_indextoname(index)
+                    except OSError:
+                        names[index] = f"if{index}"
+                return names[index]
+        return "?"
 
     def readable() -> None:
         while True:
             try:
-                data, addr = sock.recvfrom(2048)
+                data, anc, _, addr = sock.recvmsg(2048, socket.CMSG_SPACE(12))
             except BlockingIOError:
                 return
             if len(data) >= SIZE:
                 magic, seq, sent = struct.unpack_from(FMT, data)
                 if magic == MAGIC:
-                    r.arrivals.append((time.monotonic(), seq, addr[0], sent))
+                    r.arrivals.append((time.monotonic(), seq, iface(anc) if by_iface else addr[0], sent))
 
     loop.add_reader(sock.fileno(), readable)
     if duration is None:
@@ -230,14 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path)
     r.add_argument("--duration", type=float)
     r.add_argument("--tcp", action="store_true")
+    r.add_argument("--by-iface", action="store_true", help="name each packet's path by its arrival interface")
     args = ap.parse_args(argv)
     if args.cmd == "send" and args.tcp:
         asyncio.run(tcp_send(_addr(args.dst), args.rate, args.duration))
     elif args.cmd == "send":
-        asyncio.run(send(_addr(args.dst), args.rate, args.duration, args.size, args.tos))
+        sent = asyncio.run(send(_addr(args.dst), args.rate, args.duration, args.size, args.tos))
+        print(json.dumps({"sent": sent}), flush=True)
     else:
-        receive = tcp_recv if args.tcp else recv
-        summary = asyncio.run(receive(_addr(args.bind), args.out, args.duration))
+        if args.tcp:
+            summary = asyncio.run(tcp_recv(_addr(args.bind), args.out, args.duration))
+        else:
+            summary = asyncio.run(recv(_addr(args.bind), args.out, args.duration, args.by_iface))
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
     return 0

@@ -1,4 +1,4 @@
-"""The only module that speaks netlink (pyroute2): observe, reconcile and purge failoverd's own routes and rules.
+"""Netlink (pyroute2; rtnl.py for bulk routes): observe, reconcile and purge what failoverd owns, watch links.
 
 Ownership: a route is failoverd's when it carries the policy's route protocol number; a rule when it
 carries that protocol (FRA_PROTOCOL) and a priority inside failoverd's range. Nothing else is read
@@ -23,6 +23,7 @@ from pyroute2.netlink.rtnl import (
 )
 
 from failoverd.kernel.plan import Route, Rule
+from failoverd.kernel.rtnl import RouteMsg, RouteSocket, describe
 from failoverd.policy.model import OwnershipSpec
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -85,6 +86,7 @@ class Kernel:
     def __init__(self, ownership: OwnershipSpec) -> None:
         self.own = ownership
         self.ipr = AsyncIPRoute()
+        self.rt: RouteSocket | None = None
         self.routes: set[Route] = set()
         self.rules: set[Rule] = set()
         self.links: dict[str, Link] = {}
@@ -92,11 +94,20 @@ class Kernel:
 
     async def __aenter__(self) -> Kernel:
         await self.ipr.__aenter__()
+        self.rt = RouteSocket()
         await self.refresh_links()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.rt is not None:
+            self.rt.close()
         await self.ipr.__aexit__(*exc)
+
+    @property
+    def _rt(self) -> RouteSocket:
+        if self.rt is None:
+            raise RuntimeError("Kernel used outside `async with`")
+        return self.rt
 
     # -- observe ------------------------------------------------------------------------------------
     async def refresh_links(self) -> dict[str, Link]:
@@ -104,29 +115,22 @@ class Kernel:
         self.links = {ln.name: ln for ln in links}
         return self.links
 
-    def _ifname(self, index: int | None) -> str | None:
-        for ln in self.links.values():
-            if ln.index == index:
-                return ln.name
-        return None
-
     async def observe(self) -> tuple[set[Route], set[Rule]]:
         """Dump what failoverd owns now; refreshes the cache."""
         await self.refresh_links()
         routes: set[Route] = set()
+        names = {ln.index: ln.name for ln in self.links.values()}
         for fam in (4, 6):
-            async for m in await self.ipr.route("dump", family=FAMILY[fam], proto=self.own.route_protocol):
-                if m["proto"] != self.own.route_protocol:
+            for m in await self._rt.dump(fam):
+                if m.protocol != self.own.route_protocol:
                     continue
-                table = m.get("table") or m["table"]
-                dst_len = m["dst_len"]
-                kind = RTN.get(m["type"], f"type{m['type']}")
-                if dst_len != 0:
-                    kind = f"{kind}/{m.get('dst')}/{dst_len}"  # not a shape we make: stale, to be removed
+                kind = RTN.get(m.type, f"type{m.type}")
+                if m.dst_len != 0:
+                    kind = f"{kind}/{m.dst}/{m.dst_len}"  # not a shape we make: stale, to be removed
                 if kind in ("blackhole", "unreachable"):
-                    routes.add(Route(int(table), fam, kind))  # the kernel hangs them on lo: not ours to say
+                    routes.add(Route(m.table, fam, kind))  # the kernel hangs them on lo: not ours to say
                 else:
-                    routes.add(Route(int(table), fam, kind, m.get("gateway"), self._ifname(m.get("oif"))))
+                    routes.add(Route(m.table, fam, kind, m.gateway, names.get(m.oif) if m.oif is not None else None))
         rules: set[Rule] = set()
         lo, hi = self.own.rule_priorities
         for fam in (4, 6):
@@ -162,24 +166,25 @@ class Kernel:
                 await self.observe()
             diff = Diff()
             keys = {(r.table, r.family) for r in want_routes}
+            # What a replace displaces: the cached default routes of the same table and family.
+            held: dict[tuple[int, int], set[Route]] = {}
+            for x in self.routes:
+                held.setdefault((x.table, x.family), set()).add(x)
             # Replace first: a class's switch is a single atomic replace of its default route.
-            for r in sorted(want_routes - self.routes):
-                try:
-                    await self._route("replace", r)
-                except NetlinkError as exc:
-                    diff.failed.append(f"{r}: {exc.args[1] if len(exc.args) > 1 else exc}")
+            adds = sorted(want_routes - self.routes)
+            for r, code in zip(adds, await self._routes("replace", adds), strict=True):
+                if code:
+                    diff.failed.append(f"{r}: {describe(code)}")
                     continue
-                self.routes = {x for x in self.routes if (x.table, x.family) != (r.table, r.family)} | {r}
+                self.routes -= {x for x in held.pop((r.table, r.family), ()) if "/" not in x.kind}
+                self.routes.add(r)
                 diff.added.append(str(r))
-            for r in sorted(self.routes - want_routes):
-                if (r.table, r.family) in keys and "/" not in r.kind:
-                    continue  # replaced above
-                try:
-                    await self._route("del", r)
-                except NetlinkError as exc:
-                    if exc.code != 3:  # ESRCH: already gone
-                        diff.failed.append(f"delete {r}: {exc}")
-                        continue
+            # Replaced above unless stale-shaped: a replace displaced the old default route.
+            dels = sorted(r for r in self.routes - want_routes if (r.table, r.family) not in keys or "/" in r.kind)
+            for r, code in zip(dels, await self._routes("del", dels), strict=True):
+                if code and code != 3:  # ESRCH: already gone
+                    diff.failed.append(f"delete {r}: {describe(code)}")
+                    continue
                 self.routes.discard(r)
                 diff.removed.append(str(r))
             for rule in sorted(self.rules - want_rules):
@@ -206,29 +211,31 @@ class Kernel:
         """Remove everything failoverd owns (for --restore-on-exit and `failoverd purge`)."""
         return await self.reconcile((), (), full=True)
 
-    async def _route(self, cmd: str, r: Route) -> None:
-        dst = "0.0.0.0/0" if r.family == 4 else "::/0"
-        kw: dict[str, object] = {
-            "dst": dst,
-            "family": FAMILY[r.family],
-            "table": r.table,
-            "proto": self.own.route_protocol,
-        }
+    async def _routes(self, cmd: str, routes: list[Route]) -> list[int]:
+        """Replace or delete these routes, pipelined; the errno of each (0: done)."""
+        msgs: list[tuple[str, RouteMsg] | None] = []
+        for r in routes:
+            try:
+                msgs.append((cmd, self._route_msg(r)))
+            except LookupError:
+                msgs.append(None)
+        done = iter(await self._rt.apply([m for m in msgs if m is not None]))
+        return [19 if m is None else next(done) for m in msgs]  # ENODEV: its interface does not exist
+
+    def _route_msg(self, r: Route) -> RouteMsg:
+        proto = self.own.route_protocol
         if "/" in r.kind:  # a stale foreign-shaped route of ours: delete by its own prefix
             base, pfx, plen = r.kind.split("/")
-            kw.update(dst=f"{pfx}/{plen}", type=RTN_OF.get(base, 1))
-        elif r.kind == "unicast":
-            kw["type"] = 1
-            if r.dev is not None:
-                link = self.links.get(r.dev)
-                if link is None:
-                    raise NetlinkError(19, f"interface {r.dev} does not exist")
-                kw["oif"] = link.index
-            if r.gateway is not None:
-                kw["gateway"] = r.gateway
-        else:
-            kw["type"] = RTN_OF[r.kind]
-        await self.ipr.route(cmd, **kw)
+            return RouteMsg(r.family, r.table, proto, RTN_OF.get(base, 1), pfx, int(plen))
+        if r.kind != "unicast":
+            return RouteMsg(r.family, r.table, proto, RTN_OF[r.kind])
+        oif = None
+        if r.dev is not None:
+            link = self.links.get(r.dev)
+            if link is None:
+                raise LookupError(r.dev)
+            oif = link.index
+        return RouteMsg(r.family, r.table, proto, 1, None, 0, r.gateway, oif)
 
     async def _rule(self, cmd: str, rule: Rule) -> None:
         kw: dict[str, object] = {

@@ -1,0 +1,261 @@
+"""Failover time, flap storm and gray failure: failoverd and its peers, one after another, in one lab.
+
+`python -m bench failover [--runs 5] [--peers ...] [--faults ...]`
+
+For every peer and fault: a critical UDP stream at 1000 packets/s from the dispatch host to its server
+crosses the gateway; the fault hits the fiber; the receiver (which names each packet's path by the
+interface it arrived on, so NAT cannot blur it) measures the longest gap, the packets lost, when the
+stream first arrived over the alternate, and how often its path changed. Faults are cleared and the
+peer given time to return to the fiber before the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.peers import Failoverd, FrrPeer, KernelMetrics, Peer, Static
+from lab.netns import LabError, Topology, wait_for
+from lab.scenario import PY
+from lab.topology import ROOT, Lab
+
+ISP = "isp-fiber"  # the primary's ISP router; its port toward the gateway is down0
+PATHS = {"isp-fiber": "fiber", "mno-a": "mobile-a", "mno-b": "mobile-b", "sat-gs": "sat"}
+RATE = 1000.0
+FAULTS: dict[str, str] = {
+    "carrier": "carrier loss on the fiber (the ISP's port goes dark)",
+    "dead": "the fiber ISP's router dead: drops everything, link up",
+    "beyond": "blackhole beyond the ISP: it answers its neighbours (ARP, BGP, BFD) but forwards nothing",
+    "gray5": "5 % loss on the fiber, both ways",
+    "gray20": "20 % loss on the fiber, both ways",
+    "gray40": "40 % loss on the fiber, both ways",
+    "flap": "the fiber flaps: carrier down 1 s, up 1 s, for a minute",
+}
+PEERS: dict[str, str] = {
+    "static": "static route via the fiber (no failover)",
+    "kernel-metrics": "two kernel routes with metrics, ignore_routes_with_linkdown",
+    "frr-bfd": "FRR 8.4 BGP + BFD 50 ms × 3",
+    "frr-bgp": "FRR 8.4 BGP, timers 3 s / 9 s",
+    "failoverd-fast": "failoverd, bench/policies/fast.yaml (udp-echo every 50 ms, 3 lost)",
+    "failoverd-example": "failoverd, policies/lab.yaml (the lab's example policy)",
+}
+
+
+def make_peer(name: str, topo: Topology, out: Path) -> Peer:
+    label = PEERS[name]
+    match name:
+        case "static":
+            return Static(name, label, topo)
+        case "kernel-metrics":
+            return KernelMetrics(name, label, topo)
+        case "frr-bfd":
+            return FrrPeer(name, label, topo, bfd=True)
+        case "frr-bgp":
+            return FrrPeer(name, label, topo, bfd=False)
+        case "failoverd-fast":
+            return Failoverd(name, label, topo, policy=ROOT / "bench" / "policies" / "fast.yaml", out=out / name)
+        case "failoverd-example":
+            return Failoverd(name, label, topo, policy=ROOT / "policies" / "lab.yaml", out=out / name)
+    raise LabError(f"unknown peer {name!r} (peers: {', '.join(PEERS)})")
+
+
+@dataclass
+class Sample:
+    """One run of one fault against one peer."""
+
+    recovered: bool  # the stream flowed again before the window ended
+    outage_ms: float | None  # longest gap between consecutive packets; None when it never recovered
+    lost: int
+    moved_ms: float | None  # fault → first packet over another path
+    switches: int  # path changes after the fault
+    paths: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+def window_for(peer: str, fault: str) -> float:
+    """How long to watch after the fault: long enough for each peer's own timers to act."""
+    if fault == "flap":
+        return 64.0
+    if fault.startswith("gray"):
+        return 12.0
+    if peer == "frr-bgp" and fault in ("dead", "beyond"):
+        return 14.0  # hold time 9 s after the last keepalive, plus slack
+    return 4.0
+
+
+class Faults:
+    """Faults on the primary, all at the fiber ISP's router (isp-fiber), so the gateway is untouched."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.flapper: threading.Thread | None = None
+        self.stop_flap = threading.Event()
+
+    def apply(self, fault: str, duration: float) -> None:
+        match fault:
+            case "carrier":
+                self.link(up=False)
+            case "dead":
+                self.table(
+                    "chain pre { type filter hook prerouting priority -300; drop; }\n"
+                    "chain out { type filter hook output priority -300; drop; }"
+                )
+            case "beyond":
+                self.table("chain forward_drop { type filter hook forward priority -10; drop; }")
+            case "flap":
+                self.stop_flap.clear()
+                self.flapper = threading.Thread(target=self._flap, args=(duration,), daemon=True)
+                self.flapper.start()
+            case _ if fault.startswith("gray"):
+                pct = int(fault[4:])
+                self.table(
+                    "chain pre { type filter hook prerouting priority -300;\n"
+                    f'  iifname "down0" numgen random mod 100 < {pct} drop; }}\n'
+                    "chain post { type filter hook postrouting priority 300;\n"
+                    f'  oifname "down0" numgen random mod 100 < {pct} drop; }}'
+                )
+            case _:
+                raise LabError(f"unknown fault {fault!r}")
+
+    def _flap(self, duration: float) -> None:
+        end = time.monotonic() + duration
+        up = True
+        while not self.stop_flap.is_set() and time.monotonic() < end:
+            up = not up
+            self.link(up=up)
+            self.stop_flap.wait(1.0)
+        self.link(up=True)
+
+    def link(self, up: bool) -> None:
+        self.topo.sh(ISP, "ip", "link", "set", "dev", "down0", "up" if up else "down")
+
+    def table(self, chains: str) -> None:
+        self.topo.nft(ISP, f"table inet bench_fault {{\n{chains}\n}}\n")
+
+    def clear(self) -> None:
+        self.stop_flap.set()
+        if self.flapper is not None:
+            self.flapper.join(5)
+            self.flapper = None
+        self.topo.sh(ISP, "nft", "delete", "table", "inet", "bench_fault", check=False)
+        self.link(up=True)
+
+
+def measure_run(topo: Topology, faults: Faults, fault: str, window: float, out: Path) -> Sample:
+    """One run: stream for 1.5 s, inject, watch `window` seconds, stop; what the receiver saw."""
+    result, sent_log = out / "recv.json", out / "send.json"
+    for f in (result, sent_log):
+        f.unlink(missing_ok=True)
+    recv = topo.spawn("inet", [PY, "-m", "lab.traffic", "recv", "--bind", "198.19.1.10:9000", "--by-iface",
+                               "--out", str(result)], cwd=ROOT)  # fmt: skip
+    time.sleep(0.3)
+    send = topo.spawn("dispatch", [PY, "-m", "lab.traffic", "send", "--dst", "198.19.1.10:9000",
+                                   "--rate", str(RATE)], log=sent_log, cwd=ROOT)  # fmt: skip
+    try:
+        time.sleep(1.5)
+        t_fault = time.monotonic()
+        faults.apply(fault, window - 3 if fault == "flap" else window)
+        time.sleep(window)
+        t_end = time.monotonic()
+    finally:
+        topo.stop(send)
+        time.sleep(0.2)
+        topo.stop(recv)
+        faults.clear()
+    try:
+        summary: dict[str, Any] = json.loads(result.read_text())
+        sent = int(json.loads(sent_log.read_text().strip().splitlines()[-1])["sent"])
+    except (OSError, ValueError, IndexError, KeyError) as exc:
+        return Sample(False, None, 0, None, 0, error=f"no traffic result: {exc}")
+    switches = [s for s in summary.get("switches", []) if s["t"] >= t_fault]
+    moved = next((s["t"] - t_fault for s in switches if s["to"] != "isp-fiber"), None)
+    recovered = summary.get("last_t", 0.0) >= t_end - 0.3
+    if fault in ("flap",) or fault.startswith("gray"):
+        recovered = True  # the stream is judged by its losses and switches here, not by one gap
+    return Sample(
+        recovered=recovered,
+        outage_ms=summary.get("max_gap_ms") if recovered else None,
+        lost=max(0, sent - int(summary.get("received", 0))),
+        moved_ms=round(moved * 1000, 1) if moved is not None else None,
+        switches=len(switches),
+        paths={PATHS.get(k, k): v for k, v in summary.get("by_source", {}).items()},
+    )
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {
+        "median": round(statistics.median(values), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+        "stdev": round(statistics.stdev(values), 1) if len(values) > 1 else 0.0,
+    }
+
+
+def summarize(samples: list[Sample]) -> dict[str, Any]:
+    ok = [s for s in samples if s.error is None]
+    outages = [s.outage_ms for s in ok if s.outage_ms is not None]
+    return {
+        "runs": len(samples),
+        "errors": [s.error for s in samples if s.error],
+        "recovered": sum(1 for s in ok if s.recovered),
+        "moved": sum(1 for s in ok if s.moved_ms is not None),
+        "outage_ms": _stats(outages),
+        "lost": _stats([float(s.lost) for s in ok]),
+        "moved_ms": _stats([s.moved_ms for s in ok if s.moved_ms is not None]),
+        "switches": _stats([float(s.switches) for s in ok]),
+        "samples": [asdict(s) for s in samples],
+    }
+
+
+def run(
+    lab: Lab,
+    peers: list[str],
+    faults: list[str],
+    runs: int,
+    out: Path,
+    *,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    topo = lab.topo
+    f = Faults(topo)
+    f.clear()
+    results: dict[str, Any] = {}
+    for name in peers:
+        peer = make_peer(name, topo, out)
+        progress(f"{name}: {peer.label}")
+        per_fault: dict[str, Any] = {}
+        try:
+            peer.start()
+            for fault in faults:
+                samples: list[Sample] = []
+                n = 1 if fault == "flap" or fault.startswith("gray") else runs
+                for i in range(n):
+                    try:
+                        peer.before_run()
+                        wait_for(peer.ready, 90, interval=0.1, what=f"{name} to carry the stream on the fiber")
+                        time.sleep(0.5)
+                        s = measure_run(topo, f, fault, window_for(name, fault), out)
+                    except LabError as exc:
+                        s = Sample(False, None, 0, None, 0, error=str(exc))
+                        f.clear()
+                    samples.append(s)
+                    shown = "never" if s.outage_ms is None else f"{s.outage_ms:.0f} ms"
+                    progress(
+                        f"  {fault:8} run {i + 1}/{n}: outage {shown}, lost {s.lost}, "
+                        f"moved {'-' if s.moved_ms is None else f'{s.moved_ms:.0f} ms'}, switches {s.switches}"
+                        + (f"  ERROR {s.error}" if s.error else "")
+                    )
+                per_fault[fault] = summarize(samples)
+        finally:
+            peer.stop()
+            f.clear()
+        results[name] = {"label": peer.label, "faults": per_fault}
+    return results

@@ -1,0 +1,224 @@
+"""The benchmark results as markdown: tables side by side, and each target with met or missed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FAST, EXAMPLE, BFD = "failoverd-fast", "failoverd-example", "frr-bfd"
+
+
+def _cell(f: dict[str, Any] | None) -> str:
+    if f is None:
+        return "–"
+    if f["errors"] and not f["samples"]:
+        return "error"
+    o = f.get("outage_ms")
+    never = f["runs"] - f["recovered"]
+    if o is None:
+        return "never"
+    text = f"{o['median']:.0f} ({o['min']:.0f}–{o['max']:.0f})"
+    if never:
+        text += f", never in {never}/{f['runs']}"
+    return text
+
+
+def _median(f: dict[str, Any] | None, key: str) -> float | None:
+    if f is None or f.get(key) is None:
+        return None
+    return float(f[key]["median"])
+
+
+def _all_recovered(f: dict[str, Any] | None) -> bool:
+    return f is not None and f["runs"] > 0 and f["recovered"] == f["runs"] and not f["errors"]
+
+
+def failover_table(fo: dict[str, Any]) -> list[str]:
+    peers: dict[str, Any] = fo["peers"]
+    faults = [f for f in ("carrier", "dead", "beyond") if f in fo["faults"]]
+    if not faults:
+        return []
+    lines = [
+        f"Outage of the critical stream ({fo['rate_pps']:.0f} packets/s), longest gap in ms: "
+        f"median (min–max) of {fo['runs']} runs; *never* = the stream did not return before the window closed.",
+        "",
+        "| peer | " + " | ".join(faults) + " |",
+        "|---|" + "---|" * len(faults),
+    ]
+    for name, p in peers.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(p["faults"].get(f)) for f in faults) + " |")
+    for mine in (FAST, EXAMPLE):
+        if mine not in peers or BFD not in peers:
+            continue
+        cells = []
+        for f in faults:
+            a, b = peers[mine]["faults"].get(f), peers[BFD]["faults"].get(f)
+            ma, mb = _median(a, "outage_ms"), _median(b, "outage_ms")
+            if ma is not None and _all_recovered(b) and mb:
+                cells.append(f"{ma / mb:.2f}")
+            elif ma is not None:
+                cells.append("FRR-BFD never fails over")
+            else:
+                cells.append("–")
+        lines.append(f"| **{mine} / frr-bfd** | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += ["| peer, lost packets (median) | " + " | ".join(faults) + " |", "|---|" + "---|" * len(faults)]
+    for name, p in peers.items():
+        cells = [f"{m:.0f}" if (m := _median(p["faults"].get(f), "lost")) is not None else "–" for f in faults]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def gray_table(fo: dict[str, Any]) -> list[str]:
+    grays = [f for f in ("gray5", "gray20", "gray40") if f in fo["faults"]]
+    if not grays:
+        return []
+    lines = [
+        "Gray failure: random loss on the fiber, both ways, for 12 s. *moved* = time until the stream first",
+        "arrived over another path; switches = path changes in the window (1 = moved and stayed); lost packets.",
+        "",
+        "| peer | " + " | ".join(f"{g[4:]} % loss" for g in grays) + " |",
+        "|---|" + "---|" * len(grays),
+    ]
+    for name, p in fo["peers"].items():
+        cells = []
+        for g in grays:
+            f = p["faults"].get(g)
+            if f is None or not f["samples"]:
+                cells.append("–")
+                continue
+            s = f["samples"][0]
+            moved = "stayed" if s["moved_ms"] is None else f"moved {s['moved_ms']:.0f} ms"
+            cells.append(f"{moved}, {s['switches']} sw, {s['lost']} lost")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def flap_table(fo: dict[str, Any]) -> list[str]:
+    if "flap" not in fo["faults"]:
+        return []
+    lines = [
+        "Flap storm: the fiber's carrier down 1 s, up 1 s, for a minute (30 falls).",
+        "",
+        "| peer | path switches | lost packets |",
+        "|---|---|---|",
+    ]
+    for name, p in fo["peers"].items():
+        f = p["faults"].get("flap")
+        if f is None or not f["samples"]:
+            continue
+        s = f["samples"][0]
+        lines.append(f"| {name} | {s['switches']} | {s['lost']} |")
+    return lines
+
+
+def cost_table(c: dict[str, Any]) -> list[str]:
+    lines = [
+        f"failoverd's cost with {c['load']}:",
+        "",
+        "| phase | RSS MiB | CPU % of one core | probes answered/s |",
+        "|---|---|---|---|",
+    ]
+    for ph in c["phases"]:
+        lines.append(
+            f"| {ph['phase']} | {ph['rss_mib']:.1f} | {ph['cpu_percent']:.2f} | {ph.get('probes_per_s', '–')} |"
+        )
+    return lines
+
+
+def reconcile_table(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "| owned routes | install (empty → N) | no-op full audit | switch all | remove all |",
+        "|---|---|---|---|---|",
+    ]
+    for row in r["sizes"]:
+        lines.append(
+            f"| {row['routes']:,} | {row['install_s']:.3f} s | {row['audit_s']:.3f} s | "
+            f"{row['replace_s']:.3f} s | {row['purge_s']:.3f} s |"
+        )
+    return lines
+
+
+def targets(doc: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met?); None where this run did not measure it."""
+    out: list[tuple[str, str, bool | None]] = []
+    fo = doc.get("failover", {}).get("peers", {})
+    fast = fo.get(FAST, {}).get("faults", {})
+    bfd = fo.get(BFD, {}).get("faults", {})
+    if "carrier" in fast:
+        m = _median(fast["carrier"], "outage_ms")
+        out.append(("carrier loss: outage ≤ 10 ms", f"{m} ms" if m is not None else "never", m is not None and m <= 10))
+    if "dead" in fast and "dead" in bfd:
+        a, b = _median(fast["dead"], "outage_ms"), _median(bfd["dead"], "outage_ms")
+        ok = a is not None and b is not None and a <= b
+        out.append(("ISP router dead: failoverd-fast / FRR-BFD ≤ 1.0", f"{a} / {b} ms", ok))
+    if "beyond" in fast:
+        m = _median(fast["beyond"], "outage_ms")
+        out.append(
+            ("blackhole beyond the ISP: ≤ 300 ms", f"{m} ms" if m is not None else "never", m is not None and m <= 300)
+        )
+    flap_fast = fast.get("flap", {}).get("samples", [])
+    flap_bfd = bfd.get("flap", {}).get("samples", [])
+    if flap_fast:
+        allowed = doc["failover"].get("flap_allowed_switches")
+        sw = flap_fast[0]["switches"]
+        out.append(
+            (f"flap storm: switches ≤ what damping allows ({allowed})", str(sw), allowed is not None and sw <= allowed)
+        )
+        if flap_bfd:
+            a, b = flap_fast[0]["lost"], flap_bfd[0]["lost"]
+            out.append(("flap storm: fewer lost packets than FRR-BFD", f"{a} vs {b}", a < b))
+    c = doc.get("cost")
+    if c:
+        rss = max(ph["rss_mib"] for ph in c["phases"])
+        cpu = max(ph["cpu_percent"] for ph in c["phases"])
+        out.append(("RSS ≤ 60 MiB", f"{rss:.1f} MiB", rss <= 60))
+        out.append(("CPU ≤ 2 % of one core", f"{cpu:.2f} %", cpu <= 2))
+    r = doc.get("reconcile")
+    if r:
+        big = max(r["sizes"], key=lambda row: row["routes"])
+        t = big["install_s"]
+        out.append((f"{big['routes']:,} routes reconciled ≤ 1 s", f"{t:.3f} s", t <= 1.0))
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["meta"]
+    lines = [
+        "# failoverd benchmarks",
+        "",
+        f"`{m['command']}` — {m['started']} to {m.get('finished', '?')}; "
+        f"Linux {m['host']['kernel']}, Python {m['host']['python']}, {m['host']['cpus']} CPUs.",
+        "",
+    ]
+    fo = doc.get("failover")
+    if fo:
+        lines += ["## Failover time", ""]
+        for name, p in fo["peers"].items():
+            lines.append(f"- **{name}**: {p['label']}")
+        lines.append("")
+        lines += [*failover_table(fo), ""]
+        g = gray_table(fo)
+        if g:
+            lines += ["## Gray failure", "", *g, ""]
+        fl = flap_table(fo)
+        if fl:
+            lines += ["## Flap storm", "", *fl, ""]
+    if "cost" in doc:
+        lines += ["## Cost", "", *cost_table(doc["cost"]), ""]
+    if "reconcile" in doc:
+        lines += ["## Reconcile", "", *reconcile_table(doc["reconcile"]), ""]
+    if "engine" in doc:
+        e = doc["engine"]
+        lines += [
+            "## Engine",
+            "",
+            f"{e['events_per_s']:,} decisions/s ({e['us_per_event']} µs per probe result) on {e['policy']}.",
+            "",
+        ]
+    t = targets(doc)
+    if t:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        for what, measured, ok in t:
+            lines.append(f"| {what} | {measured} | {'yes' if ok else 'NO'} |")
+        lines.append("")
+    return "\n".join(lines)
