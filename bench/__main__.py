@@ -9,9 +9,12 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import failover, report
+
+if TYPE_CHECKING:
+    from lab.topology import Lab
 
 RESULTS = Path(__file__).resolve().parent / "results"
 USAGE = """usage: python -m bench COMMAND [options]
@@ -24,7 +27,7 @@ USAGE = """usage: python -m bench COMMAND [options]
 """
 
 
-def _lab() -> Any:
+def _lab() -> Lab:
     from lab.topology import Lab, load  # noqa: PLC0415
 
     if os.geteuid() != 0:
@@ -70,22 +73,28 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(rest)
     doc: dict[str, Any] = {"meta": meta(argv)}
     work = Path("/run/fo-bench")
-    lab = None
+    lab: Lab | None = None
     try:
         if cmd in ("all", "failover", "cost"):
             lab = _lab()
         if cmd in ("all", "failover"):
             peers = _csv(args.peers, failover.PEERS)
             faults = _csv(args.faults, failover.FAULTS)
+            assert lab is not None
             doc["failover"] = {
                 "runs": args.runs,
                 "rate_pps": failover.RATE,
                 "faults": {f: failover.FAULTS[f] for f in faults},
                 "peers": failover.run(lab, peers, faults, args.runs, work),
             }
+            if "flap" in faults:
+                doc["failover"]["flap_allowed_switches"] = {
+                    p: failover.allowed_switches(failover.POLICIES[p]) for p in peers if p in failover.POLICIES
+                }
         if cmd in ("all", "cost"):
             from bench import cost  # noqa: PLC0415
 
+            assert lab is not None
             doc["cost"] = cost.run(lab, work / "cost")
         if cmd in ("all", "reconcile"):
             from bench import reconcile  # noqa: PLC0415

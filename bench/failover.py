@@ -47,6 +47,12 @@ PEERS: dict[str, str] = {
 }
 
 
+POLICIES = {
+    "failoverd-fast": ROOT / "bench" / "policies" / "fast.yaml",
+    "failoverd-example": ROOT / "policies" / "lab.yaml",
+}
+
+
 def make_peer(name: str, topo: Topology, out: Path) -> Peer:
     label = PEERS[name]
     match name:
@@ -58,10 +64,8 @@ def make_peer(name: str, topo: Topology, out: Path) -> Peer:
             return FrrPeer(name, label, topo, bfd=True)
         case "frr-bgp":
             return FrrPeer(name, label, topo, bfd=False)
-        case "failoverd-fast":
-            return Failoverd(name, label, topo, policy=ROOT / "bench" / "policies" / "fast.yaml", out=out / name)
-        case "failoverd-example":
-            return Failoverd(name, label, topo, policy=ROOT / "policies" / "lab.yaml", out=out / name)
+        case "failoverd-fast" | "failoverd-example":
+            return Failoverd(name, label, topo, policy=POLICIES[name], out=out / name)
     raise LabError(f"unknown peer {name!r} (peers: {', '.join(PEERS)})")
 
 
@@ -76,6 +80,25 @@ class Sample:
     switches: int  # path changes after the fault
     paths: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+
+
+FLAP_START = 10.0
+
+
+def allowed_switches(policy: Path, storm: float = 61.0, window: float = 64.0) -> int:
+    """How often the policy lets the critical class change path in the bench's flap storm: the same
+    storm (carrier down 1 s, up 1 s) replayed through failoverd's own engine in the simulator."""
+    from failoverd.policy import load_policy  # noqa: PLC0415
+    from failoverd.simulate import Step, Timeline, simulate  # noqa: PLC0415
+
+    pol = load_policy(policy)
+    storm_step = Step.model_validate({"at": FLAP_START, "uplink": "fiber", "flap": 2.0, "until": FLAP_START + storm})
+    records = simulate(pol, Timeline(duration=FLAP_START + window, events=[storm_step]))
+    return sum(
+        1
+        for r in records
+        if r.kind == "decision" and r.data.get("class") == "critical" and FLAP_START <= r.t <= FLAP_START + window
+    )
 
 
 def window_for(peer: str, fault: str) -> float:

@@ -115,7 +115,7 @@ class Frr:
                     cmd += ["--bfdctl", str(d / "bfdd.sock")]
                 self.procs.append(self.topo.spawn(node, cmd))
                 if daemon == "zebra":
-                    wait_for(lambda d=d: (d / "zserv.api").exists(), 10, what=f"zebra in {node}")
+                    wait_for((d / "zserv.api").exists, 10, what=f"zebra in {node}")
         wait_for(self.established, timeout, interval=0.2, what="FRR's BGP sessions to be Established")
 
     def vtysh(self, node: str, command: str) -> str:

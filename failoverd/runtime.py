@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import math
 import os
 import signal
 import time
@@ -32,9 +34,11 @@ from failoverd.observe.logging import get as get_logger
 from failoverd.policy import load_policy
 from failoverd.policy.model import Policy, ProbeSpec
 from failoverd.probes import open_session
+from failoverd.probes.base import DatagramSession, ProbeOutcome
 from failoverd.statefile import load_overrides, save_overrides
 
 log = get_logger("failoverd")
+COALESCE_ANSWERS = 0.003  # s; see _engine_loop
 AUDIT_INTERVAL = 30.0  # full kernel reconcile, in case a netlink event was missed
 
 
@@ -87,7 +91,8 @@ class Daemon:
     audit_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     seq: int = 0
     carrier: dict[str, bool] = field(default_factory=dict)
-    probe_stats: dict[tuple[str, str], tuple[float, float | None, str]] = field(default_factory=dict)
+    # (uplink, probe) → (when, rtt, detail, probes completed since start) of its last probe
+    probe_stats: dict[tuple[str, str], tuple[float, float | None, str, int]] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
     clock: ClockMonitor | None = None
 
@@ -173,16 +178,37 @@ class Daemon:
     # -- the engine ---------------------------------------------------------------------------------
     async def _engine_loop(self) -> None:
         await self._step(ev.Tick())
+        held: list[Any] = []  # an event drained behind a batch of probe results, next in line
         while True:
-            wake = self.state.wake_at
-            timeout = None if wake is None else max(0.0, wake - time.monotonic())
-            try:
-                item = await asyncio.wait_for(self.queue.get(), timeout)
-            except TimeoutError:
-                item = ev.Tick()
+            if held:
+                item = held.pop()
+            elif not self.queue.empty():
+                item = self.queue.get_nowait()
+            else:
+                wake = self.state.wake_at
+                try:
+                    async with asyncio.timeout(None if wake is None else max(0.0, wake - time.monotonic())):
+                        item = await self.queue.get()
+                except TimeoutError:
+                    item = ev.Tick()
             if isinstance(item, NewPolicy):
                 await self._switch_policy(item)
                 continue
+            if isinstance(item, ev.ProbeResult):
+                if item.ok and not held:
+                    # An answer counts toward recovery, which takes seconds: give the answers of
+                    # the same round 3 ms to arrive and judge them in one step. A loss that comes
+                    # first is judged at once (one arriving behind an answer waits those 3 ms).
+                    await asyncio.sleep(COALESCE_ANSWERS)
+                # Results already waiting are folded into one step (same decisions, less work).
+                batch = [item]
+                while not self.queue.empty():
+                    nxt = self.queue.get_nowait()
+                    if not isinstance(nxt, ev.ProbeResult):
+                        held.append(nxt)
+                        break
+                    batch.append(nxt)
+                item = ev.ProbeBatch(tuple(batch)) if len(batch) > 1 else item
             await self._step(item)
 
     async def _step(self, event: ev.Event) -> None:
@@ -308,13 +334,17 @@ class Daemon:
     async def _probe_supervisor(self) -> None:
         while True:
             gen = self.generation
+            # One round loop per interval, not one per probe: the probes of a round go out in one
+            # wakeup of the event loop and their answers come back together (one engine step).
+            # An uplink's targets probe in step, not spread over the interval: the uplink falls
+            # when `quorum` targets have failed, so a spread would delay that by up to an interval.
+            rounds: dict[float, list[tuple[str, ProbeSpec]]] = {}
+            for name, u in self.policy.uplinks.items():
+                for spec in u.probes:
+                    rounds.setdefault(spec.interval, []).append((name, spec))
             async with asyncio.TaskGroup() as ptg:
-                for name, u in self.policy.uplinks.items():
-                    for spec in u.probes:
-                        # An uplink's targets probe in step, not spread over the interval: the uplink
-                        # falls when `quorum` targets have failed, so a spread delays that by up to
-                        # one interval, half of one on average at two targets.
-                        ptg.create_task(self._probe_loop(gen, name, spec), name=f"probe-{name}-{spec.key}")
+                for interval, probes in rounds.items():
+                    ptg.create_task(self._probe_rounds(gen, interval, probes), name=f"probes-{interval:g}s")
                 ptg.create_task(self._wait_generation(gen), name="probe-generation")
 
     async def _wait_generation(self, gen: int) -> None:
@@ -325,32 +355,38 @@ class Daemon:
         u = self.state.uplinks.get(uplink)
         return u is not None and u.health not in (Health.STANDBY, Health.FAILED)
 
-    async def _probe_loop(self, gen: int, uplink: str, spec: ProbeSpec) -> None:
-        u = self.policy.uplinks[uplink]
+    async def _probe_rounds(self, gen: int, interval: float, probes: list[tuple[str, ProbeSpec]]) -> None:
+        sessions: list[tuple[str, ProbeSpec, Any]] = []
+        for uplink, spec in probes:
+            try:
+                sessions.append((uplink, spec, open_session(spec, self.policy.uplinks[uplink])))
+            except OSError as exc:
+                log.error("probe-unavailable", uplink=uplink, probe=spec.key, error=exc.strerror or str(exc))
         try:
-            session = open_session(spec, u)
-        except OSError as exc:
-            log.error("probe-unavailable", uplink=uplink, probe=spec.key, error=exc.strerror or str(exc))
-            return
-        try:
-            next_at = time.monotonic()
+            next_at = math.ceil(time.monotonic() / interval) * interval  # on a grid of the interval
             async with asyncio.TaskGroup() as attempts:
                 while self.generation == gen:
-                    if self._probing(uplink):
-                        attempts.create_task(self._attempt(session, uplink, spec))
-                    next_at += spec.interval
-                    delay = next_at - time.monotonic()
-                    if delay < 0:  # fell behind (suspended, overloaded): do not burst to catch up
-                        next_at = time.monotonic()
-                        delay = 0
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                    for uplink, spec, session in sessions:
+                        if not self._probing(uplink):
+                            continue
+                        if isinstance(session, DatagramSession):  # no task per probe: see DatagramSession
+                            session.send(functools.partial(self._probed, uplink, spec.key))
+                        else:
+                            attempts.create_task(self._attempt(session, uplink, spec))
+                    # Fell behind (suspended, overloaded)? Carry on from now, without a burst.
+                    next_at = max(next_at + interval, time.monotonic())
         finally:
-            session.close()
+            for _, _, session in sessions:
+                session.close()
 
     async def _attempt(self, session: Any, uplink: str, spec: ProbeSpec) -> None:
-        out = await session.probe()
-        self.probe_stats[(uplink, spec.key)] = (time.monotonic(), out.rtt, out.detail)
-        await self.queue.put(ev.ProbeResult(uplink, spec.key, out.ok, out.rtt))
+        self._probed(uplink, spec.key, await session.probe())
+
+    def _probed(self, uplink: str, probe: str, out: ProbeOutcome) -> None:
+        done = self.probe_stats.get((uplink, probe), (0.0, None, "", 0))[3] + 1
+        self.probe_stats[(uplink, probe)] = (time.monotonic(), out.rtt, out.detail, done)
+        self.queue.put_nowait(ev.ProbeResult(uplink, probe, out.ok, out.rtt))  # the queue is unbounded
 
     # -- kernel events ------------------------------------------------------------------------------
     async def _watch_kernel(self) -> None:

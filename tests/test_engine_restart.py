@@ -52,3 +52,18 @@ def test_restored_overrides_expire_on_schedule_and_bad_ones_are_dropped() -> Non
     state = restored_state(POLICY, 10.0, {}, (good, stale, gone), 3)
     assert [o.id for o in state.overrides] == ["o3"]
     assert state.override_seq == 3
+
+
+def test_a_class_held_by_an_override_stays_while_its_uplink_is_unjudged() -> None:
+    forced = Override("o1", "force", "critical", "mobile-b", "before crash", "ops", 0.0, 600.0)
+    state = restored_state(POLICY, 10.0, {"critical": ("mobile-b", "via")}, (forced,), 1)
+    # fiber answers first after the restart; mobile-b has no evidence yet. The kernel already sends
+    # critical where the operator put it: bouncing it to fiber and back would cut its flows twice.
+    for target in ("198.19.0.1", "198.19.0.2"):
+        state, effects = step(state, ev.ProbeResult("fiber", f"udp-echo:{target}:7", True, 0.01), POLICY, 10.1)
+        assert [s for s in switches(effects) if s[0] == "critical"] == []
+    assert state.uplinks["fiber"].health is Health.UP
+    assert state.classes["critical"].uplink == "mobile-b"
+    # mobile-b is found dead: the override waits, and critical goes where the path says.
+    state, effects = step(state, ev.CarrierChanged("mobile-b", False), POLICY, 10.2)
+    assert switches(effects) == [("critical", "fiber")]

@@ -85,7 +85,8 @@ def uplink_rows(policy: Policy, state: EngineState, stats: dict[tuple[str, str],
                         "losses": u.targets.get(p.key, TargetState()).losses,
                         "successes": u.targets.get(p.key, TargetState()).successes,
                         "why": u.targets.get(p.key, TargetState()).failed_cause,
-                        "last_detail": stats.get((name, p.key), (0, None, ""))[2],
+                        "last_detail": stats.get((name, p.key), (0, None, "", 0))[2],
+                        "probes": stats.get((name, p.key), (0, None, "", 0))[3],  # completed since start
                     }
                     for p in spec.probes
                 ],

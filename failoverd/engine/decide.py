@@ -165,6 +165,17 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
         )
         need = frozenset({forced.uplink}) if policy.uplinks[forced.uplink].standby.cold else frozenset()
         return Choice(forced.uplink, "via", cause, override=forced.id, needs=need), None
+    if (
+        forced is not None
+        and admitted
+        and cur is not None
+        and (cur.route, cur.uplink) == ("via", forced.uplink)
+        and state.uplinks[forced.uplink].health is Health.UNKNOWN
+    ):
+        # Restarted under an override, and the kernel still routes the class as the operator asked:
+        # hold it there until that uplink has been judged, rather than bounce to the path and back.
+        wait = Cause("pending", f"override {forced.id}: waiting for first evidence on {forced.uplink}")
+        return Choice(forced.uplink, "pending", wait, override=forced.id, pending=True), None
 
     cand = candidate(spec, policy, state)
     if forced is not None and policy.uplinks[forced.uplink].standby.cold:

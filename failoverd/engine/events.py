@@ -28,6 +28,14 @@ class ProbeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeBatch:
+    """Probe results that arrived together, folded in one step: at 160 probes/s the per-step work
+    (re-judging, choosing paths) would otherwise be done for every single answer."""
+
+    results: tuple[ProbeResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CarrierChanged:
     uplink: str
     up: bool
@@ -101,6 +109,7 @@ class Tick:
 Command = ForceClass | DrainUplink | Release
 Event = (
     ProbeResult
+    | ProbeBatch
     | CarrierChanged
     | StandbyResult
     | ForceClass

@@ -23,6 +23,7 @@ hold down time").
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from dataclasses import replace
@@ -37,6 +38,10 @@ _MIN_WINDOW_FILL = 0.5
 
 def _min_samples(h: HealthSpec, interval: float) -> int:
     return max(h.down_losses, math.ceil(h.window / interval * _MIN_WINDOW_FILL), 2)
+
+
+def _sample_time(s: Sample) -> float:
+    return s.t
 
 
 def _loss_percent(samples: tuple[Sample, ...]) -> float:
@@ -54,8 +59,10 @@ def record_probe(
         return u  # a probe the current policy no longer has
     h = spec.health
     t = u.targets.get(probe, TargetState())
-    horizon = now - h.window
-    samples = (*(s for s in t.samples if s.t > horizon), Sample(now, ok, rtt))
+    # Samples are in time order: cut the expired head in one slice (this runs for every probe).
+    keep = bisect.bisect_right(t.samples, now - h.window, key=_sample_time)
+    samples = (*t.samples[keep:], Sample(now, ok, rtt))
+    lost = t.lost_in_window - sum(1 for s in t.samples[:keep] if not s.ok) + (0 if ok else 1)
     losses = 0 if ok else t.losses + 1
     successes = t.successes + 1 if ok else 0
     failed, why = t.failed, t.failed_cause
@@ -63,13 +70,14 @@ def record_probe(
         if losses >= h.down_losses:
             failed, why = True, f"{losses} consecutive losses"
         elif len(samples) >= _min_samples(h, pspec.interval):
-            loss = _loss_percent(samples)
+            loss = 100.0 * lost / len(samples)
             if loss >= h.down_loss_percent:
                 failed, why = True, f"{loss:.0f}% loss over {h.window:g}s"
     elif successes >= h.up_successes:
         failed, why = False, ""
         samples = samples[-successes:]  # a fresh window: the losses before recovery are judged already
-    targets = {**u.targets, probe: TargetState(samples, losses, successes, failed, why)}
+        lost = 0  # the last `successes` samples are all answers
+    targets = {**u.targets, probe: TargetState(samples, losses, successes, failed, why, lost)}
     fresh = u.fresh_successes + 1 if ok else u.fresh_successes
     return replace(u, targets=targets, fresh_successes=fresh)
 
@@ -105,12 +113,14 @@ def _down_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
 def _degraded_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
     h = spec.health
     # A failed target is that target's problem (the quorum judges it), not a sign of a degraded path.
+    if h.degraded_rtt is None and h.degraded_jitter is None and h.degraded_loss_percent is None:
+        return None
     live = [t for p in spec.probes if not (t := u.targets.get(p.key, TargetState())).failed]
     samples = [s for t in live for s in t.samples]
     if not samples:
         return None
-    ok_rtts = [s.rtt for s in samples if s.ok and s.rtt is not None]
     reasons: list[tuple[str, str]] = []
+    ok_rtts = [s.rtt for s in samples if s.ok and s.rtt is not None] if h.degraded_rtt is not None else []
     if h.degraded_rtt is not None and len(ok_rtts) >= 3:
         mean = sum(ok_rtts) / len(ok_rtts)
         if mean > h.degraded_rtt:

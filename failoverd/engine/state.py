@@ -55,6 +55,7 @@ class TargetState:
     successes: int = 0  # consecutive
     failed: bool = False
     failed_cause: str = ""
+    lost_in_window: int = 0  # samples in `samples` that were losses, kept as samples come and go
 
 
 @dataclass(frozen=True, slots=True)

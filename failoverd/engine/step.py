@@ -27,6 +27,7 @@ from failoverd.engine.events import (
     Event,
     ForceClass,
     PolicyReloaded,
+    ProbeBatch,
     ProbeResult,
     Release,
     StandbyResult,
@@ -289,11 +290,11 @@ class _Work:
             self.overrides.remove(o)
             self.alarm("info", o.id, Cause("override-expired", f"{o.describe()} expired"))
 
-    def update_uplinks(self, only: str | None = None) -> None:
-        """Re-judge uplinks; `only` limits it to one uplink when nothing but its probes changed."""
+    def update_uplinks(self, only: frozenset[str] | None = None) -> None:
+        """Re-judge uplinks; `only` limits it to those whose probes alone changed (and timers due)."""
         for name, spec in self.policy.uplinks.items():
             u = self.uplinks[name]
-            if only is not None and name != only and not self.timer_due(name, u):
+            if only is not None and name not in only and not self.timer_due(name, u):
                 continue
             if (
                 u.health is Health.ACTIVATING
@@ -443,6 +444,9 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
     match event:
         case ProbeResult():
             w.probe(event)
+        case ProbeBatch():
+            for r in event.results:
+                w.probe(r)
         case CarrierChanged():
             w.carrier(event)
         case StandbyResult():
@@ -460,10 +464,19 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
         case Tick():
             pass
     w.expire_overrides()
-    w.update_uplinks(only=event.uplink if isinstance(event, ProbeResult) else None)
+    w.update_uplinks(only=_probed(event))
     choices = w.assign()
     w.plan_standby(choices)
     return w.finish()
+
+
+def _probed(event: Event) -> frozenset[str] | None:
+    """The uplinks whose probes are the whole news of this event (None: re-judge every uplink)."""
+    if isinstance(event, ProbeResult):
+        return frozenset((event.uplink,))
+    if isinstance(event, ProbeBatch):
+        return frozenset(r.uplink for r in event.results)
+    return None
 
 
 def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> float | None:

@@ -7,7 +7,7 @@ import socket
 import struct
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes.base import DatagramSession, ProbeOutcome
+from failoverd.probes.base import DatagramSession
 
 ETH_P_ARP = 0x0806
 SIOCGIFADDR = 0x8915
@@ -43,11 +43,11 @@ class ArpSession(DatagramSession):
         sender_ip = data[14:18]
         return 1 if op == 2 and sender_ip == self.target else None
 
-    async def probe(self) -> ProbeOutcome:
+    def request(self) -> tuple[bytes, tuple[str, int, int, int, bytes], int]:
         try:
             own = _own_ipv4(self.ifname)
         except OSError as exc:
-            return ProbeOutcome(False, None, f"{self.ifname} has no IPv4 address ({exc.strerror})")
+            raise OSError(exc.errno, f"{self.ifname} has no IPv4 address ({exc.strerror})") from exc
         request = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, self.mac, own, b"\0" * 6, self.target)
         # One outstanding ARP at a time is enough: sequence "1" names it.
-        return await self.exchange(request, (self.ifname, ETH_P_ARP, 0, 0, b"\xff" * 6), 1)  # type: ignore[arg-type]
+        return request, (self.ifname, ETH_P_ARP, 0, 0, b"\xff" * 6), 1

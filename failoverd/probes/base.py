@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Protocol
+from typing import Any, Protocol
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
 
@@ -48,16 +48,28 @@ def marked_socket(family: int, kind: int, proto: int, mark: int) -> socket.socke
     return s
 
 
+Done = Callable[[ProbeOutcome], None]
+
+
 class DatagramSession:
-    """Shared machinery for request/response datagram probes matched by a sequence number."""
+    """Shared machinery for request/response datagram probes matched by a sequence number.
+
+    Callbacks, not a task and a future per probe: at 160 probes/s the daemon's CPU went mostly into
+    asyncio's per-probe machinery. `send(done)` fires one probe and calls `done` exactly once, from
+    the socket's reader with the answer or from a timer at the timeout.
+    """
 
     def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.sock = sock
         self.timeout = timeout
         self.loop = asyncio.get_running_loop()
-        self.pending: dict[int, tuple[float, asyncio.Future[float]]] = {}
+        self.pending: dict[int, tuple[float, asyncio.TimerHandle, Done]] = {}
         self.seq = 0
         self.loop.add_reader(sock.fileno(), self._readable)
+
+    def request(self) -> tuple[bytes, Any, int]:
+        """The next probe: payload, destination address, sequence number its answer will carry."""
+        raise NotImplementedError
 
     def next_seq(self) -> int:
         self.seq = (self.seq + 1) & 0xFFFF
@@ -80,33 +92,51 @@ class DatagramSession:
             if seq is None:
                 continue
             entry = self.pending.pop(seq, None)
-            if entry is not None and not entry[1].done():
-                entry[1].set_result(now - entry[0])
+            if entry is not None:
+                entry[1].cancel()
+                entry[2](ProbeOutcome(True, now - entry[0]))
 
-    async def exchange(self, payload: bytes, dest: tuple[str, int], seq: int) -> ProbeOutcome:
-        fut: asyncio.Future[float] = self.loop.create_future()
-        self.pending[seq] = (time.monotonic(), fut)
+    def _expire(self, seq: int) -> None:
+        entry = self.pending.pop(seq, None)
+        if entry is not None:
+            entry[2](ProbeOutcome(False, None, "timeout"))
+
+    def send(self, done: Done) -> None:
+        """Fire the next probe; `done(outcome)` follows once, never from inside this call."""
+        try:
+            payload, dest, seq = self.request()
+        except OSError as exc:  # nothing to send from (no address yet): a loss, with the reason
+            self.loop.call_soon(done, ProbeOutcome(False, None, exc.strerror or str(exc)))
+            return
+        stale = self.pending.pop(seq, None)
+        if stale is not None:  # the sequence wrapped onto a probe still waiting: that one is lost
+            stale[1].cancel()
+            self.loop.call_soon(stale[2], ProbeOutcome(False, None, "timeout"))
+        start = time.monotonic()
         try:
             self.sock.sendto(payload, dest)
         except OSError as exc:
-            self.pending.pop(seq, None)
             # No route, network down: the answer is known at once, but it is still a loss.
-            await asyncio.sleep(0)
-            return ProbeOutcome(False, None, exc.strerror or str(exc))
-        try:
-            rtt = await asyncio.wait_for(fut, self.timeout)
-        except TimeoutError:
-            return ProbeOutcome(False, None, "timeout")
-        finally:
-            self.pending.pop(seq, None)
-        return ProbeOutcome(True, rtt)
+            self.loop.call_soon(done, ProbeOutcome(False, None, exc.strerror or str(exc)))
+            return
+        self.pending[seq] = (start, self.loop.call_later(self.timeout, self._expire, seq), done)
+
+    async def probe(self) -> ProbeOutcome:
+        fut: asyncio.Future[ProbeOutcome] = self.loop.create_future()
+
+        def done(out: ProbeOutcome) -> None:
+            if not fut.done():  # the waiter may have been cancelled (shutdown)
+                fut.set_result(out)
+
+        self.send(done)
+        return await fut
 
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        for _, fut in self.pending.values():
-            if not fut.done():
-                fut.cancel()
+        for _, timer, _done in self.pending.values():
+            timer.cancel()
+        self.pending.clear()
 
 
 SessionFactory = Callable[[ProbeSpec, UplinkSpec], Session]

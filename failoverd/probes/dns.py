@@ -6,7 +6,7 @@ import socket
 import struct
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes.base import DatagramSession, ProbeOutcome, family_of, marked_socket
+from failoverd.probes.base import DatagramSession, family_of, marked_socket
 
 _QTYPE = {"A": 1, "NS": 2, "SOA": 6, "AAAA": 28}
 
@@ -32,6 +32,6 @@ class DnsSession(DatagramSession):
         qid, flags = struct.unpack_from("!HH", data)
         return qid if flags & 0x8000 else None  # QR bit: a response
 
-    async def probe(self) -> ProbeOutcome:
+    def request(self) -> tuple[bytes, tuple[str, int], int]:
         qid = self.next_seq()
-        return await self.exchange(encode_query(qid, self.name, self.record), self.dest, qid)
+        return encode_query(qid, self.name, self.record), self.dest, qid

@@ -8,7 +8,7 @@ import socket
 import struct
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes.base import DatagramSession, ProbeOutcome, family_of, marked_socket
+from failoverd.probes.base import DatagramSession, family_of, marked_socket
 
 _ids = itertools.count((os.getpid() * 7919) & 0xFFFF)
 
@@ -43,11 +43,11 @@ class IcmpSession(DatagramSession):
         icmp_type, _, _, ident, seq = struct.unpack_from("!BBHHH", data)
         return seq if icmp_type == reply_type and ident == self.ident else None
 
-    async def probe(self) -> ProbeOutcome:
+    def request(self) -> tuple[bytes, tuple[str, int], int]:
         seq = self.next_seq()
         echo = 8 if self.family == socket.AF_INET else 128
         payload = b"failoverd-probe!"
         header = struct.pack("!BBHHH", echo, 0, 0, self.ident, seq)
         if self.family == socket.AF_INET:  # the kernel fills in the ICMPv6 checksum itself
             header = struct.pack("!BBHHH", echo, 0, _checksum(header + payload), self.ident, seq)
-        return await self.exchange(header + payload, (self.target, 0), seq)
+        return header + payload, (self.target, 0), seq

@@ -7,7 +7,7 @@ import socket
 import struct
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes.base import DatagramSession, ProbeOutcome, family_of, marked_socket
+from failoverd.probes.base import DatagramSession, family_of, marked_socket
 
 # A probe datagram: magic, our session token, sequence number. Echoed back verbatim.
 _MAGIC = b"FOD1"
@@ -27,6 +27,6 @@ class UdpEchoSession(DatagramSession):
         magic, token, seq = struct.unpack_from(_FMT, data)
         return seq if magic == _MAGIC and token == self.token else None
 
-    async def probe(self) -> ProbeOutcome:
+    def request(self) -> tuple[bytes, tuple[str, int], int]:
         seq = self.next_seq()
-        return await self.exchange(struct.pack(_FMT, _MAGIC, self.token, seq), self.dest, seq)
+        return struct.pack(_FMT, _MAGIC, self.token, seq), self.dest, seq

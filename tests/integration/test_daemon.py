@@ -163,7 +163,7 @@ def test_kill9_keeps_forwarding_and_restart_converges(gwlab: GatewayLab) -> None
     traffic = gwlab.stop_traffic()
     # Forwarding never stopped: the daemon was dead for over a second.
     assert traffic["max_gap_ms"] < 500, traffic["gaps"]
-    assert set(traffic["by_source"]) == {MOBILE_NAT}
+    assert set(traffic["by_source"]) == {MOBILE_NAT}, traffic["by_source"]
 
 
 def test_broken_policy_on_reload_is_refused_and_the_old_one_stays(gwlab: GatewayLab) -> None:
