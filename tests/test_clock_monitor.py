@@ -25,8 +25,9 @@ def servers() -> Iterator[list[int]]:
     """Three SNTP servers on loopback serving this machine's own time (the liar with offset 0)."""
     ports = [12301, 12302, 12303]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "lab.liar", "--bind", "127.0.0.1", "--port", str(p), "--offset", "0"],
-                         cwd=ROOT)
+        subprocess.Popen(
+            [sys.executable, "-m", "lab.liar", "--bind", "127.0.0.1", "--port", str(p), "--offset", "0"], cwd=ROOT
+        )
         for p in ports
     ]
     time.sleep(0.8)
@@ -65,8 +66,9 @@ clock:
 """
 
 
-@pytest.mark.parametrize(("shift", "state", "gps_verdict"), [(0.0, "sane", "agrees"),
-                                                            (GPS_WEEK_ROLLOVER, "sane", "falseticker")])
+@pytest.mark.parametrize(
+    ("shift", "state", "gps_verdict"), [(0.0, "sane", "agrees"), (GPS_WEEK_ROLLOVER, "sane", "falseticker")]
+)
 async def test_gps_is_one_more_class_and_a_week_rollover_is_a_falseticker(
     servers: list[int], shift: float, state: str, gps_verdict: str
 ) -> None:
