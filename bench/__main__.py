@@ -24,6 +24,7 @@ USAGE = """usage: python -m bench COMMAND [options]
   cost       failoverd's RSS and CPU at 4 uplinks x 2 targets x 20 probes/s, idle and in a failover (root)
   reconcile  time to reconcile 1,000 and 10,000 owned routes (root)
   engine     the pure engine's decisions per second
+  report     re-render the markdown of a results file (default bench/results/latest.json -> latest.md)
 """
 
 
@@ -56,10 +57,17 @@ def meta(argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("all", "failover", "cost", "reconcile", "engine"):
+    if not argv or argv[0] not in ("all", "failover", "cost", "reconcile", "engine", "report"):
         print(USAGE, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
+    if cmd == "report":
+        src = Path(rest[0]) if rest else RESULTS / "latest.json"
+        text = report.markdown(json.loads(src.read_text()))
+        if src.resolve() == (RESULTS / "latest.json").resolve():
+            (RESULTS / "latest.md").write_text(text)
+        print(text)
+        return 0
     if cmd == "engine":
         from bench import engine  # noqa: PLC0415
 

@@ -222,7 +222,14 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [
             "## Engine",
             "",
-            f"{e['events_per_s']:,} decisions/s ({e['us_per_event']} µs per probe result) on {e['policy']}.",
+            f"{e['events_per_s']:,} decisions/s ({e['us_per_event']} µs per probe result, one step each) on "
+            f"{e['policy']}"
+            + (
+                f"; {e['batched_us_per_probe']} µs per probe result when the answers of one instant share a step,"
+                " as the daemon feeds them."
+                if "batched_us_per_probe" in e
+                else "."
+            ),
             "",
         ]
     t = targets(doc)
