@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +90,13 @@ def child(sizes: list[int]) -> None:
     print(json.dumps({"sizes": [asyncio.run(_one(n)) for n in sizes]}))
 
 
-def run(sizes: tuple[int, ...] = (1_000, 10_000)) -> dict[str, Any]:
-    """Create the namespace, measure in a child process inside it, remove the namespace."""
-    subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
-    subprocess.run(["ip", "netns", "add", NS], check=True)
+@contextlib.contextmanager
+def scratch_netns(name: str = NS) -> Iterator[str]:
+    """A namespace of its own with one veth pair, d0 (198.18.0.10/24) and d1, removed on exit."""
+    if not name.startswith("fo-"):
+        raise ValueError(f"scratch namespaces are named fo-*: {name}")
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         for cmd in (
             ["link", "add", "name", "d0", "type", "veth", "peer", "name", "d1"],
@@ -99,7 +104,15 @@ def run(sizes: tuple[int, ...] = (1_000, 10_000)) -> dict[str, Any]:
             ["link", "set", "dev", "d0", "up"],
             ["addr", "add", "198.18.0.10/24", "dev", "d0"],
         ):
-            subprocess.run(["ip", "-n", NS, *cmd], check=True)
+            subprocess.run(["ip", "-n", name, *cmd], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def run(sizes: tuple[int, ...] = (1_000, 10_000)) -> dict[str, Any]:
+    """Measure in a child process inside a scratch namespace."""
+    with scratch_netns():
         out = subprocess.run(
             [sys.executable, "-m", "bench.reconcile", "--child", ",".join(map(str, sizes))],
             cwd=ROOT,
@@ -112,8 +125,6 @@ def run(sizes: tuple[int, ...] = (1_000, 10_000)) -> dict[str, Any]:
             raise SystemExit(f"reconcile benchmark failed: {out.stderr.strip()[-2000:]}")
         result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
         return result
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,19 +37,10 @@ asyncio.run(main())
 def netns() -> Iterator[str]:
     if os.geteuid() != 0:
         pytest.skip("needs root: creates fo-* network namespaces")
-    subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    try:
-        for cmd in (
-            ["link", "add", "name", "d0", "type", "veth", "peer", "name", "d1"],
-            ["link", "set", "dev", "d0", "up"],
-            ["link", "set", "dev", "d1", "up"],
-            ["addr", "add", "198.18.0.10/24", "dev", "d0"],
-        ):
-            subprocess.run(["ip", "-n", NS, *cmd], check=True)
-        yield NS
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
+    from bench.reconcile import scratch_netns
+
+    with scratch_netns(NS) as name:
+        yield name
 
 
 def test_each_request_gets_its_own_answer_within_one_window(netns: str) -> None:
