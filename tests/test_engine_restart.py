@@ -67,3 +67,32 @@ def test_a_class_held_by_an_override_stays_while_its_uplink_is_unjudged() -> Non
     # mobile-b is found dead: the override waits, and critical goes where the path says.
     state, effects = step(state, ev.CarrierChanged("mobile-b", False), POLICY, 10.2)
     assert switches(effects) == [("critical", "fiber")]
+
+
+def test_a_batch_of_results_decides_as_the_same_results_one_by_one() -> None:
+    """The daemon folds answers that arrive together into one ProbeBatch; the outcome must not change."""
+    rounds = []
+    for k in range(12):  # fiber's targets go silent after round 4, mobile-a keeps answering
+        t = 0.05 * (k + 1)
+        rounds.append(
+            (
+                t,
+                tuple(
+                    ev.ProbeResult(name, f"udp-echo:{target}:7", name != "fiber" or k < 4, 0.01)
+                    for name in ("fiber", "mobile-a")
+                    for target in ("198.19.0.1", "198.19.0.2")
+                ),
+            )
+        )
+    one, batch = restored_state(POLICY, 0.0, {}), restored_state(POLICY, 0.0, {})
+    moved_one, moved_batch = [], []
+    for t, results in rounds:
+        for r in results:
+            one, effects = step(one, r, POLICY, t)
+            moved_one += switches(effects)
+        batch, effects = step(batch, ev.ProbeBatch(results), POLICY, t)
+        moved_batch += switches(effects)
+    assert moved_batch == moved_one
+    assert ("critical", "mobile-a") in moved_batch  # the silent fiber was noticed at all
+    assert {n: u.health for n, u in batch.uplinks.items()} == {n: u.health for n, u in one.uplinks.items()}
+    assert batch.classes == one.classes
