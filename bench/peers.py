@@ -159,9 +159,6 @@ class Failoverd(Peer):
         cls = {c["name"]: c.get("uplink") for c in st.get("classes", [])}  # type: ignore[attr-defined]
         return cls.get("critical") == "fiber" and usable.get("fiber") is True and usable.get("mobile-a") is True
 
-    def pid(self) -> int | None:
-        return self.daemon.pid if self.daemon is not None else None
-
     def stop(self) -> None:
         self._halt()
         self._purge()

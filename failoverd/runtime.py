@@ -178,10 +178,11 @@ class Daemon:
     # -- the engine ---------------------------------------------------------------------------------
     async def _engine_loop(self) -> None:
         await self._step(ev.Tick())
-        held: list[Any] = []  # an event drained behind a batch of probe results, next in line
+        held: ev.Event | NewPolicy | None = None  # drained from behind a batch of probe results: next
         while True:
-            if held:
-                item = held.pop()
+            item: ev.Event | NewPolicy
+            if held is not None:
+                item, held = held, None
             elif not self.queue.empty():
                 item = self.queue.get_nowait()
             else:
@@ -195,7 +196,7 @@ class Daemon:
                 await self._switch_policy(item)
                 continue
             if isinstance(item, ev.ProbeResult):
-                if item.ok and not held:
+                if item.ok:
                     # An answer counts toward recovery, which takes seconds: give the answers of
                     # the same round 3 ms to arrive and judge them in one step. A loss that comes
                     # first is judged at once (one arriving behind an answer waits those 3 ms).
@@ -205,7 +206,7 @@ class Daemon:
                 while not self.queue.empty():
                     nxt = self.queue.get_nowait()
                     if not isinstance(nxt, ev.ProbeResult):
-                        held.append(nxt)
+                        held = nxt
                         break
                     batch.append(nxt)
                 item = ev.ProbeBatch(tuple(batch)) if len(batch) > 1 else item

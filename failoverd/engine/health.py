@@ -112,9 +112,9 @@ def _down_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
 
 def _degraded_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
     h = spec.health
-    # A failed target is that target's problem (the quorum judges it), not a sign of a degraded path.
     if h.degraded_rtt is None and h.degraded_jitter is None and h.degraded_loss_percent is None:
         return None
+    # A failed target is that target's problem (the quorum judges it), not a sign of a degraded path.
     live = [t for p in spec.probes if not (t := u.targets.get(p.key, TargetState())).failed]
     samples = [s for t in live for s in t.samples]
     if not samples:

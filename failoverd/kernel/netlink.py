@@ -8,6 +8,7 @@ for a decision, changed or deleted.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -182,7 +183,7 @@ class Kernel:
             # Replaced above unless stale-shaped: a replace displaced the old default route.
             dels = sorted(r for r in self.routes - want_routes if (r.table, r.family) not in keys or "/" in r.kind)
             for r, code in zip(dels, await self._routes("del", dels), strict=True):
-                if code and code != 3:  # ESRCH: already gone
+                if code and code != errno.ESRCH:  # already gone
                     diff.failed.append(f"delete {r}: {describe(code)}")
                     continue
                 self.routes.discard(r)
@@ -220,7 +221,7 @@ class Kernel:
             except LookupError:
                 msgs.append(None)
         done = iter(await self._rt.apply([m for m in msgs if m is not None]))
-        return [19 if m is None else next(done) for m in msgs]  # ENODEV: its interface does not exist
+        return [errno.ENODEV if m is None else next(done) for m in msgs]  # its interface does not exist
 
     def _route_msg(self, r: Route) -> RouteMsg:
         proto = self.own.route_protocol

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 NETLINK_ROUTE = 0
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP_INTR, NLM_F_DUMP = 0x1, 0x4, 0x10, 0x300
 NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
-SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 NLMSG = struct.Struct("=IHHII")
 RTMSG = struct.Struct("=BBBBBBBBI")
@@ -156,7 +155,14 @@ class RouteSocket:
         return results
 
     async def dump(self, family: int) -> list[RouteMsg]:
-        """Every route of one family in every table."""
+        """Every route of one family in every table; again when a change in the kernel interrupted it."""
+        for _ in range(3):
+            routes, consistent = await self._dump_once(family)
+            if consistent:
+                break
+        return routes  # still interrupted: the next audit looks again
+
+    async def _dump_once(self, family: int) -> tuple[list[RouteMsg], bool]:
         loop = asyncio.get_running_loop()
         async with self.lock:
             seq = self._next_seq()
@@ -165,12 +171,14 @@ class RouteSocket:
                 self.sock, NLMSG.pack(NLMSG.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
             )
             routes: list[RouteMsg] = []
+            consistent = True
             while True:
-                for mtype, _flags, mseq, payload in await self._messages():
+                for mtype, flags, mseq, payload in await self._messages():
                     if mseq != seq:
                         continue  # a late ack of an earlier exchange
+                    consistent = consistent and not flags & NLM_F_DUMP_INTR
                     if mtype == NLMSG_DONE:
-                        return routes
+                        return routes, consistent
                     if mtype == NLMSG_ERROR:
                         code = -struct.unpack_from("=i", payload)[0]
                         raise OSError(code, f"route dump: {os.strerror(code)}")
