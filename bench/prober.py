@@ -1,7 +1,7 @@
 """The floor for failoverd's CPU: its probe sessions alone, at a policy's rate, with no engine, kernel or control.
 
 `python -m bench.prober POLICY SECONDS` (run inside the gateway's namespace by bench/cost.py) sends
-every warm probe of the policy on its interval, as the daemon does, counts the answers, and prints
+every warm probe of the policy on its interval with the daemon's round driver, counts the outcomes, and prints
 its own CPU use as JSON. What the daemon uses beyond this is the price of deciding and reporting.
 """
 
@@ -9,39 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import resource
 import sys
 import time
 from pathlib import Path
 
 from failoverd.policy import load_policy
-from failoverd.policy.model import ProbeSpec, UplinkSpec
 from failoverd.probes import open_session
 from failoverd.probes.base import DatagramSession, ProbeOutcome
-
-
-async def _probe(spec: ProbeSpec, uplink: UplinkSpec, done: list[int]) -> None:
-    session = open_session(spec, uplink)
-    if not isinstance(session, DatagramSession):
-        raise SystemExit(f"{spec.key}: the floor measures datagram probes only")
-
-    def count(_out: ProbeOutcome) -> None:
-        done[0] += 1
-
-    next_at = math.ceil(time.monotonic() / spec.interval) * spec.interval
-    while True:
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        session.send(count)
-        next_at += spec.interval
+from failoverd.probes.rounds import run_rounds
 
 
 async def measure(policy: Path, seconds: float) -> dict[str, float]:
     pol = load_policy(policy)
     done = [0]
-    tasks = [
-        asyncio.create_task(_probe(p, u, done)) for u in pol.uplinks.values() if not u.standby.cold for p in u.probes
-    ]
+    by_interval: dict[float, list[tuple[str, DatagramSession]]] = {}
+    for u in pol.uplinks.values():
+        if u.standby.cold:
+            continue
+        for spec in u.probes:
+            session = open_session(spec, u)
+            if not isinstance(session, DatagramSession):
+                raise SystemExit(f"{spec.key}: the floor measures datagram probes only")
+            by_interval.setdefault(spec.interval, []).append((spec.key, session))
+
+    def count(results: list[tuple[str, ProbeOutcome]]) -> None:
+        done[0] += len(results)
+
+    tasks = [asyncio.create_task(run_rounds(i, s, deliver=count)) for i, s in by_interval.items()]
     await asyncio.sleep(3)  # past the first timeouts
     r0, n0, t0 = resource.getrusage(resource.RUSAGE_SELF), done[0], time.monotonic()
     await asyncio.sleep(seconds)

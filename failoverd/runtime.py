@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import math
 import os
 import signal
 import time
@@ -33,12 +31,12 @@ from failoverd.observe.journal import Journal, effect_record
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy import load_policy
 from failoverd.policy.model import Policy, ProbeSpec
-from failoverd.probes import open_session
+from failoverd.probes import Session, open_session
 from failoverd.probes.base import DatagramSession, ProbeOutcome
+from failoverd.probes.rounds import run_rounds
 from failoverd.statefile import load_overrides, save_overrides
 
 log = get_logger("failoverd")
-COALESCE_ANSWERS = 0.003  # s; see _engine_loop
 AUDIT_INTERVAL = 30.0  # full kernel reconcile, in case a netlink event was missed
 
 
@@ -195,21 +193,19 @@ class Daemon:
             if isinstance(item, NewPolicy):
                 await self._switch_policy(item)
                 continue
-            if isinstance(item, ev.ProbeResult):
-                if item.ok:
-                    # An answer counts toward recovery, which takes seconds: give the answers of
-                    # the same round 3 ms to arrive and judge them in one step. A loss that comes
-                    # first is judged at once (one arriving behind an answer waits those 3 ms).
-                    await asyncio.sleep(COALESCE_ANSWERS)
-                # Results already waiting are folded into one step (same decisions, less work).
-                batch = [item]
+            if isinstance(item, ev.ProbeResult | ev.ProbeBatch):
+                # Results already waiting (another interval's round, a TCP probe) join this step.
+                results = list(item.results) if isinstance(item, ev.ProbeBatch) else [item]
                 while not self.queue.empty():
                     nxt = self.queue.get_nowait()
-                    if not isinstance(nxt, ev.ProbeResult):
+                    if isinstance(nxt, ev.ProbeResult):
+                        results.append(nxt)
+                    elif isinstance(nxt, ev.ProbeBatch):
+                        results.extend(nxt.results)
+                    else:
                         held = nxt
                         break
-                    batch.append(nxt)
-                item = ev.ProbeBatch(tuple(batch)) if len(batch) > 1 else item
+                item = ev.ProbeBatch(tuple(results)) if len(results) > 1 else results[0]
             await self._step(item)
 
     async def _step(self, event: ev.Event) -> None:
@@ -336,9 +332,7 @@ class Daemon:
         while True:
             gen = self.generation
             # One round loop per interval, not one per probe: the probes of a round go out in one
-            # wakeup of the event loop and their answers come back together (one engine step).
-            # An uplink's targets probe in step, not spread over the interval: the uplink falls
-            # when `quorum` targets have failed, so a spread would delay that by up to an interval.
+            # wakeup of the event loop and their answers are judged together (one engine step).
             rounds: dict[float, list[tuple[str, ProbeSpec]]] = {}
             for name, u in self.policy.uplinks.items():
                 for spec in u.probes:
@@ -357,37 +351,58 @@ class Daemon:
         return u is not None and u.health not in (Health.STANDBY, Health.FAILED)
 
     async def _probe_rounds(self, gen: int, interval: float, probes: list[tuple[str, ProbeSpec]]) -> None:
-        sessions: list[tuple[str, ProbeSpec, Any]] = []
+        datagram: list[tuple[tuple[str, str], DatagramSession]] = []
+        others: list[tuple[str, ProbeSpec, Session]] = []  # TCP, HTTP: a task per probe
         for uplink, spec in probes:
             try:
-                sessions.append((uplink, spec, open_session(spec, self.policy.uplinks[uplink])))
+                session = open_session(spec, self.policy.uplinks[uplink])
             except OSError as exc:
                 log.error("probe-unavailable", uplink=uplink, probe=spec.key, error=exc.strerror or str(exc))
+                continue
+            if isinstance(session, DatagramSession):
+                datagram.append(((uplink, spec.key), session))
+            else:
+                others.append((uplink, spec, session))
+
+        def on_tick() -> None:
+            for uplink, spec, session in others:
+                if self._probing(uplink):
+                    attempts.create_task(self._attempt(session, uplink, spec))
+
         try:
-            next_at = math.ceil(time.monotonic() / interval) * interval  # on a grid of the interval
             async with asyncio.TaskGroup() as attempts:
-                while self.generation == gen:
-                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                    for uplink, spec, session in sessions:
-                        if not self._probing(uplink):
-                            continue
-                        if isinstance(session, DatagramSession):  # no task per probe: see DatagramSession
-                            session.send(functools.partial(self._probed, uplink, spec.key))
-                        else:
-                            attempts.create_task(self._attempt(session, uplink, spec))
-                    # Fell behind (suspended, overloaded)? Carry on from now, without a burst.
-                    next_at = max(next_at + interval, time.monotonic())
+                rounds = attempts.create_task(
+                    run_rounds(
+                        interval,
+                        datagram,
+                        deliver=self._probed_round,
+                        sending=lambda key: self._probing(key[0]),
+                        on_tick=on_tick,
+                    )
+                )
+                await self._wait_generation(gen)
+                rounds.cancel()
         finally:
-            for _, _, session in sessions:
+            for _, session in datagram:
+                session.close()
+            for _, _, session in others:
                 session.close()
 
-    async def _attempt(self, session: Any, uplink: str, spec: ProbeSpec) -> None:
-        self._probed(uplink, spec.key, await session.probe())
+    async def _attempt(self, session: Session, uplink: str, spec: ProbeSpec) -> None:
+        out = await session.probe()
+        self._note(uplink, spec.key, out)
+        self.queue.put_nowait(ev.ProbeResult(uplink, spec.key, out.ok, out.rtt))  # the queue is unbounded
 
-    def _probed(self, uplink: str, probe: str, out: ProbeOutcome) -> None:
+    def _probed_round(self, results: list[tuple[tuple[str, str], ProbeOutcome]]) -> None:
+        batch = []
+        for (uplink, probe), out in results:
+            self._note(uplink, probe, out)
+            batch.append(ev.ProbeResult(uplink, probe, out.ok, out.rtt))
+        self.queue.put_nowait(ev.ProbeBatch(tuple(batch)) if len(batch) > 1 else batch[0])
+
+    def _note(self, uplink: str, probe: str, out: ProbeOutcome) -> None:
         done = self.probe_stats.get((uplink, probe), (0.0, None, "", 0))[3] + 1
         self.probe_stats[(uplink, probe)] = (time.monotonic(), out.rtt, out.detail, done)
-        self.queue.put_nowait(ev.ProbeResult(uplink, probe, out.ok, out.rtt))  # the queue is unbounded
 
     # -- kernel events ------------------------------------------------------------------------------
     async def _watch_kernel(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +13,13 @@ from ipaddress import ip_address
 from typing import Any, Protocol
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
+
+# SO_TIMESTAMPNS (asm-generic, as on x86-64 and arm64; Python's socket module does not name it): the
+# kernel stamps each datagram with its arrival time (CLOCK_REALTIME, struct timespec of two longs).
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+LATE_SLACK = 0.0005  # s: deadlines this close together are one wakeup, not two
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,24 +57,25 @@ def marked_socket(family: int, kind: int, proto: int, mark: int) -> socket.socke
     return s
 
 
-Done = Callable[[ProbeOutcome], None]
-
-
 class DatagramSession:
-    """Shared machinery for request/response datagram probes matched by a sequence number.
+    """Request/response datagram probes matched by a sequence number, judged in rounds.
 
-    Callbacks, not a task and a future per probe: at 160 probes/s the daemon's CPU went mostly into
-    asyncio's per-probe machinery. `send(done)` fires one probe and calls `done` exactly once, from
-    the socket's reader with the answer or from a timer at the timeout.
+    Nothing here waits or wakes the event loop per datagram: `send` fires a probe due back by a
+    deadline, `collect` reads every answer the socket holds, `expire` declares the overdue ones lost.
+    A round driver (`failoverd.probes.rounds`) calls them once per interval tick and at deadlines
+    between ticks, so 160 probes/s cost 20 wakeups a second, not 340. The answers' round-trip times
+    come from the kernel's arrival stamps, so reading them late does not make them slower.
     """
 
     def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.sock = sock
         self.timeout = timeout
-        self.loop = asyncio.get_running_loop()
-        self.pending: dict[int, tuple[float, asyncio.TimerHandle, Done]] = {}
+        # seq → (sent, monotonic; sent, wall clock; deadline, monotonic), in the order sent
+        self.pending: dict[int, tuple[float, float, float]] = {}
         self.seq = 0
-        self.loop.add_reader(sock.fileno(), self._readable)
+        # Without stamps the round-trip time is measured when the answer is read.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
     def request(self) -> tuple[bytes, Any, int]:
         """The next probe: payload, destination address, sequence number its answer will carry."""
@@ -79,63 +89,105 @@ class DatagramSession:
         """The sequence number this datagram answers, or None if it is not an answer of ours."""
         raise NotImplementedError
 
-    def _readable(self) -> None:
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # an ICMP error queued on the socket: the probe will time out
-            now = time.monotonic()
-            seq = self.match(data, addr)
-            if seq is None:
-                continue
-            entry = self.pending.pop(seq, None)
-            if entry is not None:
-                entry[1].cancel()
-                entry[2](ProbeOutcome(True, now - entry[0]))
-
-    def _expire(self, seq: int) -> None:
-        entry = self.pending.pop(seq, None)
-        if entry is not None:
-            entry[2](ProbeOutcome(False, None, "timeout"))
-
-    def send(self, done: Done) -> None:
-        """Fire the next probe; `done(outcome)` follows once, never from inside this call."""
+    def send(self, deadline: float) -> list[ProbeOutcome]:
+        """Fire the next probe, due back by `deadline` (monotonic). Returns the losses known at once."""
         try:
             payload, dest, seq = self.request()
         except OSError as exc:  # nothing to send from (no address yet): a loss, with the reason
-            self.loop.call_soon(done, ProbeOutcome(False, None, exc.strerror or str(exc)))
-            return
-        stale = self.pending.pop(seq, None)
-        if stale is not None:  # the sequence wrapped onto a probe still waiting: that one is lost
-            stale[1].cancel()
-            self.loop.call_soon(stale[2], ProbeOutcome(False, None, "timeout"))
-        start = time.monotonic()
+            return [ProbeOutcome(False, None, exc.strerror or str(exc))]
+        lost = []
+        if self.pending.pop(seq, None) is not None:  # the sequence wrapped onto a probe still waiting
+            lost.append(ProbeOutcome(False, None, "timeout"))
+        sent, wall = time.monotonic(), time.time()
         try:
             self.sock.sendto(payload, dest)
         except OSError as exc:
             # No route, network down: the answer is known at once, but it is still a loss.
-            self.loop.call_soon(done, ProbeOutcome(False, None, exc.strerror or str(exc)))
-            return
-        self.pending[seq] = (start, self.loop.call_later(self.timeout, self._expire, seq), done)
+            lost.append(ProbeOutcome(False, None, exc.strerror or str(exc)))
+            return lost
+        self.pending[seq] = (sent, wall, deadline)
+        return lost
+
+    def collect(self) -> list[ProbeOutcome]:
+        """Read every datagram waiting on the socket; the outcomes of the probes they answer."""
+        outcomes: list[ProbeOutcome] = []
+        errors = 0
+        while True:
+            try:
+                data, ancillary, _flags, addr = self.sock.recvmsg(4096, _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                return outcomes
+            except OSError:  # an ICMP error queued on the socket is reported once; read on past it
+                errors += 1
+                if errors > 8:
+                    return outcomes
+                continue
+            seq = self.match(data, addr)
+            entry = self.pending.pop(seq, None) if seq is not None else None
+            if entry is None:
+                continue  # not ours, or an answer to a probe already judged lost
+            now = time.monotonic()
+            sent, wall, deadline = entry
+            rtt = now - sent  # at most; the kernel's stamp says exactly, if the wall clock held still
+            for level, kind, stamp in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(stamp) >= _TIMESPEC.size:
+                    sec, nsec = _TIMESPEC.unpack_from(stamp)
+                    stamped = sec + nsec * 1e-9 - wall
+                    if 0.0 <= stamped <= rtt:  # a stepped wall clock gives nonsense: keep the bound
+                        rtt = stamped
+            if sent + rtt <= deadline + LATE_SLACK:
+                outcomes.append(ProbeOutcome(True, rtt))
+            else:  # arrived after its deadline, read only now because the loop woke late
+                outcomes.append(ProbeOutcome(False, None, f"late ({rtt * 1000:.0f} ms)"))
+
+    def next_deadline(self) -> float | None:
+        """When the oldest probe still waiting is due (probes are sent in deadline order)."""
+        for _sent, _wall, deadline in self.pending.values():
+            return deadline
+        return None
+
+    def expire(self, now: float) -> list[ProbeOutcome]:
+        """The probes due by `now` that no answer has come for: lost. Call `collect` first."""
+        due = []
+        for seq, (_sent, _wall, deadline) in self.pending.items():
+            if deadline > now + LATE_SLACK:
+                break
+            due.append(seq)
+        for seq in due:
+            del self.pending[seq]
+        return [ProbeOutcome(False, None, "timeout")] * len(due)
 
     async def probe(self) -> ProbeOutcome:
-        fut: asyncio.Future[ProbeOutcome] = self.loop.create_future()
-
-        def done(out: ProbeOutcome) -> None:
-            if not fut.done():  # the waiter may have been cancelled (shutdown)
-                fut.set_result(out)
-
-        self.send(done)
-        return await fut
+        """One probe on its own (failoverctl probe): wait for the answer or the timeout."""
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(self.sock.fileno(), readable.set)
+        try:
+            deadline = time.monotonic() + self.timeout
+            lost = self.send(deadline)
+            if lost:
+                return lost[-1]
+            while self.pending:
+                readable.clear()
+                for out in self.collect():
+                    return out
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(left):
+                        await readable.wait()
+                except TimeoutError:
+                    pass
+            for out in self.collect():
+                return out
+            return ProbeOutcome(False, None, "timeout")
+        finally:
+            loop.remove_reader(self.sock.fileno())
+            self.pending.clear()
 
     def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        for _, timer, _done in self.pending.values():
-            timer.cancel()
         self.pending.clear()
 
 

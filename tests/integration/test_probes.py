@@ -85,3 +85,65 @@ def test_every_probe_kind(probelab: tuple[Topology, Path]) -> None:
     dead = {k[1]: v for k, v in rows.items() if k[0] == "dead"}
     assert len(dead) == 4 and not any(v["ok"] for v in dead.values()), dead
     assert "status 404" in dead["http:http://198.19.0.80:8080/missing"]["detail"]
+
+
+ROUNDS = """
+import asyncio, json, sys, time
+from pathlib import Path
+from failoverd.policy import load_policy
+from failoverd.probes import open_session
+from failoverd.probes.rounds import run_rounds
+
+async def main() -> None:
+    pol = load_policy(Path(sys.argv[1]))
+    up, dead = pol.uplinks["up"], pol.uplinks["dead"]
+    spec = {(u.name, p.kind): p for u in (up, dead) for p in u.probes}
+    fast = [("up", open_session(spec["up", "udp-echo"], up)), ("dead", open_session(spec["dead", "udp-echo"], dead))]
+    odd = [("dead-icmp", open_session(spec["dead", "icmp"], dead))]
+    ticks, seen = {"fast": [], "odd": []}, []
+    stalled = []
+
+    def deliver(results):
+        now = time.monotonic()
+        seen.extend([key, now, out.ok, out.rtt, out.detail] for key, out in results)
+        if len(ticks["fast"]) == 8 and not stalled:  # the loop is busy just after a round went out
+            stalled.append(now)
+            time.sleep(0.12)
+
+    def tick(grid):
+        return lambda: ticks[grid].append(time.monotonic())
+
+    tasks = [
+        asyncio.create_task(run_rounds(0.05, fast, deliver=deliver, on_tick=tick("fast"))),
+        asyncio.create_task(run_rounds(0.08, odd, deliver=deliver, on_tick=tick("odd"))),
+    ]
+    await asyncio.sleep(1.5)
+    for t in tasks:
+        t.cancel()
+    print(json.dumps({"ticks": ticks, "seen": seen}))
+
+asyncio.run(main())
+"""
+
+
+def test_rounds_judge_answers_by_kernel_stamps_and_losses_at_their_deadline(
+    probelab: tuple[Topology, Path],
+) -> None:
+    """The daemon's round driver: answers read late keep their true round-trip time, and a silent
+    target's probes are declared lost at their deadline, never before, also between ticks."""
+    topo, policy = probelab
+    time.sleep(0.3)
+    out = json.loads(topo.sh("gw", PY, "-c", ROUNDS, str(policy), timeout=30).stdout)
+    ticks, seen = out["ticks"], out["seen"]
+    answers = [s for s in seen if s[0] == "up"]
+    assert len(answers) >= 15 and all(ok for _, _, ok, _, _ in answers), answers
+    # One round was read 120 ms late; stamped by the kernel, its answers still took well under that.
+    assert all(0 < rtt < 0.05 for _, _, _, rtt, _ in answers), answers
+    for key, timeout, grid in (("dead", 0.3, "fast"), ("dead-icmp", 0.3, "odd")):
+        losses = [s for s in seen if s[0] == key]
+        assert len(losses) >= 8 and not any(ok for _, _, ok, _, _ in losses), (key, losses)
+        assert all(detail == "timeout" for *_, detail in losses), losses
+        # The k-th loss is the k-th round's probe: judged no earlier than its deadline (less the 2 ms a
+        # round may go out late and still count from its tick), and not much later.
+        for (_, when, *_), sent in zip(losses, ticks[grid], strict=False):
+            assert timeout - 0.0025 <= when - sent < timeout + 0.25, (key, when - sent)
