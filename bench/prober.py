@@ -44,7 +44,11 @@ async def measure(policy: Path, seconds: float) -> dict[str, float]:
     for t in tasks:
         t.cancel()
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return {"cpu_percent": round(cpu / (t1 - t0) * 100, 2), "probes_per_s": round((n1 - n0) / (t1 - t0), 1)}
+    return {
+        "cpu_percent": round(cpu / (t1 - t0) * 100, 2),
+        "probes_per_s": round((n1 - n0) / (t1 - t0), 1),
+        "preempted_per_s": round((r1.ru_nivcsw - r0.ru_nivcsw) / (t1 - t0), 1),
+    }
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import shutil
@@ -56,9 +57,15 @@ class KernelClock:
     status: int
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # Looked up once: find_library runs `ldconfig -p` (a fork, an exec and a parse) on every call.
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def adjtimex() -> KernelClock | None:
     """Read (never set: modes = 0) the kernel's clock discipline state."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     tx = _Timex()
     tx.modes = 0
     if libc.adjtimex(ctypes.byref(tx)) < 0:
@@ -161,7 +168,7 @@ class StepWatch:
         self._arm()
 
     def _arm(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         clock_realtime, tfd_nonblock, tfd_timer_abstime, tfd_timer_cancel_on_set = 0, 0o4000, 1, 2
         fd = libc.timerfd_create(clock_realtime, tfd_nonblock)
         if fd < 0:

@@ -56,6 +56,8 @@ class TargetState:
     failed: bool = False
     failed_cause: str = ""
     lost_in_window: int = 0  # samples in `samples` that were losses, kept as samples come and go
+    rtt_sum: float = 0.0  # of the answered samples' RTTs in `samples`, kept likewise
+    rtt_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from failoverd.engine import health as hl
@@ -76,14 +77,18 @@ class _Work:
         )
 
     # -- events -----------------------------------------------------------------------------------
-    def probe(self, ev: ProbeResult) -> None:
-        spec = self.policy.uplinks.get(ev.uplink)
-        u = self.uplinks.get(ev.uplink)
-        if spec is None or u is None or u.health in (Health.STANDBY, Health.FAILED):
-            return  # stale: the uplink left the policy or is switched off
-        if u.health is Health.ACTIVATING and not u.activated:
-            return  # losses while the link is still coming up say nothing about it
-        self.uplinks[ev.uplink] = hl.record_probe(spec, u, self.now, probe=ev.probe, ok=ev.ok, rtt=ev.rtt)
+    def probes(self, results: Iterable[ProbeResult]) -> None:
+        by_uplink: dict[str, list[tuple[str, bool, float | None]]] = {}
+        for r in results:
+            by_uplink.setdefault(r.uplink, []).append((r.probe, r.ok, r.rtt))
+        for name, folded in by_uplink.items():  # each result touches its own uplink only: order kept within
+            spec = self.policy.uplinks.get(name)
+            u = self.uplinks.get(name)
+            if spec is None or u is None or u.health in (Health.STANDBY, Health.FAILED):
+                continue  # stale: the uplink left the policy or is switched off
+            if u.health is Health.ACTIVATING and not u.activated:
+                continue  # losses while the link is still coming up say nothing about it
+            self.uplinks[name] = hl.record_probes(spec, u, self.now, folded)
 
     def carrier(self, ev: CarrierChanged) -> None:
         u = self.uplinks.get(ev.uplink)
@@ -443,10 +448,9 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
     w = _Work(state, policy, now)
     match event:
         case ProbeResult():
-            w.probe(event)
+            w.probes((event,))
         case ProbeBatch():
-            for r in event.results:
-                w.probe(r)
+            w.probes(event.results)
         case CarrierChanged():
             w.carrier(event)
         case StandbyResult():
