@@ -23,7 +23,6 @@ hold down time").
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 from collections.abc import Iterable
@@ -39,10 +38,6 @@ _MIN_WINDOW_FILL = 0.5
 
 def _min_samples(h: HealthSpec, interval: float) -> int:
     return max(h.down_losses, math.ceil(h.window / interval * _MIN_WINDOW_FILL), 2)
-
-
-def _sample_time(s: Sample) -> float:
-    return s.t
 
 
 def record_probes(
@@ -69,8 +64,10 @@ _NO_HISTORY = TargetState()
 
 
 def _fold(h: HealthSpec, interval: float, t: TargetState, now: float, *, ok: bool, rtt: float | None) -> TargetState:
-    # Samples are in time order: cut the expired head in one slice.
-    keep = bisect.bisect_right(t.samples, now - h.window, key=_sample_time)
+    # Samples are in time order and usually one at most has left the window since the last probe.
+    cutoff, keep, held = now - h.window, 0, len(t.samples)
+    while keep < held and t.samples[keep].t <= cutoff:
+        keep += 1
     gone = t.samples[:keep]
     sample = Sample(now, ok, rtt)
     samples = (*t.samples[keep:], sample)

@@ -108,11 +108,11 @@ class DatagramSession:
         self.pending[seq] = (sent, wall, deadline)
         return lost
 
-    def collect(self) -> list[ProbeOutcome]:
-        """Read every datagram waiting on the socket; the outcomes of the probes they answer."""
+    def collect(self, reads: int = 1 << 30) -> list[ProbeOutcome]:
+        """Read the datagrams waiting on the socket (at most `reads`); the outcomes of the probes they answer."""
         outcomes: list[ProbeOutcome] = []
         errors = 0
-        while True:
+        for _ in range(reads):
             try:
                 data, ancillary, _flags, addr = self.sock.recvmsg(4096, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
@@ -139,6 +139,7 @@ class DatagramSession:
                 outcomes.append(ProbeOutcome(True, rtt))
             else:  # arrived after its deadline, read only now because the loop woke late
                 outcomes.append(ProbeOutcome(False, None, f"late ({rtt * 1000:.0f} ms)"))
+        return outcomes
 
     def next_deadline(self) -> float | None:
         """When the oldest probe still waiting is due (probes are sent in deadline order)."""

@@ -4,14 +4,113 @@ from __future__ import annotations
 
 import asyncio
 import math
+import select
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from failoverd.probes.base import LATE_SLACK, DatagramSession, ProbeOutcome
 
 K = TypeVar("K")
 LATE_GRACE = 0.002  # s: a round sent this late still counts from its tick (timeouts shrink by as much)
+
+
+class Rounds(Generic[K]):
+    """Probe every `interval` on a grid of it, from one timer callback (no task, no future per round).
+
+    The timer fires at each tick of the grid and, between ticks, only at a deadline that falls between
+    them (a timeout that is not a multiple of the interval). Each time it reads every answer waiting,
+    declares the overdue probes lost, hands all of that to `deliver` at once and, at a tick, sends the
+    next round. Answers are therefore noticed at most one interval (or one timeout) late, which costs
+    nothing: recovery takes several answers anyway. Losses are noticed at their deadline. An uplink's
+    targets are probed in step, not spread over the interval: an uplink falls when a quorum of its
+    targets have failed, and a spread would delay that by up to an interval.
+
+    Why a bare callback: on a small gateway every wakeup of the event loop costs a few hundred
+    microseconds, and a task sleeping between rounds costs two loop iterations and a future each time.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        sessions: Sequence[tuple[K, DatagramSession]],
+        *,
+        deliver: Callable[[list[tuple[K, ProbeOutcome]]], None],
+        sending: Callable[[K], bool] = lambda _key: True,
+        on_tick: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.interval = interval
+        self.sessions = sessions
+        self.deliver = deliver
+        self.sending = sending
+        self.on_tick = on_tick
+        self.loop = asyncio.get_running_loop()  # its clock is time.monotonic
+        self.tick = math.ceil(time.monotonic() / interval) * interval
+        self.wake = self.tick
+        self.timer: asyncio.TimerHandle | None = None
+        self.failed: asyncio.Future[None] = self.loop.create_future()
+        # One poll() tells which sockets hold answers: a read per answer, not a failed read per socket.
+        self.poller = select.poll()
+        self.by_fd: dict[int, tuple[K, DatagramSession]] = {}
+        for key, s in sessions:
+            self.by_fd[s.sock.fileno()] = (key, s)
+            self.poller.register(s.sock.fileno(), select.POLLIN)
+
+    def start(self) -> None:
+        self._arm()
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _arm(self) -> None:
+        wake = self.tick
+        for _key, s in self.sessions:
+            due = s.next_deadline()
+            if due is not None and due < wake - LATE_SLACK:
+                wake = due
+        self.wake = wake
+        self.timer = self.loop.call_at(wake, self._fire)
+
+    def _fire(self) -> None:
+        try:
+            results = self._round()
+            self._arm()
+            self.deliver(results)  # also when empty: the receiver may be holding earlier results
+        except Exception as exc:  # a callback's exception would only be logged: end run_rounds with it
+            self.stop()
+            if not self.failed.done():
+                self.failed.set_exception(exc)
+
+    def _round(self) -> list[tuple[K, ProbeOutcome]]:
+        results: list[tuple[K, ProbeOutcome]] = []
+        while ready := self.poller.poll(0):
+            for fd, events in ready:
+                if events & select.POLLNVAL:  # closed under us: never ready again, so stop asking
+                    self.poller.unregister(fd)
+                    continue
+                key, s = self.by_fd[fd]
+                for out in s.collect(reads=1):
+                    results.append((key, out))
+        now = max(time.monotonic(), self.wake)
+        for key, s in self.sessions:
+            if s.pending:
+                for out in s.expire(now):
+                    results.append((key, out))
+        if self.wake == self.tick:
+            self.on_tick()
+            # Due back by a point of the grid, so that expiry shares a tick's wakeup; but if this
+            # round goes out late (a busy loop), its probes still get their whole timeout.
+            late = time.monotonic()
+            start = self.tick if late - self.tick <= LATE_GRACE else late
+            for key, s in self.sessions:
+                if self.sending(key):
+                    for out in s.send(start + s.timeout):
+                        results.append((key, out))
+            # Fell behind (suspended, overloaded)? Carry on from now, without a burst.
+            self.tick = max(self.tick + self.interval, time.monotonic())
+        return results
 
 
 async def run_rounds(
@@ -22,39 +121,10 @@ async def run_rounds(
     sending: Callable[[K], bool] = lambda _key: True,
     on_tick: Callable[[], None] = lambda: None,
 ) -> None:
-    """Probe every `interval` on a grid of it, until cancelled.
-
-    The loop wakes at each tick of the grid and, between ticks, only at a deadline that falls between
-    them (a timeout that is not a multiple of the interval). At each wakeup it reads every answer
-    waiting, declares the overdue probes lost, hands all of that to `deliver` at once and, at a tick,
-    sends the next round. Answers are therefore noticed at most one interval (or one timeout) late,
-    which costs nothing: recovery takes several answers anyway. Losses are noticed at their deadline.
-    An uplink's targets are probed in step, not spread over the interval: an uplink falls when a
-    quorum of its targets have failed, and a spread would delay that by up to an interval.
-    """
-    tick = math.ceil(time.monotonic() / interval) * interval
-    while True:
-        wake = tick
-        for _key, s in sessions:
-            due = s.next_deadline()
-            if due is not None and due < wake - LATE_SLACK:
-                wake = due
-        await asyncio.sleep(max(0.0, wake - time.monotonic()))
-        results: list[tuple[K, ProbeOutcome]] = []
-        for key, s in sessions:
-            results.extend((key, out) for out in s.collect())
-        now = max(time.monotonic(), wake)
-        for key, s in sessions:
-            results.extend((key, out) for out in s.expire(now))
-        if wake == tick:
-            on_tick()
-            # Due back by a point of the grid, so that expiry shares a tick's wakeup; but if this
-            # round goes out late (a busy loop), its probes still get their whole timeout.
-            start = tick if time.monotonic() - tick <= LATE_GRACE else time.monotonic()
-            for key, s in sessions:
-                if sending(key):
-                    results.extend((key, out) for out in s.send(start + s.timeout))
-            # Fell behind (suspended, overloaded)? Carry on from now, without a burst.
-            tick = max(tick + interval, time.monotonic())
-        if results:
-            deliver(results)
+    """Run `Rounds` until cancelled (or until one of its callbacks raises, with that exception)."""
+    rounds = Rounds(interval, sessions, deliver=deliver, sending=sending, on_tick=on_tick)
+    rounds.start()
+    try:
+        await rounds.failed
+    finally:
+        rounds.stop()

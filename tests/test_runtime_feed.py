@@ -1,0 +1,69 @@
+"""How the daemon hands probe results to the engine: losses at once, answers held a few rounds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from failoverd.engine import events as ev
+from failoverd.engine.state import initial_state
+from failoverd.engine.step import step
+from failoverd.policy import load_policy
+from failoverd.probes.base import ProbeOutcome
+from failoverd.runtime import ANSWERS_HELD, Daemon, Options
+
+POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "lab.yaml"
+POLICY = load_policy(POLICY_PATH)
+A, B = "udp-echo:198.19.0.1:7", "udp-echo:198.19.0.2:7"
+
+
+def daemon() -> Daemon:
+    d = Daemon(Options(POLICY_PATH), POLICY)
+    d.state = initial_state(POLICY, time.monotonic())
+    return d
+
+
+def queued(d: Daemon) -> list[ev.ProbeResult]:
+    out: list[ev.ProbeResult] = []
+    while not d.queue.empty():
+        item = d.queue.get_nowait()
+        assert isinstance(item, ev.ProbeResult | ev.ProbeBatch)
+        out += item.results if isinstance(item, ev.ProbeBatch) else [item]
+    return out
+
+
+def test_answers_wait_and_a_loss_takes_them_along_in_order() -> None:
+    d = daemon()
+    d._probed_round([(("fiber", A), ProbeOutcome(True, 0.01)), (("fiber", B), ProbeOutcome(True, 0.02))])
+    assert queued(d) == []  # good news waits
+    assert d.probe_stats[("fiber", A)][3] == 1  # but the status counters are current
+    d._probed_round([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
+    got = queued(d)
+    assert [(r.probe, r.ok) for r in got] == [(A, True), (B, True), (A, False)]
+
+
+def test_answers_reach_the_engine_within_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = daemon()
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    d._probed_round([(("fiber", A), ProbeOutcome(True, 0.01))])
+    clock[0] += ANSWERS_HELD / 2
+    d._probed_round([])  # an empty round still looks at the hold
+    assert queued(d) == []
+    clock[0] += ANSWERS_HELD / 2
+    d._probed_round([])
+    assert [(r.probe, r.ok) for r in queued(d)] == [(A, True)]
+
+
+def test_a_loss_on_a_target_already_failed_is_not_urgent() -> None:
+    d = daemon()
+    now = time.monotonic()
+    for i in range(5):  # fail target A of the fiber in the engine's state
+        d.state, _ = step(d.state, ev.ProbeResult("fiber", A, False), POLICY, now + i * 0.05)
+    assert d.state.uplinks["fiber"].targets[A].failed
+    d._probed_round([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
+    assert queued(d) == []
+    d._probed_round([(("fiber", B), ProbeOutcome(False, None, "timeout"))])  # B has not failed: news
+    assert [(r.probe, r.ok) for r in queued(d)] == [(A, False), (B, False)]
