@@ -46,59 +46,68 @@ def record_probes(
     """Fold an uplink's probe results (probe key, answered, rtt), in the order they came, into its targets.
 
     This runs for every probe the daemon sends (160 a second at the benchmark's load): one new
-    UplinkState per batch, not per result, and window statistics kept as samples come and go."""
-    h = spec.health
+    UplinkState per batch and one new TargetState per target, not per result, and window statistics
+    kept as samples come and go."""
+    per_target: dict[str, list[tuple[bool, float | None]]] = {}
+    for probe, ok, rtt in results:
+        per_target.setdefault(probe, []).append((ok, rtt))
     targets = dict(u.targets)
     fresh = u.fresh_successes
-    for probe, ok, rtt in results:
+    for probe, outcomes in per_target.items():
         interval = next((p.interval for p in spec.probes if p.key == probe), None)
         if interval is None:
             continue  # a probe the current policy no longer has
-        targets[probe] = _fold(h, interval, targets.get(probe, _NO_HISTORY), now, ok=ok, rtt=rtt)
-        if ok:
-            fresh += 1
+        targets[probe] = _fold(spec.health, interval, targets.get(probe, _NO_HISTORY), now, outcomes)
+        fresh += sum(1 for ok, _ in outcomes if ok)
     return replace(u, targets=targets, fresh_successes=fresh)
 
 
 _NO_HISTORY = TargetState()
 
 
-def _fold(h: HealthSpec, interval: float, t: TargetState, now: float, *, ok: bool, rtt: float | None) -> TargetState:
+def _fold(
+    h: HealthSpec, interval: float, t: TargetState, now: float, outcomes: list[tuple[bool, float | None]]
+) -> TargetState:
+    """One target's results at `now`, in order: as many single steps would judge them, in one pass."""
     # Samples are in time order and usually one at most has left the window since the last probe.
     cutoff, keep, held = now - h.window, 0, len(t.samples)
     while keep < held and t.samples[keep].t <= cutoff:
         keep += 1
     gone = t.samples[:keep]
-    sample = Sample(now, ok, rtt)
-    samples = (*t.samples[keep:], sample)
-    lost = t.lost_in_window - sum(1 for s in gone if not s.ok) + (0 if ok else 1)
+    lost = t.lost_in_window - sum(1 for s in gone if not s.ok)
     rtt_sum, rtt_count = t.rtt_sum, t.rtt_count
     if gone:
         timed = [s.rtt for s in gone if s.ok and s.rtt is not None]
         rtt_sum -= sum(timed)
         rtt_count -= len(timed)
-    if ok and rtt is not None:
-        rtt_sum += rtt
-        rtt_count += 1
-    losses = 0 if ok else t.losses + 1
-    successes = t.successes + 1 if ok else 0
-    failed, why = t.failed, t.failed_cause
-    if not failed:
-        if losses >= h.down_losses:
-            failed, why = True, f"{losses} consecutive losses"
-        elif len(samples) >= _min_samples(h, interval):
-            loss = 100.0 * lost / len(samples)
-            if loss >= h.down_loss_percent:
-                failed, why = True, f"{loss:.0f}% loss over {h.window:g}s"
-    elif successes >= h.up_successes:
-        failed, why = False, ""
-        samples = samples[-successes:]  # a fresh window: the losses before recovery are judged already
-        lost = 0  # the last `successes` samples are all answers
-        timed = [s.rtt for s in samples if s.rtt is not None]
-        rtt_sum, rtt_count = sum(timed), len(timed)
+    samples = list(t.samples[keep:])
+    least = _min_samples(h, interval)
+    losses, successes, failed, why = t.losses, t.successes, t.failed, t.failed_cause
+    for ok, rtt in outcomes:
+        samples.append(Sample(now, ok, rtt))
+        if ok:
+            losses, successes = 0, successes + 1
+            if rtt is not None:
+                rtt_sum += rtt
+                rtt_count += 1
+        else:
+            losses, successes, lost = losses + 1, 0, lost + 1
+        if not failed:
+            if losses >= h.down_losses:
+                failed, why = True, f"{losses} consecutive losses"
+            elif len(samples) >= least:
+                loss = 100.0 * lost / len(samples)
+                if loss >= h.down_loss_percent:
+                    failed, why = True, f"{loss:.0f}% loss over {h.window:g}s"
+        elif successes >= h.up_successes:
+            failed, why = False, ""
+            samples = samples[-successes:]  # a fresh window: the losses before recovery are judged already
+            lost = 0  # the last `successes` samples are all answers
+            timed = [s.rtt for s in samples if s.rtt is not None]
+            rtt_sum, rtt_count = sum(timed), len(timed)
     if rtt_count == 0:
         rtt_sum = 0.0  # no drift from adding and subtracting survives an empty window
-    return TargetState(samples, losses, successes, failed, why, lost, rtt_sum, rtt_count)
+    return TargetState(tuple(samples), losses, successes, failed, why, lost, rtt_sum, rtt_count)
 
 
 def _failed_targets(spec: UplinkSpec, u: UplinkState) -> list[str]:
