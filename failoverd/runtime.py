@@ -424,7 +424,7 @@ class Daemon:
         urgent = False
         for (uplink, probe), out in results:
             self._note(uplink, probe, out, now)
-            self.results.append(ev.ProbeResult(uplink, probe, out.ok, out.rtt))
+            self.results.append(ev.ProbeResult(uplink, probe, out.ok, out.rtt, now))
             urgent = urgent or (not out.ok and not self._failed(uplink, probe))
         if not self.results:
             return

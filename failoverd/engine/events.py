@@ -25,6 +25,7 @@ class ProbeResult:
     probe: str  # ProbeSpec.key
     ok: bool
     rtt: float | None = None  # seconds
+    at: float | None = None  # when it was known (monotonic), if earlier than the step that folds it in
 
 
 @dataclass(frozen=True, slots=True)

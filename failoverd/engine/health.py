@@ -41,16 +41,16 @@ def _min_samples(h: HealthSpec, interval: float) -> int:
 
 
 def record_probes(
-    spec: UplinkSpec, u: UplinkState, now: float, results: Iterable[tuple[str, bool, float | None]]
+    spec: UplinkSpec, u: UplinkState, now: float, results: Iterable[tuple[str, bool, float | None, float]]
 ) -> UplinkState:
-    """Fold an uplink's probe results (probe key, answered, rtt), in the order they came, into its targets.
+    """Fold an uplink's probe results (probe key, answered, rtt, when), in the order they came, into its targets.
 
     This runs for every probe the daemon sends (160 a second at the benchmark's load): one new
     UplinkState per batch and one new TargetState per target, not per result, and window statistics
     kept as samples come and go."""
-    per_target: dict[str, list[tuple[bool, float | None]]] = {}
-    for probe, ok, rtt in results:
-        per_target.setdefault(probe, []).append((ok, rtt))
+    per_target: dict[str, list[tuple[bool, float | None, float]]] = {}
+    for probe, ok, rtt, at in results:
+        per_target.setdefault(probe, []).append((ok, rtt, at))
     targets = dict(u.targets)
     fresh = u.fresh_successes
     for probe, outcomes in per_target.items():
@@ -58,7 +58,7 @@ def record_probes(
         if interval is None:
             continue  # a probe the current policy no longer has
         targets[probe] = _fold(spec.health, interval, targets.get(probe, _NO_HISTORY), now, outcomes)
-        fresh += sum(1 for ok, _ in outcomes if ok)
+        fresh += sum(1 for ok, _, _ in outcomes if ok)
     return replace(u, targets=targets, fresh_successes=fresh)
 
 
@@ -66,9 +66,9 @@ _NO_HISTORY = TargetState()
 
 
 def _fold(
-    h: HealthSpec, interval: float, t: TargetState, now: float, outcomes: list[tuple[bool, float | None]]
+    h: HealthSpec, interval: float, t: TargetState, now: float, outcomes: list[tuple[bool, float | None, float]]
 ) -> TargetState:
-    """One target's results at `now`, in order: as many single steps would judge them, in one pass."""
+    """One target's results (each known at `at` <= now), in order: as single steps would judge them, in one pass."""
     # Samples are in time order and usually one at most has left the window since the last probe.
     cutoff, keep, held = now - h.window, 0, len(t.samples)
     while keep < held and t.samples[keep].t <= cutoff:
@@ -83,8 +83,8 @@ def _fold(
     samples = list(t.samples[keep:])
     least = _min_samples(h, interval)
     losses, successes, failed, why = t.losses, t.successes, t.failed, t.failed_cause
-    for ok, rtt in outcomes:
-        samples.append(Sample(now, ok, rtt))
+    for ok, rtt, at in outcomes:
+        samples.append(Sample(at, ok, rtt))
         if ok:
             losses, successes = 0, successes + 1
             if rtt is not None:

@@ -78,9 +78,10 @@ class _Work:
 
     # -- events -----------------------------------------------------------------------------------
     def probes(self, results: Iterable[ProbeResult]) -> None:
-        by_uplink: dict[str, list[tuple[str, bool, float | None]]] = {}
+        by_uplink: dict[str, list[tuple[str, bool, float | None, float]]] = {}
         for r in results:
-            by_uplink.setdefault(r.uplink, []).append((r.probe, r.ok, r.rtt))
+            at = self.now if r.at is None or r.at > self.now else r.at
+            by_uplink.setdefault(r.uplink, []).append((r.probe, r.ok, r.rtt, at))
         for name, folded in by_uplink.items():  # each result touches its own uplink only: order kept within
             spec = self.policy.uplinks.get(name)
             u = self.uplinks.get(name)
