@@ -225,9 +225,14 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{e['events_per_s']:,} decisions/s ({e['us_per_event']} µs per probe result, one step each) on "
             f"{e['policy']}"
             + (
-                f"; {e['batched_us_per_probe']} µs per probe result when the answers of one instant share a step,"
-                " as the daemon feeds them."
+                f"; {e['batched_us_per_probe']} µs per probe result when the answers of one instant share a step"
                 if "batched_us_per_probe" in e
+                else ""
+            )
+            + (
+                f"; {e['held_us_per_probe']} µs when answers are held up to {e['held_s'] * 1000:.0f} ms, as the"
+                " daemon feeds them (losses go at once)."
+                if "held_us_per_probe" in e
                 else "."
             ),
             "",
