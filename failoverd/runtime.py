@@ -32,7 +32,7 @@ from failoverd.observe.logging import get as get_logger
 from failoverd.policy import load_policy
 from failoverd.policy.model import Policy, ProbeSpec
 from failoverd.probes import Session, open_session
-from failoverd.probes.base import DatagramSession, ProbeOutcome
+from failoverd.probes.base import DatagramSession, ProbeOutcome, ProbeStats
 from failoverd.probes.rounds import run_rounds
 from failoverd.statefile import load_overrides, save_overrides
 
@@ -41,6 +41,7 @@ AUDIT_INTERVAL = 30.0  # full kernel reconcile, in case a netlink event was miss
 
 
 SHUTDOWN_GRACE = 6.0
+_NO_STATS = ProbeStats()
 ANSWERS_HELD = 0.2  # s: probe answers wait at most this long for the engine; losses never wait
 
 
@@ -91,8 +92,7 @@ class Daemon:
     audit_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     seq: int = 0
     carrier: dict[str, bool] = field(default_factory=dict)
-    # (uplink, probe) → (when, rtt, detail, probes completed since start) of its last probe
-    probe_stats: dict[tuple[str, str], tuple[float, float | None, str, int]] = field(default_factory=dict)
+    probe_stats: dict[tuple[str, str], ProbeStats] = field(default_factory=dict)  # by (uplink, probe)
     refused: set[str] = field(default_factory=set)
     results: list[ev.ProbeResult] = field(default_factory=list)  # answers held for the engine
     results_since: float | None = None
@@ -440,8 +440,8 @@ class Daemon:
         return t is not None and t.failed
 
     def _note(self, uplink: str, probe: str, out: ProbeOutcome, now: float) -> None:
-        done = self.probe_stats.get((uplink, probe), (0.0, None, "", 0))[3] + 1
-        self.probe_stats[(uplink, probe)] = (now, out.rtt, out.detail, done)
+        done = self.probe_stats.get((uplink, probe), _NO_STATS).done + 1
+        self.probe_stats[(uplink, probe)] = ProbeStats(now, out.rtt, out.detail, done)
 
     # -- kernel events ------------------------------------------------------------------------------
     async def _watch_kernel(self) -> None:

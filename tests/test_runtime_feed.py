@@ -38,7 +38,7 @@ def test_answers_wait_and_a_loss_takes_them_along_in_order() -> None:
     d = daemon()
     d._probed_round([(("fiber", A), ProbeOutcome(True, 0.01)), (("fiber", B), ProbeOutcome(True, 0.02))])
     assert queued(d) == []  # good news waits
-    assert d.probe_stats[("fiber", A)][3] == 1  # but the status counters are current
+    assert d.probe_stats[("fiber", A)].done == 1  # but the status counters are current
     d._probed_round([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
     got = queued(d)
     assert [(r.probe, r.ok) for r in got] == [(A, True), (B, True), (A, False)]

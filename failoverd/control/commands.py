@@ -8,7 +8,7 @@ MQTT, so a command means the same thing whichever way it arrives.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from failoverd.engine.decide import candidate, choose, drained, usable
 from failoverd.engine.state import EngineState, TargetState
 from failoverd.policy.model import Policy
 from failoverd.policy.schema import parse_duration
+from failoverd.probes.base import ProbeStats
 
 if TYPE_CHECKING:
     from failoverd.runtime import Daemon
@@ -55,7 +56,9 @@ def _duration(value: Any, what: str) -> float | None:
     return parsed
 
 
-def uplink_rows(policy: Policy, state: EngineState, stats: dict[tuple[str, str], Any]) -> list[dict[str, Any]]:
+def uplink_rows(
+    policy: Policy, state: EngineState, stats: Mapping[tuple[str, str], ProbeStats]
+) -> list[dict[str, Any]]:
     rows = []
     for name, spec in policy.uplinks.items():
         u = state.uplinks[name]
@@ -85,8 +88,8 @@ def uplink_rows(policy: Policy, state: EngineState, stats: dict[tuple[str, str],
                         "losses": u.targets.get(p.key, TargetState()).losses,
                         "successes": u.targets.get(p.key, TargetState()).successes,
                         "why": u.targets.get(p.key, TargetState()).failed_cause,
-                        "last_detail": stats.get((name, p.key), (0, None, "", 0))[2],
-                        "probes": stats.get((name, p.key), (0, None, "", 0))[3],  # completed since start
+                        "last_detail": stats.get((name, p.key), ProbeStats()).detail,
+                        "probes": stats.get((name, p.key), ProbeStats()).done,  # completed since start
                     }
                     for p in spec.probes
                 ],

@@ -29,6 +29,16 @@ class ProbeOutcome:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeStats:
+    """What `failoverctl status` shows of one probe: its last outcome and how many it has completed."""
+
+    at: float = 0.0  # monotonic
+    rtt: float | None = None
+    detail: str = ""
+    done: int = 0
+
+
 class Session(Protocol):
     """A long-lived prober for one target: `probe()` sends one probe and waits at most its timeout."""
 
