@@ -17,7 +17,7 @@ from pathlib import Path
 from failoverd.policy import load_policy
 from failoverd.probes import open_session
 from failoverd.probes.base import DatagramSession, ProbeOutcome
-from failoverd.probes.rounds import run_rounds
+from failoverd.probes.rounds import Rounds
 
 
 async def measure(policy: Path, seconds: float) -> dict[str, float]:
@@ -36,7 +36,7 @@ async def measure(policy: Path, seconds: float) -> dict[str, float]:
     def count(results: list[tuple[str, ProbeOutcome]]) -> None:
         done[0] += len(results)
 
-    tasks = [asyncio.create_task(run_rounds(i, s, deliver=count)) for i, s in by_interval.items()]
+    tasks = [asyncio.create_task(Rounds(i, s, deliver=count).run()) for i, s in by_interval.items()]
     await asyncio.sleep(3)  # past the first timeouts
     r0, n0, t0 = resource.getrusage(resource.RUSAGE_SELF), done[0], time.monotonic()
     await asyncio.sleep(seconds)

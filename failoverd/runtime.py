@@ -33,7 +33,7 @@ from failoverd.policy import load_policy
 from failoverd.policy.model import Policy, ProbeSpec
 from failoverd.probes import Session, open_session
 from failoverd.probes.base import DatagramSession, ProbeOutcome, ProbeStats
-from failoverd.probes.rounds import run_rounds
+from failoverd.probes.rounds import Rounds
 from failoverd.statefile import load_overrides, save_overrides
 
 log = get_logger("failoverd")
@@ -393,13 +393,13 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as attempts:
                 rounds = attempts.create_task(
-                    run_rounds(
+                    Rounds(
                         interval,
                         datagram,
                         deliver=self._probed_round,
                         sending=lambda key: self._probing(key[0]),
                         on_tick=on_tick,
-                    )
+                    ).run()
                 )
                 await self._wait_generation(gen)
                 rounds.cancel()

@@ -56,8 +56,13 @@ class Rounds(Generic[K]):
             self.by_fd[s.sock.fileno()] = (key, s)
             self.poller.register(s.sock.fileno(), select.POLLIN)
 
-    def start(self) -> None:
+    async def run(self) -> None:
+        """Probe until cancelled (or until a callback raises: then with that exception)."""
         self._arm()
+        try:
+            await self.failed
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         if self.timer is not None:
@@ -78,7 +83,7 @@ class Rounds(Generic[K]):
             results = self._round()
             self._arm()
             self.deliver(results)  # also when empty: the receiver may be holding earlier results
-        except Exception as exc:  # a callback's exception would only be logged: end run_rounds with it
+        except Exception as exc:  # a callback's exception would only be logged: end run() with it
             self.stop()
             if not self.failed.done():
                 self.failed.set_exception(exc)
@@ -111,20 +116,3 @@ class Rounds(Generic[K]):
             # Fell behind (suspended, overloaded)? Carry on from now, without a burst.
             self.tick = max(self.tick + self.interval, time.monotonic())
         return results
-
-
-async def run_rounds(
-    interval: float,
-    sessions: Sequence[tuple[K, DatagramSession]],
-    *,
-    deliver: Callable[[list[tuple[K, ProbeOutcome]]], None],
-    sending: Callable[[K], bool] = lambda _key: True,
-    on_tick: Callable[[], None] = lambda: None,
-) -> None:
-    """Run `Rounds` until cancelled (or until one of its callbacks raises, with that exception)."""
-    rounds = Rounds(interval, sessions, deliver=deliver, sending=sending, on_tick=on_tick)
-    rounds.start()
-    try:
-        await rounds.failed
-    finally:
-        rounds.stop()

@@ -92,7 +92,7 @@ import asyncio, json, sys, time
 from pathlib import Path
 from failoverd.policy import load_policy
 from failoverd.probes import open_session
-from failoverd.probes.rounds import run_rounds
+from failoverd.probes.rounds import Rounds
 
 async def main() -> None:
     pol = load_policy(Path(sys.argv[1]))
@@ -114,8 +114,8 @@ async def main() -> None:
         return lambda: ticks[grid].append(time.monotonic())
 
     tasks = [
-        asyncio.create_task(run_rounds(0.05, fast, deliver=deliver, on_tick=tick("fast"))),
-        asyncio.create_task(run_rounds(0.08, odd, deliver=deliver, on_tick=tick("odd"))),
+        asyncio.create_task(Rounds(0.05, fast, deliver=deliver, on_tick=tick("fast")).run()),
+        asyncio.create_task(Rounds(0.08, odd, deliver=deliver, on_tick=tick("odd")).run()),
     ]
     await asyncio.sleep(1.5)
     for t in tasks:
