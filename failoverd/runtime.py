@@ -396,7 +396,7 @@ class Daemon:
                     Rounds(
                         interval,
                         datagram,
-                        deliver=self._probed_round,
+                        deliver=self._probed,
                         sending=lambda key: self._probing(key[0]),
                         on_tick=on_tick,
                     ).run()
@@ -410,9 +410,9 @@ class Daemon:
                 session.close()
 
     async def _attempt(self, session: Session, uplink: str, spec: ProbeSpec) -> None:
-        self._probed_round([((uplink, spec.key), await session.probe())])
+        self._probed([((uplink, spec.key), await session.probe())])
 
-    def _probed_round(self, results: list[tuple[tuple[str, str], ProbeOutcome]]) -> None:
+    def _probed(self, results: list[tuple[tuple[str, str], ProbeOutcome]]) -> None:
         """Hand probe results to the engine: a loss at once, answers within ANSWERS_HELD.
 
         Bad news is urgent (a dead path is judged the moment its probe is due), good news is not: an
@@ -423,7 +423,7 @@ class Daemon:
         now = time.monotonic()
         urgent = False
         for (uplink, probe), out in results:
-            self._note(uplink, probe, out, now)
+            self._note(uplink, probe, out)
             self.results.append(ev.ProbeResult(uplink, probe, out.ok, out.rtt, now))
             urgent = urgent or (not out.ok and not self._failed(uplink, probe))
         if not self.results:
@@ -439,9 +439,9 @@ class Daemon:
         t = u.targets.get(probe) if u is not None else None
         return t is not None and t.failed
 
-    def _note(self, uplink: str, probe: str, out: ProbeOutcome, now: float) -> None:
+    def _note(self, uplink: str, probe: str, out: ProbeOutcome) -> None:
         done = self.probe_stats.get((uplink, probe), _NO_STATS).done + 1
-        self.probe_stats[(uplink, probe)] = ProbeStats(now, out.rtt, out.detail, done)
+        self.probe_stats[(uplink, probe)] = ProbeStats(out.detail, done)
 
     # -- kernel events ------------------------------------------------------------------------------
     async def _watch_kernel(self) -> None:

@@ -36,10 +36,10 @@ def queued(d: Daemon) -> list[ev.ProbeResult]:
 
 def test_answers_wait_and_a_loss_takes_them_along_in_order() -> None:
     d = daemon()
-    d._probed_round([(("fiber", A), ProbeOutcome(True, 0.01)), (("fiber", B), ProbeOutcome(True, 0.02))])
+    d._probed([(("fiber", A), ProbeOutcome(True, 0.01)), (("fiber", B), ProbeOutcome(True, 0.02))])
     assert queued(d) == []  # good news waits
     assert d.probe_stats[("fiber", A)].done == 1  # but the status counters are current
-    d._probed_round([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
+    d._probed([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
     got = queued(d)
     assert [(r.probe, r.ok) for r in got] == [(A, True), (B, True), (A, False)]
 
@@ -48,12 +48,12 @@ def test_answers_reach_the_engine_within_the_hold(monkeypatch: pytest.MonkeyPatc
     d = daemon()
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    d._probed_round([(("fiber", A), ProbeOutcome(True, 0.01))])
+    d._probed([(("fiber", A), ProbeOutcome(True, 0.01))])
     clock[0] += ANSWERS_HELD / 2
-    d._probed_round([])  # an empty round still looks at the hold
+    d._probed([])  # an empty round still looks at the hold
     assert queued(d) == []
     clock[0] += ANSWERS_HELD / 2
-    d._probed_round([])
+    d._probed([])
     assert [(r.probe, r.ok) for r in queued(d)] == [(A, True)]
 
 
@@ -63,7 +63,7 @@ def test_a_loss_on_a_target_already_failed_is_not_urgent() -> None:
     for i in range(5):  # fail target A of the fiber in the engine's state
         d.state, _ = step(d.state, ev.ProbeResult("fiber", A, False), POLICY, now + i * 0.05)
     assert d.state.uplinks["fiber"].targets[A].failed
-    d._probed_round([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
+    d._probed([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
     assert queued(d) == []
-    d._probed_round([(("fiber", B), ProbeOutcome(False, None, "timeout"))])  # B has not failed: news
+    d._probed([(("fiber", B), ProbeOutcome(False, None, "timeout"))])  # B has not failed: news
     assert [(r.probe, r.ok) for r in queued(d)] == [(A, False), (B, False)]

@@ -31,10 +31,9 @@ class ProbeOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ProbeStats:
-    """What `failoverctl status` shows of one probe: its last outcome and how many it has completed."""
+    """What `failoverctl status` shows of one probe beyond the engine's samples: why the last one
+    failed, and how many it has completed."""
 
-    at: float = 0.0  # monotonic
-    rtt: float | None = None
     detail: str = ""
     done: int = 0
 
