@@ -41,7 +41,6 @@ AUDIT_INTERVAL = 30.0  # full kernel reconcile, in case a netlink event was miss
 
 
 SHUTDOWN_GRACE = 6.0
-_NO_STATS = ProbeStats()
 ANSWERS_HELD = 0.2  # s: probe answers wait at most this long for the engine; losses never wait
 
 
@@ -422,8 +421,9 @@ class Daemon:
         """
         now = time.monotonic()
         urgent = False
-        for (uplink, probe), out in results:
-            self._note(uplink, probe, out)
+        for key, out in results:
+            self._note(key, out)
+            uplink, probe = key
             self.results.append(ev.ProbeResult(uplink, probe, out.ok, out.rtt, now))
             urgent = urgent or (not out.ok and not self._failed(uplink, probe))
         if not self.results:
@@ -439,9 +439,12 @@ class Daemon:
         t = u.targets.get(probe) if u is not None else None
         return t is not None and t.failed
 
-    def _note(self, uplink: str, probe: str, out: ProbeOutcome) -> None:
-        done = self.probe_stats.get((uplink, probe), _NO_STATS).done + 1
-        self.probe_stats[(uplink, probe)] = ProbeStats(out.detail, done)
+    def _note(self, key: tuple[str, str], out: ProbeOutcome) -> None:
+        stats = self.probe_stats.get(key)
+        if stats is None:
+            stats = self.probe_stats[key] = ProbeStats()
+        stats.detail = out.detail
+        stats.done += 1
 
     # -- kernel events ------------------------------------------------------------------------------
     async def _watch_kernel(self) -> None:

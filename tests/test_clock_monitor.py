@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from failoverd.clock.monitor import ClockMonitor
+from failoverd.clock.monitor import FLOOR_SLACK, ClockMonitor
 from failoverd.policy import parse_policy_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,3 +81,31 @@ async def test_gps_is_one_more_class_and_a_week_rollover_is_a_falseticker(
     gps_row = next(s for s in rep["sources"] if s["class"] == "gps")
     assert gps_row["state"] == gps_verdict
     assert rep["consensus"]["of"] == 4
+
+
+async def test_the_last_good_time_is_a_floor_after_restart_and_saved_only_now_and_then(
+    servers: list[int], tmp_path: Path
+) -> None:
+    text = "\n".join(f"    - {{address: 127.0.0.1, port: {p}, operator: op{p}}}" for p in servers)
+    pol = parse_policy_text(
+        f"site: t\nuplinks: [{{name: a, interface: lo, point_to_point: true}}]\n"
+        f"classes: [{{name: all, path: [a]}}]\nclock:\n  chrony: false\n  servers:\n{text}\n",
+        "t.yaml",
+    )
+    saved = tmp_path / "clock.json"
+    mon = ClockMonitor(pol, tmp_path)
+    assert (await mon.round()).state.value == "sane"
+    first = json.loads(saved.read_text())["good_wall"]
+    assert abs(first - time.time()) < 5
+    assert (await mon.round()).state.value == "sane"
+    assert json.loads(saved.read_text())["good_wall"] == first  # not rewritten every round
+    assert mon.budget().floor > first - FLOOR_SLACK  # but the floor in memory moves on
+
+    # A restart starts from the saved time: the clock may not fall an hour below it.
+    assert ClockMonitor(pol, tmp_path).budget().floor == first - FLOOR_SLACK
+
+    # A saved time ahead of a clock judged sane came from a wrong clock: it is replaced at once.
+    saved.write_text(json.dumps({"good_wall": time.time() + 600}))
+    mon = ClockMonitor(pol, tmp_path)
+    assert (await mon.round()).state.value == "sane"
+    assert json.loads(saved.read_text())["good_wall"] <= time.time()

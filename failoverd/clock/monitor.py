@@ -19,6 +19,9 @@ from failoverd.policy.model import Policy
 
 # The last confirmed-good wall time, minus this, is a floor the clock may not fall below after a restart.
 FLOOR_SLACK = 3600.0
+# A sane clock's wall time is saved at most this often: the floor is an hour below it anyway, and a
+# gateway's flash should not be written every clock round.
+GOOD_WALL_EVERY = 600.0
 
 
 @dataclass
@@ -37,14 +40,33 @@ class ClockMonitor:
     # one, rather than lost as evidence just when the gateway is failing over.
     usable: Callable[[], list[str]] = lambda: []
     via: dict[str, str | None] = field(default_factory=dict)
+    good_wall: float | None = None  # the last wall time judged sane: from the state file, then from rounds
+    saved_wall: float | None = None  # the one in the state file
+    loaded: bool = False
 
     def budget(self) -> Budget:
         ck = self.policy.clock
-        floor = BUILD_FLOOR
-        if self.state_dir is not None:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                floor = max(floor, json.loads((self.state_dir / "clock.json").read_text())["good_wall"] - FLOOR_SLACK)
+        if not self.loaded:
+            self.loaded = True
+            if self.state_dir is not None:
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    self.saved_wall = float(json.loads((self.state_dir / "clock.json").read_text())["good_wall"])
+                    self.good_wall = self.saved_wall
+        floor = BUILD_FLOOR if self.good_wall is None else max(BUILD_FLOOR, self.good_wall - FLOOR_SLACK)
         return Budget(ck.max_error, ck.panic, ck.drift, ck.min_agreeing_classes, ck.hysteresis, floor)
+
+    def _confirmed(self, wall: float) -> None:
+        """The clock was judged sane at `wall`: raise the floor, and save it now and then."""
+        self.good_wall = wall
+        if self.state_dir is None:
+            return
+        saved = self.saved_wall
+        # Also when the clock is now earlier than the saved time: that one came from a wrong clock.
+        if saved is None or wall - saved >= GOOD_WALL_EVERY or wall < saved:
+            tmp = self.state_dir / "clock.json.tmp"
+            tmp.write_text(json.dumps({"good_wall": wall}))
+            tmp.replace(self.state_dir / "clock.json")
+            self.saved_wall = wall
 
     def poll_steps(self) -> list[Step]:
         """Called every second: steps are noted at once and judged at the next round."""
@@ -92,10 +114,8 @@ class ClockMonitor:
             b=self.budget(),
             kernel_synced=synced,
         )
-        if self.verdict.state.value == "sane" and self.state_dir is not None:
-            tmp = self.state_dir / "clock.json.tmp"
-            tmp.write_text(json.dumps({"good_wall": time.time()}))
-            tmp.replace(self.state_dir / "clock.json")
+        if self.verdict.state.value == "sane":
+            self._confirmed(time.time())
         return self.verdict
 
     def disagreeing_uplinks(self) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import replace
 
 from failoverd.engine.effects import Cause
@@ -41,24 +41,21 @@ def _min_samples(h: HealthSpec, interval: float) -> int:
 
 
 def record_probes(
-    spec: UplinkSpec, u: UplinkState, now: float, results: Iterable[tuple[str, bool, float | None, float]]
+    spec: UplinkSpec, u: UplinkState, now: float, per_target: Mapping[str, list[tuple[bool, float | None, float]]]
 ) -> UplinkState:
-    """Fold an uplink's probe results (probe key, answered, rtt, when), in the order they came, into its targets.
+    """Fold an uplink's probe results (answered, rtt, when), per probe key in the order they came, into its targets.
 
     This runs for every probe the daemon sends (160 a second at the benchmark's load): one new
     UplinkState per batch and one new TargetState per target, not per result, and window statistics
     kept as samples come and go."""
-    per_target: dict[str, list[tuple[bool, float | None, float]]] = {}
-    for probe, ok, rtt, at in results:
-        per_target.setdefault(probe, []).append((ok, rtt, at))
     targets = dict(u.targets)
     fresh = u.fresh_successes
     for probe, outcomes in per_target.items():
         interval = next((p.interval for p in spec.probes if p.key == probe), None)
         if interval is None:
             continue  # a probe the current policy no longer has
-        targets[probe] = _fold(spec.health, interval, targets.get(probe, _NO_HISTORY), now, outcomes)
-        fresh += sum(1 for ok, _, _ in outcomes if ok)
+        targets[probe], answered = _fold(spec.health, interval, targets.get(probe, _NO_HISTORY), now, outcomes)
+        fresh += answered
     return replace(u, targets=targets, fresh_successes=fresh)
 
 
@@ -67,8 +64,9 @@ _NO_HISTORY = TargetState()
 
 def _fold(
     h: HealthSpec, interval: float, t: TargetState, now: float, outcomes: list[tuple[bool, float | None, float]]
-) -> TargetState:
-    """One target's results (each known at `at` <= now), in order: as single steps would judge them, in one pass."""
+) -> tuple[TargetState, int]:
+    """One target's results (each known at `at` <= now), in order: as single steps would judge them, in
+    one pass. Also returns how many were answers."""
     # Samples are in time order and usually one at most has left the window since the last probe.
     cutoff, keep, held = now - h.window, 0, len(t.samples)
     while keep < held and t.samples[keep].t <= cutoff:
@@ -83,9 +81,11 @@ def _fold(
     samples = list(t.samples[keep:])
     least = _min_samples(h, interval)
     losses, successes, failed, why = t.losses, t.successes, t.failed, t.failed_cause
+    answered = 0
     for ok, rtt, at in outcomes:
         samples.append(Sample(at, ok, rtt))
         if ok:
+            answered += 1
             losses, successes = 0, successes + 1
             if rtt is not None:
                 rtt_sum += rtt
@@ -107,7 +107,7 @@ def _fold(
             rtt_sum, rtt_count = sum(timed), len(timed)
     if rtt_count == 0:
         rtt_sum = 0.0  # no drift from adding and subtracting survives an empty window
-    return TargetState(tuple(samples), losses, successes, failed, why, lost, rtt_sum, rtt_count)
+    return TargetState(tuple(samples), losses, successes, failed, why, lost, rtt_sum, rtt_count), answered
 
 
 def _failed_targets(spec: UplinkSpec, u: UplinkState) -> list[str]:

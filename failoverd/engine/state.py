@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import NamedTuple
 
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
@@ -39,8 +40,10 @@ TRANSITIONS: Mapping[Health, frozenset[Health]] = {
 USABLE = frozenset({H.UP, H.DEGRADED})
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
+    """One probe result in a target's window. A named tuple rather than a frozen dataclass: one is
+    made for every result (160 a second at the benchmark's load) and it builds in a third of the time."""
+
     t: float
     ok: bool
     rtt: float | None

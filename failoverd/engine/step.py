@@ -78,11 +78,21 @@ class _Work:
 
     # -- events -----------------------------------------------------------------------------------
     def probes(self, results: Iterable[ProbeResult]) -> None:
-        by_uplink: dict[str, list[tuple[str, bool, float | None, float]]] = {}
+        # Grouped per uplink and target in one pass; each result touches its own target only, and
+        # the order is kept within a target.
+        by_uplink: dict[str, dict[str, list[tuple[bool, float | None, float]]]] = {}
+        now = self.now
         for r in results:
-            at = self.now if r.at is None or r.at > self.now else r.at
-            by_uplink.setdefault(r.uplink, []).append((r.probe, r.ok, r.rtt, at))
-        for name, folded in by_uplink.items():  # each result touches its own uplink only: order kept within
+            at = now if r.at is None or r.at > now else r.at
+            per_target = by_uplink.get(r.uplink)
+            if per_target is None:
+                per_target = by_uplink[r.uplink] = {}
+            outcomes = per_target.get(r.probe)
+            if outcomes is None:
+                per_target[r.probe] = [(r.ok, r.rtt, at)]
+            else:
+                outcomes.append((r.ok, r.rtt, at))
+        for name, folded in by_uplink.items():
             spec = self.policy.uplinks.get(name)
             u = self.uplinks.get(name)
             if spec is None or u is None or u.health in (Health.STANDBY, Health.FAILED):
