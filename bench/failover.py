@@ -248,6 +248,7 @@ def run(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     topo = lab.topo
+    out.mkdir(parents=True, exist_ok=True)  # /run is empty after a boot
     f = Faults(topo)
     f.clear()
     results: dict[str, Any] = {}
