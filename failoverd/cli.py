@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from failoverd.errors import PolicyError
@@ -85,9 +86,27 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(p, file=sys.stderr)
             status = EXIT_INVALID
             continue
+        for warning in deployment_warnings(policy):
+            print(f"{path}: warning: {warning}", file=sys.stderr)
         if not args.quiet:
             print(summary(policy))
     return status
+
+
+def deployment_warnings(policy: Policy) -> list[str]:
+    """What a valid policy still cannot do on this machine (files it names), said before deploying."""
+    mq = policy.control.mqtt
+    if not mq.enabled:
+        return []
+    if mq.keys_file is None:
+        return ["control.mqtt has no keys_file: status and events are published, every command is refused"]
+    from failoverd.control.signing import KeyFileError, load_keys  # noqa: PLC0415
+
+    try:
+        load_keys(Path(mq.keys_file))
+    except KeyFileError as exc:
+        return [f"control.mqtt.keys_file: {exc}; remote commands would be refused"]
+    return []
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -122,8 +141,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path  # noqa: PLC0415
-
     from failoverd.observe.logging import configure  # noqa: PLC0415
 
     configure(args.log_level, json=True if args.log_json else None)

@@ -1,14 +1,18 @@
-"""`failoverctl`: the operator's client for a running failoverd (local unix socket, JSON lines)."""
+"""`failoverctl`: the operator's client for failoverd, on its local socket or, signed, over MQTT."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
+import ssl
 import sys
 import time
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 DEFAULT_SOCKET = "/run/failoverd/control.sock"
@@ -161,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="failoverctl", description=__doc__)
     p.add_argument("--socket", default=os.environ.get("FAILOVERD_SOCKET", DEFAULT_SOCKET))
     p.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
+    m = p.add_argument_group("remote, over MQTT (signed; see control.mqtt in the policy)")
+    m.add_argument("--mqtt", metavar="BROKER[:PORT]", default=os.environ.get("FAILOVERD_MQTT"), help="the broker")
+    where = m.add_mutually_exclusive_group()
+    where.add_argument("--site", help="the gateway to command (its policy's site)")
+    where.add_argument("--fleet", action="store_true", help="every gateway on the fleet topic; see --sites")
+    m.add_argument("--sites", type=lambda s: [x for x in s.split(",") if x], help="with --fleet: only these")
+    m.add_argument("--key-file", default=os.environ.get("FAILOVERD_KEY_FILE"), help="NAME SECRET lines")
+    m.add_argument("--key", help="which key of the file signs (default: its first)")
+    m.add_argument("--prefix", default="failoverd", help="topic prefix (default failoverd)")
+    m.add_argument("--tls", action="store_true")
+    m.add_argument("--ca-file")
+    m.add_argument("--username")
+    m.add_argument("--password-file")
+    m.add_argument("--wait", type=float, default=5.0, help="seconds to wait for replies (default 5)")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("status", help="uplinks, classes, overrides, clock")
     f = sub.add_parser("failover", help="put a class on an uplink for a while")
@@ -221,8 +239,100 @@ def to_request(args: argparse.Namespace) -> dict[str, Any]:
     return req
 
 
+async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sign the request, publish it to one site's or the fleet's command topic, collect the replies."""
+    import aiomqtt  # noqa: PLC0415 (only the remote path needs it)
+
+    from failoverd.control.signing import load_keys, sign  # noqa: PLC0415
+
+    keys = load_keys(Path(args.key_file))
+    name = args.key or next(iter(keys))
+    if name not in keys:
+        raise ValueError(f"no key {name} in {args.key_file} (keys: {', '.join(keys)})")
+    rid = uuid.uuid4().hex
+    request = {**request, "id": rid}
+    if args.fleet and args.sites:
+        request["sites"] = args.sites
+    signed = sign(request, name, keys[name], time.time())
+    host, port = args.mqtt, 8883 if args.tls else 1883
+    if args.mqtt.count(":") == 1:  # host:port (an IPv6 address alone has more colons)
+        host, _, number = args.mqtt.partition(":")
+        port = int(number)
+    prefix = args.prefix.rstrip("/")
+    topic = f"{prefix}/fleet/cmd" if args.fleet else f"{prefix}/{args.site}/cmd"
+    replies: list[dict[str, Any]] = []
+    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    tls = ssl.create_default_context(cafile=args.ca_file) if args.tls else None
+    async with aiomqtt.Client(
+        host,
+        port,
+        identifier=f"failoverctl-{rid[:12]}",
+        username=args.username,
+        password=password,
+        tls_context=tls,
+        timeout=args.wait,
+    ) as client:
+        await client.subscribe(f"{prefix}/+/reply" if args.fleet else f"{prefix}/{args.site}/reply", qos=1)
+        await client.publish(topic, json.dumps(signed), qos=1)
+        try:
+            async with asyncio.timeout(args.wait):
+                async for message in client.messages:
+                    try:
+                        reply = json.loads(message.payload)
+                    except (json.JSONDecodeError, TypeError):
+                        continue
+                    if isinstance(reply, dict) and reply.get("id") == rid:
+                        replies.append(reply)
+                        if not args.fleet:
+                            break
+        except TimeoutError:
+            pass
+    return replies
+
+
+def summary(reply: dict[str, Any]) -> str:
+    """One line for a gateway in a fleet's answer."""
+    if not reply.get("ok"):
+        return f"refused: {reply.get('error')}"
+    if "classes" in reply and "uplinks" in reply:
+        classes = ", ".join(
+            f"{c['name']} {'via ' + str(c['uplink']) if c['route'] == 'via' else c['route']}" for c in reply["classes"]
+        )
+        uplinks = ", ".join(f"{u['name']} {u['state']}" for u in reply["uplinks"])
+        return f"{classes}; {uplinks}; clock {reply['clock']['state']}"
+    return str(reply.get("text") or "ok") + "".join(f"; moved {c}" for c in reply.get("changes", []))
+
+
+def main_remote(args: argparse.Namespace) -> int:
+    if not (args.site or args.fleet):
+        print("failoverctl: with --mqtt, name the gateway (--site SITE) or the whole --fleet", file=sys.stderr)
+        return EXIT_REFUSED
+    if not args.key_file:
+        print("failoverctl: remote commands are signed: give --key-file (or FAILOVERD_KEY_FILE)", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        replies = asyncio.run(remote(args, to_request(args)))
+    except Exception as exc:  # the key file, the broker: say which and stop
+        print(f"failoverctl: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not replies:
+        where = "any gateway" if args.fleet else f"site {args.site}"
+        print(f"failoverctl: no reply from {where} within {args.wait:g}s", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(replies if args.fleet else replies[0], indent=2))
+    elif args.fleet:
+        for r in sorted(replies, key=lambda r: str(r.get("site"))):
+            print(f"{r.get('site')}: {summary(r)}")
+    else:
+        show(args, replies[0], sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    return EXIT_OK if all(r.get("ok") for r in replies) else EXIT_REFUSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mqtt:
+        return main_remote(args)
     tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     try:
         reply = Client(args.socket).request(to_request(args))
@@ -235,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TimeoutError, json.JSONDecodeError) as exc:
         print(f"failoverctl: no usable answer from failoverd: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    show(args, reply, tty)
+    return EXIT_OK if reply.get("ok") else EXIT_REFUSED
+
+
+def show(args: argparse.Namespace, reply: dict[str, Any], tty: bool) -> None:
     if args.json:
         print(json.dumps(reply, indent=2))
     elif not reply.get("ok"):
@@ -253,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(reply.get("text", "ok"))
         for change in reply.get("changes", []):
             print(f"  moved {change}")
-    return EXIT_OK if reply.get("ok") else EXIT_REFUSED
+    if reply.get("note"):
+        print(f"note: {reply['note']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from failoverd.actions import run_command
 from failoverd.clock.monitor import ClockMonitor
@@ -35,6 +35,9 @@ from failoverd.probes import Session, open_session
 from failoverd.probes.base import DatagramSession, ProbeOutcome, ProbeStats
 from failoverd.probes.rounds import Rounds
 from failoverd.statefile import load_overrides, save_overrides
+
+if TYPE_CHECKING:
+    from failoverd.control.mqtt import Fleet
 
 log = get_logger("failoverd")
 AUDIT_INTERVAL = 30.0  # full kernel reconcile, in case a netlink event was missed
@@ -96,6 +99,7 @@ class Daemon:
     results: list[ev.ProbeResult] = field(default_factory=list)  # answers held for the engine
     results_since: float | None = None
     clock: ClockMonitor | None = None
+    fleet: Fleet | None = None  # the MQTT session, when the policy enables it
 
     # -- start-up -----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -115,6 +119,11 @@ class Daemon:
                     tg.create_task(self._signals(), name="signals")
                     tg.create_task(self._control(), name="control")
                     tg.create_task(self._clock_loop(), name="clock")
+                    if self.policy.control.mqtt.enabled:
+                        from failoverd.control.mqtt import Fleet  # noqa: PLC0415 (aiomqtt only when used)
+
+                        self.fleet = Fleet(self, self.policy.control.mqtt, self.opts.state_dir)
+                        tg.create_task(self.fleet.run(), name="mqtt")
                     if (interval := systemd.watchdog_interval()) is not None:
                         tg.create_task(self._watchdog(interval), name="watchdog")
                     systemd.notify("READY=1\nSTATUS=failoverd running")
@@ -277,7 +286,16 @@ class Daemon:
             save_overrides(self.opts.state_dir, self.state.overrides, self.state.override_seq)
 
     def _record(self, record: dict[str, Any], now: float) -> None:
-        self.journal.add(record, now)
+        record = self.journal.add(record, now)
+        if self.fleet is not None:
+            self.fleet.event(record)
+
+    def remote_refused(self, reason: str, request: dict[str, Any]) -> None:
+        """A remote command refused before it reached the command table: kept in the history."""
+        cmd, key = request.get("cmd"), request.get("key")
+        record = {"kind": "remote-refused", "reason": reason, "cmd": cmd if isinstance(cmd, str) else None}
+        record["key"] = key if isinstance(key, str) else None
+        self._record(record, time.monotonic())
 
     def _spawn(self, coro: Any, name: str) -> None:
         assert self.tg is not None
@@ -312,6 +330,8 @@ class Daemon:
                 link = self.kernel.links.get(u.interface)
                 await self.queue.put(ev.CarrierChanged(name, bool(link and link.up and link.carrier)))
         log.warning("policy-reloaded", policy=self.policy.source)
+        if self.policy.control.mqtt != old.control.mqtt:
+            log.warning("mqtt-unchanged", note="MQTT settings (and command keys) take effect on restart")
         self._record({"kind": "reload", "ok": True, "policy": self.policy.source}, time.monotonic())
         if item.reply is not None and not item.reply.done():
             item.reply.set_result({"ok": True, "text": f"policy {self.policy.source} in force"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 
@@ -221,6 +222,9 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
                 tls=mq.tls,
                 ca_file=mq.ca_file,
                 uplink=mq.uplink,
+                keys_file=mq.keys_file,
+                max_age=mq.max_age,
+                keepalive=max(1, math.ceil(mq.keepalive)),  # MQTT counts it in whole seconds
             ),
         ),
         source=source,

@@ -162,6 +162,9 @@ class MqttSpec:
     tls: bool
     ca_file: str | None
     uplink: str | None
+    keys_file: str | None
+    max_age: float
+    keepalive: int
 
 
 @dataclass(frozen=True, slots=True)

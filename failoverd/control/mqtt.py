@@ -1,0 +1,269 @@
+"""Fleet control over MQTT: a retained status with a last will, the decision history, signed commands.
+
+Topics, under `topic_prefix` (default `failoverd`):
+- `<prefix>/<site>/status`: retained; what the gateway does now (`online`, classes, uplinks, clock),
+  refreshed on every change and every STATUS_EVERY seconds. The broker publishes the last will,
+  `online: false`, when the gateway vanishes (kill -9, power, every uplink down).
+- `<prefix>/<site>/events`: each journal record (decisions, uplink changes, alarms, commands) as it happens.
+- `<prefix>/<site>/cmd` and `<prefix>/fleet/cmd`: signed requests (`failoverd.control.signing`), the
+  same command table as the local socket; a fleet request may name `sites` to reach only those.
+- `<prefix>/<site>/reply`: the reply to each request, carrying the request's `id`.
+
+The link to the broker is never a reason to stop: it reconnects with backoff, and routing goes on
+without it. Commands are taken one at a time, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import ssl
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+
+from failoverd.control.commands import COMMANDS, dispatch
+from failoverd.control.signing import KeyFileError, load_keys, verify
+from failoverd.engine.decide import usable
+from failoverd.engine.events import ClockState
+from failoverd.observe.logging import get as get_logger
+from failoverd.policy.model import MqttSpec, Policy
+
+if TYPE_CHECKING:
+    from failoverd.runtime import Daemon
+
+log = get_logger("failoverd.mqtt")
+STATUS_EVERY = 60.0  # s: the retained status is refreshed at least this often (its `at` shows it is live)
+BACKOFF = (1.0, 30.0)  # s: first and longest wait before reconnecting
+EVENTS_KEPT = 500  # events queued while the broker is out of reach; the oldest go first
+MAX_REQUEST = 64 * 1024
+TRANSPORT_FIELDS = ("key", "issued", "sig", "id", "sites")
+
+
+def clock_trusted(policy: Policy, state: ClockState) -> bool:
+    """False while the clock's verdict makes the policy distrust signed commands."""
+    reaction = {ClockState.SUSPECT: policy.clock.on_suspect, ClockState.INSANE: policy.clock.on_insane}.get(state)
+    return reaction is None or "signed-commands" not in reaction.distrust
+
+
+class Fleet:
+    """The gateway's MQTT session: publishes what happens, takes signed commands."""
+
+    def __init__(self, d: Daemon, spec: MqttSpec, state_dir: Path | None) -> None:
+        self.d = d
+        self.spec = spec
+        site = d.policy.site
+        p = spec.topic_prefix.rstrip("/")
+        self.status_topic = f"{p}/{site}/status"
+        self.events_topic = f"{p}/{site}/events"
+        self.reply_topic = f"{p}/{site}/reply"
+        self.cmd_topics = (f"{p}/{site}/cmd", f"{p}/fleet/cmd")
+        self.fleet_topic = self.cmd_topics[1]
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
+        self.wake = asyncio.Event()
+        self.issued_path = state_dir / "mqtt-issued.json" if state_dir is not None else None
+        self.last_issued: dict[str, float] = {}
+        if self.issued_path is not None:
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                self.last_issued = {str(k): float(v) for k, v in json.loads(self.issued_path.read_text()).items()}
+        self.keys: dict[str, bytes] = {}
+        self.key_error = ""
+        if spec.keys_file:
+            try:
+                self.keys = load_keys(Path(spec.keys_file))
+            except KeyFileError as exc:
+                # Status and events still flow; every command is refused with this reason.
+                log.error("mqtt-keys", error=str(exc), note="remote commands are refused until this is fixed")
+                self.key_error = str(exc)
+
+    # -- what the daemon calls ----------------------------------------------------------------------
+    def event(self, record: dict[str, Any]) -> None:
+        """A journal record: published on the events topic, and the status refreshed."""
+        self.events.append(record)
+        self.wake.set()
+
+    # -- the session --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        delay = BACKOFF[0]
+        while True:
+            try:
+                async with self._client() as client:
+                    delay = BACKOFF[0]
+                    log.info("mqtt-connected", broker=f"{self.spec.host}:{self.spec.port}", status=self.status_topic)
+                    try:
+                        await self._session(client)
+                    except asyncio.CancelledError:
+                        # Stopping: say so before leaving, or the broker would publish the will
+                        # ("connection lost") for a clean stop.
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(self._publish_status(client, online=False, why="stopped"), 1.0)
+                        raise
+            except aiomqtt.MqttError as exc:
+                broker = f"{self.spec.host}:{self.spec.port}"
+                log.warning("mqtt-unreachable", broker=broker, error=str(exc), retry_s=delay)
+            except OSError as exc:  # a password or CA file that cannot be read, a refused TLS context
+                log.error("mqtt-setup", error=str(exc), retry_s=delay)
+            except Exception:  # a bug here must not stop routing: the TaskGroup would end the daemon
+                log.exception("mqtt-failed", retry_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF[1])
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.spec
+        will = json.dumps({"online": False, "site": self.d.policy.site, "why": "connection lost"})
+        password = None
+        if s.password_file:
+            password = Path(s.password_file).read_text(encoding="utf-8").strip()
+        tls = None
+        if s.tls:
+            tls = ssl.create_default_context(cafile=s.ca_file)
+        options = []
+        # Over the preferred uplink while it is usable; otherwise wherever the classes send it.
+        if s.uplink is not None and usable(self.d.state, s.uplink):
+            options.append((socket.SOL_SOCKET, socket.SO_MARK, self.d.policy.uplinks[s.uplink].fwmark))
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            identifier=s.client_id or f"failoverd-{self.d.policy.site}",
+            username=s.username,
+            password=password,
+            will=aiomqtt.Will(self.status_topic, will, qos=1, retain=True),
+            tls_context=tls,
+            socket_options=options or None,
+            keepalive=s.keepalive,  # the broker publishes the will 1.5 keepalives after the gateway vanishes
+            timeout=10,
+        )
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        for topic in self.cmd_topics:
+            await client.subscribe(topic, qos=1)
+        await self._publish_status(client, online=True)
+        # Not a TaskGroup: it would wrap the broker's MqttError in an ExceptionGroup.
+        tasks = {
+            asyncio.create_task(self._publisher(client), name="mqtt-publish"),
+            asyncio.create_task(self._reader(client), name="mqtt-commands"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # the broker went away: raises its MqttError
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reader(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self._command(client, message)
+
+    async def _publisher(self, client: aiomqtt.Client) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), STATUS_EVERY)
+            self.wake.clear()
+            while self.events:
+                record = self.events.popleft()
+                try:
+                    await client.publish(self.events_topic, json.dumps(record), qos=1)
+                except BaseException:
+                    self.events.appendleft(record)  # kept for the next session
+                    raise
+            await self._publish_status(client, online=True)
+
+    async def _publish_status(self, client: aiomqtt.Client, online: bool, why: str = "") -> None:
+        await client.publish(self.status_topic, json.dumps(self.status(online, why)), qos=1, retain=True)
+
+    def status(self, online: bool, why: str = "") -> dict[str, Any]:
+        d, st = self.d, self.d.state
+        out: dict[str, Any] = {"online": online, "site": d.policy.site, "at": time.time()}
+        if why:
+            out["why"] = why
+        if online:
+            out.update(
+                pid=os.getpid(),
+                policy=d.policy.source,
+                clock=st.clock.state.value,
+                classes={n: (f"via {c.uplink}" if c.route == "via" else c.route) for n, c in st.classes.items()},
+                uplinks={n: u.health.value for n, u in st.uplinks.items()},
+                overrides=[o.describe() for o in st.overrides],
+            )
+        return out
+
+    # -- commands -----------------------------------------------------------------------------------
+    async def _command(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        reply = await self.handle(str(message.topic), message.payload)
+        if reply is not None:
+            await client.publish(self.reply_topic, json.dumps(reply), qos=1)
+
+    async def handle(self, topic: str, payload: Any) -> dict[str, Any] | None:
+        """One request as it came off the broker; the reply to publish (None: not for this gateway)."""
+        site = self.d.policy.site
+        if not isinstance(payload, bytes | bytearray) or len(payload) > MAX_REQUEST:
+            return self._refused(None, f"a request is a JSON object of at most {MAX_REQUEST} bytes", {})
+        try:
+            request = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return self._refused(None, f"not JSON: {exc}", {})
+        if not isinstance(request, dict):
+            return self._refused(None, "a request is a JSON object with a cmd", {})
+        rid = request.get("id")
+        rid = rid if isinstance(rid, str) and len(rid) <= 128 else None
+        sites = request.get("sites")
+        if topic == self.fleet_topic and sites is not None:
+            if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
+                return self._refused(rid, "sites must be a list of site names", request)
+            if site not in sites:
+                return None  # a fleet command for other gateways
+        if self.key_error:
+            return self._refused(rid, f"this gateway cannot check signatures: {self.key_error}", request)
+        verdict = verify(
+            request,
+            self.keys,
+            self.last_issued,
+            wall=time.time(),
+            max_age=self.spec.max_age,
+            clock_trusted=clock_trusted(self.d.policy, self.d.state.clock.state),
+        )
+        if not verdict.ok:
+            return self._refused(rid, verdict.reason, request)
+        self.last_issued[verdict.key] = verdict.issued
+        self._save_issued()
+        command = {k: v for k, v in request.items() if k not in TRANSPORT_FIELDS}
+        cmd = COMMANDS.get(command.get("cmd", ""))
+        if cmd is not None and "by" in cmd.args:
+            given = command.get("by")
+            command["by"] = f"mqtt:{verdict.key}" + (f"/{given}" if isinstance(given, str) and given else "")
+        reply = await dispatch(self.d, command)
+        log.info(
+            "mqtt-command",
+            request=command,
+            key=verdict.key,
+            ok=reply.get("ok"),
+            reply=reply.get("text") or reply.get("error"),
+            note=verdict.reason or None,
+        )
+        if verdict.reason:
+            reply["note"] = verdict.reason
+        self.wake.set()  # the status may have changed
+        return {"id": rid, "site": site, **reply}
+
+    def _refused(self, rid: str | None, reason: str, request: dict[str, Any]) -> dict[str, Any]:
+        log.warning("mqtt-refused", reason=reason, cmd=request.get("cmd"), key=request.get("key"))
+        self.d.remote_refused(reason, request)
+        return {"id": rid, "site": self.d.policy.site, "ok": False, "error": reason}
+
+    def _save_issued(self) -> None:
+        if self.issued_path is None:
+            return
+        tmp = self.issued_path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(self.last_issued, f)
+            f.flush()
+            os.fsync(f.fileno())  # a restart must not reopen a replay
+        tmp.replace(self.issued_path)

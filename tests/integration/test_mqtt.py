@@ -1,0 +1,135 @@
+"""Fleet control over a real mosquitto: retained status and last will, events, signed commands, refusals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from netlab import ROOT, GatewayLab
+
+from failoverd.control.signing import sign
+from lab.netns import wait_for
+
+BROKER = "198.19.2.1"
+SITE = "test-gw"
+NOC = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+OTHER = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"
+
+
+def broker(lab: GatewayLab) -> None:
+    """mosquitto on the internet side: the gateway reaches it over whichever uplink carries its traffic."""
+    lab.topo.addr("inet", "lo", f"{BROKER}/32")
+    conf = lab.tmp / "mosquitto.conf"
+    conf.write_text(f"listener 1883 {BROKER}\nallow_anonymous true\npersistence false\n")
+    lab.topo.spawn("inet", ["mosquitto", "-c", str(conf)], log=lab.tmp / "mosquitto.log")
+    wait_for(lambda: lab.topo.sh("inet", "ss", "-ltn").stdout.count(f"{BROKER}:1883") > 0, 10, what="mosquitto")
+
+
+def keys(lab: GatewayLab, name: str, secret: str) -> Path:
+    path = lab.tmp / f"keys-{name}-{secret[:4]}"
+    path.write_text(f"{name} {secret}\n")
+    path.chmod(0o600)
+    return path
+
+
+def enable_mqtt(lab: GatewayLab, keys_file: Path) -> None:
+    text = lab.policy_path.read_text()
+    mqtt = f"  mqtt: {{enabled: true, host: {BROKER}, keys_file: {keys_file}, keepalive: 2s}}\n"
+    lab.policy_path.write_text(text.replace("control:\n", "control:\n" + mqtt, 1))
+
+
+def remote(lab: GatewayLab, key_file: Path, *args: str) -> tuple[int, Any]:
+    """failoverctl over MQTT, from the operations side (the internet namespace)."""
+    ctl = [sys.executable, "-m", "failoverd.ctl", "--mqtt", BROKER, "--key-file", str(key_file), "--json"]
+    r = subprocess.run(
+        ["ip", "netns", "exec", lab.topo.ns("inet"), *ctl, "--wait", "5", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    return r.returncode, json.loads(r.stdout) if r.stdout.strip() else r.stderr
+
+
+def retained(lab: GatewayLab, topic: str) -> dict[str, Any]:
+    """The retained message of a topic ({} if there is none yet)."""
+    r = lab.topo.sh("inet", "mosquitto_sub", "-h", BROKER, "-t", topic, "-C", "1", "-W", "2", check=False)
+    doc: dict[str, Any] = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+    return doc
+
+
+def publish(lab: GatewayLab, topic: str, payload: str) -> None:
+    lab.topo.sh("inet", "mosquitto_pub", "-h", BROKER, "-q", "1", "-t", topic, "-m", payload)
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_fleet_control_over_mqtt(gwlab: GatewayLab) -> None:
+    broker(gwlab)
+    noc = keys(gwlab, "noc", NOC)
+    enable_mqtt(gwlab, noc)
+    events, replies = gwlab.tmp / "events.jsonl", gwlab.tmp / "replies.jsonl"
+    for topic, out in ((f"failoverd/{SITE}/events", events), (f"failoverd/{SITE}/reply", replies)):
+        gwlab.topo.spawn("inet", ["mosquitto_sub", "-h", BROKER, "-q", "1", "-t", topic], log=out)
+    gwlab.start()
+    gwlab.wait_class("critical", "fiber")
+
+    # The retained status tells a fleet dashboard where this gateway's traffic goes.
+    wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("classes", {}).get("critical") == "via fiber", 10)
+    status = retained(gwlab, f"failoverd/{SITE}/status")
+    assert status["online"] is True and status["uplinks"]["fiber"] == "UP"
+
+    # A signed manual failover, sent to this site.
+    rc, reply = remote(gwlab, noc, "--site", SITE, "failover", "critical", "--to", "mobile", "--reason", "drill")
+    assert rc == 0 and reply["ok"] and reply["site"] == SITE, reply
+    assert gwlab.cls("critical") == "mobile"
+    override = gwlab.ctl("status")["overrides"][0]
+    assert override["by"].startswith("mqtt:noc/failoverctl:")
+    wait_for(lambda: any(e.get("kind") == "decision" and e["uplink"] == "mobile" for e in lines(events)), 10)
+    wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status")["classes"].get("critical") == "via mobile", 10)
+
+    # Signed with a key the gateway does not hold under that name: refused, nothing moves.
+    rc, reply = remote(gwlab, keys(gwlab, "noc", OTHER), "--site", SITE, "drain", "mobile", "--reason", "x")
+    assert rc == 1 and "bad signature" in reply["error"], reply
+    # A command replayed from the wire: the first copy acts, the second is refused.
+    req = sign({"cmd": "explain", "class": "critical", "id": "replay-1"}, "noc", bytes.fromhex(NOC), time.time())
+    publish(gwlab, f"failoverd/{SITE}/cmd", json.dumps(req))
+    publish(gwlab, f"failoverd/{SITE}/cmd", json.dumps(req))
+    publish(gwlab, f"failoverd/{SITE}/cmd", "{not json")
+    publish(gwlab, f"failoverd/{SITE}/cmd", json.dumps({"cmd": "release", "all": True}))
+
+    def refusals() -> list[str]:
+        return [r["error"] for r in lines(replies) if not r["ok"]]
+
+    wait_for(lambda: len(refusals()) >= 4, 10, what="four refusals")
+    answered = [r for r in lines(replies) if r["id"] == "replay-1"]
+    assert [r["ok"] for r in answered] == [True, False] and "replayed" in answered[1]["error"]
+    assert any(e.startswith("not JSON") for e in refusals())
+    assert any(e.startswith("unsigned") for e in refusals())
+    assert gwlab.cls("critical") == "mobile"  # none of them touched the override
+    refused = [r for r in gwlab.ctl("history", "--last", "200")["records"] if r["kind"] == "remote-refused"]
+    assert len(refused) >= 4
+
+    # The fleet topic: a command for other sites is not answered here; one for all is.
+    rc, reply = remote(gwlab, noc, "--fleet", "--sites", "elsewhere", "release", "--all")
+    assert rc == 3 and gwlab.cls("critical") == "mobile"
+    rc, reply = remote(gwlab, noc, "--fleet", "release", "--all")
+    assert rc == 0 and [r["site"] for r in reply] == [SITE] and reply[0]["ok"], reply
+    gwlab.wait_class("critical", "fiber", timeout=10)
+
+    # A clean stop says so; a gateway that vanishes is reported by the broker's last will.
+    gwlab.kill(signal.SIGTERM)
+    stopped = retained(gwlab, f"failoverd/{SITE}/status")
+    assert stopped["online"] is False and stopped["why"] == "stopped", stopped
+    gwlab.start()
+    wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("online") is True, 10, what="online again")
+    gwlab.kill(signal.SIGKILL)
+    wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("why") == "connection lost", 10, what="last will")
