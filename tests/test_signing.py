@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from failoverd.cli import deployment_warnings
-from failoverd.control.mqtt import clock_trusted
+from failoverd.control.mqtt import Fleet, clock_trusted
 from failoverd.control.signing import KeyFileError, Verdict, load_keys, sign, verify
 from failoverd.engine.events import ClockState
+from failoverd.engine.state import initial_state
 from failoverd.policy import parse_policy_text
 
 NOC = bytes.fromhex("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
@@ -122,3 +125,51 @@ def test_check_warns_when_remote_commands_could_not_be_verified(tmp_path: Path) 
     assert "readable by others" in warnings(f"{{enabled: true, keys_file: {keys}}}")[0]
     keys.chmod(0o600)
     assert warnings(f"{{enabled: true, keys_file: {keys}}}") == []
+
+
+class FakeDaemon:
+    """What the MQTT side reads of the daemon: its policy, the engine's state, the history."""
+
+    def __init__(self, text: str) -> None:
+        self.policy = parse_policy_text(text, "t.yaml")
+        self.state = initial_state(self.policy, 0.0)
+        self.refused: list[str] = []
+
+    def remote_refused(self, reason: str, request: dict[str, Any]) -> None:
+        self.refused.append(reason)
+
+
+async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuses(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"noc {NOC.hex()}\n")
+    keys.chmod(0o600)
+    d = FakeDaemon(
+        "site: north\nuplinks: [{name: a, interface: eth0, next_hop: 198.18.0.1}]\nclasses: [{name: all, path: [a]}]\n"
+        f"control: {{mqtt: {{enabled: true, keys_file: {keys}}}}}\n"
+    )
+    fleet = Fleet(d, d.policy.control.mqtt, tmp_path)  # type: ignore[arg-type]
+    own, everyone = fleet.cmd_topics
+
+    def req(**extra: Any) -> bytes:
+        request = {"cmd": "explain", "class": "all", "id": "x", **extra}
+        return json.dumps(sign(request, "noc", NOC, time.time())).encode()
+
+    reply = await fleet.handle(own, req())
+    assert reply is not None and reply["ok"] and reply["site"] == "north" and reply["id"] == "x", reply
+    assert await fleet.handle(everyone, req(sites=["south"])) is None  # for other gateways: no answer
+    reply = await fleet.handle(everyone, req(sites=["south", "north"]))
+    assert reply is not None and reply["ok"]
+    # The last accepted time survives a restart: the same bytes are a replay for a new session too.
+    replay = req()
+    assert (await fleet.handle(own, replay) or {})["ok"]
+    again = Fleet(d, d.policy.control.mqtt, tmp_path)  # type: ignore[arg-type]
+    assert "replayed" in (await again.handle(own, replay) or {})["error"]
+    for payload, reason in [
+        (b"x" * 70_000, "at most"),
+        (b"[1]", "JSON object"),
+        (b"\xff", "not JSON"),
+        (req(sites="north"), "sites must be a list"),
+    ]:
+        reply = await fleet.handle(everyone, payload)
+        assert reply is not None and not reply["ok"] and reason in reply["error"], (payload[:20], reply)
+    assert len(d.refused) == 5  # the replay and the four above, each kept in the history
