@@ -46,6 +46,11 @@ MAX_REQUEST = 64 * 1024
 TRANSPORT_FIELDS = ("key", "issued", "sig", "id", "sites")
 
 
+class PathLost(Exception):
+    """The uplink the session rides is no longer usable: reconnect over another one now, rather than
+    after keepalives time out."""
+
+
 def clock_trusted(policy: Policy, state: ClockState) -> bool:
     """False while the clock's verdict makes the policy distrust signed commands."""
     reaction = {ClockState.SUSPECT: policy.clock.on_suspect, ClockState.INSANE: policy.clock.on_insane}.get(state)
@@ -67,6 +72,9 @@ class Fleet:
         self.fleet_topic = self.cmd_topics[1]
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.wake = asyncio.Event()
+        self.rerouted = asyncio.Event()  # a class moved: a broker out of reach may be reachable now
+        self.via: str | None = None  # the uplink the session rides
+        self.path_lost = asyncio.Event()
         self.issued_path = state_dir / "mqtt-issued.json" if state_dir is not None else None
         self.last_issued: dict[str, float] = {}
         if self.issued_path is not None:
@@ -87,6 +95,10 @@ class Fleet:
         """A journal record: published on the events topic, and the status refreshed."""
         self.events.append(record)
         self.wake.set()
+        if record.get("kind") == "decision":
+            self.rerouted.set()
+        if record.get("kind") == "uplink" and self.via is not None and not usable(self.d.state, self.via):
+            self.path_lost.set()
 
     # -- the session --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -95,7 +107,8 @@ class Fleet:
             try:
                 async with self._client() as client:
                     delay = BACKOFF[0]
-                    log.info("mqtt-connected", broker=f"{self.spec.host}:{self.spec.port}", status=self.status_topic)
+                    broker = f"{self.spec.host}:{self.spec.port}"
+                    log.info("mqtt-connected", broker=broker, via=self.via, status=self.status_topic)
                     try:
                         await self._session(client)
                     except asyncio.CancelledError:
@@ -104,6 +117,9 @@ class Fleet:
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(self._publish_status(client, online=False, why="stopped"), 1.0)
                         raise
+            except PathLost:
+                log.info("mqtt-rerouting", uplink=self.via, note="the uplink the session used is down")
+                delay = 0.0
             except aiomqtt.MqttError as exc:
                 broker = f"{self.spec.host}:{self.spec.port}"
                 log.warning("mqtt-unreachable", broker=broker, error=str(exc), retry_s=delay)
@@ -111,8 +127,12 @@ class Fleet:
                 log.error("mqtt-setup", error=str(exc), retry_s=delay)
             except Exception:  # a bug here must not stop routing: the TaskGroup would end the daemon
                 log.exception("mqtt-failed", retry_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF[1])
+            # Back off, but try again at once when routing changes: at start-up, or while every path
+            # to the broker was down, the first route to it should not wait out a long backoff.
+            self.rerouted.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.rerouted.wait(), delay)
+            delay = min(max(delay * 2, BACKOFF[0]), BACKOFF[1])
 
     def _client(self) -> aiomqtt.Client:
         s = self.spec
@@ -123,11 +143,12 @@ class Fleet:
         tls = None
         if s.tls:
             tls = ssl.create_default_context(cafile=s.ca_file)
-        options = []
-        # Over the preferred uplink while it is usable; otherwise wherever the classes send it.
-        if s.uplink is not None and usable(self.d.state, s.uplink):
-            options.append((socket.SOL_SOCKET, socket.SO_MARK, self.d.policy.uplinks[s.uplink].fwmark))
-        return aiomqtt.Client(
+        # Over the preferred uplink while it is usable, else the first usable one, marked like the
+        # probes: the gateway's own traffic has no route in the main table on most gateways.
+        usable_now = [n for n in self.d.policy.uplinks if usable(self.d.state, n)]
+        self.via = s.uplink if s.uplink in usable_now else next(iter(usable_now), None)
+        self.path_lost.clear()
+        client = aiomqtt.Client(
             s.host,
             s.port,
             identifier=s.client_id or f"failoverd-{self.d.policy.site}",
@@ -135,24 +156,30 @@ class Fleet:
             password=password,
             will=aiomqtt.Will(self.status_topic, will, qos=1, retain=True),
             tls_context=tls,
-            socket_options=options or None,
             keepalive=s.keepalive,  # the broker publishes the will 1.5 keepalives after the gateway vanishes
             timeout=10,
         )
+        if self.via is not None:
+            _mark_before_connect(client, self.d.policy.uplinks[self.via].fwmark)
+        return client
 
     async def _session(self, client: aiomqtt.Client) -> None:
         for topic in self.cmd_topics:
             await client.subscribe(topic, qos=1)
         await self._publish_status(client, online=True)
         # Not a TaskGroup: it would wrap the broker's MqttError in an ExceptionGroup.
+        lost = asyncio.create_task(self.path_lost.wait(), name="mqtt-path")
         tasks = {
             asyncio.create_task(self._publisher(client), name="mqtt-publish"),
             asyncio.create_task(self._reader(client), name="mqtt-commands"),
+            lost,
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # the broker went away: raises its MqttError
+            if lost in done:
+                raise PathLost
         finally:
             for task in tasks:
                 task.cancel()
@@ -267,3 +294,31 @@ class Fleet:
             f.flush()
             os.fsync(f.fileno())  # a restart must not reopen a replay
         tmp.replace(self.issued_path)
+
+
+def _mark_before_connect(client: aiomqtt.Client, mark: int) -> None:
+    """Make the session's TCP socket carry `mark` from its first packet.
+
+    The mark must be set before connect(): the route is chosen then, and aiomqtt's socket_options are
+    applied only after. paho creates the socket in `_create_socket_connection` (paho-mqtt 2.x, pinned
+    through aiomqtt < 3); this replaces it on this one client.
+    """
+    paho = client._client
+
+    def connect() -> socket.socket:
+        host, port, timeout = paho._host, paho._port, paho._connect_timeout
+        error: OSError = OSError(f"no address for {host}")
+        for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+                sock.settimeout(timeout)
+                sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            return sock
+        raise error
+
+    paho._create_socket_connection = connect  # type: ignore[method-assign]

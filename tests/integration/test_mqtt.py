@@ -125,6 +125,14 @@ def test_fleet_control_over_mqtt(gwlab: GatewayLab) -> None:
     assert rc == 0 and [r["site"] for r in reply] == [SITE] and reply[0]["ok"], reply
     gwlab.wait_class("critical", "fiber", timeout=10)
 
+    # The session rides the first usable uplink; when that one fails it moves at once, not after
+    # keepalives, and the status shows the failover it just made.
+    gwlab.carrier(False)
+    gwlab.wait_class("critical", "mobile", timeout=5)
+    wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status")["classes"].get("critical") == "via mobile", 10)
+    assert "mqtt-rerouting" in gwlab.log.read_text()
+    gwlab.carrier(True)
+
     # A clean stop says so; a gateway that vanishes is reported by the broker's last will.
     gwlab.kill(signal.SIGTERM)
     stopped = retained(gwlab, f"failoverd/{SITE}/status")
