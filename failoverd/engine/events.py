@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 
 class ClockState(Enum):
@@ -17,9 +17,11 @@ class ClockState(Enum):
     INSANE = "insane"
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """One probe's answer (or its absence at the deadline), as seen at `now`."""
+class ProbeResult(NamedTuple):
+    """One probe's answer (or its absence at the deadline), as seen at `now`.
+
+    A named tuple rather than a frozen dataclass, like `Sample`: one is made for every probe the
+    daemon sends (160 a second at the benchmark's load) and it builds in under half the time."""
 
     uplink: str
     probe: str  # ProbeSpec.key

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
 
@@ -22,8 +22,9 @@ _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 LATE_SLACK = 0.0005  # s: deadlines this close together are one wakeup, not two
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeOutcome:
+class ProbeOutcome(NamedTuple):
+    """What one probe found. A named tuple (one per probe sent, 160 a second), not a frozen dataclass."""
+
     ok: bool
     rtt: float | None  # seconds
     detail: str = ""
