@@ -1,9 +1,11 @@
 """failoverd's own cost: resident memory and CPU share at 4 uplinks × 2 targets × 20 probes/s.
 
 Run by `python -m bench cost` (root) on the lab: the daemon runs bench/policies/cost.yaml on the
-gateway; CPU is read from /proc/<pid>/stat (user + system ticks over wall time, in % of one core),
-memory from /proc/<pid>/status, and the probe rate from the daemon's own per-target counters (so a
-daemon that probed less than asked would show it). Phases: idle, the fiber's carrier lost (a
+gateway; CPU is the time the daemon's threads ran, from /proc/<pid>/schedstat (nanoseconds, not
+10 ms ticks) over wall time, in % of one core; memory from /proc/<pid>/status, and the probe rate
+from the daemon's own per-target counters (so a daemon that probed less than asked would show it).
+Those counters are asked for just outside each CPU window: answering `status` is not the load
+being measured. Phases: idle, the fiber's carrier lost (a
 failover and the steady state after it), and the fiber back (recovery and preemption). Beside it,
 the floor: failoverd's probe sessions alone at the same rate (bench/prober.py), no engine or kernel.
 """
@@ -11,7 +13,6 @@ the floor: failoverd's probe sessions alone at the same rate (bench/prober.py), 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -24,12 +25,11 @@ from lab.scenario import PY, launch_failoverd
 from lab.topology import ROOT, Lab
 
 POLICY = ROOT / "bench" / "policies" / "cost.yaml"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15 of stat)
+    """Time on a CPU of all the process's threads (schedstat's first field, ns)."""
+    return sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -47,9 +47,11 @@ def probes_done(client: Client) -> int:
 
 
 def measure(pid: int, client: Client, phase: str, seconds: float) -> dict[str, Any]:
-    cpu0, p0, t0 = cpu_seconds(pid), probes_done(client), time.monotonic()
+    p0 = probes_done(client)
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)
-    cpu1, p1, t1 = cpu_seconds(pid), probes_done(client), time.monotonic()
+    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    p1 = probes_done(client)
     mem = memory_mib(pid)
     return {
         "phase": phase,
