@@ -155,6 +155,8 @@ def render_history(records: list[dict[str, Any]], tty: bool) -> str:
             what = _paint(r["severity"].upper(), r["severity"], tty) + f" {r['subject']}"
         elif kind == "command":
             what = f"{'ok' if r['ok'] else 'REFUSED'}: {r['text']}"
+        elif kind == "remote-refused":
+            what = f"REFUSED {r.get('cmd') or '?'} (key {r.get('key') or 'none'}): {r.get('reason')}"
         else:
             what = json.dumps({k: v for k, v in r.items() if k not in ("wall", "mono", "kind", "cause")})
         out.append(_cut(f"{stamp} {kind:<9} {what}  {why}".rstrip(), WIDTH if not tty else 10 * WIDTH))

@@ -12,6 +12,7 @@ import pytest
 from failoverd.cli import deployment_warnings
 from failoverd.control.mqtt import Fleet, clock_trusted
 from failoverd.control.signing import KeyFileError, Verdict, load_keys, sign, verify
+from failoverd.ctl import render_history
 from failoverd.engine.events import ClockState
 from failoverd.engine.state import initial_state
 from failoverd.policy import parse_policy_text
@@ -173,3 +174,9 @@ async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuse
         reply = await fleet.handle(everyone, payload)
         assert reply is not None and not reply["ok"] and reason in reply["error"], (payload[:20], reply)
     assert len(d.refused) == 5  # the replay and the four above, each kept in the history
+
+
+def test_history_shows_remote_refusals() -> None:
+    reason = 'bad signature for key "noc"'
+    record = {"wall": 0, "kind": "remote-refused", "cmd": "drain", "key": "noc", "reason": reason}
+    assert 'REFUSED drain (key noc): bad signature for key "noc"' in render_history([record], tty=False)
