@@ -149,7 +149,7 @@ async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuse
         f"control: {{mqtt: {{enabled: true, keys_file: {keys}}}}}\n"
     )
     fleet = Fleet(d, d.policy.control.mqtt, tmp_path)  # type: ignore[arg-type]
-    own, everyone = fleet.cmd_topics
+    own, everyone = fleet.cmd_topic, fleet.fleet_topic
 
     def req(**extra: Any) -> bytes:
         request = {"cmd": "explain", "class": "all", "id": "x", **extra}

@@ -42,16 +42,15 @@ class ClockMonitor:
     via: dict[str, str | None] = field(default_factory=dict)
     good_wall: float | None = None  # the last wall time judged sane: from the state file, then from rounds
     saved_wall: float | None = None  # the one in the state file
-    loaded: bool = False
+
+    def __post_init__(self) -> None:
+        if self.state_dir is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                self.saved_wall = float(json.loads((self.state_dir / "clock.json").read_text())["good_wall"])
+                self.good_wall = self.saved_wall
 
     def budget(self) -> Budget:
         ck = self.policy.clock
-        if not self.loaded:
-            self.loaded = True
-            if self.state_dir is not None:
-                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                    self.saved_wall = float(json.loads((self.state_dir / "clock.json").read_text())["good_wall"])
-                    self.good_wall = self.saved_wall
         floor = BUILD_FLOOR if self.good_wall is None else max(BUILD_FLOOR, self.good_wall - FLOOR_SLACK)
         return Budget(ck.max_error, ck.panic, ck.drift, ck.min_agreeing_classes, ck.hysteresis, floor)
 

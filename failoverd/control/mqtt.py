@@ -68,8 +68,8 @@ class Fleet:
         self.status_topic = f"{p}/{site}/status"
         self.events_topic = f"{p}/{site}/events"
         self.reply_topic = f"{p}/{site}/reply"
-        self.cmd_topics = (f"{p}/{site}/cmd", f"{p}/fleet/cmd")
-        self.fleet_topic = self.cmd_topics[1]
+        self.cmd_topic = f"{p}/{site}/cmd"
+        self.fleet_topic = f"{p}/fleet/cmd"
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.wake = asyncio.Event()
         self.rerouted = asyncio.Event()  # a class moved: a broker out of reach may be reachable now
@@ -164,7 +164,7 @@ class Fleet:
         return client
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        for topic in self.cmd_topics:
+        for topic in (self.cmd_topic, self.fleet_topic):
             await client.subscribe(topic, qos=1)
         await self._publish_status(client, online=True)
         # Not a TaskGroup: it would wrap the broker's MqttError in an ExceptionGroup.
