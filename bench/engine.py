@@ -16,7 +16,7 @@ from failoverd.engine import events as ev
 from failoverd.engine.state import initial_state
 from failoverd.engine.step import step
 from failoverd.policy import load_policy
-from failoverd.runtime import ANSWERS_HELD
+from failoverd.services.probes import ANSWERS_HELD
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from failoverd.policy import load_policy
-from failoverd.probes import open_session
 from failoverd.probes.base import DatagramSession, ProbeOutcome
+from failoverd.probes.kinds import open_session
 from failoverd.probes.rounds import Rounds
 
 

@@ -182,7 +182,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     """Send each probe of the policy once (or --count times) and print what came back."""
     import asyncio  # noqa: PLC0415
 
-    from failoverd.probes import open_session  # noqa: PLC0415
+    from failoverd.probes.kinds import open_session  # noqa: PLC0415
 
     policy = _policy_in_netns(args)
     if policy is None:

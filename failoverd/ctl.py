@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from failoverd.control.commands import COMMANDS, Command
+
 DEFAULT_SOCKET = "/run/failoverd/control.sock"
 WIDTH = 100
 EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 3
@@ -182,62 +184,52 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--password-file")
     m.add_argument("--wait", type=float, default=5.0, help="seconds to wait for replies (default 5)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("status", help="uplinks, classes, overrides, clock")
-    f = sub.add_parser("failover", help="put a class on an uplink for a while")
-    f.add_argument("cls", metavar="CLASS")
-    f.add_argument("--to", required=True, metavar="UPLINK")
-    f.add_argument("--for", dest="duration", metavar="DURATION", help="e.g. 30m (default 1h, capped by policy)")
-    f.add_argument("--reason", required=True)
-    f.add_argument("--force", action="store_true", help="even onto an uplink that is down")
-    d = sub.add_parser("drain", help="move every class off an uplink for a while")
-    d.add_argument("uplink")
-    d.add_argument("--for", dest="duration", metavar="DURATION")
-    d.add_argument("--reason", required=True)
-    d.add_argument("--force", action="store_true", help="even if a class is left with no uplink")
-    r = sub.add_parser("release", help="end an override")
-    g = r.add_mutually_exclusive_group(required=True)
-    g.add_argument("override", nargs="?")
-    g.add_argument("--all", action="store_true")
-    e = sub.add_parser("explain", help="why a class is where it is")
-    e.add_argument("cls", metavar="CLASS")
-    h = sub.add_parser("history", help="recent decisions and events")
-    h.add_argument("--last", type=int, default=20)
-    sub.add_parser("reload", help="validate and load the policy file again")
-    sub.add_parser("clock", help="the clock's verdict, each time source, recent steps")
-    for parser in (p, *sub.choices.values()):
-        if parser is not p:
-            parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    for cmd in COMMANDS.values():
+        _add_command(sub.add_parser(cmd.name, help=cmd.help), cmd)
     return p
 
 
-def to_request(args: argparse.Namespace) -> dict[str, Any]:
-    by = f"failoverctl:{os.environ.get('SUDO_USER') or os.environ.get('USER') or os.getuid()}"
-    match args.cmd:
-        case "failover":
-            req = {
-                "cmd": "failover",
-                "class": args.cls,
-                "to": args.to,
-                "reason": args.reason,
-                "force": args.force,
-                "by": by,
-            }
-        case "drain":
-            req = {"cmd": "drain", "uplink": args.uplink, "reason": args.reason, "force": args.force, "by": by}
-        case "release":
-            req = (
-                {"cmd": "release", "all": True, "by": by}
-                if args.all
-                else {"cmd": "release", "override": args.override, "by": by}
+def _add_command(parser: argparse.ArgumentParser, cmd: Command) -> None:
+    """A subcommand's arguments as the command table declares them."""
+    choose = parser.add_mutually_exclusive_group(required=True) if cmd.one_of else None
+    for a in cmd.args:
+        if a.cli == "filled":
+            continue
+        into: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup = parser
+        if choose is not None and a.key in cmd.one_of:
+            into = choose
+        if a.cli == "positional":
+            optional = not a.required or choose is not None
+            into.add_argument(
+                f"arg_{a.key}", metavar=a.metavar or a.key.upper(), help=a.help, nargs="?" if optional else None
             )
-        case "explain":
-            req = {"cmd": "explain", "class": args.cls}
-        case "history":
-            req = {"cmd": "history", "last": args.last}
-        case _:
-            req = {"cmd": args.cmd}
-    if getattr(args, "duration", None):
-        req["for"] = args.duration
+        elif a.kind == "bool":
+            into.add_argument(f"--{a.key}", dest=f"arg_{a.key}", action="store_true", help=a.help)
+        else:
+            into.add_argument(
+                f"--{a.key}",
+                dest=f"arg_{a.key}",
+                metavar=a.metavar or a.key.upper(),
+                help=a.help,
+                required=a.required,
+                default=a.default,
+                type=int if a.kind == "int" else str,
+            )
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+
+
+def to_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The request for the daemon, with the arguments the command table names; `by` says who sent it."""
+    cmd = COMMANDS[args.cmd]
+    req: dict[str, Any] = {"cmd": cmd.name}
+    for a in cmd.args:
+        if a.cli == "filled":
+            if a.key == "by":
+                req["by"] = f"failoverctl:{os.environ.get('SUDO_USER') or os.environ.get('USER') or os.getuid()}"
+            continue
+        value = getattr(args, f"arg_{a.key}", None)
+        if value is not None and value is not False:
+            req[a.key] = value
     return req
 
 

@@ -1,4 +1,4 @@
-"""How the daemon hands probe results to the engine: losses at once, answers held a few rounds."""
+"""How the probe service hands results to the engine: losses at once, answers held a few rounds."""
 
 from __future__ import annotations
 
@@ -8,24 +8,39 @@ from pathlib import Path
 import pytest
 
 from failoverd.engine import events as ev
-from failoverd.engine.state import initial_state
+from failoverd.engine.state import EngineState, initial_state
 from failoverd.engine.step import step
 from failoverd.policy import load_policy
+from failoverd.policy.model import Policy
 from failoverd.probes.base import ProbeOutcome
-from failoverd.runtime import ANSWERS_HELD, Daemon, Options
+from failoverd.services.base import Inbox
+from failoverd.services.probes import ANSWERS_HELD, ProbeService
 
 POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "lab.yaml"
 POLICY = load_policy(POLICY_PATH)
 A, B = "udp-echo:198.19.0.1:7", "udp-echo:198.19.0.2:7"
 
 
-def daemon() -> Daemon:
-    d = Daemon(Options(POLICY_PATH), POLICY)
-    d.state = initial_state(POLICY, time.monotonic())
-    return d
+class Engine:
+    """The engine as the probe service reads it."""
+
+    def __init__(self) -> None:
+        self.policy: Policy = POLICY
+        self.state: EngineState = initial_state(POLICY, time.monotonic())
 
 
-def queued(d: Daemon) -> list[ev.ProbeResult]:
+class Probes(ProbeService):
+    def __init__(self) -> None:
+        self.engine = Engine()
+        self.queue: Inbox = Inbox()
+        super().__init__(self.engine, self.queue)
+
+
+def daemon() -> Probes:
+    return Probes()
+
+
+def queued(d: Probes) -> list[ev.ProbeResult]:
     out: list[ev.ProbeResult] = []
     while not d.queue.empty():
         item = d.queue.get_nowait()
@@ -36,10 +51,10 @@ def queued(d: Daemon) -> list[ev.ProbeResult]:
 
 def test_answers_wait_and_a_loss_takes_them_along_in_order() -> None:
     d = daemon()
-    d._probed([(("fiber", A), ProbeOutcome(True, 0.01)), (("fiber", B), ProbeOutcome(True, 0.02))])
+    d.probed([(("fiber", A), ProbeOutcome(True, 0.01)), (("fiber", B), ProbeOutcome(True, 0.02))])
     assert queued(d) == []  # good news waits
-    assert d.probe_stats[("fiber", A)].done == 1  # but the status counters are current
-    d._probed([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
+    assert d.stats[("fiber", A)].done == 1  # but the status counters are current
+    d.probed([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
     got = queued(d)
     assert [(r.probe, r.ok) for r in got] == [(A, True), (B, True), (A, False)]
 
@@ -48,12 +63,12 @@ def test_answers_reach_the_engine_within_the_hold(monkeypatch: pytest.MonkeyPatc
     d = daemon()
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    d._probed([(("fiber", A), ProbeOutcome(True, 0.01))])
+    d.probed([(("fiber", A), ProbeOutcome(True, 0.01))])
     clock[0] += ANSWERS_HELD / 2
-    d._probed([])  # an empty round still looks at the hold
+    d.probed([])  # an empty round still looks at the hold
     assert queued(d) == []
     clock[0] += ANSWERS_HELD / 2
-    d._probed([])
+    d.probed([])
     assert [(r.probe, r.ok) for r in queued(d)] == [(A, True)]
 
 
@@ -61,9 +76,9 @@ def test_a_loss_on_a_target_already_failed_is_not_urgent() -> None:
     d = daemon()
     now = time.monotonic()
     for i in range(5):  # fail target A of the fiber in the engine's state
-        d.state, _ = step(d.state, ev.ProbeResult("fiber", A, False), POLICY, now + i * 0.05)
-    assert d.state.uplinks["fiber"].targets[A].failed
-    d._probed([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
+        d.engine.state, _ = step(d.engine.state, ev.ProbeResult("fiber", A, False), POLICY, now + i * 0.05)
+    assert d.engine.state.uplinks["fiber"].targets[A].failed
+    d.probed([(("fiber", A), ProbeOutcome(False, None, "timeout"))])
     assert queued(d) == []
-    d._probed([(("fiber", B), ProbeOutcome(False, None, "timeout"))])  # B has not failed: news
+    d.probed([(("fiber", B), ProbeOutcome(False, None, "timeout"))])  # B has not failed: news
     assert [(r.probe, r.ok) for r in queued(d)] == [(A, False), (B, False)]

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeGateway
 
 from failoverd.cli import deployment_warnings
 from failoverd.control.mqtt import Fleet, clock_trusted
 from failoverd.control.signing import KeyFileError, Verdict, load_keys, sign, verify
 from failoverd.ctl import render_history
 from failoverd.engine.events import ClockState
-from failoverd.engine.state import initial_state
 from failoverd.policy import parse_policy_text
 
 NOC = bytes.fromhex("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
@@ -128,27 +128,15 @@ def test_check_warns_when_remote_commands_could_not_be_verified(tmp_path: Path) 
     assert warnings(f"{{enabled: true, keys_file: {keys}}}") == []
 
 
-class FakeDaemon:
-    """What the MQTT side reads of the daemon: its policy, the engine's state, the history."""
-
-    def __init__(self, text: str) -> None:
-        self.policy = parse_policy_text(text, "t.yaml")
-        self.state = initial_state(self.policy, 0.0)
-        self.refused: list[str] = []
-
-    def remote_refused(self, reason: str, request: dict[str, Any]) -> None:
-        self.refused.append(reason)
-
-
 async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuses(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(f"noc {NOC.hex()}\n")
     keys.chmod(0o600)
-    d = FakeDaemon(
+    d = FakeGateway(
         "site: north\nuplinks: [{name: a, interface: eth0, next_hop: 198.18.0.1}]\nclasses: [{name: all, path: [a]}]\n"
         f"control: {{mqtt: {{enabled: true, keys_file: {keys}}}}}\n"
     )
-    fleet = Fleet(d, d.policy.control.mqtt, tmp_path)  # type: ignore[arg-type]
+    fleet = Fleet(d, d.policy.control.mqtt, tmp_path)
     own, everyone = fleet.cmd_topic, fleet.fleet_topic
 
     def req(**extra: Any) -> bytes:
@@ -163,7 +151,7 @@ async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuse
     # The last accepted time survives a restart: the same bytes are a replay for a new session too.
     replay = req()
     assert (await fleet.handle(own, replay) or {})["ok"]
-    again = Fleet(d, d.policy.control.mqtt, tmp_path)  # type: ignore[arg-type]
+    again = Fleet(d, d.policy.control.mqtt, tmp_path)
     assert "replayed" in (await again.handle(own, replay) or {})["error"]
     for payload, reason in [
         (b"x" * 70_000, "at most"),
@@ -173,7 +161,9 @@ async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuse
     ]:
         reply = await fleet.handle(everyone, payload)
         assert reply is not None and not reply["ok"] and reason in reply["error"], (payload[:20], reply)
-    assert len(d.refused) == 5  # the replay and the four above, each kept in the history
+    assert [r["kind"] for r in d.records] == [
+        "remote-refused"
+    ] * 5  # the replay and the four above, each kept in the history
 
 
 def test_history_shows_remote_refusals() -> None:

@@ -1,47 +1,67 @@
-"""The operator command table: one entry per command, each validating its arguments before acting.
+"""The operator command table: each command declared once, for failoverctl, the socket, MQTT and the simulator.
 
-Requests and replies are JSON objects. A request names `cmd` and its arguments; a reply always has
-`ok`, and `error` with the reason when ok is false. The same table serves the unix socket and (later)
-MQTT, so a command means the same thing whichever way it arrives.
+A request is a JSON object naming `cmd` and its arguments; a reply always has `ok`, and `error` with
+the reason when ok is false. `failoverctl` builds its argument parser from this table, the socket
+refuses a `mutating` command to a reader, MQTT dispatches through it, and the simulator's timeline
+turns its `command:` steps into engine events with `to_event`. So a command means the same thing
+whichever way it arrives.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
+from failoverd.control.api import Gateway, OperatorCommand
+from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
-from failoverd.engine.decide import candidate, choose, drained, usable
-from failoverd.engine.state import EngineState, TargetState
-from failoverd.policy.model import Policy
+from failoverd.engine.explain import UnknownClass, explain
 from failoverd.policy.schema import parse_duration
-from failoverd.probes.base import ProbeStats
-
-if TYPE_CHECKING:
-    from failoverd.runtime import Daemon
 
 
 class BadRequest(Exception):
     """A malformed or impossible request; the message is the reason given to the operator."""
 
 
-Handler = Callable[["Daemon", dict[str, Any]], Awaitable[dict[str, Any]]]
+ArgKind = Literal["str", "bool", "int", "duration"]
+_JSON_TYPES: dict[ArgKind, tuple[type, ...]] = {
+    "str": (str,),
+    "bool": (bool,),
+    "int": (int,),
+    "duration": (str, int, float),  # 30m, 90, 1.5
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """One argument: its JSON key, its type, and how failoverctl takes it."""
+
+    key: str
+    kind: ArgKind
+    help: str
+    required: bool = False
+    default: str | int | bool | None = None
+    # positional or --KEY on failoverctl's command line; "filled" is set by the client (who sent it)
+    cli: Literal["positional", "option", "filled"] = "option"
+    metavar: str | None = None
+
+
+Handler = Callable[[Gateway, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
     name: str
-    args: dict[str, type | tuple[type, ...]]  # allowed arguments and their JSON types
-    required: tuple[str, ...]
-    handler: Handler
     help: str
+    mutating: bool  # changes what the gateway does: refused to read-only clients of the socket
+    handler: Handler
+    args: tuple[Arg, ...] = ()
+    one_of: tuple[str, ...] = ()  # at least one of these arguments must be given
+    one_of_text: str = ""
 
-
-def _wall(mono: float) -> float:
-    """A monotonic instant as wall-clock seconds, for display only."""
-    return time.time() - (time.monotonic() - mono)
+    def arg(self, key: str) -> Arg | None:
+        return next((a for a in self.args if a.key == key), None)
 
 
 def _duration(value: Any, what: str) -> float | None:
@@ -56,135 +76,22 @@ def _duration(value: Any, what: str) -> float | None:
     return parsed
 
 
-def uplink_rows(
-    policy: Policy, state: EngineState, stats: Mapping[tuple[str, str], ProbeStats]
-) -> list[dict[str, Any]]:
-    rows = []
-    for name, spec in policy.uplinks.items():
-        u = state.uplinks[name]
-        samples = [s for p in spec.probes for s in u.targets.get(p.key, TargetState()).samples]
-        rtts = [s.rtt for s in samples if s.ok and s.rtt is not None]
-        rows.append(
-            {
-                "name": name,
-                "interface": spec.interface,
-                "kind": spec.kind,
-                "carrier_name": spec.carrier,
-                "state": u.health.value,
-                "usable": usable(state, name),
-                "suppressed": u.suppressed,
-                "penalty": round(u.penalty, 1),
-                "drained": drained(state, name) is not None,
-                "carrier": u.carrier,
-                "rtt_ms": round(1000 * sum(rtts) / len(rtts), 2) if rtts else None,
-                "loss_percent": round(100 * sum(1 for s in samples if not s.ok) / len(samples), 1) if samples else None,
-                "since": _wall(u.since),
-                "age_s": round(state.now - u.since, 1),
-                "cause": u.cause.as_dict(),
-                "targets": [
-                    {
-                        "probe": p.key,
-                        "failed": u.targets.get(p.key, TargetState()).failed,
-                        "losses": u.targets.get(p.key, TargetState()).losses,
-                        "successes": u.targets.get(p.key, TargetState()).successes,
-                        "why": u.targets.get(p.key, TargetState()).failed_cause,
-                        "last_detail": stats.get((name, p.key), ProbeStats()).detail,
-                        "probes": stats.get((name, p.key), ProbeStats()).done,  # completed since start
-                    }
-                    for p in spec.probes
-                ],
-            }
-        )
-    return rows
+def to_event(name: str, args: dict[str, Any], request: str = "") -> OperatorCommand:
+    """The engine event of a state-changing command whose arguments `validate` accepted."""
+    by = str(args.get("by") or "failoverctl")
+    ttl = _duration(args.get("for"), "for")
+    force = bool(args.get("force", False))
+    match name:
+        case "failover":
+            return ev.ForceClass(request, args["class"], args["to"], args.get("reason", ""), ttl, force, by)
+        case "drain":
+            return ev.DrainUplink(request, args["uplink"], args.get("reason", ""), ttl, force, by)
+        case "release":
+            return ev.Release(request, None if args.get("all") else str(args["override"]), by)
+    raise BadRequest(f"{name} is not a command that the engine takes")
 
 
-def class_rows(policy: Policy, state: EngineState) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": name,
-            "uplink": c.uplink,
-            "route": c.route,
-            "path": list(policy.classes[name].path),
-            "since": _wall(c.since),
-            "age_s": round(state.now - c.since, 1),
-            "cause": c.cause.as_dict(),
-            "override": c.by_override,
-        }
-        for name, c in state.classes.items()
-        if name in policy.classes
-    ]
-
-
-def override_rows(state: EngineState) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": o.id,
-            "kind": o.kind,
-            "class": o.cls,
-            "uplink": o.uplink,
-            "reason": o.reason,
-            "by": o.by,
-            "force": o.force,
-            "expires_in_s": round(o.expires - time.monotonic(), 1),
-        }
-        for o in state.overrides
-    ]
-
-
-async def status(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
-    st = d.state
-    return {
-        "ok": True,
-        "site": d.policy.site,
-        "policy": d.policy.source,
-        "pid": _pid(),
-        "uptime_s": round(time.monotonic() - d.started, 1),
-        "uplinks": uplink_rows(d.policy, st, d.probe_stats),
-        "classes": class_rows(d.policy, st),
-        "overrides": override_rows(st),
-        "clock": {"state": st.clock.state.value, "bound_s": st.clock.bound, "evidence": list(st.clock.evidence)},
-    }
-
-
-def _pid() -> int:
-    import os  # noqa: PLC0415
-
-    return os.getpid()
-
-
-async def failover(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
-    event = ev.ForceClass(
-        request=d.next_request(),
-        cls=args["class"],
-        uplink=args["to"],
-        reason=args.get("reason", ""),
-        ttl=_duration(args.get("for"), "for"),
-        force=bool(args.get("force", False)),
-        by=str(args.get("by", "failoverctl")),
-    )
-    return _reply(await d.command(event))
-
-
-async def drain(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
-    event = ev.DrainUplink(
-        request=d.next_request(),
-        uplink=args["uplink"],
-        reason=args.get("reason", ""),
-        ttl=_duration(args.get("for"), "for"),
-        force=bool(args.get("force", False)),
-        by=str(args.get("by", "failoverctl")),
-    )
-    return _reply(await d.command(event))
-
-
-async def release(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
-    if not args.get("all") and not args.get("override"):
-        raise BadRequest("name an override (o1, o2, …) or ask for all")
-    override = None if args.get("all") else str(args["override"])
-    return _reply(await d.command(ev.Release(d.next_request(), override, str(args.get("by", "failoverctl")))))
-
-
-def _reply(r: Any) -> dict[str, Any]:
+def _reply(r: fx.CommandReply) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": r.ok, "text": r.text, "changes": list(r.changes)}
     if r.override:
         out["override"] = r.override
@@ -193,123 +100,160 @@ def _reply(r: Any) -> dict[str, Any]:
     return out
 
 
-async def explain(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
-    name = args["class"]
-    spec = d.policy.classes.get(name)
-    if spec is None:
-        raise BadRequest(f'unknown class "{name}" (classes: {", ".join(d.policy.classes)})')
-    st = d.state
-    c = st.classes[name]
-    chain: list[str] = []
-    where = f"via {c.uplink}" if c.route == "via" else c.route
-    chain.append(f"class {name} is {where} since {round(st.now - c.since, 1)}s ago: {c.cause}")
-    for k, v in c.cause.evidence:
-        chain.append(f"  evidence {k}: {v}")
-    forced = st.active_override("force", name)
-    if forced is not None:
-        chain.append(f"override {forced.describe()}, {round(forced.expires - st.now)}s left")
-    chain.append(
-        f"path: {' > '.join(spec.path)}"
-        + (f"; revertive after {spec.preempt_delay:g}s" if spec.revertive else "; non-revertive")
-    )
-    for up_name in spec.path:
-        u = st.uplinks[up_name]
-        up = d.policy.uplinks[up_name]
-        flags = []
-        if not up.admits(name):
-            flags.append("does not admit this class")
-        if drained(st, up_name):
-            flags.append("drained")
-        if u.suppressed:
-            flags.append(f"damped, penalty {u.penalty:.0f}")
-        extra = f" [{'; '.join(flags)}]" if flags else ""
-        chain.append(f"  {up_name}: {u.health.value}{extra} since {round(st.now - u.since, 1)}s — {u.cause}")
-        for p in up.probes:
-            t = u.targets.get(p.key, TargetState())
-            verdict = f"FAILED ({t.failed_cause})" if t.failed else "ok"
-            chain.append(f"    probe {p.key}: {verdict}, {t.losses} losses / {t.successes} successes in a row")
-    cand = candidate(spec, d.policy, st)
-    choice, ready_at = choose(spec, d.policy, st, st.now)
-    chain.append(f"now the first usable uplink is {cand.uplink or cand.route}: {cand.cause}")
-    if ready_at is not None:
-        chain.append(f"failback to {cand.uplink} in {round(ready_at - st.now, 1)}s (preempt delay)")
-    elif choice.pending:
-        chain.append(f"waiting: {choice.cause}")
-    return {"ok": True, "class": name, "chain": chain}
+async def _status(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, **g.status()}
 
 
-async def history(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
-    n = args.get("last", 20)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+async def _to_engine(g: Gateway, args: dict[str, Any], name: str) -> dict[str, Any]:
+    return _reply(await g.submit(to_event(name, args)))
+
+
+async def _failover(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return await _to_engine(g, args, "failover")
+
+
+async def _drain(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return await _to_engine(g, args, "drain")
+
+
+async def _release(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return await _to_engine(g, args, "release")
+
+
+async def _explain(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        chain = explain(g.policy, g.state, args["class"])
+    except UnknownClass as exc:
+        raise BadRequest(str(exc)) from None
+    return {"ok": True, "class": args["class"], "chain": chain}
+
+
+async def _history(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    if args["last"] < 1:
         raise BadRequest("last must be a positive whole number")
-    return {"ok": True, "records": d.journal.last(n)}
+    return {"ok": True, "records": g.history(args["last"])}
 
 
-async def clock(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
-    if d.clock is None:
-        return {"ok": True, "state": d.state.clock.state.value, "sources": [], "steps": [], "evidence": []}
-    return {"ok": True, **d.clock.report()}
+async def _clock(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, **g.clock_report()}
 
 
-async def reload(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
-    out = await d.reload()
+async def _reload(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    out = await g.reload()
     if not out.get("ok"):
         out.setdefault("error", out.get("text"))
     return out
 
 
+_REASON = Arg("reason", "str", "why (kept in the history and shown in status)", required=True)
+_FOR = Arg("for", "duration", "how long, e.g. 30m (default 1h, capped by the policy)", metavar="DURATION")
+_BY = Arg("by", "str", "who asked (set by failoverctl and by MQTT from the key)", cli="filled")
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
-        Command("status", {}, (), status, "uplinks, classes, overrides, clock"),
+        Command("status", "uplinks, classes, overrides, clock", False, _status),
         Command(
             "failover",
-            {"class": str, "to": str, "for": (str, int, float), "reason": str, "force": bool, "by": str},
-            ("class", "to", "reason"),
-            failover,
             "put a class on an uplink for a while",
+            True,
+            _failover,
+            (
+                Arg("class", "str", "the class to move", required=True, cli="positional", metavar="CLASS"),
+                Arg("to", "str", "the uplink to put it on", required=True, metavar="UPLINK"),
+                _FOR,
+                _REASON,
+                Arg("force", "bool", "even onto an uplink that is down"),
+                _BY,
+            ),
         ),
         Command(
             "drain",
-            {"uplink": str, "for": (str, int, float), "reason": str, "force": bool, "by": str},
-            ("uplink", "reason"),
-            drain,
             "move every class off an uplink for a while",
+            True,
+            _drain,
+            (
+                Arg("uplink", "str", "the uplink to drain", required=True, cli="positional", metavar="UPLINK"),
+                _FOR,
+                _REASON,
+                Arg("force", "bool", "even if a class is left with no uplink"),
+                _BY,
+            ),
         ),
-        Command("release", {"override": str, "all": bool, "by": str}, (), release, "end an override, or all"),
-        Command("explain", {"class": str}, ("class",), explain, "why a class is where it is"),
-        Command("history", {"last": int}, (), history, "recent decisions and events"),
-        Command("reload", {}, (), reload, "validate and load the policy file again"),
-        Command("clock", {}, (), clock, "the clock's verdict, each time source, recent steps"),
+        Command(
+            "release",
+            "end an override, or all",
+            True,
+            _release,
+            (
+                Arg("override", "str", "the override's id (o1, o2, …)", cli="positional", metavar="OVERRIDE"),
+                Arg("all", "bool", "every override"),
+                _BY,
+            ),
+            one_of=("override", "all"),
+            one_of_text="name an override (o1, o2, …) or ask for all",
+        ),
+        Command(
+            "explain",
+            "why a class is where it is",
+            False,
+            _explain,
+            (Arg("class", "str", "the class", required=True, cli="positional", metavar="CLASS"),),
+        ),
+        Command(
+            "history",
+            "recent decisions and events",
+            False,
+            _history,
+            (Arg("last", "int", "how many records (default 20)", default=20, metavar="N"),),
+        ),
+        Command("reload", "validate and load the policy file again", True, _reload),
+        Command("clock", "the clock's verdict, each time source, recent steps", False, _clock),
     )
 }
 
 
-async def dispatch(d: Daemon, request: Any) -> dict[str, Any]:
-    """Validate a request against the table and run it; every refusal names its reason."""
+def validate(request: Any) -> tuple[Command, dict[str, Any]]:
+    """The command a request names and its arguments (defaults filled in), or BadRequest with the reason."""
     if not isinstance(request, dict):
-        return {"ok": False, "error": "a request is a JSON object with a cmd"}
+        raise BadRequest("a request is a JSON object with a cmd")
     name = request.get("cmd")
     cmd = COMMANDS.get(name) if isinstance(name, str) else None
     if cmd is None:
-        return {"ok": False, "error": f"unknown command {name!r} (commands: {', '.join(COMMANDS)})"}
+        raise BadRequest(f"unknown command {name!r} (commands: {', '.join(COMMANDS)})")
     args = {k: v for k, v in request.items() if k != "cmd"}
     for key, value in args.items():
-        if key not in cmd.args:
-            return {
-                "ok": False,
-                "error": f"{cmd.name}: unknown argument {key!r} (takes: {', '.join(cmd.args) or 'none'})",
-            }
-        want = cmd.args[key]
-        if not isinstance(value, want) or (
-            isinstance(value, bool) and want is not bool and bool not in (want if isinstance(want, tuple) else (want,))
-        ):
-            return {"ok": False, "error": f"{cmd.name}: argument {key!r} has the wrong type"}
-    missing = [k for k in cmd.required if k not in args]
+        arg = cmd.arg(key)
+        if arg is None:
+            raise BadRequest(
+                f"{cmd.name}: unknown argument {key!r} (takes: {', '.join(a.key for a in cmd.args) or 'none'})"
+            )
+        # bool is an int in Python, never in a request
+        if not isinstance(value, _JSON_TYPES[arg.kind]) or (isinstance(value, bool) and arg.kind != "bool"):
+            raise BadRequest(f"{cmd.name}: argument {key!r} has the wrong type")
+    missing = [a.key for a in cmd.args if a.required and a.key not in args]
     if missing:
-        return {"ok": False, "error": f"{cmd.name}: missing {', '.join(missing)}"}
+        raise BadRequest(f"{cmd.name}: missing {', '.join(missing)}")
+    if cmd.one_of and not any(args.get(k) for k in cmd.one_of):
+        raise BadRequest(cmd.one_of_text)
+    for a in cmd.args:
+        if a.default is not None:
+            args.setdefault(a.key, a.default)
+    if "for" in args:
+        _duration(args["for"], "for")  # refused here, not after the engine was asked
+    return cmd, args
+
+
+async def dispatch(g: Gateway, request: Any, *, may_change: bool = True) -> dict[str, Any]:
+    """Validate a request against the table and run it; every refusal names its reason."""
     try:
-        return await cmd.handler(d, args)
+        cmd, args = validate(request)
+    except BadRequest as exc:
+        return {"ok": False, "error": str(exc)}
+    if cmd.mutating and not may_change:
+        return {"ok": False, "error": f"{cmd.name} changes what the gateway does: this client may only read"}
+    try:
+        return await cmd.handler(g, args)
     except BadRequest as exc:
         return {"ok": False, "error": str(exc)}
     except TimeoutError:

@@ -24,19 +24,18 @@ import ssl
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import aiomqtt
 
+from failoverd.control.api import Gateway
 from failoverd.control.commands import COMMANDS, dispatch
 from failoverd.control.signing import KeyFileError, load_keys, verify
 from failoverd.engine.decide import usable
 from failoverd.engine.events import ClockState
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import MqttSpec, Policy
-
-if TYPE_CHECKING:
-    from failoverd.runtime import Daemon
+from failoverd.services.base import Applied, NeedsRestart, Reconfigured
 
 log = get_logger("failoverd.mqtt")
 STATUS_EVERY = 60.0  # s: the retained status is refreshed at least this often (its `at` shows it is live)
@@ -60,10 +59,14 @@ def clock_trusted(policy: Policy, state: ClockState) -> bool:
 class Fleet:
     """The gateway's MQTT session: publishes what happens, takes signed commands."""
 
-    def __init__(self, d: Daemon, spec: MqttSpec, state_dir: Path | None) -> None:
-        self.d = d
+    name: ClassVar[str] = "mqtt"
+
+    def __init__(self, gateway: Gateway, spec: MqttSpec, state_dir: Path | None) -> None:
+        self.g = gateway
         self.spec = spec
-        site = d.policy.site
+        self.feed = gateway.subscribe(EVENTS_KEPT)
+        self.connected = False
+        site = gateway.policy.site
         p = spec.topic_prefix.rstrip("/")
         self.status_topic = f"{p}/{site}/status"
         self.events_topic = f"{p}/{site}/events"
@@ -90,23 +93,42 @@ class Fleet:
                 log.error("mqtt-keys", error=str(exc), note="remote commands are refused until this is fixed")
                 self.key_error = str(exc)
 
-    # -- what the daemon calls ----------------------------------------------------------------------
-    def event(self, record: dict[str, Any]) -> None:
-        """A journal record: published on the events topic, and the status refreshed."""
-        self.events.append(record)
-        self.wake.set()
-        if record.get("kind") == "decision":
-            self.rerouted.set()
-        if record.get("kind") == "uplink" and self.via is not None and not usable(self.d.state, self.via):
-            self.path_lost.set()
+    # -- the service --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._follow(), name="mqtt-records")
+            tg.create_task(self._sessions(), name="mqtt-session")
+
+    async def reconfigure(self, policy: Policy) -> Reconfigured:
+        if policy.control.mqtt != self.spec:
+            return NeedsRestart("MQTT settings (and command keys) are read at start")
+        return Applied()
+
+    def status(self) -> dict[str, Any]:
+        return {"broker": f"{self.spec.host}:{self.spec.port}", "connected": self.connected, "via": self.via}
+
+    async def _follow(self) -> None:
+        """Each history record: queued for the events topic, and the status refreshed."""
+        while True:
+            await self.feed.ready.wait()
+            self.feed.ready.clear()
+            while self.feed.pending:
+                record = self.feed.pending.popleft()
+                self.events.append(record)
+                self.wake.set()
+                if record.get("kind") == "decision":
+                    self.rerouted.set()
+                if record.get("kind") == "uplink" and self.via is not None and not usable(self.g.state, self.via):
+                    self.path_lost.set()
 
     # -- the session --------------------------------------------------------------------------------
-    async def run(self) -> None:
+    async def _sessions(self) -> None:
         delay = BACKOFF[0]
         while True:
             try:
                 async with self._client() as client:
                     delay = BACKOFF[0]
+                    self.connected = True
                     broker = f"{self.spec.host}:{self.spec.port}"
                     log.info("mqtt-connected", broker=broker, via=self.via, status=self.status_topic)
                     try:
@@ -127,6 +149,7 @@ class Fleet:
                 log.error("mqtt-setup", error=str(exc), retry_s=delay)
             except Exception:  # a bug here must not stop routing: the TaskGroup would end the daemon
                 log.exception("mqtt-failed", retry_s=delay)
+            self.connected = False
             # Back off, but try again at once when routing changes: at start-up, or while every path
             # to the broker was down, the first route to it should not wait out a long backoff.
             self.rerouted.clear()
@@ -136,7 +159,7 @@ class Fleet:
 
     def _client(self) -> aiomqtt.Client:
         s = self.spec
-        will = json.dumps({"online": False, "site": self.d.policy.site, "why": "connection lost"})
+        will = json.dumps({"online": False, "site": self.g.policy.site, "why": "connection lost"})
         password = None
         if s.password_file:
             password = Path(s.password_file).read_text(encoding="utf-8").strip()
@@ -145,13 +168,13 @@ class Fleet:
             tls = ssl.create_default_context(cafile=s.ca_file)
         # Over the preferred uplink while it is usable, else the first usable one, marked like the
         # probes: the gateway's own traffic has no route in the main table on most gateways.
-        usable_now = [n for n in self.d.policy.uplinks if usable(self.d.state, n)]
+        usable_now = [n for n in self.g.policy.uplinks if usable(self.g.state, n)]
         self.via = s.uplink if s.uplink in usable_now else next(iter(usable_now), None)
         self.path_lost.clear()
         client = aiomqtt.Client(
             s.host,
             s.port,
-            identifier=s.client_id or f"failoverd-{self.d.policy.site}",
+            identifier=s.client_id or f"failoverd-{self.g.policy.site}",
             username=s.username,
             password=password,
             will=aiomqtt.Will(self.status_topic, will, qos=1, retain=True),
@@ -160,7 +183,7 @@ class Fleet:
             timeout=10,
         )
         if self.via is not None:
-            _mark_before_connect(client, self.d.policy.uplinks[self.via].fwmark)
+            _mark_before_connect(client, self.g.policy.uplinks[self.via].fwmark)
         return client
 
     async def _session(self, client: aiomqtt.Client) -> None:
@@ -204,17 +227,18 @@ class Fleet:
             await self._publish_status(client, online=True)
 
     async def _publish_status(self, client: aiomqtt.Client, online: bool, why: str = "") -> None:
-        await client.publish(self.status_topic, json.dumps(self.status(online, why)), qos=1, retain=True)
+        await client.publish(self.status_topic, json.dumps(self.document(online, why)), qos=1, retain=True)
 
-    def status(self, online: bool, why: str = "") -> dict[str, Any]:
-        d, st = self.d, self.d.state
-        out: dict[str, Any] = {"online": online, "site": d.policy.site, "at": time.time()}
+    def document(self, online: bool, why: str = "") -> dict[str, Any]:
+        """The retained status: what the gateway does now, or why it is offline."""
+        policy, st = self.g.policy, self.g.state
+        out: dict[str, Any] = {"online": online, "site": policy.site, "at": time.time()}
         if why:
             out["why"] = why
         if online:
             out.update(
                 pid=os.getpid(),
-                policy=d.policy.source,
+                policy=policy.source,
                 clock=st.clock.state.value,
                 classes={n: (f"via {c.uplink}" if c.route == "via" else c.route) for n, c in st.classes.items()},
                 uplinks={n: u.health.value for n, u in st.uplinks.items()},
@@ -230,7 +254,7 @@ class Fleet:
 
     async def handle(self, topic: str, payload: Any) -> dict[str, Any] | None:
         """One request as it came off the broker; the reply to publish (None: not for this gateway)."""
-        site = self.d.policy.site
+        site = self.g.policy.site
         if not isinstance(payload, bytes | bytearray) or len(payload) > MAX_REQUEST:
             return self._refused(None, f"a request is a JSON object of at most {MAX_REQUEST} bytes", {})
         try:
@@ -255,7 +279,7 @@ class Fleet:
             self.last_issued,
             wall=time.time(),
             max_age=self.spec.max_age,
-            clock_trusted=clock_trusted(self.d.policy, self.d.state.clock.state),
+            clock_trusted=clock_trusted(self.g.policy, self.g.state.clock.state),
         )
         if not verdict.ok:
             return self._refused(rid, verdict.reason, request)
@@ -263,10 +287,10 @@ class Fleet:
         self._save_issued()
         command = {k: v for k, v in request.items() if k not in TRANSPORT_FIELDS}
         cmd = COMMANDS.get(command.get("cmd", ""))
-        if cmd is not None and "by" in cmd.args:
+        if cmd is not None and cmd.arg("by") is not None:
             given = command.get("by")
             command["by"] = f"mqtt:{verdict.key}" + (f"/{given}" if isinstance(given, str) and given else "")
-        reply = await dispatch(self.d, command)
+        reply = await dispatch(self.g, command)
         log.info(
             "mqtt-command",
             request=command,
@@ -282,8 +306,11 @@ class Fleet:
 
     def _refused(self, rid: str | None, reason: str, request: dict[str, Any]) -> dict[str, Any]:
         log.warning("mqtt-refused", reason=reason, cmd=request.get("cmd"), key=request.get("key"))
-        self.d.remote_refused(reason, request)
-        return {"id": rid, "site": self.d.policy.site, "ok": False, "error": reason}
+        cmd, key = request.get("cmd"), request.get("key")
+        record = {"kind": "remote-refused", "reason": reason, "cmd": cmd if isinstance(cmd, str) else None}
+        record["key"] = key if isinstance(key, str) else None
+        self.g.record(record)  # kept in the history
+        return {"id": rid, "site": self.g.policy.site, "ok": False, "error": reason}
 
     def _save_issued(self) -> None:
         if self.issued_path is None:

@@ -1,4 +1,10 @@
-"""The local control socket: JSON lines over a unix stream socket, mode and group from the policy."""
+"""The local control socket: JSON lines over a unix stream socket, mode and group from the policy.
+
+Whoever may connect may read (status, history, explain, clock); commands that change what the
+gateway does (the table's `mutating` ones) are taken only from root, the daemon's own user, and
+members of `control.socket_group`, as the kernel tells them (SO_PEERCRED), so a socket opened to a
+monitoring group for reading is not also a way to move 112 traffic.
+"""
 
 from __future__ import annotations
 
@@ -7,60 +13,109 @@ import contextlib
 import grp
 import json
 import os
+import socket
+import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, ClassVar
 
-from failoverd.control.commands import dispatch
+from failoverd.control.api import Gateway
+from failoverd.control.commands import COMMANDS, dispatch
 from failoverd.observe.logging import get as get_logger
-
-if TYPE_CHECKING:
-    from failoverd.runtime import Daemon
+from failoverd.policy.model import ControlSpec, Policy
+from failoverd.services.base import Applied, NeedsRestart, Reconfigured
 
 log = get_logger("failoverd.control")
 MAX_REQUEST = 64 * 1024
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-async def serve(d: Daemon, path: str) -> None:
-    sock = Path(path)
-    sock.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        sock.unlink()  # a stale socket from a killed run
+def peer_groups(pid: int, gid: int) -> set[int]:
+    """The peer's primary and supplementary groups (from /proc; the primary alone if it is gone)."""
+    groups = {gid}
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                groups |= {int(g) for g in line.split()[1:]}
+    return groups
 
-    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+def may_change(spec: ControlSpec, uid: int, groups: set[int]) -> bool:
+    """Whether a peer may send mutating commands: root, the daemon's user, or the socket's group."""
+    if uid in (0, os.getuid()):
+        return True
+    if spec.socket_group is None:
+        return False
+    try:
+        return grp.getgrnam(spec.socket_group).gr_gid in groups
+    except KeyError:
+        return False
+
+
+class ControlSocket:
+    name: ClassVar[str] = "control"
+
+    def __init__(self, gateway: Gateway, path: str | None = None) -> None:
+        self.gateway = gateway
+        self.spec = gateway.policy.control
+        self.path = Path(path or self.spec.socket)  # --socket wins over the policy's
+        self.given = path is not None
+        self.clients = 0
+
+    async def run(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket from a killed run
+        server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_REQUEST)
+        self._permissions(self.spec)
+        log.info("control", socket=str(self.path))
+        async with server:
+            await server.serve_forever()
+
+    async def reconfigure(self, policy: Policy) -> Reconfigured:
+        new = policy.control
+        if not self.given and new.socket != str(self.path):
+            return NeedsRestart(f"the socket moves to {new.socket}: it listens on {self.path} until a restart")
+        if (new.socket_mode, new.socket_group) != (self.spec.socket_mode, self.spec.socket_group):
+            self._permissions(new)
+        self.spec = new
+        return Applied()
+
+    def status(self) -> dict[str, Any]:
+        return {"socket": str(self.path), "clients": self.clients}
+
+    def _permissions(self, spec: ControlSpec) -> None:
+        self.path.chmod(spec.socket_mode)
+        if spec.socket_group:
+            try:
+                os.chown(self.path, -1, grp.getgrnam(spec.socket_group).gr_gid)
+            except KeyError:
+                log.warning("control-group-missing", group=spec.socket_group, socket=str(self.path))
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients += 1
+        sock = writer.get_extra_info("socket")
+        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        writable = may_change(self.spec, uid, peer_groups(pid, gid))
         try:
             while line := await reader.readline():
-                try:
-                    request = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    reply = {"ok": False, "error": f"not JSON: {exc.msg} at column {exc.colno}"}
-                else:
-                    reply = await dispatch(d, request)
-                    if isinstance(request, dict) and request.get("cmd") not in (
-                        "status",
-                        "history",
-                        "explain",
-                        "clock",
-                    ):
-                        log.info(
-                            "command",
-                            request=request,
-                            ok=reply.get("ok"),
-                            reply=reply.get("text") or reply.get("error"),
-                        )
+                reply = await self.answer(line, writable)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
+            self.clients -= 1
             writer.close()
 
-    server = await asyncio.start_unix_server(client, path=str(sock), limit=MAX_REQUEST)
-    sock.chmod(d.policy.control.socket_mode)
-    if d.policy.control.socket_group:
+    async def answer(self, line: bytes, writable: bool) -> dict[str, Any]:
+        """The reply to one request line; commands that change state are logged with their outcome."""
         try:
-            os.chown(sock, -1, grp.getgrnam(d.policy.control.socket_group).gr_gid)
-        except KeyError:
-            log.warning("control-group-missing", group=d.policy.control.socket_group, socket=str(sock))
-    log.info("control", socket=str(sock))
-    async with server:
-        await server.serve_forever()
+            request = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return {"ok": False, "error": f"not JSON: {exc.msg} at column {exc.colno}"}
+        reply = await dispatch(self.gateway, request, may_change=writable)
+        name = request.get("cmd") if isinstance(request, dict) else None
+        cmd = COMMANDS.get(name) if isinstance(name, str) else None
+        if cmd is None or cmd.mutating:
+            log.info("command", request=request, ok=reply.get("ok"), reply=reply.get("text") or reply.get("error"))
+        return reply

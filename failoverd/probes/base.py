@@ -1,4 +1,4 @@
-"""What every probe shares: marked sockets, the outcome record, and the session factory."""
+"""What every probe shares: marked sockets, the outcome record, the datagram session."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import contextlib
 import socket
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any, NamedTuple, Protocol
-
-from failoverd.policy.model import ProbeSpec, UplinkSpec
 
 # SO_TIMESTAMPNS (asm-generic, as on x86-64 and arm64; Python's socket module does not name it): the
 # kernel stamps each datagram with its arrival time (CLOCK_REALTIME, struct timespec of two longs).
@@ -206,21 +204,3 @@ class DatagramSession:
     def close(self) -> None:
         self.sock.close()
         self.pending.clear()
-
-
-SessionFactory = Callable[[ProbeSpec, UplinkSpec], Session]
-
-
-def open_session(spec: ProbeSpec, uplink: UplinkSpec) -> Session:
-    """Open the prober for one probe of an uplink (inside a running event loop)."""
-    from failoverd.probes import arp, dns, http, icmp, tcp, udp_echo  # noqa: PLC0415 (avoid cycles)
-
-    factories: dict[str, SessionFactory] = {
-        "udp-echo": udp_echo.UdpEchoSession,
-        "icmp": icmp.IcmpSession,
-        "tcp": tcp.TcpSession,
-        "dns": dns.DnsSession,
-        "http": http.HttpSession,
-        "arp-nexthop": arp.ArpSession,
-    }
-    return factories[spec.kind](spec, uplink)

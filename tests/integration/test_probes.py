@@ -91,7 +91,7 @@ ROUNDS = """
 import asyncio, json, sys, time
 from pathlib import Path
 from failoverd.policy import load_policy
-from failoverd.probes import open_session
+from failoverd.probes.kinds import open_session
 from failoverd.probes.rounds import Rounds
 
 async def main() -> None:

@@ -1,0 +1,92 @@
+"""The status document: what the gateway does now, as operators read it (failoverctl, MQTT, metrics)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from failoverd.engine.decide import drained, usable
+from failoverd.engine.state import EngineState, TargetState
+from failoverd.policy.model import Policy
+from failoverd.probes.base import ProbeStats
+
+
+def _wall(mono: float) -> float:
+    """A monotonic instant as wall-clock seconds, for display only."""
+    return time.time() - (time.monotonic() - mono)
+
+
+def uplink_rows(
+    policy: Policy, state: EngineState, stats: Mapping[tuple[str, str], ProbeStats]
+) -> list[dict[str, Any]]:
+    rows = []
+    for name, spec in policy.uplinks.items():
+        u = state.uplinks[name]
+        samples = [s for p in spec.probes for s in u.targets.get(p.key, TargetState()).samples]
+        rtts = [s.rtt for s in samples if s.ok and s.rtt is not None]
+        rows.append(
+            {
+                "name": name,
+                "interface": spec.interface,
+                "kind": spec.kind,
+                "carrier_name": spec.carrier,
+                "state": u.health.value,
+                "usable": usable(state, name),
+                "suppressed": u.suppressed,
+                "penalty": round(u.penalty, 1),
+                "drained": drained(state, name) is not None,
+                "carrier": u.carrier,
+                "rtt_ms": round(1000 * sum(rtts) / len(rtts), 2) if rtts else None,
+                "loss_percent": round(100 * sum(1 for s in samples if not s.ok) / len(samples), 1) if samples else None,
+                "since": _wall(u.since),
+                "age_s": round(state.now - u.since, 1),
+                "cause": u.cause.as_dict(),
+                "targets": [
+                    {
+                        "probe": p.key,
+                        "failed": u.targets.get(p.key, TargetState()).failed,
+                        "losses": u.targets.get(p.key, TargetState()).losses,
+                        "successes": u.targets.get(p.key, TargetState()).successes,
+                        "why": u.targets.get(p.key, TargetState()).failed_cause,
+                        "last_detail": stats.get((name, p.key), ProbeStats()).detail,
+                        "probes": stats.get((name, p.key), ProbeStats()).done,  # completed since start
+                    }
+                    for p in spec.probes
+                ],
+            }
+        )
+    return rows
+
+
+def class_rows(policy: Policy, state: EngineState) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "uplink": c.uplink,
+            "route": c.route,
+            "path": list(policy.classes[name].path),
+            "since": _wall(c.since),
+            "age_s": round(state.now - c.since, 1),
+            "cause": c.cause.as_dict(),
+            "override": c.by_override,
+        }
+        for name, c in state.classes.items()
+        if name in policy.classes
+    ]
+
+
+def override_rows(state: EngineState, now: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": o.id,
+            "kind": o.kind,
+            "class": o.cls,
+            "uplink": o.uplink,
+            "reason": o.reason,
+            "by": o.by,
+            "force": o.force,
+            "expires_in_s": round(o.expires - now, 1),
+        }
+        for o in state.overrides
+    ]

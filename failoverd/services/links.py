@@ -1,0 +1,77 @@
+"""The link service: carrier from netlink to the engine, and a full audit of owned state when it may be due."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, ClassVar
+
+from failoverd.engine import events as ev
+from failoverd.kernel.netlink import Kernel, LinkEvent, OwnedChanged
+from failoverd.observe.logging import get as get_logger
+from failoverd.policy.model import Policy
+from failoverd.services.base import Applied, Audit, EngineView, Inbox, Reconfigured
+
+log = get_logger("failoverd")
+AUDIT_INTERVAL = 30.0  # s: a full kernel reconcile, in case a netlink event was missed
+SETTLE = 0.05  # s: a burst of netlink events is one audit
+
+
+class LinkService:
+    name: ClassVar[str] = "netlink"
+
+    def __init__(self, kernel: Kernel, view: EngineView, inbox: Inbox) -> None:
+        self.kernel = kernel
+        self.view = view
+        self.inbox = inbox
+        self.carrier: dict[str, bool] = {}
+        self.audit_wanted = asyncio.Event()
+
+    async def run(self) -> None:
+        self._announce(self.view.policy)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(), name="netlink-watch")
+            tg.create_task(self._audits(), name="audit")
+
+    async def reconfigure(self, policy: Policy) -> Reconfigured:
+        self._announce(policy)  # a new uplink's carrier, or one whose interface changed
+        return Applied()
+
+    def status(self) -> dict[str, Any]:
+        return {"carrier": dict(self.carrier)}
+
+    def _announce(self, policy: Policy) -> None:
+        for name, u in policy.uplinks.items():
+            link = self.kernel.links.get(u.interface)
+            up = link is not None and link.up and link.carrier
+            if self.carrier.get(name) != up:
+                self.carrier[name] = up
+                self.inbox.put_nowait(ev.CarrierChanged(name, up))
+            if link is None:
+                log.warning("missing-interface", uplink=name, interface=u.interface)
+
+    async def _watch(self) -> None:
+        async for e in self.kernel.watch():
+            if isinstance(e, LinkEvent):
+                by_iface = {u.interface: name for name, u in self.view.policy.uplinks.items()}
+                name = by_iface.get(e.link.name)
+                if name is None:
+                    continue
+                up = e.link.up and e.link.carrier and not e.gone
+                if self.carrier.get(name) != up:
+                    self.carrier[name] = up
+                    log.info("carrier", uplink=name, interface=e.link.name, up=up)
+                    await self.inbox.put(ev.CarrierChanged(name, up))
+                    if up:
+                        self.audit_wanted.set()  # the kernel drops routes of a device that went down
+            elif isinstance(e, OwnedChanged):
+                # Ours or someone else's change: a full reconcile tells which, and undoes the latter.
+                self.audit_wanted.set()
+
+    async def _audits(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.audit_wanted.wait(), AUDIT_INTERVAL)
+            await asyncio.sleep(SETTLE)
+            self.audit_wanted.clear()
+            await self.inbox.put(Audit())

@@ -1,0 +1,220 @@
+"""The daemon's shell: an acyclic import graph, one command table, control through its interface, reload per service."""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from fakes import FakeGateway
+
+from failoverd.control.commands import COMMANDS, BadRequest, dispatch, to_event, validate
+from failoverd.control.unix import ControlSocket, may_change
+from failoverd.ctl import build_parser, to_request
+from failoverd.engine import events as ev
+from failoverd.observe.journal import Journal
+from failoverd.policy.model import Policy
+from failoverd.services.base import Applied, NeedsRestart, Reconfigured
+from failoverd.services.history import History
+from failoverd.services.reload import reload
+
+PACKAGE = Path(__file__).resolve().parent.parent / "failoverd"
+POLICY = """
+site: north
+uplinks:
+  - {name: fiber, interface: eth0, next_hop: 198.18.0.1}
+  - {name: mobile, interface: wwan0, next_hop: 198.18.1.1}
+classes: [{name: dispatch, path: [fiber, mobile]}]
+"""
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every import of one failoverd module by another, wherever it stands (function bodies and
+    TYPE_CHECKING blocks too: a cycle hidden in a function is still a cycle)."""
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from failoverd.engine import effects` imports the module failoverd.engine.effects;
+                # `from failoverd.policy import load_policy` imports the package's name
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
+            for target in targets:
+                t = target
+                while t and t not in modules:
+                    t = t.rpartition(".")[0]
+                if t and t != name and t.startswith("failoverd"):
+                    graph[name].add(t)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                found.append([*stack[stack.index(n) :], n])
+            elif n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    return found
+
+
+def test_nothing_under_failoverd_imports_in_a_circle() -> None:
+    graph = import_graph()
+    assert "failoverd.services.engine" in graph["failoverd.runtime"]  # the graph sees real imports
+    assert cycles(graph) == []
+    # and the checker finds one when there is one
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_control_reaches_the_daemon_only_through_its_interface() -> None:
+    graph = import_graph()
+    for module, imports in graph.items():
+        if module.startswith("failoverd.control"):
+            assert not {i for i in imports if i == "failoverd.runtime" or i.startswith("failoverd.services.")} - {
+                "failoverd.services.base"  # Applied / NeedsRestart, what a service answers a reload
+            }, module
+    assert "failoverd.probes.kinds" not in graph["failoverd.probes.base"]
+
+
+def test_failoverctl_is_built_from_the_command_table() -> None:
+    parser = build_parser()
+    help_text = parser.format_help()
+    assert all(f"{c.name:<20}{c.help}" in help_text or c.help in help_text for c in COMMANDS.values())
+    req = to_request(parser.parse_args(["failover", "dispatch", "--to", "mobile", "--for", "30m", "--reason", "x"]))
+    assert req["cmd"] == "failover" and req["class"] == "dispatch" and req["to"] == "mobile" and req["for"] == "30m"
+    assert req["by"].startswith("failoverctl:") and "force" not in req
+    assert to_request(parser.parse_args(["release", "--all"]))["all"] is True
+    assert to_request(parser.parse_args(["history"])) == {"cmd": "history", "last": 20}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["release"])  # an override or --all
+    with pytest.raises(SystemExit):
+        parser.parse_args(["failover", "dispatch", "--to", "mobile"])  # a reason is required
+    # whatever failoverctl builds, the table accepts as it is
+    for argv in (["status"], ["drain", "fiber", "--reason", "r", "--force"], ["explain", "dispatch"], ["clock"]):
+        validate(to_request(parser.parse_args(argv)))
+
+
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        ([1], "JSON object"),
+        ({"cmd": "reboot"}, "unknown command 'reboot'"),
+        ({"cmd": "failover", "class": "dispatch", "to": "mobile"}, "missing reason"),
+        (
+            {"cmd": "failover", "class": "dispatch", "to": "mobile", "reason": "r", "force": 1},
+            "'force' has the wrong type",
+        ),
+        ({"cmd": "history", "last": True}, "'last' has the wrong type"),
+        ({"cmd": "history", "colour": "red"}, "unknown argument 'colour'"),
+        ({"cmd": "release"}, "name an override"),
+        ({"cmd": "drain", "uplink": "fiber", "reason": "r", "for": "soon"}, "for:"),
+    ],
+)
+def test_the_table_refuses_a_malformed_request_with_its_reason(request_: Any, error: str) -> None:
+    with pytest.raises(BadRequest, match=error):
+        validate(request_)
+
+
+def test_the_same_command_is_the_same_engine_event_everywhere() -> None:
+    _, args = validate({"cmd": "failover", "class": "dispatch", "to": "mobile", "reason": "r", "for": "2m"})
+    assert to_event("failover", args, "r1") == ev.ForceClass(
+        "r1", "dispatch", "mobile", "r", 120.0, False, "failoverctl"
+    )
+    _, args = validate({"cmd": "release", "all": True, "by": "sim"})
+    assert to_event("release", args) == ev.Release("", None, "sim")
+
+
+async def test_commands_through_the_interface_reach_the_engine() -> None:
+    g = FakeGateway(POLICY)
+    reply = await dispatch(g, {"cmd": "drain", "uplink": "fiber", "reason": "splice", "by": "t"})
+    assert reply["ok"] and g.state.classes["dispatch"].uplink == "mobile", reply
+    reply = await dispatch(g, {"cmd": "explain", "class": "dispatch"})
+    assert reply["ok"] and any("drained" in line for line in reply["chain"]), reply
+    reply = await dispatch(g, {"cmd": "explain", "class": "bulk"})
+    assert not reply["ok"] and 'unknown class "bulk"' in reply["error"]
+
+
+async def test_a_reader_of_the_socket_may_not_change_anything(tmp_path: Path) -> None:
+    g = FakeGateway(POLICY)
+    sock = ControlSocket(g, str(tmp_path / "s"))
+    line = json.dumps({"cmd": "drain", "uplink": "fiber", "reason": "r"}).encode()
+    refused = await sock.answer(line, writable=False)
+    assert not refused["ok"] and "may only read" in refused["error"]
+    assert g.state.classes["dispatch"].uplink != "mobile"
+    assert (await sock.answer(b'{"cmd": "status"}', writable=False))["ok"]
+    assert (await sock.answer(line, writable=True))["ok"]
+    assert "not JSON" in (await sock.answer(b"{", writable=True))["error"]
+    # who may write: root and the daemon's user always; others only through the socket's group
+    spec = g.policy.control
+    assert may_change(spec, 0, set())
+    assert not may_change(spec, 65534, {65534})
+    assert may_change(replace(spec, socket_group="root"), 65534, {0})
+
+
+class Recorder:
+    """A service that records the reloads it is asked to take."""
+
+    name: ClassVar[str] = "recorder"
+
+    def __init__(self, answer: Reconfigured) -> None:
+        self.answer = answer
+        self.seen: list[str] = []
+
+    async def run(self) -> None:
+        pass
+
+    async def reconfigure(self, policy: Policy) -> Reconfigured:
+        self.seen.append(policy.site)
+        return self.answer
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+class Restarter(Recorder):
+    name: ClassVar[str] = "restarter"
+
+
+async def test_a_reload_asks_every_service_and_reports_each(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.replace("north", "south"))
+    g = FakeGateway(POLICY)
+    history = History(Journal(None))
+    ok, later = Recorder(Applied("3 probes")), Restarter(NeedsRestart("settings read at start"))
+    report = await reload(path, g, [ok, later], history)
+    assert report["ok"] and report["services"] == {
+        "recorder": "applied: 3 probes",
+        "restarter": "needs restart: settings read at start",
+    }
+    assert report["needs_restart"] == ["restarter: settings read at start"]
+    assert ok.seen == later.seen == ["south"]
+    path.write_text(POLICY + "bogus: 1\n")
+    report = await reload(path, g, [ok], history)
+    assert not report["ok"] and "bogus" in report["problems"][0] and ok.seen == ["south"]
+    assert [r["ok"] for r in history.last(5)] == [True, False]
