@@ -1,4 +1,4 @@
-# One entry point for developers and CI alike: `make test` is what .ci/run runs.
+# One entry point for developers and CI alike: `make check` (lint, types, tests) is what .ci/run runs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 

@@ -362,6 +362,8 @@ def show(args: argparse.Namespace, reply: dict[str, Any], tty: bool) -> None:
         print(reply.get("text", "ok"))
         for change in reply.get("changes", []):
             print(f"  moved {change}")
+        for service, outcome in reply.get("services", {}).items():
+            print(f"  {service}: {outcome}")
     if reply.get("note"):
         print(f"note: {reply['note']}", file=sys.stderr)
 
