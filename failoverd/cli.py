@@ -224,25 +224,22 @@ def cmd_purge(args: argparse.Namespace) -> int:
     """Remove every route, rule and nftables table failoverd owns (after uninstalling, or for a clean lab)."""
     import asyncio  # noqa: PLC0415
 
-    from failoverd.kernel import nft  # noqa: PLC0415
-    from failoverd.kernel.netlink import Kernel  # noqa: PLC0415
+    from failoverd.kernel.writer import Applied, KernelWriter  # noqa: PLC0415
 
     policy = _policy_in_netns(args)
     if policy is None:
         return EXIT_INVALID
 
-    async def purge() -> list[str]:
-        async with Kernel(policy.ownership) as kernel:
-            diff = await kernel.purge()
-        try:
-            await nft.remove()
-        except nft.NftError as exc:
-            print(f"failoverd: {exc}", file=sys.stderr)
-        return diff.removed
+    async def purge() -> Applied:
+        async with KernelWriter(policy.ownership) as kernel:
+            return await kernel.purge()
 
-    removed = asyncio.run(purge())
+    done = asyncio.run(purge())
+    if done.nft_error is not None:
+        print(f"failoverd: {done.nft_error}", file=sys.stderr)
     print(
-        f"removed {len(removed)} routes and rules owned by failoverd (route protocol {policy.ownership.route_protocol})"
+        f"removed {len(done.removed)} routes and rules owned by failoverd "
+        f"(route protocol {policy.ownership.route_protocol})"
     )
     return EXIT_OK
 

@@ -15,6 +15,7 @@ import pytest
 
 from failoverd.clock.monitor import FLOOR_SLACK, ClockMonitor
 from failoverd.policy import parse_policy_text
+from failoverd.statedir import StateDir
 
 ROOT = Path(__file__).resolve().parent.parent
 GPS_WEEK_ROLLOVER = 1024 * 7 * 86400  # a receiver with the 2019 bug reports dates 19.6 years back
@@ -93,7 +94,7 @@ async def test_the_last_good_time_is_a_floor_after_restart_and_saved_only_now_an
         "t.yaml",
     )
     saved = tmp_path / "clock.json"
-    mon = ClockMonitor(pol, tmp_path)
+    mon = ClockMonitor(pol, StateDir(tmp_path))
     assert (await mon.round()).state.value == "sane"
     first = json.loads(saved.read_text())["good_wall"]
     assert abs(first - time.time()) < 5
@@ -102,10 +103,10 @@ async def test_the_last_good_time_is_a_floor_after_restart_and_saved_only_now_an
     assert mon.budget().floor > first - FLOOR_SLACK  # but the floor in memory moves on
 
     # A restart starts from the saved time: the clock may not fall an hour below it.
-    assert ClockMonitor(pol, tmp_path).budget().floor == first - FLOOR_SLACK
+    assert ClockMonitor(pol, StateDir(tmp_path)).budget().floor == first - FLOOR_SLACK
 
     # A saved time ahead of a clock judged sane came from a wrong clock: it is replaced at once.
     saved.write_text(json.dumps({"good_wall": time.time() + 600}))
-    mon = ClockMonitor(pol, tmp_path)
+    mon = ClockMonitor(pol, StateDir(tmp_path))
     assert (await mon.round()).state.value == "sane"
     assert json.loads(saved.read_text())["good_wall"] <= time.time()

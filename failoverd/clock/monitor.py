@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,18 +15,20 @@ from failoverd.clock.consensus import Budget, Consensus, Sample, Step, Verdict, 
 from failoverd.clock.sntp import Reply, query
 from failoverd.clock.sources import ChronyView, GpsFix, KernelClock, StepWatch, adjtimex, chrony_tracking, gpsd_time
 from failoverd.policy.model import Policy
+from failoverd.statedir import StateDir
 
 # The last confirmed-good wall time, minus this, is a floor the clock may not fall below after a restart.
 FLOOR_SLACK = 3600.0
 # A sane clock's wall time is saved at most this often: the floor is an hour below it anyway, and a
 # gateway's flash should not be written every clock round.
 GOOD_WALL_EVERY = 600.0
+FLOOR_FILE = "clock.json"
 
 
 @dataclass
 class ClockMonitor:
     policy: Policy
-    state_dir: Path | None = None
+    state: StateDir | Path | None = None  # a Path or None: the runtime before it held a StateDir (delete with it)
     verdict: Verdict = field(default_factory=Verdict)
     consensus: Consensus | None = None
     replies: dict[str, Reply] = field(default_factory=dict)
@@ -44,10 +45,12 @@ class ClockMonitor:
     saved_wall: float | None = None  # the one in the state file
 
     def __post_init__(self) -> None:
-        if self.state_dir is not None:
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                self.saved_wall = float(json.loads((self.state_dir / "clock.json").read_text())["good_wall"])
-                self.good_wall = self.saved_wall
+        if not isinstance(self.state, StateDir):
+            self.state = StateDir(self.state)
+        doc = self.state.read(FLOOR_FILE).document
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # unreadable: the build's floor stands
+            self.saved_wall = float(doc["good_wall"])
+            self.good_wall = self.saved_wall
 
     def budget(self) -> Budget:
         ck = self.policy.clock
@@ -57,14 +60,13 @@ class ClockMonitor:
     def _confirmed(self, wall: float) -> None:
         """The clock was judged sane at `wall`: raise the floor, and save it now and then."""
         self.good_wall = wall
-        if self.state_dir is None:
+        assert isinstance(self.state, StateDir)
+        if self.state.path is None:
             return
         saved = self.saved_wall
         # Also when the clock is now earlier than the saved time: that one came from a wrong clock.
         if saved is None or wall - saved >= GOOD_WALL_EVERY or wall < saved:
-            tmp = self.state_dir / "clock.json.tmp"
-            tmp.write_text(json.dumps({"good_wall": wall}))
-            tmp.replace(self.state_dir / "clock.json")
+            self.state.replace(FLOOR_FILE, {"good_wall": wall})
             self.saved_wall = wall
 
     def poll_steps(self) -> list[Step]:

@@ -86,13 +86,15 @@ def render(policy: Policy) -> str:
     return "\n".join(lines) + "\n"
 
 
-def script(policy: Policy) -> str:
-    """Replace failoverd's table atomically: create-if-missing, delete, define, in one transaction."""
-    return f"table inet {TABLE}\ndelete table inet {TABLE}\n{render(policy)}"
+async def load(ruleset: str) -> None:
+    """Replace failoverd's table by `ruleset` (nft.render's text) atomically: create-if-missing, delete,
+    define, in one transaction."""
+    await _nft(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset}")
 
 
 async def apply(policy: Policy) -> None:
-    await _nft(script(policy))
+    """For the runtime before it held a KernelWriter: delete with it."""
+    await load(render(policy))
 
 
 async def remove() -> None:

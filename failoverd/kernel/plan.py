@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import ip_address
 
+from failoverd.kernel import nft
 from failoverd.policy.model import Policy, UplinkSpec
 
 MAIN_TABLE = 254
@@ -97,6 +98,20 @@ def desired_routes(policy: Policy, assignments: Mapping[str, tuple[str | None, s
         elif kind in ("blackhole", "unreachable"):
             routes |= {Route(c.table, f, kind) for f in class_families(policy, name)}
     return routes
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """Everything failoverd wants in the kernel at one moment: what KernelWriter.apply makes true."""
+
+    routes: frozenset[Route]
+    rules: frozenset[Rule]
+    ruleset: str  # the nftables table that classifies packets (nft.render)
+
+
+def desired(policy: Policy, assignments: Mapping[str, tuple[str | None, str]]) -> Desired:
+    """The kernel state for this policy with each class on its assigned route (see desired_routes)."""
+    return Desired(frozenset(desired_routes(policy, assignments)), frozenset(desired_rules(policy)), nft.render(policy))
 
 
 def owned_tables(policy: Policy) -> set[int]:

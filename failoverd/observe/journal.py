@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from failoverd.engine import effects as fx
+from failoverd.statedir import StateDir
 
 
 def effect_record(e: fx.Effect) -> dict[str, Any] | None:
@@ -55,36 +56,42 @@ def effect_record(e: fx.Effect) -> dict[str, Any] | None:
 
 
 class Journal:
-    """Bounded history; appended to `history.jsonl` in the state dir so that it survives a restart."""
+    """Bounded history; appended to `history.jsonl` in the state dir so that it survives a restart.
 
-    def __init__(self, state_dir: Path | None, keep: int = 2000) -> None:
-        self.path = state_dir / "history.jsonl" if state_dir else None
+    One line per record, appended rather than the file rewritten per record: a decision must not wait
+    for a rewrite of 2000 records. A line cut short by a crash is skipped on read, and every `keep`
+    records the file is compacted to the last `keep` through the state dir's atomic replace.
+    """
+
+    FILE = "history.jsonl"
+
+    def __init__(self, state: StateDir | Path | None, keep: int = 2000) -> None:
+        # A Path or None: the runtime before it held a StateDir (delete with it).
+        self.state = state if isinstance(state, StateDir) else StateDir(state)
         self.keep = keep
         self.records: deque[dict[str, Any]] = deque(maxlen=keep)
         self.written = 0
-        if self.path is not None and self.path.exists():
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()[-keep:]:
-                try:
-                    self.records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash
+        torn = False
+        for line in self.state.lines(self.FILE, keep):
+            try:
+                self.records.append(json.loads(line))
+            except json.JSONDecodeError:
+                torn = True  # a line cut short by a crash
+        if torn:
+            self._compact()  # else the next record would be appended to the torn line, and lost with it
 
     def add(self, record: dict[str, Any], mono: float) -> dict[str, Any]:
         record = {"wall": time.time(), "mono": round(mono, 6), **record}
         self.records.append(record)
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record, sort_keys=False) + "\n")
+        if self.state.path is not None:
+            self.state.append(self.FILE, [json.dumps(record, sort_keys=False)])
             self.written += 1
             if self.written >= self.keep:
                 self._compact()
         return record
 
     def _compact(self) -> None:
-        assert self.path is not None
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
-        tmp.replace(self.path)
+        self.state.write_text(self.FILE, "".join(json.dumps(r) + "\n" for r in self.records))
         self.written = 0
 
     def last(self, n: int) -> list[dict[str, Any]]:

@@ -79,3 +79,73 @@ def test_kernel_reconciles_many_routes_across_windows() -> None:
     (row,) = r["sizes"]
     assert row["routes"] == 700
     assert {"install_s", "audit_s", "replace_s", "purge_s", "ip_batch_install_s"} <= row.keys()
+
+
+WRITER_CHILD = """
+import asyncio, json, subprocess
+from dataclasses import replace
+from failoverd.kernel import plan
+from failoverd.kernel.writer import KernelWriter
+from failoverd.policy import parse_policy_text
+
+POLICY = '''
+site: t
+ownership: {route_protocol: 74}
+uplinks: [{name: a, interface: d0, next_hop: 198.18.0.1}]
+classes: [{name: web, match: [{dport: 443, protocol: tcp}], path: [a]}, {name: rest, path: [a]}]
+'''
+
+def sh(*argv):
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+def kernel():
+    return {
+        "routes": sh("ip", "-4", "route", "show", "table", "all", "proto", "74").splitlines(),
+        "rules": [line for line in sh("ip", "-4", "rule").splitlines() if "proto 74" in line],
+        "tables": sh("nft", "list", "tables").split(),
+    }
+
+async def main():
+    policy = parse_policy_text(POLICY, "t.yaml")
+    want = plan.desired(policy, {n: ("a", "via") for n in policy.classes})
+    out = {}
+    async with KernelWriter(policy.ownership) as k:
+        first = await k.apply(want, full=True)
+        out["first"] = [first.ruleset, len(first.added), list(first.failed), kernel()]
+        again = await k.apply(want, full=True)
+        out["again"] = [again.ruleset, list(again.changed)]
+        broken = await k.apply(replace(want, ruleset="table inet failoverd { nonsense }\\n"))
+        out["broken"] = [broken.ruleset, broken.nft_error is not None, kernel()]
+        purged = await k.purge()
+        out["purged"] = [purged.ruleset, len(purged.removed), kernel()]
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_kernel_writer_applies_and_purges_routes_rules_and_the_nftables_table(netns: str) -> None:
+    """One writer for everything failoverd owns: a real kernel and a real nft hold what apply asked, a
+    refused ruleset leaves routing and the last good table alone, and purge leaves nothing of ours."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", WRITER_CHILD],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    ruleset, added, failed, held = got["first"]
+    assert (ruleset, failed) == ("loaded", [])
+    assert added == 3 + 8  # the uplink's and the two classes' routes; 4 rules in each family
+    assert sum("default via 198.18.0.1 dev d0" in line for line in held["routes"]) == 3
+    assert len(held["rules"]) == 4
+    assert "failoverd" in held["tables"]
+    assert got["again"] == ["unchanged", []]
+    ruleset, refused, held = got["broken"]
+    assert (ruleset, refused) == ("failed", True)
+    assert "failoverd" in held["tables"] and len(held["routes"]) == 3  # the last good table and routing stay
+    ruleset, removed, held = got["purged"]
+    assert (ruleset, removed) == ("removed", 3 + 8)
+    assert (held["routes"], held["rules"]) == ([], [])
+    assert "failoverd" not in held["tables"]

@@ -1,0 +1,146 @@
+"""The one owner of the state dir: every file in it is written here, atomically, and read back tolerantly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from failoverd.engine.state import Override
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A document read back: None when the file is missing or unreadable, and `note` says which."""
+
+    document: Any = None
+    note: str = ""  # empty when the file was read, or simply is not there
+
+
+class StateDir:
+    """Files that survive a restart (overrides, history, clock floor, MQTT counters), in one directory.
+
+    With no directory (`StateDir(None)`) nothing is written and every read finds nothing: a daemon run
+    without --state-dir keeps its state in memory only.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, path: Path | None) -> StateDir:
+        """The state dir at `path`, made if missing (at start-up, before anything is read or written)."""
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    def __repr__(self) -> str:
+        return f"StateDir({self.path})"
+
+    def replace(self, name: str, document: Any) -> None:
+        """Write `document` as JSON to `name`: a kill -9 (or a power cut) leaves the old file or the new one.
+
+        Written to a temporary file, flushed to disk, renamed over the old one (atomic in one
+        directory), then the directory itself flushed so that the rename is on disk too.
+        """
+        self.write_text(name, json.dumps(document, indent=1) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        """`replace` for text that is already serialised (the history's compaction)."""
+        if self.path is None:
+            return
+        target = self.path / name
+        tmp = self.path / f".{name}.tmp"
+        try:
+            with tmp.open("w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        self._sync_dir()
+
+    def append(self, name: str, lines: Iterable[str]) -> None:
+        """Append whole lines to `name` (the history: one line per record).
+
+        Not fsynced per record: a decision must not wait for the flash, and a line cut short by a
+        crash is skipped on read (see `lines`); compaction rewrites the file through `write_text`.
+        """
+        if self.path is None:
+            return
+        with (self.path / name).open("a", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+
+    def read(self, name: str) -> Read:
+        """The JSON document in `name`; a missing file is no news, an unreadable one is said so."""
+        if self.path is None:
+            return Read()
+        path = self.path / name
+        try:
+            return Read(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return Read()
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return Read(None, f"ignored unreadable {path}: {exc}")
+
+    def lines(self, name: str, last: int) -> list[str]:
+        """The last `last` lines of `name` (none when missing); a torn last line is the reader's to skip."""
+        if self.path is None:
+            return []
+        try:
+            text = (self.path / name).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        return text.splitlines()[-last:]
+
+    def _sync_dir(self) -> None:
+        assert self.path is not None
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- operator overrides ---------------------------------------------------------------------------
+OVERRIDES = "overrides.json"
+
+
+def boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def save_overrides(state: StateDir, overrides: tuple[Override, ...], seq: int) -> None:
+    state.replace(OVERRIDES, {"boot_id": boot_id(), "override_seq": seq, "overrides": [asdict(o) for o in overrides]})
+
+
+def load_overrides(state: StateDir) -> tuple[tuple[Override, ...], int, str]:
+    """Overrides saved by an earlier run of this boot, the override sequence, and a note for the log.
+
+    Their expiries are on the monotonic clock: after a reboot they mean nothing, so they are dropped
+    (and the note says so).
+    """
+    got = state.read(OVERRIDES)
+    doc = got.document
+    if not isinstance(doc, dict):
+        return (), 0, got.note or ("" if doc is None else f"ignored {state.path}/{OVERRIDES}: not a JSON object")
+    try:
+        seq = int(doc.get("override_seq", 0))
+        saved = doc.get("overrides", [])
+        if doc.get("boot_id") != boot_id():
+            return (), seq, f"dropped {len(saved)} override(s) saved before the last reboot"
+        return tuple(Override(**o) for o in saved), seq, ""
+    except (TypeError, ValueError) as exc:
+        return (), 0, f"ignored unreadable {state.path}/{OVERRIDES}: {exc}"
