@@ -11,8 +11,7 @@ from pathlib import Path
 
 from failoverd.control.unix import ControlSocket
 from failoverd.errors import FailoverdError, PolicyError
-from failoverd.kernel import nft
-from failoverd.kernel.netlink import Kernel
+from failoverd.kernel.writer import KernelWriter
 from failoverd.observe import systemd
 from failoverd.observe.journal import Journal
 from failoverd.observe.logging import get as get_logger
@@ -26,6 +25,7 @@ from failoverd.services.history import History
 from failoverd.services.links import AUDIT_INTERVAL, LinkService
 from failoverd.services.probes import ProbeService
 from failoverd.services.reload import Reloads
+from failoverd.statedir import StateDir
 
 log = get_logger("failoverd")
 SHUTDOWN_GRACE = 6.0  # s: then the daemon leaves, fail-static, whatever task is still winding down
@@ -44,17 +44,14 @@ class Shutdown(Exception):
 
 
 async def serve(opts: Options, policy: Policy) -> None:
-    if opts.state_dir is not None:
-        opts.state_dir.mkdir(parents=True, exist_ok=True)
+    state = StateDir.create(opts.state_dir)
     inbox: Inbox = asyncio.Queue()
-    history = History(Journal(opts.state_dir))
+    history = History(Journal(state))
     reloads = Reloads()
-    async with Kernel(policy.ownership) as kernel:
-        engine = await EngineService.start(
-            policy, inbox=inbox, kernel=kernel, history=history, state_dir=opts.state_dir
-        )
+    async with KernelWriter(policy.ownership) as kernel:
+        engine = await EngineService.start(policy, inbox=inbox, kernel=kernel, history=history, state_dir=state)
         probes = ProbeService(engine, inbox)
-        clock = ClockService(engine, inbox, history, opts.state_dir)
+        clock = ClockService(engine, inbox, history, state)
         gateway = LocalGateway(engine, probes, clock, history, reloads)
         services: list[Service] = [
             engine,  # first: a reload asks the services in this order, and the others read its policy
@@ -66,7 +63,7 @@ async def serve(opts: Options, policy: Policy) -> None:
         if policy.control.mqtt.enabled:
             from failoverd.control.mqtt import Fleet  # noqa: PLC0415 (aiomqtt only when it is used)
 
-            services.append(Fleet(gateway, policy.control.mqtt, opts.state_dir))
+            services.append(Fleet(gateway, policy.control.mqtt, state))
         try:
             async with asyncio.TaskGroup() as tg:
                 for service in services:
@@ -82,11 +79,7 @@ async def serve(opts: Options, policy: Policy) -> None:
         systemd.notify("STOPPING=1")
         if opts.restore_on_exit:
             diff = await kernel.purge()
-            try:
-                await nft.remove()
-            except nft.NftError as exc:
-                log.warning("nft-remove-failed", error=str(exc))
-            log.info("restored-on-exit", removed=len(diff.removed))
+            log.info("restored-on-exit", removed=len(diff.removed), nftables=diff.ruleset)
         else:
             log.info("stopped-fail-static", note="the last forwarding state stays in the kernel")
 

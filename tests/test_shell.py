@@ -20,6 +20,7 @@ from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, NeedsRestart, Reconfigured
 from failoverd.services.history import History
 from failoverd.services.reload import reload
+from failoverd.statedir import StateDir
 
 PACKAGE = Path(__file__).resolve().parent.parent / "failoverd"
 POLICY = """
@@ -100,6 +101,16 @@ def test_control_reaches_the_daemon_only_through_its_interface() -> None:
                 "failoverd.services.base"  # Applied / NeedsRestart, what a service answers a reload
             }, module
     assert "failoverd.probes.kinds" not in graph["failoverd.probes.base"]
+
+
+def test_one_kernel_writer() -> None:
+    """Routes, rules, nftables and conntrack are written only through kernel/writer.py."""
+    graph = import_graph()
+    writers = {"failoverd.kernel.nft", "failoverd.kernel.conntrack", "failoverd.kernel.rtnl"}
+    for module, imports in graph.items():
+        if not module.startswith("failoverd.kernel."):
+            assert not imports & writers, module
+    assert "failoverd.kernel.writer" in graph["failoverd.services.engine"]
 
 
 def test_failoverctl_is_built_from_the_command_table() -> None:
@@ -205,7 +216,7 @@ async def test_a_reload_asks_every_service_and_reports_each(tmp_path: Path) -> N
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.replace("north", "south"))
     g = FakeGateway(POLICY)
-    history = History(Journal(None))
+    history = History(Journal(StateDir(None)))
     ok, later = Recorder(Applied("3 probes")), Restarter(NeedsRestart("settings read at start"))
     report = await reload(path, g, [ok, later], history)
     assert report["ok"] and report["services"] == {

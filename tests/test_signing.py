@@ -16,6 +16,7 @@ from failoverd.control.signing import KeyFileError, Verdict, load_keys, sign, ve
 from failoverd.ctl import render_history
 from failoverd.engine.events import ClockState
 from failoverd.policy import parse_policy_text
+from failoverd.statedir import StateDir
 
 NOC = bytes.fromhex("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
 KEYS = {"noc": NOC, "field": bytes(range(16))}
@@ -136,7 +137,7 @@ async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuse
         "site: north\nuplinks: [{name: a, interface: eth0, next_hop: 198.18.0.1}]\nclasses: [{name: all, path: [a]}]\n"
         f"control: {{mqtt: {{enabled: true, keys_file: {keys}}}}}\n"
     )
-    fleet = Fleet(d, d.policy.control.mqtt, tmp_path)
+    fleet = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))
     own, everyone = fleet.cmd_topic, fleet.fleet_topic
 
     def req(**extra: Any) -> bytes:
@@ -151,7 +152,7 @@ async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuse
     # The last accepted time survives a restart: the same bytes are a replay for a new session too.
     replay = req()
     assert (await fleet.handle(own, replay) or {})["ok"]
-    again = Fleet(d, d.policy.control.mqtt, tmp_path)
+    again = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))
     assert "replayed" in (await again.handle(own, replay) or {})["error"]
     for payload, reason in [
         (b"x" * 70_000, "at most"),

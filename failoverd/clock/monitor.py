@@ -7,7 +7,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from failoverd import BUILD_FLOOR
@@ -28,7 +27,7 @@ FLOOR_FILE = "clock.json"
 @dataclass
 class ClockMonitor:
     policy: Policy
-    state: StateDir | Path | None = None  # a Path or None: the runtime before it held a StateDir (delete with it)
+    state: StateDir = field(default_factory=lambda: StateDir(None))
     verdict: Verdict = field(default_factory=Verdict)
     consensus: Consensus | None = None
     replies: dict[str, Reply] = field(default_factory=dict)
@@ -45,8 +44,6 @@ class ClockMonitor:
     saved_wall: float | None = None  # the one in the state file
 
     def __post_init__(self) -> None:
-        if not isinstance(self.state, StateDir):
-            self.state = StateDir(self.state)
         doc = self.state.read(FLOOR_FILE).document
         with contextlib.suppress(ValueError, KeyError, TypeError):  # unreadable: the build's floor stands
             self.saved_wall = float(doc["good_wall"])
@@ -60,7 +57,6 @@ class ClockMonitor:
     def _confirmed(self, wall: float) -> None:
         """The clock was judged sane at `wall`: raise the floor, and save it now and then."""
         self.good_wall = wall
-        assert isinstance(self.state, StateDir)
         if self.state.path is None:
             return
         saved = self.saved_wall

@@ -36,6 +36,7 @@ from failoverd.engine.events import ClockState
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import MqttSpec, Policy
 from failoverd.services.base import Applied, NeedsRestart, Reconfigured
+from failoverd.statedir import StateDir
 
 log = get_logger("failoverd.mqtt")
 STATUS_EVERY = 60.0  # s: the retained status is refreshed at least this often (its `at` shows it is live)
@@ -43,6 +44,7 @@ BACKOFF = (1.0, 30.0)  # s: first and longest wait before reconnecting
 EVENTS_KEPT = 500  # events queued while the broker is out of reach; the oldest go first
 MAX_REQUEST = 64 * 1024
 TRANSPORT_FIELDS = ("key", "issued", "sig", "id", "sites")
+ISSUED_FILE = "mqtt-issued.json"  # the last `issued` taken under each key
 
 
 class PathLost(Exception):
@@ -61,7 +63,7 @@ class Fleet:
 
     name: ClassVar[str] = "mqtt"
 
-    def __init__(self, gateway: Gateway, spec: MqttSpec, state_dir: Path | None) -> None:
+    def __init__(self, gateway: Gateway, spec: MqttSpec, state: StateDir) -> None:
         self.g = gateway
         self.spec = spec
         self.feed = gateway.subscribe(EVENTS_KEPT)
@@ -78,11 +80,13 @@ class Fleet:
         self.rerouted = asyncio.Event()  # a class moved: a broker out of reach may be reachable now
         self.via: str | None = None  # the uplink the session rides
         self.path_lost = asyncio.Event()
-        self.issued_path = state_dir / "mqtt-issued.json" if state_dir is not None else None
+        self.state = state
         self.last_issued: dict[str, float] = {}
-        if self.issued_path is not None:
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                self.last_issued = {str(k): float(v) for k, v in json.loads(self.issued_path.read_text()).items()}
+        saved = state.read(ISSUED_FILE)
+        if saved.note:
+            log.warning("state", note=saved.note)
+        with contextlib.suppress(AttributeError, ValueError, TypeError):  # not a mapping of numbers: start afresh
+            self.last_issued = {str(k): float(v) for k, v in saved.document.items()}
         self.keys: dict[str, bytes] = {}
         self.key_error = ""
         if spec.keys_file:
@@ -313,14 +317,9 @@ class Fleet:
         return {"id": rid, "site": self.g.policy.site, "ok": False, "error": reason}
 
     def _save_issued(self) -> None:
-        if self.issued_path is None:
-            return
-        tmp = self.issued_path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(self.last_issued, f)
-            f.flush()
-            os.fsync(f.fileno())  # a restart must not reopen a replay
-        tmp.replace(self.issued_path)
+        self.state.replace(
+            ISSUED_FILE, self.last_issued
+        )  # on disk before the command runs: a restart must not reopen a replay
 
 
 def _mark_before_connect(client: aiomqtt.Client, mark: int) -> None:

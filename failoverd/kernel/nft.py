@@ -92,11 +92,6 @@ async def load(ruleset: str) -> None:
     await _nft(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset}")
 
 
-async def apply(policy: Policy) -> None:
-    """For the runtime before it held a KernelWriter: delete with it."""
-    await load(render(policy))
-
-
 async def remove() -> None:
     await _nft(f"table inet {TABLE}\ndelete table inet {TABLE}\n")
 

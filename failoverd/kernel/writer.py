@@ -87,16 +87,17 @@ class KernelWriter:
         }
 
     # -- write --------------------------------------------------------------------------------------
-    async def apply(self, want: Desired, *, full: bool = False) -> Applied:
+    async def apply(self, want: Desired, *, full: bool = False, reload_ruleset: bool = False) -> Applied:
         """Make the kernel hold exactly `want`; a no-op when it already does.
 
         Routes and rules are compared with the cache (one netlink request per real change: the fast
         path of a failover) or, with `full`, with a dump of the kernel first (start-up, reload, the
-        periodic audit, after a foreign change). The ruleset is loaded when its text changed.
+        periodic audit, after a foreign change). The ruleset is loaded when its text changed, and
+        with `reload_ruleset` (a policy reload: it also repairs a table deleted by hand, as before).
         """
         async with self._lock:
             ruleset: RulesetOutcome = "unchanged"
-            if want.ruleset != self._ruleset:
+            if want.ruleset != self._ruleset or reload_ruleset:
                 self._ruleset = want.ruleset
                 try:
                     await nft.load(want.ruleset)

@@ -6,7 +6,6 @@ import json
 import time
 from collections import deque
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from failoverd.engine import effects as fx
@@ -65,9 +64,8 @@ class Journal:
 
     FILE = "history.jsonl"
 
-    def __init__(self, state: StateDir | Path | None, keep: int = 2000) -> None:
-        # A Path or None: the runtime before it held a StateDir (delete with it).
-        self.state = state if isinstance(state, StateDir) else StateDir(state)
+    def __init__(self, state: StateDir, keep: int = 2000) -> None:
+        self.state = state
         self.keep = keep
         self.records: deque[dict[str, Any]] = deque(maxlen=keep)
         self.written = 0

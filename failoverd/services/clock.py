@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 from failoverd.clock.monitor import ClockMonitor
@@ -18,6 +17,7 @@ from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, EngineView, Inbox, Reconfigured
 from failoverd.services.history import History
+from failoverd.statedir import StateDir
 
 log = get_logger("failoverd")
 STEP_WATCH = 1.0  # s: how often the wall clock is compared with the monotonic clock
@@ -26,11 +26,11 @@ STEP_WATCH = 1.0  # s: how often the wall clock is compared with the monotonic c
 class ClockService:
     name: ClassVar[str] = "clock"
 
-    def __init__(self, view: EngineView, inbox: Inbox, history: History, state_dir: Path | None) -> None:
+    def __init__(self, view: EngineView, inbox: Inbox, history: History, state: StateDir) -> None:
         self.view = view
         self.inbox = inbox
         self.history = history
-        self.monitor = ClockMonitor(view.policy, state_dir, usable=self._usable)
+        self.monitor = ClockMonitor(view.policy, state, usable=self._usable)
         self.sources_changed = asyncio.Event()
 
     def _usable(self) -> list[str]:

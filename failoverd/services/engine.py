@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections.abc import Coroutine
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, ClassVar
 
 from failoverd.actions import run_command
@@ -20,14 +19,15 @@ from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.state import EngineState, restored_state
 from failoverd.engine.step import step
-from failoverd.kernel import conntrack, nft, plan
-from failoverd.kernel.netlink import Diff, Kernel
+from failoverd.kernel import plan
+from failoverd.kernel.writer import Applied as Programmed
+from failoverd.kernel.writer import KernelWriter
 from failoverd.observe.journal import effect_record
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, Inbox, Item, NewPolicy, Reconfigured
 from failoverd.services.history import History
-from failoverd.statefile import load_overrides, save_overrides
+from failoverd.statedir import StateDir, load_overrides, save_overrides
 
 log = get_logger("failoverd")
 COMMAND_TIMEOUT = 10.0  # s: an operator waits this long at most for the engine's answer
@@ -42,9 +42,9 @@ class EngineService:
         state: EngineState,
         *,
         inbox: Inbox,
-        kernel: Kernel,
+        kernel: KernelWriter,
         history: History,
-        state_dir: Path | None,
+        state_dir: StateDir,
     ) -> None:
         self._policy = policy
         self._state = state
@@ -56,22 +56,18 @@ class EngineService:
         self.steps = 0
         self.replies: dict[str, asyncio.Future[fx.CommandReply]] = {}
         self.requests = 0
-        self.refused: set[str] = set()  # kernel requests refused at the last reconcile
 
     @classmethod
     async def start(
-        cls, policy: Policy, *, inbox: Inbox, kernel: Kernel, history: History, state_dir: Path | None
+        cls, policy: Policy, *, inbox: Inbox, kernel: KernelWriter, history: History, state_dir: StateDir
     ) -> EngineService:
         """Adopt what the kernel holds, restore overrides, program the kernel: moving nothing until evidence says so."""
         now = time.monotonic()
         routes, _ = await kernel.observe()
         adopted = plan.adopt(policy, routes)
-        overrides: tuple[Any, ...] = ()
-        seq = 0
-        if state_dir is not None:
-            overrides, seq, note = load_overrides(state_dir)
-            if note:
-                log.warning("state", note=note)
+        overrides, seq, note = load_overrides(state_dir)
+        if note:
+            log.warning("state", note=note)
         if adopted:
             log.info("adopted", classes={k: v[0] or v[1] for k, v in adopted.items()})
         self = cls(
@@ -82,7 +78,6 @@ class EngineService:
             history=history,
             state_dir=state_dir,
         )
-        await self._classify()
         diff = await self._program(full=True)
         if diff.removed:
             log.info("purged-stale", removed=diff.removed)
@@ -110,6 +105,7 @@ class EngineService:
     def status(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
+            "kernel": self.kernel.status(),
             "queued": self.inbox.qsize(),
             "last_step_age_s": round(time.monotonic() - self.last_step, 3),
         }
@@ -226,10 +222,8 @@ class EngineService:
         if routes_changed:
             t0 = time.monotonic()
             diff = await self._program()
-            log.info("kernel", changed=diff.added + diff.removed, ms=round((time.monotonic() - t0) * 1000, 2))
-        if self.state_dir is not None and (
-            before.overrides != self._state.overrides or before.override_seq != self._state.override_seq
-        ):
+            log.info("kernel", changed=diff.changed, ms=round((time.monotonic() - t0) * 1000, 2))
+        if before.overrides != self._state.overrides or before.override_seq != self._state.override_seq:
             save_overrides(self.state_dir, self._state.overrides, self._state.override_seq)
 
     @staticmethod
@@ -240,7 +234,7 @@ class EngineService:
         c = self._policy.classes.get(e.cls)
         if c is None:
             return
-        ok, text = await conntrack.flush_mark(c.fwmark, self._policy.ownership.fwmark_mask)
+        ok, text = await self.kernel.flush_conntrack(c.fwmark)
         (log.info if ok else log.warning)("conntrack-flush", cls=e.cls, uplink=e.uplink, result=text)
 
     async def _standby(self, e: fx.ActivateStandby | fx.DeactivateStandby) -> None:
@@ -255,9 +249,8 @@ class EngineService:
 
     async def _switch_policy(self, item: NewPolicy, tasks: asyncio.TaskGroup) -> None:
         self._policy = item.policy
-        await self._classify()
         await self._step(ev.PolicyReloaded(), tasks)
-        await self._program(full=True)
+        await self._program(full=True, reload_ruleset=True)
         if not item.done.done():
             item.done.set_result(None)
 
@@ -274,23 +267,8 @@ class EngineService:
             self.history.add({"kind": "restored", "added": diff.added, "removed": diff.removed}, time.monotonic())
 
     # -- the kernel ---------------------------------------------------------------------------------
-    async def _classify(self) -> None:
-        try:
-            await nft.apply(self._policy)
-        except nft.NftError as exc:
-            # Rules and routes still steer marked traffic; only classification is missing.
-            log.error("nft-failed", error=str(exc))
-
-    async def _program(self, full: bool = False) -> Diff:
+    async def _program(self, *, full: bool = False, reload_ruleset: bool = False) -> Programmed:
+        """Routes, rules and classification for where the classes are now: the only kernel write."""
         assignments = {n: (c.uplink, c.route) for n, c in self._state.classes.items()}
-        routes = plan.desired_routes(self._policy, assignments)
-        diff = await self.kernel.reconcile(routes, plan.desired_rules(self._policy), full=full)
-        # A route via a link that is down (a cold standby that is off) is refused on every try: say
-        # so when it starts and when it ends, not at every reconcile.
-        failed = set(diff.failed)
-        for failure in sorted(failed - self.refused):
-            log.warning("kernel-refused", detail=failure, note="retried on link changes and every audit")
-        for failure in sorted(self.refused - failed):
-            log.info("kernel-accepted", detail=failure)
-        self.refused = failed
-        return diff
+        want = plan.desired(self._policy, assignments)
+        return await self.kernel.apply(want, full=full, reload_ruleset=reload_ruleset)

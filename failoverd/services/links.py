@@ -7,7 +7,8 @@ import contextlib
 from typing import Any, ClassVar
 
 from failoverd.engine import events as ev
-from failoverd.kernel.netlink import Kernel, LinkEvent, OwnedChanged
+from failoverd.kernel.netlink import LinkEvent, OwnedChanged
+from failoverd.kernel.writer import KernelWriter
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, EngineView, Inbox, Reconfigured
@@ -20,7 +21,7 @@ SETTLE = 0.05  # s: a burst of netlink events is one audit
 class LinkService:
     name: ClassVar[str] = "netlink"
 
-    def __init__(self, kernel: Kernel, view: EngineView, inbox: Inbox) -> None:
+    def __init__(self, kernel: KernelWriter, view: EngineView, inbox: Inbox) -> None:
         self.kernel = kernel
         self.view = view
         self.inbox = inbox
