@@ -134,7 +134,7 @@ def test_kernel_writer_applies_and_purges_routes_rules_and_the_nftables_table(ne
         text=True,
         check=True,
     )
-    got = json.loads(out.stdout)
+    got = json.loads(out.stdout.strip().splitlines()[-1])  # after the log lines the writer prints
     ruleset, added, failed, held = got["first"]
     assert (ruleset, failed) == ("loaded", [])
     assert added == 3 + 8  # the uplink's and the two classes' routes; 4 rules in each family
