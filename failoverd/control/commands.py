@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from failoverd.engine import events as ev
-from failoverd.engine.decide import candidate, choose, drained, usable
+from failoverd.engine.decide import drained, usable
+from failoverd.engine.explain import explain as engine_explain
 from failoverd.engine.state import EngineState, TargetState
 from failoverd.policy.model import Policy
 from failoverd.policy.schema import parse_duration
@@ -195,46 +196,9 @@ def _reply(r: Any) -> dict[str, Any]:
 
 async def explain(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     name = args["class"]
-    spec = d.policy.classes.get(name)
-    if spec is None:
+    chain = engine_explain(d.policy, d.state, name)
+    if chain is None:
         raise BadRequest(f'unknown class "{name}" (classes: {", ".join(d.policy.classes)})')
-    st = d.state
-    c = st.classes[name]
-    chain: list[str] = []
-    where = f"via {c.uplink}" if c.route == "via" else c.route
-    chain.append(f"class {name} is {where} since {round(st.now - c.since, 1)}s ago: {c.cause}")
-    for k, v in c.cause.evidence:
-        chain.append(f"  evidence {k}: {v}")
-    forced = st.active_override("force", name)
-    if forced is not None:
-        chain.append(f"override {forced.describe()}, {round(forced.expires - st.now)}s left")
-    chain.append(
-        f"path: {' > '.join(spec.path)}"
-        + (f"; revertive after {spec.preempt_delay:g}s" if spec.revertive else "; non-revertive")
-    )
-    for up_name in spec.path:
-        u = st.uplinks[up_name]
-        up = d.policy.uplinks[up_name]
-        flags = []
-        if not up.admits(name):
-            flags.append("does not admit this class")
-        if drained(st, up_name):
-            flags.append("drained")
-        if u.suppressed:
-            flags.append(f"damped, penalty {u.penalty:.0f}")
-        extra = f" [{'; '.join(flags)}]" if flags else ""
-        chain.append(f"  {up_name}: {u.health.value}{extra} since {round(st.now - u.since, 1)}s — {u.cause}")
-        for p in up.probes:
-            t = u.targets.get(p.key, TargetState())
-            verdict = f"FAILED ({t.failed_cause})" if t.failed else "ok"
-            chain.append(f"    probe {p.key}: {verdict}, {t.losses} losses / {t.successes} successes in a row")
-    cand = candidate(spec, d.policy, st)
-    choice, ready_at = choose(spec, d.policy, st, st.now)
-    chain.append(f"now the first usable uplink is {cand.uplink or cand.route}: {cand.cause}")
-    if ready_at is not None:
-        chain.append(f"failback to {cand.uplink} in {round(ready_at - st.now, 1)}s (preempt delay)")
-    elif choice.pending:
-        chain.append(f"waiting: {choice.cause}")
     return {"ok": True, "class": name, "chain": chain}
 
 
