@@ -1,9 +1,25 @@
 """The engine's one entry point: step(state, event, policy, now) -> (state, effects); pure, no I/O."""
 
+# Theory of operation
+# -------------------
+# One step applies one event at monotonic time `now`, in this order of phases:
+#
+# 1. the event itself: fold probe results into their targets, note carrier, a standby action's outcome,
+#    a clock verdict, a reloaded policy, or an operator command (which may add or remove an override);
+# 2. overrides whose time ran out expire;
+# 3. uplinks are re-judged (health.py): activation deadlines, damping reuse, then the evidence; after
+#    a probe event only the uplinks it concerns and those with a timer due;
+# 4. every class is assigned its uplink (decide.py) from one snapshot of that state: switches,
+#    conntrack flushes and alarms follow;
+# 5. cold standby links are activated where a class needs them and released when none has for a while;
+# 6. uplink changes and the command's reply are added to the effects, the invariants are checked, and
+#    the time of the next timer (`wake_at`) is computed so that the runtime sleeps until then.
+
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import assert_never
 
 from failoverd.engine import health as hl
 from failoverd.engine.decide import Choice, candidate, choose, is_failback, usable, why_unusable
@@ -478,6 +494,8 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
             w.policy_reloaded()
         case Tick():
             pass
+        case _:
+            assert_never(event)
     w.expire_overrides()
     w.update_uplinks(only=_probed(event))
     choices = w.assign()
