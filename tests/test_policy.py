@@ -6,11 +6,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 
 from failoverd.errors import PolicyError
-from failoverd.policy import load_policy, parse_policy_text
+from failoverd.policy import load_policy, model, parse_policy_text, schema
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "policies").glob("*.yaml")) + sorted((ROOT / "tests" / "golden" / "policies").glob("*.yaml"))
@@ -127,3 +128,8 @@ classes:
     assert sip.matches[0].dscp == (46, 34)
     assert sip.matches[0].protocol == 17
     assert policy.classes["all"].matches == ()
+
+
+def test_the_compiled_model_knows_every_probe_kind_the_schema_accepts() -> None:
+    accepted = {get_args(get_type_hints(cls)["kind"])[0] for cls in get_args(get_args(schema.Probe)[0])}
+    assert accepted == set(get_args(model.ProbeKind))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
@@ -107,10 +107,13 @@ class ClassState:
     by_override: str | None = None  # the override id that put it here
 
 
+OverrideKind = Literal["force", "drain"]  # force: a class onto an uplink; drain: every class off an uplink
+
+
 @dataclass(frozen=True, slots=True)
 class Override:
     id: str
-    kind: str  # "force" or "drain"
+    kind: OverrideKind
     cls: str | None  # for force
     uplink: str
     reason: str
@@ -146,7 +149,7 @@ class EngineState:
     # step() computes it so that the runtime can sleep until then instead of polling.
     wake_at: float | None = None
 
-    def active_override(self, kind: str, subject: str) -> Override | None:
+    def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
         for o in self.overrides:
             if o.kind == kind and (o.cls if kind == "force" else o.uplink) == subject:
                 return o
@@ -154,6 +157,8 @@ class EngineState:
 
 
 _START = Cause("start", "failoverd started; no evidence yet")
+# The kernel routes a restarted daemon takes over as they are; anything else is left to the path.
+_ADOPTABLE: Mapping[str, Route] = {"via": "via", "blackhole": "blackhole", "unreachable": "unreachable"}
 
 
 def initial_uplink(cold: bool, now: float) -> UplinkState:
@@ -185,14 +190,15 @@ def restored_state(
     state = initial_state(policy, now)
     classes = dict(state.classes)
     for name, (uplink, kind) in adopted.items():
-        if name not in classes:
+        route = _ADOPTABLE.get(kind)
+        if name not in classes or route is None:
             continue
-        if kind == "via" and (
+        if route == "via" and (
             uplink is None or uplink not in policy.uplinks or not policy.uplinks[uplink].admits(name)
         ):
             continue
-        what = f"via {uplink}" if kind == "via" else kind
-        classes[name] = ClassState(uplink, kind, now, Cause("adopted", f"found {what} in the kernel at start"))  # type: ignore[arg-type]
+        what = f"via {uplink}" if route == "via" else route
+        classes[name] = ClassState(uplink, route, now, Cause("adopted", f"found {what} in the kernel at start"))
     kept = tuple(
         o
         for o in overrides

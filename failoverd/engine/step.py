@@ -32,6 +32,7 @@ from failoverd.engine.effects import (
     DeactivateStandby,
     Effect,
     FlushConntrack,
+    Severity,
     SwitchClass,
     UplinkChanged,
     WithdrawClass,
@@ -56,6 +57,7 @@ from failoverd.engine.state import (
     EngineState,
     Health,
     Override,
+    OverrideKind,
     UplinkState,
     initial_uplink,
     transition,
@@ -171,7 +173,7 @@ class _Work:
             ClockReaction(old.value, ev.state.value, reaction.distrust if reaction else frozenset(), cause)
         )
         if reaction is not None and reaction.alarm:
-            self.alarm("critical" if reaction.severity == "critical" else "warning", "clock", cause)
+            self.alarm(reaction.severity, "clock", cause)
         elif old in (ClockState.SUSPECT, ClockState.INSANE):
             self.alarm("info", "clock", cause)
 
@@ -213,10 +215,9 @@ class _Work:
             return None
         return value
 
-    def new_override(self, **kw: object) -> Override:
+    def new_override(self, kind: OverrideKind, cls: str | None, ev: ForceClass | DrainUplink, ttl: float) -> Override:
         self.seq += 1
-        o = Override(id=f"o{self.seq}", created=self.now, **kw)  # type: ignore[arg-type]
-        return o
+        return Override(f"o{self.seq}", kind, cls, ev.uplink, ev.reason, ev.by, self.now, self.now + ttl, ev.force)
 
     def force_class(self, ev: ForceClass) -> None:
         pol = self.policy
@@ -246,15 +247,7 @@ class _Work:
         replaced = [o for o in self.overrides if o.kind == "force" and o.cls == ev.cls]
         for o in replaced:
             self.overrides.remove(o)
-        o = self.new_override(
-            kind="force",
-            cls=ev.cls,
-            uplink=ev.uplink,
-            reason=ev.reason,
-            by=ev.by,
-            expires=self.now + ttl,
-            force=ev.force,
-        )
+        o = self.new_override("force", ev.cls, ev, ttl)
         self.overrides.append(o)
         text = f"override {o.id}: class {ev.cls} -> {ev.uplink} for {ttl:g}s"
         if replaced:
@@ -276,9 +269,7 @@ class _Work:
         replaced = [o for o in self.overrides if o.kind == "drain" and o.uplink == ev.uplink]
         for o in replaced:
             self.overrides.remove(o)
-        o = self.new_override(
-            kind="drain", cls=None, uplink=ev.uplink, reason=ev.reason, by=ev.by, expires=self.now + ttl, force=ev.force
-        )
+        o = self.new_override("drain", None, ev, ttl)
         self.overrides.append(o)
         if not ev.force:
             trial = self.snapshot()
@@ -437,8 +428,8 @@ class _Work:
                     )
             self.uplinks[name] = u
 
-    def alarm(self, severity: str, subject: str, cause: Cause) -> None:
-        self.effects.append(Alarm(severity, subject, cause))  # type: ignore[arg-type]
+    def alarm(self, severity: Severity, subject: str, cause: Cause) -> None:
+        self.effects.append(Alarm(severity, subject, cause))
 
     def finish(self) -> tuple[EngineState, tuple[Effect, ...]]:
         changed = [
