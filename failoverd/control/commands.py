@@ -70,7 +70,7 @@ def uplink_rows(
                 "name": name,
                 "interface": spec.interface,
                 "kind": spec.kind,
-                "carrier_name": spec.carrier,
+                "carrier_name": spec.operator,
                 "state": u.health.value,
                 "usable": usable(state, name),
                 "suppressed": u.suppressed,

@@ -86,7 +86,7 @@ class UplinkSpec:
     interface: str
     next_hop: str | None
     kind: UplinkKind
-    carrier: str | None
+    operator: str | None  # the mobile (or satellite) network operator: an outage can take all its uplinks
     metered: bool
     admit: frozenset[str] | None  # None: every class
     standby: StandbySpec

@@ -6,7 +6,7 @@ import re
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from failoverd.policy.model import (
     ClockSeverity,
@@ -208,7 +208,9 @@ class Uplink(Strict):
     next_hop: Address | None = None
     point_to_point: bool = False
     kind: UplinkKind = "wired"
-    carrier: str | None = None
+    # The network operator behind the link. `carrier:` is the older spelling, still accepted; the
+    # field is not called that here because carrier also means the link's carrier (up/down).
+    operator: str | None = Field(default=None, validation_alias=AliasChoices("operator", "carrier"))
     metered: bool = False
     # Classes allowed on this uplink; none listed means every class (and is refused on a metered uplink).
     admit: list[Name] | None = None
