@@ -21,7 +21,7 @@ from failoverd.clock.monitor import ClockMonitor
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.decide import usable
-from failoverd.engine.state import EngineState, Health, restored_state
+from failoverd.engine.state import EngineState, Lifecycle, restored_state
 from failoverd.engine.step import step
 from failoverd.errors import FailoverdError, PolicyError
 from failoverd.kernel import conntrack, nft, plan
@@ -388,7 +388,7 @@ class Daemon:
 
     def _probing(self, uplink: str) -> bool:
         u = self.state.uplinks.get(uplink)
-        return u is not None and u.health not in (Health.STANDBY, Health.FAILED)
+        return u is not None and u.lifecycle not in (Lifecycle.STANDBY, Lifecycle.FAILED)
 
     async def _probe_rounds(self, gen: int, interval: float, probes: list[tuple[str, ProbeSpec]]) -> None:
         datagram: list[tuple[tuple[str, str], DatagramSession]] = []

@@ -71,7 +71,7 @@ def uplink_rows(
                 "interface": spec.interface,
                 "kind": spec.kind,
                 "carrier_name": spec.operator,
-                "state": u.health.value,
+                "state": u.status,
                 "usable": usable(state, name),
                 "suppressed": u.suppressed,
                 "penalty": round(u.penalty, 1),

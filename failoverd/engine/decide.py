@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
-from failoverd.engine.state import USABLE, ClassState, EngineState, Health, Override
+from failoverd.engine.state import USABLE, ClassState, EngineState, Health, Lifecycle, Override
 from failoverd.policy.model import ClassSpec, Policy
 
 
@@ -56,7 +56,7 @@ def known_bad(state: EngineState, name: str) -> bool:
     u = state.uplinks.get(name)
     if u is None or drained(state, name):
         return True
-    return u.health is not Health.UNKNOWN and not usable(state, name)
+    return not u.unjudged and not usable(state, name)
 
 
 def drained(state: EngineState, name: str) -> Override | None:
@@ -71,7 +71,7 @@ def why_unusable(state: EngineState, name: str) -> str:
         return f"{name} is drained"
     if u.suppressed:
         return f"{name} is damped (flap penalty {u.penalty:.0f})"
-    return f"{name} is {u.health.value} ({u.cause})"
+    return f"{name} is {u.status} ({u.cause})"
 
 
 def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
@@ -88,7 +88,7 @@ def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
         if drained(state, name):
             skipped.append(f"{name} drained")
             continue
-        if u.health is Health.UNKNOWN and not up.standby.cold:
+        if u.unjudged and not up.standby.cold:
             unknown = unknown or name
             skipped.append(f"{name} unknown")
             continue
@@ -110,12 +110,12 @@ def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
                 needs=frozenset(needs),
                 pending=unknown is not None,
             )
-        if up.standby.cold and u.health in (Health.STANDBY, Health.ACTIVATING, Health.FAILED, Health.UNKNOWN):
+        if up.standby.cold and (u.lifecycle is not Lifecycle.ACTIVE or u.health is Health.UNKNOWN):
             if unknown is None:  # a better uplink with no evidence yet may make it unnecessary
                 needs.add(name)
-            skipped.append(f"{name} {u.health.value.lower()}")
+            skipped.append(f"{name} {u.status.lower()}")
             continue
-        skipped.append(f"{name} {'damped' if u.suppressed else u.health.value.lower()}")
+        skipped.append(f"{name} {'damped' if u.suppressed else u.status.lower()}")
     if degraded is not None:
         return Choice(
             degraded,
@@ -170,7 +170,7 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
         and admitted
         and cur is not None
         and (cur.route, cur.uplink) == ("via", forced.uplink)
-        and state.uplinks[forced.uplink].health is Health.UNKNOWN
+        and state.uplinks[forced.uplink].unjudged
     ):
         # Restarted under an override, and the kernel still routes the class as the operator asked:
         # hold it there until that uplink has been judged, rather than bounce to the path and back.

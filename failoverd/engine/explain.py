@@ -37,7 +37,7 @@ def explain(policy: Policy, state: EngineState, cls: str) -> list[str] | None:
         if u.suppressed:
             flags.append(f"damped, penalty {u.penalty:.0f}")
         extra = f" [{'; '.join(flags)}]" if flags else ""
-        chain.append(f"  {name}: {u.health.value}{extra} since {round(now - u.since, 1)}s — {u.cause}")
+        chain.append(f"  {name}: {u.status}{extra} since {round(now - u.since, 1)}s — {u.cause}")
         for p in up.probes:
             t = u.targets.get(p.key, TargetState())
             verdict = f"FAILED ({t.failed_cause})" if t.failed else "ok"

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from failoverd.engine.effects import Cause
-from failoverd.engine.state import USABLE, Health, Sample, TargetState, UplinkState, transition
+from failoverd.engine.state import USABLE, Health, Lifecycle, Sample, TargetState, UplinkState, judge, switch
 from failoverd.policy.model import DampingSpec, HealthSpec, UplinkSpec
 
 # Losses are not judged as a percentage before the window holds this share of the samples it can hold.
@@ -216,14 +216,15 @@ def update_damping(spec: UplinkSpec, u: UplinkState, now: float) -> tuple[Uplink
 def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
     """Move the uplink's health to what the evidence now says; returns the state unchanged if nothing does."""
     h = spec.health
-    if u.health in (Health.STANDBY, Health.FAILED):
+    if u.lifecycle in (Lifecycle.STANDBY, Lifecycle.FAILED):
         return u
-    if u.health is Health.ACTIVATING:
+    if u.lifecycle is Lifecycle.ACTIVATING:
         if not u.activated:
             return u
         if not spec.probes or len(_alive_targets(spec, u)) > len(spec.probes) - h.quorum:
             new = Health.DEGRADED if _degraded_cause(spec, u) else Health.UP
-            return transition(u, new, now, Cause("standby-up", f"activated and {spec.interface} passes traffic"))
+            cause = Cause("standby-up", f"activated and {spec.interface} passes traffic")
+            return judge(switch(u, Lifecycle.ACTIVE, now, cause), new, now, cause)
         return u
 
     down = _down_cause(spec, u)
@@ -233,7 +234,7 @@ def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
         if u.health is Health.DOWN:
             return u
         was_usable = u.health in USABLE
-        u = replace(transition(u, Health.DOWN, now, down), fresh_successes=0)
+        u = replace(judge(u, Health.DOWN, now, down), fresh_successes=0)
         return _flap(spec.damping, u, now) if was_usable else u
 
     if u.clear_since is None:
@@ -244,10 +245,10 @@ def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
             return u  # not enough evidence either way yet
         degraded = _degraded_cause(spec, u)
         if degraded is not None:
-            return transition(u, Health.DEGRADED, now, degraded)
+            return judge(u, Health.DEGRADED, now, degraded)
         alive = _alive_targets(spec, u)
         text = f"{len(alive)} of {len(spec.probes)} probe targets answer" if spec.probes else "carrier up"
-        return transition(u, Health.UP, now, Cause("probe-ok" if spec.probes else "carrier-up", text))
+        return judge(u, Health.UP, now, Cause("probe-ok" if spec.probes else "carrier-up", text))
 
     if u.health is Health.DOWN:
         held = now - u.clear_since if u.clear_since is not None else 0.0
@@ -261,15 +262,13 @@ def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
         if spec.probes:
             text += f" with {u.fresh_successes} probe successes"
         if degraded is not None:
-            return transition(
-                u, Health.DEGRADED, now, Cause("recovered-degraded", f"{text}; {degraded.text}", evidence)
-            )
-        return transition(u, Health.UP, now, Cause("recovered", text, evidence))
+            return judge(u, Health.DEGRADED, now, Cause("recovered-degraded", f"{text}; {degraded.text}", evidence))
+        return judge(u, Health.UP, now, Cause("recovered", text, evidence))
 
     degraded = _degraded_cause(spec, u)
     if u.health is Health.UP:
         if degraded is not None:
-            return transition(u, Health.DEGRADED, now, degraded)
+            return judge(u, Health.DEGRADED, now, degraded)
         return u
     # DEGRADED
     if degraded is not None:
@@ -279,7 +278,7 @@ def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
         clear_since = now
         u = replace(u, degraded_clear_since=now)
     if now - clear_since >= h.degraded_clear_after:
-        return transition(
+        return judge(
             u,
             Health.UP,
             now,

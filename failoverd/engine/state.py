@@ -1,8 +1,11 @@
-"""Engine state: immutable records, and the uplink state machine written as a transition table.
+"""Engine state: immutable records, and an uplink's two state machines written as transition tables."""
 
-Everything that decides whether an uplink may move from one state to another lives in TRANSITIONS;
-code that wants a transition the table does not list has a bug, and `transition()` raises.
-"""
+# An uplink has two independent states. Its health (UNKNOWN, UP, DEGRADED, DOWN) is the verdict on the
+# evidence; its lifecycle says whether it is in service at all: a hot uplink is always ACTIVE, a cold
+# one goes STANDBY -> ACTIVATING -> ACTIVE and back, or FAILED when activation does not work. Only an
+# ACTIVE uplink is judged; leaving service voids the verdict (health UNKNOWN again). Every move either
+# may make is listed in its table; code that wants one the table does not list has a bug, and
+# `judge()` or `switch()` raises. Operators see one word for both (`UplinkState.status`).
 
 from __future__ import annotations
 
@@ -18,24 +21,32 @@ from failoverd.policy.model import Policy
 
 
 class Health(Enum):
-    UNKNOWN = "UNKNOWN"  # hot uplink with no evidence yet
+    UNKNOWN = "UNKNOWN"  # no evidence yet (and every uplink out of service)
     UP = "UP"
     DEGRADED = "DEGRADED"  # usable, but RTT, jitter or loss beyond the policy's thresholds
     DOWN = "DOWN"
+
+
+class Lifecycle(Enum):
+    ACTIVE = "ACTIVE"  # in service: every hot uplink, and a cold one that is up
     STANDBY = "STANDBY"  # cold uplink, deliberately off
     ACTIVATING = "ACTIVATING"  # cold uplink being brought up
     FAILED = "FAILED"  # cold uplink whose activation failed
 
 
 H = Health
-TRANSITIONS: Mapping[Health, frozenset[Health]] = {
-    H.UNKNOWN: frozenset({H.UP, H.DEGRADED, H.DOWN, H.STANDBY}),
-    H.UP: frozenset({H.DEGRADED, H.DOWN, H.STANDBY}),
-    H.DEGRADED: frozenset({H.UP, H.DOWN, H.STANDBY}),
-    H.DOWN: frozenset({H.UP, H.DEGRADED, H.STANDBY}),
-    H.STANDBY: frozenset({H.ACTIVATING}),
-    H.ACTIVATING: frozenset({H.UP, H.DEGRADED, H.FAILED, H.STANDBY}),
-    H.FAILED: frozenset({H.ACTIVATING, H.STANDBY}),
+HEALTH_TRANSITIONS: Mapping[Health, frozenset[Health]] = {
+    H.UNKNOWN: frozenset({H.UP, H.DEGRADED, H.DOWN}),
+    H.UP: frozenset({H.DEGRADED, H.DOWN}),
+    H.DEGRADED: frozenset({H.UP, H.DOWN}),
+    H.DOWN: frozenset({H.UP, H.DEGRADED}),
+}
+L = Lifecycle
+LIFECYCLE_TRANSITIONS: Mapping[Lifecycle, frozenset[Lifecycle]] = {
+    L.ACTIVE: frozenset({L.STANDBY}),
+    L.STANDBY: frozenset({L.ACTIVATING}),
+    L.ACTIVATING: frozenset({L.ACTIVE, L.FAILED, L.STANDBY}),
+    L.FAILED: frozenset({L.ACTIVATING, L.STANDBY}),
 }
 USABLE = frozenset({H.UP, H.DEGRADED})
 
@@ -66,8 +77,9 @@ class TargetState:
 @dataclass(frozen=True, slots=True)
 class UplinkState:
     health: Health
-    since: float
+    since: float  # of the current status (health or lifecycle, whichever changed last)
     cause: Cause
+    lifecycle: Lifecycle = Lifecycle.ACTIVE
     carrier: bool = True
     targets: Mapping[str, TargetState] = field(default_factory=dict)
     fresh_successes: int = 0  # probe successes since the last time it went DOWN
@@ -85,17 +97,38 @@ class UplinkState:
     retry_at: float | None = None
     idle_since: float | None = None  # a cold uplink no class needs, since
 
+    @property
+    def status(self) -> str:
+        """The one word operators see: the health of an uplink in service, else where its lifecycle is."""
+        return self.health.value if self.lifecycle is Lifecycle.ACTIVE else self.lifecycle.value
 
-def transition(u: UplinkState, new: Health, now: float, cause: Cause) -> UplinkState:
-    if new not in TRANSITIONS[u.health]:
-        raise EngineBug(f"illegal uplink transition {u.health.value} -> {new.value} ({cause})")
-    usable_since = u.usable_since
-    if new in USABLE and u.health not in USABLE:
-        usable_since = now
-    elif new not in USABLE:
-        usable_since = None
-    up_since = (u.up_since if u.health is Health.UP else now) if new is Health.UP else None
-    return replace(u, health=new, since=now, cause=cause, usable_since=usable_since, up_since=up_since)
+    @property
+    def unjudged(self) -> bool:
+        """In service but without evidence yet (as after a start or restart)."""
+        return self.lifecycle is Lifecycle.ACTIVE and self.health is Health.UNKNOWN
+
+
+def _enter(u: UplinkState, lifecycle: Lifecycle, health: Health, now: float, cause: Cause) -> UplinkState:
+    usable = health in USABLE
+    usable_since = (u.usable_since if u.health in USABLE else now) if usable else None
+    up_since = (u.up_since if u.health is Health.UP else now) if health is Health.UP else None
+    return replace(
+        u, health=health, lifecycle=lifecycle, since=now, cause=cause, usable_since=usable_since, up_since=up_since
+    )
+
+
+def judge(u: UplinkState, new: Health, now: float, cause: Cause) -> UplinkState:
+    """The evidence gives an uplink in service a new health."""
+    if u.lifecycle is not Lifecycle.ACTIVE or new not in HEALTH_TRANSITIONS[u.health]:
+        raise EngineBug(f"illegal uplink transition {u.status} -> {new.value} ({cause})")
+    return _enter(u, u.lifecycle, new, now, cause)
+
+
+def switch(u: UplinkState, new: Lifecycle, now: float, cause: Cause) -> UplinkState:
+    """A cold uplink moves in its lifecycle; whatever was known of its health no longer holds."""
+    if new not in LIFECYCLE_TRANSITIONS[u.lifecycle]:
+        raise EngineBug(f"illegal uplink transition {u.status} -> {new.value} ({cause})")
+    return _enter(u, new, Health.UNKNOWN, now, cause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +196,8 @@ _ADOPTABLE: Mapping[str, Route] = {"via": "via", "blackhole": "blackhole", "unre
 
 def initial_uplink(cold: bool, now: float) -> UplinkState:
     if cold:
-        return UplinkState(Health.STANDBY, now, Cause("cold-standby", "cold standby, off until a class needs it"))
+        cause = Cause("cold-standby", "cold standby, off until a class needs it")
+        return UplinkState(Health.UNKNOWN, now, cause, Lifecycle.STANDBY)
     return UplinkState(Health.UNKNOWN, now, _START)
 
 
