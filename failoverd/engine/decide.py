@@ -1,22 +1,21 @@
-"""Classes → uplinks: walk each class's path, honour overrides, metering, preemption and cold standby.
+"""Classes → uplinks: walk each class's path, honour overrides, metering, preemption and cold standby."""
 
-Theory of operation
--------------------
-For every class the engine first finds the *candidate*: the first uplink in the class's path that admits
-the class, is not drained, and is usable (UP, or DEGRADED when the class does not avoid degraded links
-or nothing better exists). A hot uplink still UNKNOWN stops the walk: failoverd never moves a class to a
-backup merely because the primary has not been probed yet. Cold uplinks met on the way that are not yet
-up are *needed*: the standby planner activates them.
-
-The candidate then meets the class's current uplink:
-- nothing assigned yet, the current uplink is unusable, not admitted, drained or gone → move now (failover);
-- the candidate is later in the path than a usable current uplink → the current one is degraded and
-  avoided, or left by an override: move now;
-- the candidate is earlier in the path (failback) → only if the class is revertive and the candidate has
-  been usable for `preempt_delay` seconds; an override that ended moves the class back at once.
-An operator's force override wins while its uplink is usable, or always when it was forced explicitly.
-A metered uplink never carries a class it does not admit, override or not.
-"""
+# Theory of operation
+# -------------------
+# For every class the engine first finds the *candidate*: the first uplink in the class's path that admits
+# the class, is not drained, and is usable (UP, or DEGRADED when the class does not avoid degraded links
+# or nothing better exists). A hot uplink still UNKNOWN stops the walk: failoverd never moves a class to a
+# backup merely because the primary has not been probed yet. Cold uplinks met on the way that are not yet
+# up are *needed*: the standby planner activates them.
+#
+# The candidate then meets the class's current uplink:
+# - nothing assigned yet, the current uplink is unusable, not admitted, drained or gone → move now (failover);
+# - the candidate is later in the path than a usable current uplink → the current one is degraded and
+#   avoided, or left by an override: move now;
+# - the candidate is earlier in the path (failback) → only if the class is revertive and the candidate has
+#   been usable for `preempt_delay` seconds; an override that ended moves the class back at once.
+# An operator's force override wins while its uplink is usable, or always when it was forced explicitly.
+# A metered uplink never carries a class it does not admit, override or not.
 
 from __future__ import annotations
 

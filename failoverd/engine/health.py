@@ -1,25 +1,24 @@
-"""Probe results and carrier → uplink health, with hysteresis, hold-down, target quorum and flap damping.
+"""Probe results and carrier → uplink health, with hysteresis, hold-down, target quorum and flap damping."""
 
-Theory of operation
--------------------
-Each probe target keeps the samples of the last `window` seconds and its run of consecutive losses and
-successes. A target *fails* after `down_losses` consecutive losses, or when the window's loss reaches
-`down_loss_percent` once the window holds enough samples to mean something; it *recovers* after
-`up_successes` consecutive successes, and its window restarts so that old losses cannot fail it again.
-
-The uplink is DOWN when carrier is lost (at once, no probe needed) or when `quorum` targets have failed:
-one dead target of three is a problem of that target, not of the uplink. It comes back only after the
-down condition has been clear for `hold_down` seconds and `up_successes` fresh successes were seen since
-it went down (carrier returning proves nothing about the path beyond it).
-
-An UP uplink whose RTT, jitter or loss over the window crosses the `degraded` thresholds becomes DEGRADED
-at once; it returns to UP only after the metrics stayed below them for `clear_after` seconds.
-
-Flap damping follows RFC 2439 section 4.2: every fall from usable to DOWN adds `penalty` to a figure of
-merit that decays exponentially with `half_life`; above `suppress` the uplink is not used, below `reuse`
-it is used again. The penalty is capped so that suppression never outlasts `max_suppress` (4.2, "maximum
-hold down time").
-"""
+# Theory of operation
+# -------------------
+# Each probe target keeps the samples of the last `window` seconds and its run of consecutive losses and
+# successes. A target *fails* after `down_losses` consecutive losses, or when the window's loss reaches
+# `down_loss_percent` once the window holds enough samples to mean something; it *recovers* after
+# `up_successes` consecutive successes, and its window restarts so that old losses cannot fail it again.
+#
+# The uplink is DOWN when carrier is lost (at once, no probe needed) or when `quorum` targets have failed:
+# one dead target of three is a problem of that target, not of the uplink. It comes back only after the
+# down condition has been clear for `hold_down` seconds and `up_successes` fresh successes were seen since
+# it went down (carrier returning proves nothing about the path beyond it).
+#
+# An UP uplink whose RTT, jitter or loss over the window crosses the `degraded` thresholds becomes DEGRADED
+# at once; it returns to UP only after the metrics stayed below them for `clear_after` seconds.
+#
+# Flap damping follows RFC 2439 section 4.2: every fall from usable to DOWN adds `penalty` to a figure of
+# merit that decays exponentially with `half_life`; above `suppress` the uplink is not used, below `reuse`
+# it is used again. The penalty is capped so that suppression never outlasts `max_suppress` (4.2, "maximum
+# hold down time").
 
 from __future__ import annotations
 
@@ -45,9 +44,8 @@ def record_probes(
 ) -> UplinkState:
     """Fold an uplink's probe results (answered, rtt, when), per probe key in the order they came, into its targets.
 
-    This runs for every probe the daemon sends (160 a second at the benchmark's load): one new
-    UplinkState per batch and one new TargetState per target, not per result, and window statistics
-    kept as samples come and go."""
+    This runs for every probe the daemon sends: one new UplinkState per batch and one new TargetState
+    per target, not per result, and window statistics kept as samples come and go."""
     targets = dict(u.targets)
     fresh = u.fresh_successes
     for probe, outcomes in per_target.items():
