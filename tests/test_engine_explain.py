@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
-from failoverd.engine.explain import explain
+from failoverd.engine.explain import UnknownClass, explain
 from failoverd.engine.state import EngineState, initial_state
 from failoverd.engine.step import step
 from failoverd.policy import load_policy, parse_policy_text
@@ -25,9 +27,7 @@ def running(now: float = 0.1) -> EngineState:
 
 
 def chain(state: EngineState, cls: str) -> list[str]:
-    lines = explain(LAB, state, cls)
-    assert lines is not None
-    return lines
+    return explain(LAB, state, cls)
 
 
 def test_at_start_the_class_waits_for_evidence_on_its_primary() -> None:
@@ -120,7 +120,6 @@ classes:
         state, _ = step(state, ev.CarrierChanged("a", False), policy, 1.0 + k)
         state, _ = step(state, ev.CarrierChanged("a", True), policy, 1.5 + k)
     lines = explain(policy, state, "main")
-    assert lines is not None
     a_line = next(line for line in lines if line.startswith("  a: "))
     assert a_line.startswith(f"  a: UP [damped, penalty {state.uplinks['a'].penalty:.0f}] since")
     assert state.uplinks["a"].penalty > 2000
@@ -129,5 +128,7 @@ classes:
     assert lines[0].startswith("class main is blackhole since")
 
 
-def test_an_unknown_class_has_no_chain() -> None:
-    assert explain(LAB, running(), "voice") is None
+def test_an_unknown_class_is_refused_with_the_classes_there_are() -> None:
+    with pytest.raises(UnknownClass) as info:
+        explain(LAB, running(), "voice")
+    assert str(info.value) == 'unknown class "voice" (classes: critical, bulk)'

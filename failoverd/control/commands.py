@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from failoverd.engine import events as ev
 from failoverd.engine.decide import drained, usable
-from failoverd.engine.explain import explain as engine_explain
+from failoverd.engine.explain import UnknownClass
+from failoverd.engine.explain import explain as explain_class
 from failoverd.engine.state import EngineState, TargetState
 from failoverd.policy.model import Policy
 from failoverd.policy.schema import parse_duration
@@ -195,11 +196,11 @@ def _reply(r: Any) -> dict[str, Any]:
 
 
 async def explain(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
-    name = args["class"]
-    chain = engine_explain(d.policy, d.state, name)
-    if chain is None:
-        raise BadRequest(f'unknown class "{name}" (classes: {", ".join(d.policy.classes)})')
-    return {"ok": True, "class": name, "chain": chain}
+    try:
+        chain = explain_class(d.policy, d.state, args["class"])
+    except UnknownClass as exc:
+        raise BadRequest(str(exc)) from None
+    return {"ok": True, "class": args["class"], "chain": chain}
 
 
 async def history(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:

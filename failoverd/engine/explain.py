@@ -7,12 +7,16 @@ from failoverd.engine.state import EngineState, TargetState
 from failoverd.policy.model import Policy
 
 
-def explain(policy: Policy, state: EngineState, cls: str) -> list[str] | None:
-    """The lines `failoverctl explain` shows for a class, or None when the policy has no such class."""
+class UnknownClass(Exception):
+    """The policy has no such class; the message is the refusal given to the operator."""
+
+
+def explain(policy: Policy, state: EngineState, cls: str) -> list[str]:
+    """The lines `failoverctl explain` shows for a class."""
     spec = policy.classes.get(cls)
     c = state.classes.get(cls)
     if spec is None or c is None:
-        return None
+        raise UnknownClass(f'unknown class "{cls}" (classes: {", ".join(policy.classes)})')
     now = state.now
     chain: list[str] = []
     where = f"via {c.uplink}" if c.route == "via" else c.route
