@@ -41,8 +41,8 @@ def _match_text(m: MatchSpec) -> str:
 def _uplink_text(u: UplinkSpec) -> str:
     via = f"via {u.next_hop}" if u.next_hop else "point-to-point"
     bits = [f"{u.name:<10} {u.interface:<8} {via:<22} {u.kind:<9}"]
-    if u.carrier:
-        bits.append(f"carrier {u.carrier}")
+    if u.operator:
+        bits.append(f"carrier {u.operator}")
     if u.metered:
         bits.append(f"metered, admits {', '.join(sorted(u.admit or ()))}")
     elif u.admit is not None:

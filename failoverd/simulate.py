@@ -85,7 +85,7 @@ def _check(t: Timeline, policy: Policy) -> list[tuple[tuple[str | int, ...], str
     for name in t.world:
         if name not in policy.uplinks:
             bad.append((("world", name), f'unknown uplink "{name}"'))
-    carriers = {u.carrier for u in policy.uplinks.values() if u.carrier}
+    carriers = {u.operator for u in policy.uplinks.values() if u.operator}
     for i, s in enumerate(t.events):
         at = ("events", i)
         if s.uplink is not None and s.uplink not in policy.uplinks:
@@ -258,7 +258,7 @@ class Simulation:
             name = getattr(s, key)
             if name is not None:
                 for uname, u in self.policy.uplinks.items():
-                    if u.carrier == name:
+                    if u.operator == name:
                         links[uname].outage = down
         if s.command == "failover" and s.class_ and s.to:
             yield ev.ForceClass(request, s.class_, s.to, s.reason or "", s.for_, s.force, "simulation")

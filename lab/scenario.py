@@ -273,7 +273,7 @@ class Run:
                 thread.start()
                 self.threads.append(thread)
             case "carrier-outage":
-                hit = [n for n, u in self.policy.uplinks.items() if u.carrier == step.carrier]
+                hit = [n for n, u in self.policy.uplinks.items() if u.operator == step.carrier]
                 if not hit:
                     raise LabError(f"no uplink of carrier {step.carrier!r}")
                 for name in hit:

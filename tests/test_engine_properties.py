@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.decide import candidate, drained, usable
-from failoverd.engine.state import EngineState, Health, initial_state
+from failoverd.engine.state import EngineState, Health, Lifecycle, initial_state
 from failoverd.engine.step import step
 from failoverd.policy import parse_policy_text
 from failoverd.policy.model import Policy
@@ -152,12 +153,14 @@ def check_invariants(state: EngineState, policy: Policy, effects: tuple[fx.Effec
         if isinstance(e, fx.SwitchClass):
             assert e.cause.code and e.cause.text
             assert policy.uplinks[e.to_uplink].admits(e.cls) if e.to_uplink else True
-    for u in state.uplinks.values():
-        if not policy.uplinks[next(n for n, x in state.uplinks.items() if x is u)].standby.cold:
-            assert u.health not in (Health.STANDBY, Health.ACTIVATING, Health.FAILED)
+    for name, link in state.uplinks.items():
+        # Only an uplink in service has a verdict on its health; a hot one is always in service.
+        assert link.lifecycle is Lifecycle.ACTIVE or link.health is Health.UNKNOWN
+        if not policy.uplinks[name].standby.cold:
+            assert link.lifecycle is Lifecycle.ACTIVE
 
 
-def run(timeline: list[tuple[float, ev.Event]], policy: Policy = POLICY) -> list[tuple[float, fx.Effect]]:
+def run(timeline: Sequence[tuple[float, ev.Event]], policy: Policy = POLICY) -> list[tuple[float, fx.Effect]]:
     t = 0.0
     state, effects = step(initial_state(policy, t), ev.Tick(), policy, t)
     out = [(t, e) for e in effects]

@@ -6,11 +6,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 
 from failoverd.errors import PolicyError
-from failoverd.policy import load_policy, parse_policy_text
+from failoverd.policy import load_policy, model, parse_policy_text, schema
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "policies").glob("*.yaml")) + sorted((ROOT / "tests" / "golden" / "policies").glob("*.yaml"))
@@ -127,3 +128,34 @@ classes:
     assert sip.matches[0].dscp == (46, 34)
     assert sip.matches[0].protocol == 17
     assert policy.classes["all"].matches == ()
+
+
+def test_the_compiled_model_knows_every_probe_kind_the_schema_accepts() -> None:
+    accepted = {get_args(get_type_hints(cls)["kind"])[0] for cls in get_args(get_args(schema.Probe)[0])}
+    assert accepted == set(get_args(model.ProbeKind))
+
+
+OPERATOR = """
+site: s
+uplinks:
+  - {{name: a, interface: eth1, next_hop: 192.0.2.1, kind: cellular, {key}: {value}}}
+classes:
+  - {{name: all, path: [a]}}
+"""
+
+
+@pytest.mark.parametrize("key", ["operator", "carrier"])
+def test_the_network_operator_is_named_by_operator_or_its_older_spelling_carrier(key: str) -> None:
+    policy = parse_policy_text(OPERATOR.format(key=key, value="carrier-a"), "p.yaml")
+    assert policy.uplinks["a"].operator == "carrier-a"
+
+
+@pytest.mark.parametrize("key", ["operator", "carrier"])
+def test_a_bad_operator_is_located_at_the_key_written(key: str) -> None:
+    text = OPERATOR.format(key=key, value="[1]")
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(text, "p.yaml")
+    (problem,) = info.value.problems
+    assert problem.path == f"uplinks.0.{key}"
+    line = text.splitlines()[3]
+    assert (problem.line, problem.col) == (4, line.index(f"{key}: [1]") + len(key) + 3)

@@ -245,7 +245,7 @@ class Fleet:
                 policy=policy.source,
                 clock=st.clock.state.value,
                 classes={n: (f"via {c.uplink}" if c.route == "via" else c.route) for n, c in st.classes.items()},
-                uplinks={n: u.health.value for n, u in st.uplinks.items()},
+                uplinks={n: u.status for n, u in st.uplinks.items()},
                 overrides=[o.describe() for o in st.overrides],
             )
         return out

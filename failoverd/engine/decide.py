@@ -1,22 +1,21 @@
-"""Classes → uplinks: walk each class's path, honour overrides, metering, preemption and cold standby.
+"""Classes → uplinks: walk each class's path, honour overrides, metering, preemption and cold standby."""
 
-Theory of operation
--------------------
-For every class the engine first finds the *candidate*: the first uplink in the class's path that admits
-the class, is not drained, and is usable (UP, or DEGRADED when the class does not avoid degraded links
-or nothing better exists). A hot uplink still UNKNOWN stops the walk: failoverd never moves a class to a
-backup merely because the primary has not been probed yet. Cold uplinks met on the way that are not yet
-up are *needed*: the standby planner activates them.
-
-The candidate then meets the class's current uplink:
-- nothing assigned yet, the current uplink is unusable, not admitted, drained or gone → move now (failover);
-- the candidate is later in the path than a usable current uplink → the current one is degraded and
-  avoided, or left by an override: move now;
-- the candidate is earlier in the path (failback) → only if the class is revertive and the candidate has
-  been usable for `preempt_delay` seconds; an override that ended moves the class back at once.
-An operator's force override wins while its uplink is usable, or always when it was forced explicitly.
-A metered uplink never carries a class it does not admit, override or not.
-"""
+# Theory of operation
+# -------------------
+# For every class the engine first finds the *candidate*: the first uplink in the class's path that admits
+# the class, is not drained, and is usable (UP, or DEGRADED when the class does not avoid degraded links
+# or nothing better exists). A hot uplink still UNKNOWN stops the walk: failoverd never moves a class to a
+# backup merely because the primary has not been probed yet. Cold uplinks met on the way that are not yet
+# up are *needed*: the standby planner activates them.
+#
+# The candidate then meets the class's current uplink:
+# - nothing assigned yet, the current uplink is unusable, not admitted, drained or gone → move now (failover);
+# - the candidate is later in the path than a usable current uplink → the current one is degraded and
+#   avoided, or left by an override: move now;
+# - the candidate is earlier in the path (failback) → only if the class is revertive and the candidate has
+#   been usable for `preempt_delay` seconds; an override that ended moves the class back at once.
+# An operator's force override wins while its uplink is usable, or always when it was forced explicitly.
+# A metered uplink never carries a class it does not admit, override or not.
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
-from failoverd.engine.state import USABLE, ClassState, EngineState, Health, Override
+from failoverd.engine.state import USABLE, ClassState, EngineState, Health, Lifecycle, Override
 from failoverd.policy.model import ClassSpec, Policy
 
 
@@ -56,7 +55,7 @@ def known_bad(state: EngineState, name: str) -> bool:
     u = state.uplinks.get(name)
     if u is None or drained(state, name):
         return True
-    return u.health is not Health.UNKNOWN and not usable(state, name)
+    return not u.unjudged and not usable(state, name)
 
 
 def drained(state: EngineState, name: str) -> Override | None:
@@ -71,7 +70,7 @@ def why_unusable(state: EngineState, name: str) -> str:
         return f"{name} is drained"
     if u.suppressed:
         return f"{name} is damped (flap penalty {u.penalty:.0f})"
-    return f"{name} is {u.health.value} ({u.cause})"
+    return f"{name} is {u.status} ({u.cause})"
 
 
 def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
@@ -88,7 +87,7 @@ def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
         if drained(state, name):
             skipped.append(f"{name} drained")
             continue
-        if u.health is Health.UNKNOWN and not up.standby.cold:
+        if u.unjudged and not up.standby.cold:
             unknown = unknown or name
             skipped.append(f"{name} unknown")
             continue
@@ -110,12 +109,12 @@ def candidate(spec: ClassSpec, policy: Policy, state: EngineState) -> Choice:
                 needs=frozenset(needs),
                 pending=unknown is not None,
             )
-        if up.standby.cold and u.health in (Health.STANDBY, Health.ACTIVATING, Health.FAILED, Health.UNKNOWN):
+        if up.standby.cold and (u.lifecycle is not Lifecycle.ACTIVE or u.health is Health.UNKNOWN):
             if unknown is None:  # a better uplink with no evidence yet may make it unnecessary
                 needs.add(name)
-            skipped.append(f"{name} {u.health.value.lower()}")
+            skipped.append(f"{name} {u.status.lower()}")
             continue
-        skipped.append(f"{name} {'damped' if u.suppressed else u.health.value.lower()}")
+        skipped.append(f"{name} {'damped' if u.suppressed else u.status.lower()}")
     if degraded is not None:
         return Choice(
             degraded,
@@ -170,7 +169,7 @@ def choose(spec: ClassSpec, policy: Policy, state: EngineState, now: float) -> t
         and admitted
         and cur is not None
         and (cur.route, cur.uplink) == ("via", forced.uplink)
-        and state.uplinks[forced.uplink].health is Health.UNKNOWN
+        and state.uplinks[forced.uplink].unjudged
     ):
         # Restarted under an override, and the kernel still routes the class as the operator asked:
         # hold it there until that uplink has been judged, rather than bounce to the path and back.

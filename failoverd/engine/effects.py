@@ -8,6 +8,7 @@ from typing import Literal
 from failoverd.policy.model import CommandSpec
 
 Route = Literal["via", "blackhole", "unreachable", "pending"]
+Severity = Literal["info", "warning", "critical"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,7 @@ class ClockReaction:
 
 @dataclass(frozen=True, slots=True)
 class Alarm:
-    severity: Literal["info", "warning", "critical"]
+    severity: Severity
     subject: str
     cause: Cause
 

@@ -21,7 +21,7 @@ class ProbeResult(NamedTuple):
     """One probe's answer (or its absence at the deadline), as seen at `now`.
 
     A named tuple rather than a frozen dataclass, like `Sample`: one is made for every probe the
-    daemon sends (160 a second at the benchmark's load) and it builds in under half the time."""
+    daemon sends, and a named tuple is the cheaper to build."""
 
     uplink: str
     probe: str  # ProbeSpec.key
@@ -32,8 +32,8 @@ class ProbeResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ProbeBatch:
-    """Probe results that arrived together, folded in one step: at 160 probes/s the per-step work
-    (re-judging, choosing paths) would otherwise be done for every single answer."""
+    """Probe results that arrived together, folded in one step, so that the per-step work (re-judging,
+    choosing paths) is done once per batch rather than for every single answer."""
 
     results: tuple[ProbeResult, ...]
 

@@ -1,25 +1,24 @@
-"""Probe results and carrier → uplink health, with hysteresis, hold-down, target quorum and flap damping.
+"""Probe results and carrier → uplink health, with hysteresis, hold-down, target quorum and flap damping."""
 
-Theory of operation
--------------------
-Each probe target keeps the samples of the last `window` seconds and its run of consecutive losses and
-successes. A target *fails* after `down_losses` consecutive losses, or when the window's loss reaches
-`down_loss_percent` once the window holds enough samples to mean something; it *recovers* after
-`up_successes` consecutive successes, and its window restarts so that old losses cannot fail it again.
-
-The uplink is DOWN when carrier is lost (at once, no probe needed) or when `quorum` targets have failed:
-one dead target of three is a problem of that target, not of the uplink. It comes back only after the
-down condition has been clear for `hold_down` seconds and `up_successes` fresh successes were seen since
-it went down (carrier returning proves nothing about the path beyond it).
-
-An UP uplink whose RTT, jitter or loss over the window crosses the `degraded` thresholds becomes DEGRADED
-at once; it returns to UP only after the metrics stayed below them for `clear_after` seconds.
-
-Flap damping follows RFC 2439 section 4.2: every fall from usable to DOWN adds `penalty` to a figure of
-merit that decays exponentially with `half_life`; above `suppress` the uplink is not used, below `reuse`
-it is used again. The penalty is capped so that suppression never outlasts `max_suppress` (4.2, "maximum
-hold down time").
-"""
+# Theory of operation
+# -------------------
+# Each probe target keeps the samples of the last `window` seconds and its run of consecutive losses and
+# successes. A target *fails* after `down_losses` consecutive losses, or when the window's loss reaches
+# `down_loss_percent` once the window holds enough samples to mean something; it *recovers* after
+# `up_successes` consecutive successes, and its window restarts so that old losses cannot fail it again.
+#
+# The uplink is DOWN when carrier is lost (at once, no probe needed) or when `quorum` targets have failed:
+# one dead target of three is a problem of that target, not of the uplink. It comes back only after the
+# down condition has been clear for `hold_down` seconds and `up_successes` fresh successes were seen since
+# it went down (carrier returning proves nothing about the path beyond it).
+#
+# An UP uplink whose RTT, jitter or loss over the window crosses the `degraded` thresholds becomes DEGRADED
+# at once; it returns to UP only after the metrics stayed below them for `clear_after` seconds.
+#
+# Flap damping follows RFC 2439 section 4.2: every fall from usable to DOWN adds `penalty` to a figure of
+# merit that decays exponentially with `half_life`; above `suppress` the uplink is not used, below `reuse`
+# it is used again. The penalty is capped so that suppression never outlasts `max_suppress` (4.2, "maximum
+# hold down time").
 
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from failoverd.engine.effects import Cause
-from failoverd.engine.state import USABLE, Health, Sample, TargetState, UplinkState, transition
+from failoverd.engine.state import USABLE, Health, Lifecycle, Sample, TargetState, UplinkState, judge, switch
 from failoverd.policy.model import DampingSpec, HealthSpec, UplinkSpec
 
 # Losses are not judged as a percentage before the window holds this share of the samples it can hold.
@@ -45,9 +44,8 @@ def record_probes(
 ) -> UplinkState:
     """Fold an uplink's probe results (answered, rtt, when), per probe key in the order they came, into its targets.
 
-    This runs for every probe the daemon sends (160 a second at the benchmark's load): one new
-    UplinkState per batch and one new TargetState per target, not per result, and window statistics
-    kept as samples come and go."""
+    This runs for every probe the daemon sends: one new UplinkState per batch and one new TargetState
+    per target, not per result, and window statistics kept as samples come and go."""
     targets = dict(u.targets)
     fresh = u.fresh_successes
     for probe, outcomes in per_target.items():
@@ -216,14 +214,15 @@ def update_damping(spec: UplinkSpec, u: UplinkState, now: float) -> tuple[Uplink
 def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
     """Move the uplink's health to what the evidence now says; returns the state unchanged if nothing does."""
     h = spec.health
-    if u.health in (Health.STANDBY, Health.FAILED):
+    if u.lifecycle in (Lifecycle.STANDBY, Lifecycle.FAILED):
         return u
-    if u.health is Health.ACTIVATING:
+    if u.lifecycle is Lifecycle.ACTIVATING:
         if not u.activated:
             return u
         if not spec.probes or len(_alive_targets(spec, u)) > len(spec.probes) - h.quorum:
             new = Health.DEGRADED if _degraded_cause(spec, u) else Health.UP
-            return transition(u, new, now, Cause("standby-up", f"activated and {spec.interface} passes traffic"))
+            cause = Cause("standby-up", f"activated and {spec.interface} passes traffic")
+            return judge(switch(u, Lifecycle.ACTIVE, now, cause), new, now, cause)
         return u
 
     down = _down_cause(spec, u)
@@ -233,7 +232,7 @@ def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
         if u.health is Health.DOWN:
             return u
         was_usable = u.health in USABLE
-        u = replace(transition(u, Health.DOWN, now, down), fresh_successes=0)
+        u = replace(judge(u, Health.DOWN, now, down), fresh_successes=0)
         return _flap(spec.damping, u, now) if was_usable else u
 
     if u.clear_since is None:
@@ -244,10 +243,10 @@ def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
             return u  # not enough evidence either way yet
         degraded = _degraded_cause(spec, u)
         if degraded is not None:
-            return transition(u, Health.DEGRADED, now, degraded)
+            return judge(u, Health.DEGRADED, now, degraded)
         alive = _alive_targets(spec, u)
         text = f"{len(alive)} of {len(spec.probes)} probe targets answer" if spec.probes else "carrier up"
-        return transition(u, Health.UP, now, Cause("probe-ok" if spec.probes else "carrier-up", text))
+        return judge(u, Health.UP, now, Cause("probe-ok" if spec.probes else "carrier-up", text))
 
     if u.health is Health.DOWN:
         held = now - u.clear_since if u.clear_since is not None else 0.0
@@ -261,15 +260,13 @@ def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
         if spec.probes:
             text += f" with {u.fresh_successes} probe successes"
         if degraded is not None:
-            return transition(
-                u, Health.DEGRADED, now, Cause("recovered-degraded", f"{text}; {degraded.text}", evidence)
-            )
-        return transition(u, Health.UP, now, Cause("recovered", text, evidence))
+            return judge(u, Health.DEGRADED, now, Cause("recovered-degraded", f"{text}; {degraded.text}", evidence))
+        return judge(u, Health.UP, now, Cause("recovered", text, evidence))
 
     degraded = _degraded_cause(spec, u)
     if u.health is Health.UP:
         if degraded is not None:
-            return transition(u, Health.DEGRADED, now, degraded)
+            return judge(u, Health.DEGRADED, now, degraded)
         return u
     # DEGRADED
     if degraded is not None:
@@ -279,7 +276,7 @@ def evaluate(spec: UplinkSpec, u: UplinkState, now: float) -> UplinkState:
         clear_since = now
         u = replace(u, degraded_clear_since=now)
     if now - clear_since >= h.degraded_clear_after:
-        return transition(
+        return judge(
             u,
             Health.UP,
             now,

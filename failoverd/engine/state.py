@@ -1,15 +1,18 @@
-"""Engine state: immutable records, and the uplink state machine written as a transition table.
+"""Engine state: immutable records, and an uplink's two state machines written as transition tables."""
 
-Everything that decides whether an uplink may move from one state to another lives in TRANSITIONS;
-code that wants a transition the table does not list has a bug, and `transition()` raises.
-"""
+# An uplink has two independent states. Its health (UNKNOWN, UP, DEGRADED, DOWN) is the verdict on the
+# evidence; its lifecycle says whether it is in service at all: a hot uplink is always ACTIVE, a cold
+# one goes STANDBY -> ACTIVATING -> ACTIVE and back, or FAILED when activation does not work. Only an
+# ACTIVE uplink is judged; leaving service voids the verdict (health UNKNOWN again). Every move either
+# may make is listed in its table; code that wants one the table does not list has a bug, and
+# `judge()` or `switch()` raises. Operators see one word for both (`UplinkState.status`).
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
@@ -18,31 +21,39 @@ from failoverd.policy.model import Policy
 
 
 class Health(Enum):
-    UNKNOWN = "UNKNOWN"  # hot uplink with no evidence yet
+    UNKNOWN = "UNKNOWN"  # no evidence yet (and every uplink out of service)
     UP = "UP"
     DEGRADED = "DEGRADED"  # usable, but RTT, jitter or loss beyond the policy's thresholds
     DOWN = "DOWN"
+
+
+class Lifecycle(Enum):
+    ACTIVE = "ACTIVE"  # in service: every hot uplink, and a cold one that is up
     STANDBY = "STANDBY"  # cold uplink, deliberately off
     ACTIVATING = "ACTIVATING"  # cold uplink being brought up
     FAILED = "FAILED"  # cold uplink whose activation failed
 
 
 H = Health
-TRANSITIONS: Mapping[Health, frozenset[Health]] = {
-    H.UNKNOWN: frozenset({H.UP, H.DEGRADED, H.DOWN, H.STANDBY}),
-    H.UP: frozenset({H.DEGRADED, H.DOWN, H.STANDBY}),
-    H.DEGRADED: frozenset({H.UP, H.DOWN, H.STANDBY}),
-    H.DOWN: frozenset({H.UP, H.DEGRADED, H.STANDBY}),
-    H.STANDBY: frozenset({H.ACTIVATING}),
-    H.ACTIVATING: frozenset({H.UP, H.DEGRADED, H.FAILED, H.STANDBY}),
-    H.FAILED: frozenset({H.ACTIVATING, H.STANDBY}),
+HEALTH_TRANSITIONS: Mapping[Health, frozenset[Health]] = {
+    H.UNKNOWN: frozenset({H.UP, H.DEGRADED, H.DOWN}),
+    H.UP: frozenset({H.DEGRADED, H.DOWN}),
+    H.DEGRADED: frozenset({H.UP, H.DOWN}),
+    H.DOWN: frozenset({H.UP, H.DEGRADED}),
+}
+L = Lifecycle
+LIFECYCLE_TRANSITIONS: Mapping[Lifecycle, frozenset[Lifecycle]] = {
+    L.ACTIVE: frozenset({L.STANDBY}),
+    L.STANDBY: frozenset({L.ACTIVATING}),
+    L.ACTIVATING: frozenset({L.ACTIVE, L.FAILED, L.STANDBY}),
+    L.FAILED: frozenset({L.ACTIVATING, L.STANDBY}),
 }
 USABLE = frozenset({H.UP, H.DEGRADED})
 
 
 class Sample(NamedTuple):
     """One probe result in a target's window. A named tuple rather than a frozen dataclass: one is
-    made for every result (160 a second at the benchmark's load) and it builds in a third of the time."""
+    made for every probe result, and a named tuple is the cheaper to build."""
 
     t: float
     ok: bool
@@ -66,8 +77,9 @@ class TargetState:
 @dataclass(frozen=True, slots=True)
 class UplinkState:
     health: Health
-    since: float
+    since: float  # of the current status (health or lifecycle, whichever changed last)
     cause: Cause
+    lifecycle: Lifecycle = Lifecycle.ACTIVE
     carrier: bool = True
     targets: Mapping[str, TargetState] = field(default_factory=dict)
     fresh_successes: int = 0  # probe successes since the last time it went DOWN
@@ -85,17 +97,38 @@ class UplinkState:
     retry_at: float | None = None
     idle_since: float | None = None  # a cold uplink no class needs, since
 
+    @property
+    def status(self) -> str:
+        """The one word operators see: the health of an uplink in service, else where its lifecycle is."""
+        return self.health.value if self.lifecycle is Lifecycle.ACTIVE else self.lifecycle.value
 
-def transition(u: UplinkState, new: Health, now: float, cause: Cause) -> UplinkState:
-    if new not in TRANSITIONS[u.health]:
-        raise EngineBug(f"illegal uplink transition {u.health.value} -> {new.value} ({cause})")
-    usable_since = u.usable_since
-    if new in USABLE and u.health not in USABLE:
-        usable_since = now
-    elif new not in USABLE:
-        usable_since = None
-    up_since = (u.up_since if u.health is Health.UP else now) if new is Health.UP else None
-    return replace(u, health=new, since=now, cause=cause, usable_since=usable_since, up_since=up_since)
+    @property
+    def unjudged(self) -> bool:
+        """In service but without evidence yet (as after a start or restart)."""
+        return self.lifecycle is Lifecycle.ACTIVE and self.health is Health.UNKNOWN
+
+
+def _enter(u: UplinkState, lifecycle: Lifecycle, health: Health, now: float, cause: Cause) -> UplinkState:
+    usable = health in USABLE
+    usable_since = (u.usable_since if u.health in USABLE else now) if usable else None
+    up_since = (u.up_since if u.health is Health.UP else now) if health is Health.UP else None
+    return replace(
+        u, health=health, lifecycle=lifecycle, since=now, cause=cause, usable_since=usable_since, up_since=up_since
+    )
+
+
+def judge(u: UplinkState, new: Health, now: float, cause: Cause) -> UplinkState:
+    """The evidence gives an uplink in service a new health."""
+    if u.lifecycle is not Lifecycle.ACTIVE or new not in HEALTH_TRANSITIONS[u.health]:
+        raise EngineBug(f"illegal uplink transition {u.status} -> {new.value} ({cause})")
+    return _enter(u, u.lifecycle, new, now, cause)
+
+
+def switch(u: UplinkState, new: Lifecycle, now: float, cause: Cause) -> UplinkState:
+    """A cold uplink moves in its lifecycle; whatever was known of its health no longer holds."""
+    if new not in LIFECYCLE_TRANSITIONS[u.lifecycle]:
+        raise EngineBug(f"illegal uplink transition {u.status} -> {new.value} ({cause})")
+    return _enter(u, new, Health.UNKNOWN, now, cause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +140,13 @@ class ClassState:
     by_override: str | None = None  # the override id that put it here
 
 
+OverrideKind = Literal["force", "drain"]  # force: a class onto an uplink; drain: every class off an uplink
+
+
 @dataclass(frozen=True, slots=True)
 class Override:
     id: str
-    kind: str  # "force" or "drain"
+    kind: OverrideKind
     cls: str | None  # for force
     uplink: str
     reason: str
@@ -146,7 +182,7 @@ class EngineState:
     # step() computes it so that the runtime can sleep until then instead of polling.
     wake_at: float | None = None
 
-    def active_override(self, kind: str, subject: str) -> Override | None:
+    def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
         for o in self.overrides:
             if o.kind == kind and (o.cls if kind == "force" else o.uplink) == subject:
                 return o
@@ -154,11 +190,14 @@ class EngineState:
 
 
 _START = Cause("start", "failoverd started; no evidence yet")
+# The kernel routes a restarted daemon takes over as they are; anything else is left to the path.
+_ADOPTABLE: Mapping[str, Route] = {"via": "via", "blackhole": "blackhole", "unreachable": "unreachable"}
 
 
 def initial_uplink(cold: bool, now: float) -> UplinkState:
     if cold:
-        return UplinkState(Health.STANDBY, now, Cause("cold-standby", "cold standby, off until a class needs it"))
+        cause = Cause("cold-standby", "cold standby, off until a class needs it")
+        return UplinkState(Health.UNKNOWN, now, cause, Lifecycle.STANDBY)
     return UplinkState(Health.UNKNOWN, now, _START)
 
 
@@ -185,14 +224,15 @@ def restored_state(
     state = initial_state(policy, now)
     classes = dict(state.classes)
     for name, (uplink, kind) in adopted.items():
-        if name not in classes:
+        route = _ADOPTABLE.get(kind)
+        if name not in classes or route is None:
             continue
-        if kind == "via" and (
+        if route == "via" and (
             uplink is None or uplink not in policy.uplinks or not policy.uplinks[uplink].admits(name)
         ):
             continue
-        what = f"via {uplink}" if kind == "via" else kind
-        classes[name] = ClassState(uplink, kind, now, Cause("adopted", f"found {what} in the kernel at start"))  # type: ignore[arg-type]
+        what = f"via {uplink}" if route == "via" else route
+        classes[name] = ClassState(uplink, route, now, Cause("adopted", f"found {what} in the kernel at start"))
     kept = tuple(
         o
         for o in overrides

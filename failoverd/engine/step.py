@@ -1,9 +1,25 @@
 """The engine's one entry point: step(state, event, policy, now) -> (state, effects); pure, no I/O."""
 
+# Theory of operation
+# -------------------
+# One step applies one event at monotonic time `now`, in this order of phases:
+#
+# 1. the event itself: fold probe results into their targets, note carrier, a standby action's outcome,
+#    a clock verdict, a reloaded policy, or an operator command (which may add or remove an override);
+# 2. overrides whose time ran out expire;
+# 3. uplinks are re-judged (health.py): activation deadlines, damping reuse, then the evidence; after
+#    a probe event only the uplinks it concerns and those with a timer due;
+# 4. every class is assigned its uplink (decide.py) from one snapshot of that state: switches,
+#    conntrack flushes and alarms follow;
+# 5. cold standby links are activated where a class needs them and released when none has for a while;
+# 6. uplink changes and the command's reply are added to the effects, the invariants are checked, and
+#    the time of the next timer (`wake_at`) is computed so that the runtime sleeps until then.
+
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import assert_never
 
 from failoverd.engine import health as hl
 from failoverd.engine.decide import Choice, candidate, choose, is_failback, usable, why_unusable
@@ -16,6 +32,7 @@ from failoverd.engine.effects import (
     DeactivateStandby,
     Effect,
     FlushConntrack,
+    Severity,
     SwitchClass,
     UplinkChanged,
     WithdrawClass,
@@ -38,11 +55,12 @@ from failoverd.engine.state import (
     ClassState,
     ClockView,
     EngineState,
-    Health,
+    Lifecycle,
     Override,
+    OverrideKind,
     UplinkState,
     initial_uplink,
-    transition,
+    switch,
 )
 from failoverd.errors import EngineBug
 from failoverd.policy.model import Policy
@@ -95,9 +113,9 @@ class _Work:
         for name, folded in by_uplink.items():
             spec = self.policy.uplinks.get(name)
             u = self.uplinks.get(name)
-            if spec is None or u is None or u.health in (Health.STANDBY, Health.FAILED):
+            if spec is None or u is None or u.lifecycle in (Lifecycle.STANDBY, Lifecycle.FAILED):
                 continue  # stale: the uplink left the policy or is switched off
-            if u.health is Health.ACTIVATING and not u.activated:
+            if u.lifecycle is Lifecycle.ACTIVATING and not u.activated:
                 continue  # losses while the link is still coming up say nothing about it
             self.uplinks[name] = hl.record_probes(spec, u, self.now, folded)
 
@@ -114,7 +132,7 @@ class _Work:
             if not ev.ok:
                 self.alarm("warning", ev.uplink, Cause("deactivate-failed", f"deactivation failed: {ev.detail}"))
             return
-        if u.health is not Health.ACTIVATING:
+        if u.lifecycle is not Lifecycle.ACTIVATING:
             return  # a late answer to an activation that already timed out or was cancelled
         if ev.ok:
             self.uplinks[ev.uplink] = replace(u, activated=True)
@@ -123,7 +141,7 @@ class _Work:
 
     def fail_activation(self, name: str, u: UplinkState, cause: Cause) -> None:
         spec = self.policy.uplinks[name]
-        u = transition(u, Health.FAILED, self.now, cause)
+        u = switch(u, Lifecycle.FAILED, self.now, cause)
         self.uplinks[name] = replace(
             u, activated=False, activation_deadline=None, retry_at=self.now + spec.standby.retry_after
         )
@@ -155,7 +173,7 @@ class _Work:
             ClockReaction(old.value, ev.state.value, reaction.distrust if reaction else frozenset(), cause)
         )
         if reaction is not None and reaction.alarm:
-            self.alarm("critical" if reaction.severity == "critical" else "warning", "clock", cause)
+            self.alarm(reaction.severity, "clock", cause)
         elif old in (ClockState.SUSPECT, ClockState.INSANE):
             self.alarm("info", "clock", cause)
 
@@ -166,7 +184,7 @@ class _Work:
                 del self.uplinks[name]
         for name, spec in pol.uplinks.items():
             u = self.uplinks.get(name)
-            if u is None or (not spec.standby.cold and u.health is Health.STANDBY):
+            if u is None or (not spec.standby.cold and u.lifecycle is Lifecycle.STANDBY):
                 self.uplinks[name] = initial_uplink(spec.standby.cold, self.now)
             else:
                 keys = {p.key for p in spec.probes}
@@ -197,10 +215,9 @@ class _Work:
             return None
         return value
 
-    def new_override(self, **kw: object) -> Override:
+    def new_override(self, kind: OverrideKind, cls: str | None, ev: ForceClass | DrainUplink, ttl: float) -> Override:
         self.seq += 1
-        o = Override(id=f"o{self.seq}", created=self.now, **kw)  # type: ignore[arg-type]
-        return o
+        return Override(f"o{self.seq}", kind, cls, ev.uplink, ev.reason, ev.by, self.now, self.now + ttl, ev.force)
 
     def force_class(self, ev: ForceClass) -> None:
         pol = self.policy
@@ -221,7 +238,7 @@ class _Work:
         if ttl is None:
             return None
         u = self.uplinks[ev.uplink]
-        startable = spec.standby.cold and u.health in (Health.STANDBY, Health.FAILED, Health.ACTIVATING)
+        startable = spec.standby.cold and u.lifecycle in (Lifecycle.STANDBY, Lifecycle.FAILED, Lifecycle.ACTIVATING)
         if not ev.force and not startable and not usable(self.snapshot(), ev.uplink):
             return self.refuse(
                 ev.request,
@@ -230,15 +247,7 @@ class _Work:
         replaced = [o for o in self.overrides if o.kind == "force" and o.cls == ev.cls]
         for o in replaced:
             self.overrides.remove(o)
-        o = self.new_override(
-            kind="force",
-            cls=ev.cls,
-            uplink=ev.uplink,
-            reason=ev.reason,
-            by=ev.by,
-            expires=self.now + ttl,
-            force=ev.force,
-        )
+        o = self.new_override("force", ev.cls, ev, ttl)
         self.overrides.append(o)
         text = f"override {o.id}: class {ev.cls} -> {ev.uplink} for {ttl:g}s"
         if replaced:
@@ -260,9 +269,7 @@ class _Work:
         replaced = [o for o in self.overrides if o.kind == "drain" and o.uplink == ev.uplink]
         for o in replaced:
             self.overrides.remove(o)
-        o = self.new_override(
-            kind="drain", cls=None, uplink=ev.uplink, reason=ev.reason, by=ev.by, expires=self.now + ttl, force=ev.force
-        )
+        o = self.new_override("drain", None, ev, ttl)
         self.overrides.append(o)
         if not ev.force:
             trial = self.snapshot()
@@ -313,7 +320,7 @@ class _Work:
             if only is not None and name not in only and not self.timer_due(name, u):
                 continue
             if (
-                u.health is Health.ACTIVATING
+                u.lifecycle is Lifecycle.ACTIVATING
                 and u.activation_deadline is not None
                 and self.now >= u.activation_deadline
             ):
@@ -387,12 +394,12 @@ class _Work:
             if name in needed:
                 if u.idle_since is not None:
                     u = replace(u, idle_since=None)
-                retry = u.health is Health.FAILED and (u.retry_at is None or self.now >= u.retry_at)
-                if u.health is Health.STANDBY or retry:
+                retry = u.lifecycle is Lifecycle.FAILED and (u.retry_at is None or self.now >= u.retry_at)
+                if u.lifecycle is Lifecycle.STANDBY or retry:
                     users = sorted(c for c, ch in choices.items() if name in ch.needs)
                     cause = Cause("standby-needed", f"needed by {', '.join(users) or 'an override'}")
                     self.effects.append(ActivateStandby(name, sb.activate, cause))
-                    u = transition(u, Health.ACTIVATING, self.now, cause)
+                    u = switch(u, Lifecycle.ACTIVATING, self.now, cause)
                     u = replace(
                         u,
                         activated=False,
@@ -401,7 +408,7 @@ class _Work:
                         targets={},
                         fresh_successes=0,
                     )
-            elif u.health is not Health.STANDBY:
+            elif u.lifecycle is not Lifecycle.STANDBY:
                 idle = u.idle_since
                 if idle is None:
                     idle = self.now
@@ -409,7 +416,7 @@ class _Work:
                 if self.now - idle >= sb.release_after:
                     cause = Cause("standby-release", f"no class needed it for {sb.release_after:g}s")
                     self.effects.append(DeactivateStandby(name, sb.deactivate, cause))
-                    u = transition(u, Health.STANDBY, self.now, cause)
+                    u = switch(u, Lifecycle.STANDBY, self.now, cause)
                     u = replace(
                         u,
                         activated=False,
@@ -421,14 +428,15 @@ class _Work:
                     )
             self.uplinks[name] = u
 
-    def alarm(self, severity: str, subject: str, cause: Cause) -> None:
-        self.effects.append(Alarm(severity, subject, cause))  # type: ignore[arg-type]
+    def alarm(self, severity: Severity, subject: str, cause: Cause) -> None:
+        self.effects.append(Alarm(severity, subject, cause))
 
     def finish(self) -> tuple[EngineState, tuple[Effect, ...]]:
+        before = self.before.uplinks
         changed = [
-            UplinkChanged(n, self.before.uplinks[n].health.value, u.health.value, u.cause)
+            UplinkChanged(n, before[n].status, u.status, u.cause)
             for n, u in self.uplinks.items()
-            if n in self.before.uplinks and self.before.uplinks[n].health is not u.health
+            if n in before and (before[n].health is not u.health or before[n].lifecycle is not u.lifecycle)
         ]
         effects = changed + self.effects
         if self.reply is not None:
@@ -478,6 +486,8 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
             w.policy_reloaded()
         case Tick():
             pass
+        case _:
+            assert_never(event)
     w.expire_overrides()
     w.update_uplinks(only=_probed(event))
     choices = w.assign()
@@ -501,9 +511,9 @@ def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> flo
         t = hl.next_deadline(spec, u)
         if t is not None:
             times.append(t)
-        if u.health is Health.ACTIVATING and u.activation_deadline is not None:
+        if u.lifecycle is Lifecycle.ACTIVATING and u.activation_deadline is not None:
             times.append(u.activation_deadline)
-        if u.health is Health.FAILED and u.retry_at is not None:
+        if u.lifecycle is Lifecycle.FAILED and u.retry_at is not None:
             times.append(u.retry_at)
         if spec.standby.cold and u.idle_since is not None:
             times.append(u.idle_since + spec.standby.release_after)

@@ -108,7 +108,7 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             interface=u.interface,
             next_hop=next_hop,
             kind=u.kind,
-            carrier=u.carrier,
+            operator=u.operator,
             metered=u.metered,
             admit=frozenset(u.admit) if u.admit is not None else None,
             standby=m.StandbySpec(

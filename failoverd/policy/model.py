@@ -6,8 +6,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+# The policy language's closed vocabularies; schema.py validates the file against these same aliases.
 UplinkKind = Literal["wired", "cellular", "satellite"]
+ProbeKind = Literal["icmp", "udp-echo", "tcp", "dns", "http", "arp-nexthop"]
+DnsRecord = Literal["A", "AAAA", "NS", "SOA"]
+StandbyMode = Literal["hot", "cold"]
+OnDegraded = Literal["avoid", "stay"]
 WhenAllDown = Literal["blackhole", "unreachable", "keep"]
+ConntrackAction = Literal["flush", "keep"]
+ClockSeverity = Literal["warning", "critical"]
+WallTimeFeature = Literal["certificates", "signed-commands", "schedules"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +36,13 @@ class StandbySpec:
 
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
-    kind: str
+    kind: ProbeKind
     target: str  # address, URL, or the next hop for arp-nexthop: what the operator reads in status
     interval: float
     timeout: float
     port: int | None = None
     query: str | None = None
-    record: str | None = None
+    record: DnsRecord | None = None
     expect_status: int | None = None
     key: str = field(init=False, compare=False)  # identity inside its uplink, as probe results name it
 
@@ -78,7 +86,7 @@ class UplinkSpec:
     interface: str
     next_hop: str | None
     kind: UplinkKind
-    carrier: str | None
+    operator: str | None  # the mobile (or satellite) network operator: an outage can take all its uplinks
     metered: bool
     admit: frozenset[str] | None  # None: every class
     standby: StandbySpec
@@ -130,8 +138,8 @@ class TimeServerSpec:
 @dataclass(frozen=True, slots=True)
 class ClockReactionSpec:
     alarm: bool
-    severity: str
-    distrust: frozenset[str]
+    severity: ClockSeverity
+    distrust: frozenset[WallTimeFeature]
     avoid_uplinks: bool = False
 
 

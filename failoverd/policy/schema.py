@@ -6,7 +6,18 @@ import re
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+
+from failoverd.policy.model import (
+    ClockSeverity,
+    ConntrackAction,
+    DnsRecord,
+    OnDegraded,
+    StandbyMode,
+    UplinkKind,
+    WallTimeFeature,
+    WhenAllDown,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -98,7 +109,7 @@ class Command(Strict):
 
 
 class Standby(Strict):
-    mode: Literal["hot", "cold"] = "hot"
+    mode: StandbyMode = "hot"
     activate: Command | None = None
     deactivate: Command | None = None
     # How long the link may take from the activate command to passing traffic.
@@ -136,7 +147,7 @@ class DnsProbe(ProbeBase):
     kind: Literal["dns"]
     target: Address
     query: str = "."
-    record: Literal["A", "AAAA", "NS", "SOA"] = "NS"
+    record: DnsRecord = "NS"
 
 
 class HttpProbe(ProbeBase):
@@ -196,8 +207,10 @@ class Uplink(Strict):
     interface: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")
     next_hop: Address | None = None
     point_to_point: bool = False
-    kind: Literal["wired", "cellular", "satellite"] = "wired"
-    carrier: str | None = None
+    kind: UplinkKind = "wired"
+    # The network operator behind the link. `carrier:` is the older spelling, still accepted; the
+    # field is not called that here because carrier also means the link's carrier (up/down).
+    operator: str | None = Field(default=None, validation_alias=AliasChoices("operator", "carrier"))
     metered: bool = False
     # Classes allowed on this uplink; none listed means every class (and is refused on a metered uplink).
     admit: list[Name] | None = None
@@ -224,8 +237,8 @@ class Match(Strict):
 
 
 class Conntrack(Strict):
-    on_failover: Literal["flush", "keep"] = "flush"
-    on_failback: Literal["flush", "keep"] = "flush"
+    on_failover: ConntrackAction = "flush"
+    on_failback: ConntrackAction = "flush"
 
 
 class TrafficClass(Strict):
@@ -235,8 +248,8 @@ class TrafficClass(Strict):
     path: list[Name] = Field(min_length=1)
     revertive: bool = True
     preempt_delay: NonNegDuration = 30.0
-    on_degraded: Literal["avoid", "stay"] = "avoid"
-    when_all_down: Literal["blackhole", "unreachable", "keep"] = "unreachable"
+    on_degraded: OnDegraded = "avoid"
+    when_all_down: WhenAllDown = "unreachable"
     conntrack: Conntrack = Conntrack()
     table: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     fwmark: Mark | None = None
@@ -251,9 +264,9 @@ class TimeServer(Strict):
 
 class ClockReaction(Strict):
     alarm: bool = True
-    severity: Literal["warning", "critical"] = "critical"
+    severity: ClockSeverity = "critical"
     # Features that depend on wall time and are marked unreliable in this state.
-    distrust: list[Literal["certificates", "signed-commands", "schedules"]] = Field(default_factory=list)
+    distrust: list[WallTimeFeature] = Field(default_factory=list)
     # Prefer uplinks whose time sources agree: an uplink over which only falsetickers answer may be
     # tampered with (or lead to a lying network); classes avoid it while another uplink is usable.
     avoid_uplinks: bool = False

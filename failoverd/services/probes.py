@@ -7,7 +7,7 @@ import time
 from typing import Any, ClassVar
 
 from failoverd.engine import events as ev
-from failoverd.engine.state import Health
+from failoverd.engine.state import Lifecycle
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy, ProbeSpec
 from failoverd.probes.base import DatagramSession, ProbeOutcome, ProbeStats, Session
@@ -61,7 +61,7 @@ class ProbeService:
 
     def _probing(self, uplink: str) -> bool:
         u = self.view.state.uplinks.get(uplink)
-        return u is not None and u.health not in (Health.STANDBY, Health.FAILED)
+        return u is not None and u.lifecycle not in (Lifecycle.STANDBY, Lifecycle.FAILED)
 
     async def _rounds(self, gen: int, interval: float, probes: list[tuple[str, ProbeSpec]]) -> None:
         datagram: list[tuple[tuple[str, str], DatagramSession]] = []
