@@ -97,7 +97,7 @@ def allowed_switches(policy: Path, storm: float = 61.0, window: float = 64.0) ->
     return sum(
         1
         for r in records
-        if r.kind == "decision" and r.data.get("class") == "critical" and FLAP_START <= r.t <= FLAP_START + window
+        if r["kind"] == "decision" and r["class"] == "critical" and FLAP_START <= r["mono"] <= FLAP_START + window
     )
 
 

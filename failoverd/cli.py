@@ -121,23 +121,34 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     records = simulate(policy, timeline)
     for r in records:
-        if args.json:
-            print(json.dumps(r.as_dict(), sort_keys=False))
-            continue
-        d = r.data
-        t = f"{r.t:10.3f}s"
-        if r.kind == "decision":
-            to = d["uplink"] or d["route"]
-            print(f"{t}  class  {d['class']:<10} {d['from'] or '-':>10} -> {to:<12} {d['cause']}")
-        elif r.kind == "uplink" and args.verbose:
-            print(f"{t}  uplink {d['uplink']:<10} {d['from']:>10} -> {d['to']:<12} {d['cause']}")
-        elif r.kind == "alarm" and args.verbose:
-            print(f"{t}  alarm  {d['severity']:<10} {d['subject']:>10}    {d['cause']}")
-        elif r.kind == "reply":
-            print(f"{t}  reply  {'ok' if d['ok'] else 'REFUSED':<10} {d['request']:>10}    {d['text']}")
-        elif r.kind in ("standby", "conntrack", "clock", "note") and args.verbose:
-            print(f"{t}  {r.kind:<6} {json.dumps(d)}")
+        if args.json:  # the daemon's history records, as `failoverctl history --json` gives them
+            print(json.dumps(r, sort_keys=False))
+        elif (line := _simulated_line(r, args.verbose)) is not None:
+            print(line)
     return EXIT_OK
+
+
+def _simulated_line(r: dict[str, Any], verbose: bool) -> str | None:
+    """One line of `failoverd simulate` for people: the simulated monotonic time, then what happened."""
+    t = f"{r['mono']:10.3f}s"
+    kind = r["kind"]
+    cause = r.get("cause")
+    why = f"{cause['code']}: {cause['text']}" if isinstance(cause, dict) else ""
+    if kind == "decision":
+        to = r["uplink"] or r["route"]
+        return f"{t}  class  {r['class']:<10} {r.get('from') or '-':>10} -> {to:<12} {why}"
+    if kind == "command":
+        return f"{t}  reply  {'ok' if r['ok'] else 'REFUSED':<10} {r['request']:>10}    {r['text']}"
+    if not verbose:
+        return None
+    if kind == "uplink":
+        return f"{t}  uplink {r['uplink']:<10} {r['from']:>10} -> {r['to']:<12} {why}"
+    if kind == "alarm":
+        return f"{t}  alarm  {r['severity']:<10} {r['subject']:>10}    {why}"
+    rest = {k: v for k, v in r.items() if k not in ("wall", "mono", "kind", "cause")}
+    if why:
+        rest["cause"] = why
+    return f"{t}  {kind:<6} {json.dumps(rest)}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

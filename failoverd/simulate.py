@@ -1,9 +1,11 @@
 """Replay a timeline against a policy: a simulated world feeds probe results to the real engine.
 
 The world holds, per uplink, carrier, loss, RTT and jitter (and per probe target, loss); the timeline
-changes them at given monotonic times. Every probe the policy defines is sent at its interval and
-answered after its RTT, or reported lost at its timeout — so detection times come out as they would on
-a gateway. Engine timers run exactly: the simulator ticks the engine at `next_deadline()`.
+changes them at given monotonic times. Probes go out on the daemon's own schedule (probes/schedule.py:
+one round per interval on a grid of it, an uplink's targets in step) and are answered after their RTT,
+or reported lost at their timeout, so detection times come out as they do on a gateway. Engine timers
+run exactly: the simulator ticks the engine at `next_deadline()`. What comes out is the daemon's
+history (engine/records.py), stamped with the simulated monotonic time and a wall clock beside it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from pydantic import Field
 
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
+from failoverd.engine.records import effect_record, note_record, stamped
 from failoverd.engine.state import EngineState, initial_state
 from failoverd.engine.step import next_deadline, step
 from failoverd.errors import PolicyError
 from failoverd.policy.load import locate, parse_document
-from failoverd.policy.model import Policy
+from failoverd.policy.model import Policy, ProbeSpec
 from failoverd.policy.schema import Duration, NonNegDuration, Strict
+from failoverd.probes.schedule import first_tick, next_tick, probed, round_start, rounds
 
 # -- the timeline file ---------------------------------------------------------------------------
 
@@ -55,7 +59,7 @@ class Step(Condition):
     all: bool = False
     clock: Literal["unknown", "sane", "holdover", "suspect", "insane"] | None = None
     bound: float | None = None
-    wall_shift: float = 0.0
+    wall_shift: float = 0.0  # with clock: how far the wall clock is off from then on
     disagreeing: list[str] = Field(default_factory=list)  # uplinks over which only falsetickers answer
 
 
@@ -139,26 +143,25 @@ class _Link:
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    """One line of simulation output."""
+class _Round:
+    """The probes of one interval, sent together at each tick of its grid (as the daemon's Rounds)."""
 
-    t: float
-    kind: str  # decision, uplink, alarm, reply, standby, conntrack, clock
-    data: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"t": round(self.t, 6), "kind": self.kind, **self.data}
+    interval: float
+    probes: tuple[tuple[str, ProbeSpec], ...]
+    tick: float
 
 
 @dataclass(slots=True)
 class Simulation:
     policy: Policy
     timeline: Timeline
-    wall_epoch: float = 1_767_225_600.0  # 2026-01-01T00:00:00Z; only ever evidence in clock events
-    records: list[Record] = field(default_factory=list)
+    wall_epoch: float = 1_767_225_600.0  # 2026-01-01T00:00:00Z: the wall clock at monotonic 0
+    records: list[dict[str, Any]] = field(default_factory=list)
     state: EngineState | None = None
+    wall_shift: float = 0.0  # how far the wall clock is off, since the timeline's last clock event
 
-    def run(self) -> list[Record]:
+    def run(self) -> list[dict[str, Any]]:
+        """The history of the run, record by record as `failoverctl history` shows the daemon's."""
         pol, tl = self.policy, self.timeline
         rng = random.Random(tl.seed)
         links = {name: _Link(powered=not u.standby.cold) for name, u in pol.uplinks.items()}
@@ -174,10 +177,9 @@ class Simulation:
 
         for i, s in enumerate(tl.events):
             push(s.at, "step", (i, s))
-        for name, u in pol.uplinks.items():
-            for j, p in enumerate(u.probes):
-                # Spread the targets of an uplink over its interval, as the runtime does.
-                push(p.interval * j / max(1, len(u.probes)), "send", (name, p))
+        for interval, probes in rounds(pol.uplinks).items():
+            tick = first_tick(interval, 0.0)
+            push(tick, "round", _Round(interval, tuple(probes), tick))
         state = initial_state(pol, 0.0)
         state = self._step(state, ev.Tick(), 0.0, links, push)
         requests = 0
@@ -192,19 +194,29 @@ class Simulation:
                 deadline = next_deadline(state)
                 continue
             heapq.heappop(queue)
-            if kind == "send":
-                name, p = payload
-                push(t + p.interval, "send", payload)
-                link = links[name]
-                loss = max(link.loss, link.target_loss.get(p.target, 0.0))
-                rtt = max(0.0, link.rtt + rng.uniform(-link.jitter, link.jitter))
-                passes = link.carrier and link.powered and not link.outage and rng.uniform(0, 100) >= loss
-                if passes and rtt <= p.timeout:
-                    push(t + rtt, "result", ev.ProbeResult(name, p.key, True, rtt))
-                else:
-                    push(t + p.timeout, "result", ev.ProbeResult(name, p.key, False, None))
+            if kind == "round":
+                # The simulated loop is never late: each round goes out at its tick.
+                start = round_start(payload.tick, t)
+                nxt = next_tick(payload.tick, payload.interval, t)
+                push(nxt, "round", _Round(payload.interval, payload.probes, nxt))
+                for name, p in payload.probes:
+                    if not probed(state, name):
+                        continue
+                    link = links[name]
+                    loss = max(link.loss, link.target_loss.get(p.target, 0.0))
+                    rtt = max(0.0, link.rtt + rng.uniform(-link.jitter, link.jitter))
+                    passes = link.carrier and link.powered and not link.outage and rng.uniform(0, 100) >= loss
+                    if passes and rtt <= p.timeout:
+                        push(start + rtt, "result", ev.ProbeResult(name, p.key, True, rtt))
+                    else:
+                        push(start + p.timeout, "result", ev.ProbeResult(name, p.key, False, None))
             elif kind == "result":
-                state = self._step(state, payload, t, links, push)
+                # Results due at one moment reach the engine in one step, as the daemon hands them over.
+                results = [payload]
+                while queue and queue[0][0] == t and queue[0][2] == "result":
+                    results.append(heapq.heappop(queue)[3])
+                event: ev.Event = ev.ProbeBatch(tuple(results)) if len(results) > 1 else results[0]
+                state = self._step(state, event, t, links, push)
             elif kind == "engine":
                 if isinstance(payload, ev.StandbyResult) and payload.action == "activate" and payload.ok:
                     links[payload.uplink].powered = True  # the modem is up when it says so
@@ -220,9 +232,9 @@ class Simulation:
                     push(until, "flap", payload)
             elif kind == "step":
                 i, s = payload
-                for event in self._step_events(s, links, i, requests):
+                for change in self._step_events(s, links, i, requests):
                     requests += 1
-                    state = self._step(state, event, t, links, push)
+                    state = self._step(state, change, t, links, push)
                 if s.flap is not None and s.uplink is not None:
                     push(t, "flap", (s.uplink, s.flap, s.until or t))
             deadline = next_deadline(state)
@@ -231,6 +243,10 @@ class Simulation:
             state = self._step(state, ev.Tick(), d, links, push)
         self.state = state
         return self.records
+
+    def wall(self, mono: float) -> float:
+        """The simulated wall clock at monotonic time `mono`."""
+        return self.wall_epoch + mono + self.wall_shift
 
     @staticmethod
     def _apply_condition(link: _Link, c: Condition, target: str | None) -> None:
@@ -267,11 +283,11 @@ class Simulation:
         elif s.command == "release":
             yield ev.Release(request, None if s.all else s.override, "simulation")
         if s.clock is not None:
-            wall = self.wall_epoch + s.at + s.wall_shift
+            self.wall_shift = s.wall_shift  # 0 unless given: a clock judged again is right again
             evidence = (f"wall clock shifted {s.wall_shift:+g}s",) if s.wall_shift else ()
-            yield ev.ClockChanged(ev.ClockState(s.clock), s.bound, evidence, wall, tuple(s.disagreeing))
+            yield ev.ClockChanged(ev.ClockState(s.clock), s.bound, evidence, self.wall(s.at), tuple(s.disagreeing))
         if s.note is not None and s.command is None:
-            self.records.append(Record(s.at, "note", {"text": s.note}))
+            self.records.append(stamped(note_record(s.note), self.wall(s.at), s.at))
 
     def _step(self, state: EngineState, event: ev.Event, t: float, links: dict[str, _Link], push: Any) -> EngineState:
         state, effects = step(state, event, self.policy, t)
@@ -280,60 +296,21 @@ class Simulation:
         return state
 
     def _record(self, t: float, e: fx.Effect, links: dict[str, _Link], push: Any) -> None:
+        record = effect_record(e)
+        if record is not None:
+            self.records.append(stamped(record, self.wall(t), t))
         match e:
-            case fx.SwitchClass():
-                data: dict[str, Any] = {
-                    "class": e.cls,
-                    "from": e.from_uplink,
-                    "uplink": e.to_uplink,
-                    "route": e.route,
-                    "code": e.cause.code,
-                    "cause": str(e.cause),
-                    "evidence": dict(e.cause.evidence),
-                }
-                self.records.append(Record(t, "decision", data))
-            case fx.UplinkChanged():
-                data = {
-                    "uplink": e.uplink,
-                    "from": e.old,
-                    "to": e.new,
-                    "code": e.cause.code,
-                    "cause": str(e.cause),
-                }
-                self.records.append(Record(t, "uplink", data))
-            case fx.Alarm():
-                data = {
-                    "severity": e.severity,
-                    "subject": e.subject,
-                    "code": e.cause.code,
-                    "cause": str(e.cause),
-                }
-                self.records.append(Record(t, "alarm", data))
-            case fx.CommandReply():
-                data = {"request": e.request, "ok": e.ok, "text": e.text, "changes": list(e.changes)}
-                self.records.append(Record(t, "reply", data))
-            case fx.FlushConntrack():
-                self.records.append(Record(t, "conntrack", {"class": e.cls, "uplink": e.uplink}))
-            case fx.ClockReaction():
-                data = {"from": e.old, "to": e.new, "distrust": sorted(e.distrust), "cause": str(e.cause)}
-                self.records.append(Record(t, "clock", data))
             case fx.ActivateStandby():
-                self.records.append(Record(t, "standby", {"uplink": e.uplink, "action": "activate"}))
                 sb = self.timeline.world.get(e.uplink, UplinkWorld()).standby
                 if sb.activation == "ok":
                     push(t + sb.delay, "engine", ev.StandbyResult(e.uplink, "activate", True))
                 elif sb.activation == "fail":
                     push(t + sb.delay, "engine", ev.StandbyResult(e.uplink, "activate", False, "modem error"))
             case fx.DeactivateStandby():
-                self.records.append(Record(t, "standby", {"uplink": e.uplink, "action": "deactivate"}))
                 links[e.uplink].powered = False
                 push(t, "engine", ev.StandbyResult(e.uplink, "deactivate", True))
-            case fx.WithdrawClass():
-                self.records.append(
-                    Record(t, "decision", {"class": e.cls, "uplink": None, "route": "withdrawn", "cause": str(e.cause)})
-                )
 
 
-def simulate(policy: Policy, timeline: Timeline, wall_epoch: float | None = None) -> list[Record]:
+def simulate(policy: Policy, timeline: Timeline, wall_epoch: float | None = None) -> list[dict[str, Any]]:
     sim = Simulation(policy, timeline) if wall_epoch is None else Simulation(policy, timeline, wall_epoch)
     return sim.run()

@@ -39,7 +39,7 @@ def _imports(path: Path) -> list[str]:
 
 def test_engine_modules_exist() -> None:
     files = {p.name for p in ENGINE.glob("*.py")}
-    assert {"step.py", "health.py", "decide.py", "state.py", "events.py", "effects.py"} <= files
+    assert {"step.py", "health.py", "decide.py", "state.py", "events.py", "effects.py", "records.py"} <= files
 
 
 def test_engine_imports_nothing_impure() -> None:

@@ -24,7 +24,7 @@ def _run(path: Path) -> tuple[list[dict[str, Any]], Simulation]:
     spec = _load(path)
     policy = load_policy(ROOT / spec["policy"])
     sim = Simulation(policy, Timeline.model_validate(spec["timeline"]))
-    return [r.as_dict() for r in sim.run()], sim
+    return sim.run(), sim
 
 
 def _in(t: float, window: list[float]) -> bool:
@@ -32,8 +32,13 @@ def _in(t: float, window: list[float]) -> bool:
 
 
 def _fmt(rows: list[dict[str, Any]]) -> str:
-    keep = ("t", "class", "uplink", "route", "from", "to", "code", "ok", "text", "action", "subject")
-    return "\n".join("  " + ", ".join(f"{k}={r[k]}" for k in keep if k in r) for r in rows)
+    keep = ("mono", "class", "uplink", "route", "from", "to", "ok", "text", "action", "subject")
+
+    def line(r: dict[str, Any]) -> str:
+        shown = [f"{k}={r[k]}" for k in keep if k in r]
+        return "  " + ", ".join(shown + ([f"code={r['cause']['code']}"] if "cause" in r else []))
+
+    return "\n".join(line(r) for r in rows)
 
 
 def _check_ordered(kind: str, expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> None:
@@ -41,14 +46,14 @@ def _check_ordered(kind: str, expected: list[dict[str, Any]], actual: list[dict[
     for i, (exp, act) in enumerate(zip(expected, actual, strict=True)):
         where = f"{kind} #{i + 1}: expected {exp}, got\n{_fmt([act])}"
         if "t" in exp:
-            assert _in(act["t"], exp["t"]), where
+            assert _in(act["mono"], exp["t"]), where
         for key, value in exp.items():
             if key == "t":
                 continue
             if key == "to" and kind == "decisions":
                 assert act["uplink"] == value, where
             elif key == "cause":
-                assert act["code"] == value, where
+                assert act["cause"]["code"] == value, where
             elif key == "text":
                 assert value in act["text"], where
             else:
@@ -67,7 +72,7 @@ def test_golden(path: Path) -> None:
     if "decisions" in expect:
         _check_ordered("decisions", expect["decisions"], by_kind.get("decision", []))
     if "replies" in expect:
-        _check_ordered("replies", expect["replies"], by_kind.get("reply", []))
+        _check_ordered("replies", expect["replies"], by_kind.get("command", []))
     if "conntrack" in expect:
         _check_ordered("conntrack", expect["conntrack"], by_kind.get("conntrack", []))
     if "standby" in expect:
@@ -77,7 +82,9 @@ def test_golden(path: Path) -> None:
         actual = [r for r in by_kind.get("uplink", []) if r["uplink"] in named]
         _check_ordered("uplinks", expect["uplinks"], actual)
     for exp in expect.get("alarms", []):
-        found = [a for a in by_kind.get("alarm", []) if a["subject"] == exp["subject"] and a["code"] == exp["cause"]]
+        found = [
+            a for a in by_kind.get("alarm", []) if a["subject"] == exp["subject"] and a["cause"]["code"] == exp["cause"]
+        ]
         assert found, f"no alarm {exp}; alarms were:\n{_fmt(by_kind.get('alarm', []))}"
     for exp in expect.get("clock", []):
         found = [c for c in by_kind.get("clock", []) if c["to"] == exp["to"] and c["distrust"] == exp["distrust"]]

@@ -23,10 +23,11 @@ def test_simulate_json_lines(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     decisions = [row for row in rows if row["kind"] == "decision"]
-    assert all({"t", "class", "uplink", "cause"} <= row.keys() for row in decisions)
-    moved = [(d["t"], d["class"], d["uplink"]) for d in decisions if d["t"] >= 5]
+    assert all({"mono", "class", "uplink", "cause"} <= row.keys() for row in decisions)
+    moved = [(d["mono"], d["class"], d["uplink"]) for d in decisions if d["mono"] >= 5]
     assert moved == [(5.0, "critical", "mobile-a"), (5.0, "bulk", "mobile-a")]
-    assert decisions[-1]["cause"].startswith("path: mobile-a is the first usable uplink")
+    assert decisions[-1]["cause"]["code"] == "path"
+    assert decisions[-1]["cause"]["text"].startswith("mobile-a is the first usable uplink")
 
 
 def test_simulate_human_output_and_blackhole_is_null(tmp_path: Path) -> None:

@@ -8,50 +8,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from failoverd.engine import effects as fx
+from failoverd.engine.records import stamped
 from failoverd.statedir import StateDir
-
-
-def effect_record(e: fx.Effect) -> dict[str, Any] | None:
-    """The journal's view of an effect; None for effects that are not history."""
-    match e:
-        case fx.SwitchClass():
-            return {
-                "kind": "decision",
-                "class": e.cls,
-                "from": e.from_uplink,
-                "uplink": e.to_uplink,
-                "route": e.route,
-                "cause": e.cause.as_dict(),
-            }
-        case fx.UplinkChanged():
-            return {"kind": "uplink", "uplink": e.uplink, "from": e.old, "to": e.new, "cause": e.cause.as_dict()}
-        case fx.Alarm():
-            return {"kind": "alarm", "severity": e.severity, "subject": e.subject, "cause": e.cause.as_dict()}
-        case fx.CommandReply():
-            return {"kind": "command", "request": e.request, "ok": e.ok, "text": e.text, "changes": list(e.changes)}
-        case fx.ClockReaction():
-            return {
-                "kind": "clock",
-                "from": e.old,
-                "to": e.new,
-                "distrust": sorted(e.distrust),
-                "cause": e.cause.as_dict(),
-            }
-        case fx.FlushConntrack():
-            return {"kind": "conntrack", "class": e.cls, "uplink": e.uplink}
-        case fx.ActivateStandby() | fx.DeactivateStandby():
-            action = "activate" if isinstance(e, fx.ActivateStandby) else "deactivate"
-            return {"kind": "standby", "uplink": e.uplink, "action": action, "cause": e.cause.as_dict()}
-        case fx.WithdrawClass():
-            return {
-                "kind": "decision",
-                "class": e.cls,
-                "uplink": None,
-                "route": "withdrawn",
-                "cause": e.cause.as_dict(),
-            }
-    return None
 
 
 class Journal:
@@ -79,7 +37,7 @@ class Journal:
             self._compact()  # else the next record would be appended to the torn line, and lost with it
 
     def add(self, record: dict[str, Any], mono: float) -> dict[str, Any]:
-        record = {"wall": time.time(), "mono": round(mono, 6), **record}
+        record = stamped(record, time.time(), mono)
         self.records.append(record)
         if self.state.path is not None:
             self.state.append(self.FILE, [json.dumps(record, sort_keys=False)])

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import select
 import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from failoverd.probes.base import LATE_SLACK, DatagramSession, ProbeOutcome
+from failoverd.probes.schedule import first_tick, next_tick, round_start
 
 K = TypeVar("K")
-LATE_GRACE = 0.002  # s: a round sent this late still counts from its tick (timeouts shrink by as much)
 
 
 class Rounds(Generic[K]):
-    """Probe every `interval` on a grid of it, from one timer callback (no task, no future per round).
+    """Probe every `interval` on a grid of it (probes/schedule.py), from one timer callback (no task,
+    no future per round).
 
     The timer fires at each tick of the grid and, between ticks, only at a deadline that falls between
     them (a timeout that is not a multiple of the interval). Each time it reads every answer waiting,
@@ -45,7 +45,7 @@ class Rounds(Generic[K]):
         self.sending = sending
         self.on_tick = on_tick
         self.loop = asyncio.get_running_loop()  # its clock is time.monotonic
-        self.tick = math.ceil(time.monotonic() / interval) * interval
+        self.tick = first_tick(interval, time.monotonic())
         self.wake = self.tick
         self.timer: asyncio.TimerHandle | None = None
         self.failed: asyncio.Future[None] = self.loop.create_future()
@@ -100,9 +100,9 @@ class Rounds(Generic[K]):
             # Due back by a point of the grid, so that expiry shares a tick's wakeup; but if this
             # round goes out late (a busy loop), its probes still get their whole timeout.
             late = time.monotonic()
-            start = self.tick if late - self.tick <= LATE_GRACE else late
+            start = round_start(self.tick, late)
             # Fell behind (suspended, overloaded)? Carry on from now, without a burst.
-            self.tick = max(self.tick + self.interval, late)
+            self.tick = next_tick(self.tick, self.interval, late)
         wake = self.tick
         for key, s in self.sessions:
             if s.pending:

@@ -17,12 +17,12 @@ from failoverd.actions import run_command
 from failoverd.control.api import OperatorCommand
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
+from failoverd.engine.records import effect_record
 from failoverd.engine.state import EngineState, restored_state
 from failoverd.engine.step import step
 from failoverd.kernel import plan
 from failoverd.kernel.writer import Applied as Programmed
 from failoverd.kernel.writer import KernelWriter
-from failoverd.observe.journal import effect_record
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, Inbox, Item, NewPolicy, Reconfigured

@@ -7,9 +7,9 @@ import time
 from typing import Any, ClassVar
 
 from failoverd.engine import events as ev
-from failoverd.engine.state import Lifecycle
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy, ProbeSpec
+from failoverd.probes import schedule
 from failoverd.probes.base import DatagramSession, ProbeOutcome, ProbeStats, Session
 from failoverd.probes.kinds import open_session
 from failoverd.probes.rounds import Rounds
@@ -36,12 +36,8 @@ class ProbeService:
             gen = self.generation
             # One round loop per interval, not one per probe: the probes of a round go out in one
             # wakeup of the event loop and their answers are judged together (one engine step).
-            rounds: dict[float, list[tuple[str, ProbeSpec]]] = {}
-            for name, u in self.view.policy.uplinks.items():
-                for spec in u.probes:
-                    rounds.setdefault(spec.interval, []).append((name, spec))
             async with asyncio.TaskGroup() as tg:
-                for interval, probes in rounds.items():
+                for interval, probes in schedule.rounds(self.view.policy.uplinks).items():
                     tg.create_task(self._rounds(gen, interval, probes), name=f"probes-{interval:g}s")
                 tg.create_task(self._wait_generation(gen), name="probe-generation")
 
@@ -59,10 +55,6 @@ class ProbeService:
             await asyncio.sleep(0)  # let every waiter see it before it is cleared
             self.new_generation.clear()
 
-    def _probing(self, uplink: str) -> bool:
-        u = self.view.state.uplinks.get(uplink)
-        return u is not None and u.lifecycle not in (Lifecycle.STANDBY, Lifecycle.FAILED)
-
     async def _rounds(self, gen: int, interval: float, probes: list[tuple[str, ProbeSpec]]) -> None:
         datagram: list[tuple[tuple[str, str], DatagramSession]] = []
         others: list[tuple[str, ProbeSpec, Session]] = []  # TCP, HTTP: a task per probe
@@ -79,23 +71,23 @@ class ProbeService:
 
         def on_tick() -> None:
             for uplink, spec, session in others:
-                if self._probing(uplink):
+                if schedule.probed(self.view.state, uplink):
                     attempts.create_task(self._attempt(session, uplink, spec), name=f"probe-{uplink}-{spec.kind}")
 
         try:
             async with asyncio.TaskGroup() as attempts:
-                rounds = attempts.create_task(
+                driver = attempts.create_task(
                     Rounds(
                         interval,
                         datagram,
                         deliver=self.probed,
-                        sending=lambda key: self._probing(key[0]),
+                        sending=lambda key: schedule.probed(self.view.state, key[0]),
                         on_tick=on_tick,
                     ).run(),
                     name=f"rounds-{interval:g}s",
                 )
                 await self._wait_generation(gen)
-                rounds.cancel()
+                driver.cancel()
         finally:
             for _, session in datagram:
                 session.close()
