@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from failoverd.control.commands import COMMANDS, BadRequest, to_event, validate
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.records import effect_record, note_record, stamped
@@ -81,7 +82,24 @@ class Timeline(Strict):
     events: list[Step] = Field(default_factory=list)
 
 
-_ARG_NAMES = {"class_": "class", "for_": "for"}
+def command_request(s: Step) -> dict[str, Any]:
+    """A timeline's command step as the request failoverctl would send for it: the command table
+    (failoverd.control.commands) validates it and makes the engine's event, as on a gateway."""
+    given = {
+        "class": s.class_,
+        "to": s.to,
+        "uplink": s.uplink,
+        "for": s.for_,
+        "reason": s.reason,
+        "force": s.force or None,
+        "override": s.override,
+        "all": s.all or None,
+    }
+    request: dict[str, Any] = {"cmd": s.command, "by": "simulation"}
+    for a in COMMANDS[s.command or ""].args:
+        if given.get(a.key) is not None:
+            request[a.key] = given[a.key]
+    return request
 
 
 def _check(t: Timeline, policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
@@ -106,12 +124,11 @@ def _check(t: Timeline, policy: Policy) -> list[tuple[tuple[str | int, ...], str
             bad.append((at, "this change needs an uplink"))
         if s.flap is not None and s.until is None:
             bad.append(((*at, "flap"), "flap needs until"))
-        if s.command == "failover" and (s.class_ is None or s.to is None or not s.reason):
-            bad.append(((*at, "command"), "failover needs class, to and reason"))
-        if s.command == "drain" and (s.uplink is None or not s.reason):
-            bad.append(((*at, "command"), "drain needs uplink and reason"))
-        if s.command == "release" and s.override is None and not s.all:
-            bad.append(((*at, "command"), "release needs override or all: true"))
+        if s.command is not None:
+            try:
+                validate(command_request(s))
+            except BadRequest as exc:
+                bad.append(((*at, "command"), str(exc)))
     return bad
 
 
@@ -276,12 +293,9 @@ class Simulation:
                 for uname, u in self.policy.uplinks.items():
                     if u.operator == name:
                         links[uname].outage = down
-        if s.command == "failover" and s.class_ and s.to:
-            yield ev.ForceClass(request, s.class_, s.to, s.reason or "", s.for_, s.force, "simulation")
-        elif s.command == "drain" and s.uplink:
-            yield ev.DrainUplink(request, s.uplink, s.reason or "", s.for_, s.force, "simulation")
-        elif s.command == "release":
-            yield ev.Release(request, None if s.all else s.override, "simulation")
+        if s.command is not None:
+            _, args = validate(command_request(s))  # checked when the timeline was loaded
+            yield to_event(s.command, args, request)
         if s.clock is not None:
             self.wall_shift = s.wall_shift  # 0 unless given: a clock judged again is right again
             evidence = (f"wall clock shifted {s.wall_shift:+g}s",) if s.wall_shift else ()

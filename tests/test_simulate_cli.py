@@ -57,3 +57,26 @@ def test_simulate_rejects_a_bad_timeline_with_location(tmp_path: Path) -> None:
     r = failoverd("simulate", "policies/lab.yaml", "--events", str(tl))
     assert r.returncode == 2
     assert f'{tl}:3:21: events.0.uplink: unknown uplink "fibre"' in r.stderr
+
+
+def test_timeline_commands_go_through_the_command_table(tmp_path: Path) -> None:
+    tl = tmp_path / "cmd.yaml"
+    tl.write_text(
+        "duration: 20\nevents:\n"
+        "  - {at: 2, command: drain, uplink: fiber, reason: splice, for: 1m}\n"
+        "  - {at: 4, command: failover, class: critical, to: mobile-b}\n"
+    )
+    r = failoverd("simulate", "policies/lab.yaml", "--events", str(tl))
+    # the table's own refusal, located in the timeline file
+    assert r.returncode == 2 and f"{tl}:4:22: events.1.command: failover: missing reason" in r.stdout + r.stderr, r
+    tl.write_text(
+        "duration: 20\nevents:\n"
+        "  - {at: 2, command: drain, uplink: fiber, reason: splice, for: 1m}\n"
+        "  - {at: 4, command: release, all: true}\n"
+    )
+    r = failoverd("simulate", "policies/lab.yaml", "--events", str(tl), "--json")
+    assert r.returncode == 0, r.stderr
+    replies = [json.loads(line) for line in r.stdout.splitlines() if json.loads(line)["kind"] == "command"]
+    assert [(x["mono"], x["ok"]) for x in replies] == [(2.0, True), (4.0, True)]
+    assert replies[0]["text"] == "override o1: drain fiber for 60s", replies  # `for: 1m` parsed by the table
+    assert replies[0]["changes"] == ["critical: fiber -> mobile-a", "bulk: fiber -> mobile-a"]
