@@ -1,4 +1,4 @@
-"""The `failoverd` command: check and simulate a policy (run comes with the daemon)."""
+"""The `failoverd` command: check, simulate, run, probe, purge, clock."""
 
 from __future__ import annotations
 

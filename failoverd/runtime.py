@@ -89,15 +89,11 @@ async def _signals(reloads: Reloads) -> None:
     received: asyncio.Queue[signal.Signals] = asyncio.Queue()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, received.put_nowait, sig)
-    pending: set[asyncio.Task[object]] = set()
     while True:
         sig = await received.get()
         log.info("signal", signal=sig.name)
         if sig is signal.SIGHUP:
-            # Not awaited here: a second SIGTERM must still be heard while a reload runs.
-            task: asyncio.Task[object] = asyncio.ensure_future(reloads.request())
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            reloads.ask()  # not awaited: a SIGTERM must still be heard while a reload runs
             continue
         # Stopping must never hang (systemd would wait, an operator would reach for kill -9).
         # If the tasks have not wound down in time, say which ones, then leave fail-static.

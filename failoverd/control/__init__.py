@@ -1,1 +1,1 @@
-"""Operator control: the command table, the local unix socket, and (later) MQTT for fleets."""
+"""Operator control: the command table, the interface to the daemon, the local socket and MQTT for fleets."""

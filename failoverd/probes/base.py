@@ -21,7 +21,7 @@ LATE_SLACK = 0.0005  # s: deadlines this close together are one wakeup, not two
 
 
 class ProbeOutcome(NamedTuple):
-    """What one probe found. A named tuple (one per probe sent, 160 a second), not a frozen dataclass."""
+    """What one probe found. A named tuple (one per probe sent), not a frozen dataclass."""
 
     ok: bool
     rtt: float | None  # seconds
@@ -35,7 +35,7 @@ _TIMEOUT = ProbeOutcome(False, None, "timeout")
 class ProbeStats:
     """What `failoverctl status` shows of one probe beyond the engine's samples: why the last one
     failed, and how many it has completed. The runtime's counter, updated in place for every result
-    rather than made anew 160 times a second."""
+    rather than made anew for every result."""
 
     detail: str = ""
     done: int = 0
@@ -75,7 +75,8 @@ class DatagramSession:
     Nothing here waits or wakes the event loop per datagram: `send` fires a probe due back by a
     deadline, `collect` reads every answer the socket holds, `expire` declares the overdue ones lost.
     A round driver (`failoverd.probes.rounds`) calls them once per interval tick and at deadlines
-    between ticks, so 160 probes/s cost 20 wakeups a second, not 340. The answers' round-trip times
+    between ticks: one wakeup per round for all of an interval's probes, not one per datagram and
+    timer. The answers' round-trip times
     come from the kernel's arrival stamps, so reading them late does not make them slower.
     """
 
@@ -103,7 +104,7 @@ class DatagramSession:
 
     def send(self, deadline: float) -> Sequence[ProbeOutcome]:
         """Fire the next probe, due back by `deadline` (monotonic). Returns the losses known at once:
-        usually none, as an empty tuple (no list made for each of 160 sends a second)."""
+        usually none, as an empty tuple (no list made for every send)."""
         try:
             payload, dest, seq = self.request()
         except OSError as exc:  # nothing to send from (no address yet): a loss, with the reason

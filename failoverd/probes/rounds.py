@@ -82,7 +82,7 @@ class Rounds(Generic[K]):
     def _round(self) -> list[tuple[K, ProbeOutcome]]:
         """Read, judge and (at a tick) send; set `wake` to the next tick or the deadline before it.
 
-        One pass over the sessions does all three, because at 20 rounds a second each pass costs."""
+        One pass over the sessions does all three: at short intervals every pass costs."""
         results: list[tuple[K, ProbeOutcome]] = []
         while ready := self.poller.poll(0):
             for fd, events in ready:

@@ -103,7 +103,7 @@ class ProbeService:
         Bad news is urgent (a dead path is judged the moment its probe is due), good news is not: an
         uplink recovers only after seconds of answers, and a target that has failed already is not
         failed again by one more loss. Holding the rest for a few rounds spares the engine a step
-        per round, healthy or failed over (at 50 ms probes, 20 steps a second become 5).
+        per round, healthy or failed over (with 50 ms probes, a step every 200 ms, not every 50).
         """
         now = time.monotonic()
         urgent = False

@@ -23,10 +23,14 @@ class Reloads:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[asyncio.Future[dict[str, Any]]] = asyncio.Queue()
 
-    async def request(self) -> dict[str, Any]:
+    def ask(self) -> asyncio.Future[dict[str, Any]]:
+        """Queue a reload; the future holds its report (the reload loop also logs it)."""
         done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        await self.queue.put(done)
-        return await done
+        self.queue.put_nowait(done)
+        return done
+
+    async def request(self) -> dict[str, Any]:
+        return await self.ask()
 
     async def run(self, path: Path, engine: EngineView, services: Sequence[Service], history: History) -> None:
         while True:
