@@ -52,9 +52,12 @@ async def serve(opts: Options, policy: Policy) -> None:
         engine = await EngineService.start(policy, inbox=inbox, kernel=kernel, history=history, state_dir=state)
         probes = ProbeService(engine, inbox)
         clock = ClockService(engine, inbox, history, state)
-        gateway = LocalGateway(engine, probes, clock, history, reloads)
-        services: list[Service] = [
-            engine,  # first: a reload asks the services in this order, and the others read its policy
+        services: list[Service] = []  # in order: a reload asks them so, the engine first (the others read its policy)
+        gateway = LocalGateway(
+            engine=engine, probes=probes, clock=clock, history=history, reloads=reloads, services=services
+        )
+        services += [
+            engine,
             LinkService(kernel, engine, inbox),
             probes,
             clock,

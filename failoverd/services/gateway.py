@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from failoverd.control.api import Feed, OperatorCommand
@@ -12,6 +13,7 @@ from failoverd.engine import effects as fx
 from failoverd.engine.state import EngineState
 from failoverd.observe.status import class_rows, override_rows, uplink_rows
 from failoverd.policy.model import Policy
+from failoverd.services.base import Service
 from failoverd.services.clock import ClockService
 from failoverd.services.engine import EngineService
 from failoverd.services.history import History
@@ -25,13 +27,21 @@ class LocalGateway:
     """Implements `failoverd.control.api.Gateway` for the socket and MQTT of this daemon."""
 
     def __init__(
-        self, engine: EngineService, probes: ProbeService, clock: ClockService, history: History, reloads: Reloads
+        self,
+        *,
+        engine: EngineService,
+        probes: ProbeService,
+        clock: ClockService,
+        history: History,
+        reloads: Reloads,
+        services: Sequence[Service],
     ) -> None:
         self.engine = engine
         self.probes = probes
         self.clock = clock
         self._history = history
         self.reloads = reloads
+        self.services = services  # every service of the daemon, for their status (the list control is in)
         self.started = time.monotonic()
 
     @property
@@ -53,6 +63,7 @@ class LocalGateway:
             "classes": class_rows(policy, st),
             "overrides": override_rows(st, time.monotonic()),
             "clock": {"state": st.clock.state.value, "bound_s": st.clock.bound, "evidence": list(st.clock.evidence)},
+            "services": {s.name: s.status() for s in self.services},
         }
 
     def history(self, last: int) -> list[dict[str, Any]]:
