@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextlib
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -229,3 +235,41 @@ async def test_a_reload_asks_every_service_and_reports_each(tmp_path: Path) -> N
     report = await reload(path, g, [ok], history)
     assert not report["ok"] and "bogus" in report["problems"][0] and ok.seen == ["south"]
     assert [r["ok"] for r in history.last(5)] == [True, False]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+async def test_the_kernel_names_the_peer_and_a_stranger_may_only_read() -> None:
+    """A real socket and a real client process running as nobody: SO_PEERCRED, not what it claims."""
+    g = FakeGateway(POLICY + "control: {socket_mode: '0666'}\n")
+    where = Path(tempfile.mkdtemp(prefix="fo-ctl-"))
+    where.chmod(0o755)  # nobody must reach the socket
+    sock = ControlSocket(g, str(where / "control.sock"))
+    server = asyncio.create_task(sock.run(), name="control-under-test")
+    try:
+        for _ in range(100):
+            if (where / "control.sock").exists():
+                break
+            await asyncio.sleep(0.01)
+
+        async def as_nobody(request: dict[str, Any]) -> dict[str, Any]:
+            # Debian's own python3: the venv's interpreter lives where nobody may not read.
+            client = (
+                "import json, socket, sys\n"
+                "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+                "s.sendall(sys.argv[2].encode() + b'\\n'); print(s.makefile().readline())\n"
+            )
+            cmd = ["/usr/bin/python3", "-c", client, str(where / "control.sock"), json.dumps(request)]
+            done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, user=65534, check=True)
+            reply: dict[str, Any] = json.loads(done.stdout)
+            return reply
+
+        drained = await as_nobody({"cmd": "drain", "uplink": "fiber", "reason": "not mine to do", "by": "root"})
+        assert not drained["ok"] and "may only read" in drained["error"], drained
+        assert g.state.classes["dispatch"].uplink != "mobile"
+        status = await as_nobody({"cmd": "status"})
+        assert status["ok"] and status["site"] == "north", status
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        shutil.rmtree(where)

@@ -188,6 +188,11 @@ def test_broken_policy_on_reload_is_refused_and_the_old_one_stays(gwlab: Gateway
     gwlab.policy_path.write_text(good.replace("preempt_delay: 2s", "preempt_delay: 0s"))
     r = ctl_exit(gwlab, "reload")
     assert r.returncode == 0, r.stderr
+    # Each service says what it did with the new policy; the daemon itself reports on each.
+    for service in ("engine", "netlink", "probes", "clock", "control"):
+        assert f"  {service}: applied" in r.stdout, r.stdout
+    services = gwlab.ctl("status")["services"]
+    assert services["engine"]["steps"] > 0 and services["probes"]["completed"] > 0, services
 
 
 def test_sigterm_is_fail_static_and_restore_on_exit_cleans_up(gwlab: GatewayLab) -> None:
