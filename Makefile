@@ -25,7 +25,7 @@ lint: bootstrap
 	$(VENV)/bin/ruff format --check failoverd tests lab bench
 
 types: bootstrap
-	$(VENV)/bin/mypy failoverd lab bench
+	$(VENV)/bin/mypy failoverd lab bench tests/fakes.py tests/test_shell.py
 
 check: lint types test
 

@@ -24,7 +24,7 @@ from failoverd.services.gateway import LocalGateway
 from failoverd.services.history import History
 from failoverd.services.links import AUDIT_INTERVAL, LinkService
 from failoverd.services.probes import ProbeService
-from failoverd.services.reload import Reloads
+from failoverd.services.supervisor import Supervisor
 from failoverd.statedir import StateDir
 
 log = get_logger("failoverd")
@@ -47,16 +47,14 @@ async def serve(opts: Options, policy: Policy) -> None:
     state = StateDir.create(opts.state_dir)
     inbox: Inbox = asyncio.Queue()
     history = History(Journal(state))
-    reloads = Reloads()
     async with KernelWriter(policy.ownership) as kernel:
         engine = await EngineService.start(policy, inbox=inbox, kernel=kernel, history=history, state_dir=state)
         probes = ProbeService(engine, inbox)
         clock = ClockService(engine, inbox, history, state)
-        services: list[Service] = []  # in order: a reload asks them so, the engine first (the others read its policy)
-        gateway = LocalGateway(
-            engine=engine, probes=probes, clock=clock, history=history, reloads=reloads, services=services
-        )
-        services += [
+        supervisor = Supervisor(opts.policy_path, engine, history)
+        gateway = LocalGateway(engine=engine, probes=probes, clock=clock, history=history, supervisor=supervisor)
+        # In this order a reload asks them: the engine first, as the others read the policy it holds.
+        services: list[Service] = [
             engine,
             LinkService(kernel, engine, inbox),
             probes,
@@ -71,8 +69,8 @@ async def serve(opts: Options, policy: Policy) -> None:
             async with asyncio.TaskGroup() as tg:
                 for service in services:
                     tg.create_task(service.run(), name=service.name)
-                tg.create_task(reloads.run(opts.policy_path, engine, services, history), name="reload")
-                tg.create_task(_signals(reloads), name="signals")
+                tg.create_task(supervisor.run(services), name="supervisor")
+                tg.create_task(_signals(supervisor), name="signals")
                 if (interval := systemd.watchdog_interval()) is not None:
                     tg.create_task(_watchdog(engine, interval), name="watchdog")
                 systemd.notify("READY=1\nSTATUS=failoverd running")
@@ -87,7 +85,7 @@ async def serve(opts: Options, policy: Policy) -> None:
             log.info("stopped-fail-static", note="the last forwarding state stays in the kernel")
 
 
-async def _signals(reloads: Reloads) -> None:
+async def _signals(supervisor: Supervisor) -> None:
     loop = asyncio.get_running_loop()
     received: asyncio.Queue[signal.Signals] = asyncio.Queue()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -96,7 +94,7 @@ async def _signals(reloads: Reloads) -> None:
         sig = await received.get()
         log.info("signal", signal=sig.name)
         if sig is signal.SIGHUP:
-            reloads.ask()  # not awaited: a SIGTERM must still be heard while a reload runs
+            supervisor.ask()  # not awaited: a SIGTERM must still be heard while a reload runs
             continue
         # Stopping must never hang (systemd would wait, an operator would reach for kill -9).
         # If the tasks have not wound down in time, say which ones, then leave fail-static.

@@ -25,7 +25,7 @@ from failoverd.observe.journal import Journal
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, NeedsRestart, Reconfigured
 from failoverd.services.history import History
-from failoverd.services.reload import reload
+from failoverd.services.supervisor import Supervisor, reload
 from failoverd.statedir import StateDir
 
 PACKAGE = Path(__file__).resolve().parent.parent / "failoverd"
@@ -112,9 +112,14 @@ def test_control_reaches_the_daemon_only_through_its_interface() -> None:
 def test_one_kernel_writer() -> None:
     """Routes, rules, nftables and conntrack are written only through kernel/writer.py."""
     graph = import_graph()
-    writers = {"failoverd.kernel.nft", "failoverd.kernel.conntrack", "failoverd.kernel.rtnl"}
+    writers = {
+        "failoverd.kernel.nft",
+        "failoverd.kernel.conntrack",
+        "failoverd.kernel.rtnl",
+        "failoverd.kernel.netlink",
+    }
     for module, imports in graph.items():
-        if not module.startswith("failoverd.kernel."):
+        if not module.startswith("failoverd.kernel.") and module != "failoverd.cli":  # cli: set_netns only
             assert not imports & writers, module
     assert "failoverd.kernel.writer" in graph["failoverd.services.engine"]
 
@@ -273,3 +278,56 @@ async def test_the_kernel_names_the_peer_and_a_stranger_may_only_read() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await server
         shutil.rmtree(where)
+
+
+class Broken(Recorder):
+    """A service whose reconfigure raises (a bug, a chmod on a vanished socket)."""
+
+    name: ClassVar[str] = "broken"
+
+    async def reconfigure(self, policy: Policy) -> Reconfigured:
+        raise PermissionError("socket vanished")
+
+
+async def test_a_reload_outlives_a_service_that_fails_and_a_file_that_is_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    g = FakeGateway(POLICY)
+    history = History(Journal(StateDir(None)))
+    ok, later = Recorder(Applied()), Restarter(Applied())
+    report = await reload(path, g, [ok, Broken(Applied()), later], history)
+    assert not report["ok"] and report["services"]["broken"].startswith("failed: PermissionError")
+    assert ok.seen == later.seen == ["north"]  # the others still took it
+    path.write_bytes(b"site: \xff\xfe\n")
+    report = await reload(path, g, [ok], history)
+    assert not report["ok"] and "policy refused" in report["text"], report
+    # MQTT switched on by a reload cannot start without a restart, and says so
+    path.write_text(POLICY + "control: {mqtt: {enabled: true, host: broker.example}}\n")
+    report = await reload(path, g, [ok], history)
+    assert report["ok"] and report["services"]["mqtt"].startswith("needs restart"), report
+
+
+async def test_the_supervisor_answers_every_reload_even_when_one_raises(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    g = FakeGateway(POLICY)
+    supervisor = Supervisor(path, g, History(Journal(StateDir(None))))
+
+    class Exploding(Recorder):
+        name: ClassVar[str] = "exploding"
+
+        def status(self) -> dict[str, Any]:
+            return {"fine": True}
+
+    task = asyncio.create_task(supervisor.run([Exploding(Applied())]), name="supervisor-under-test")
+    try:
+        assert (await supervisor.ask())["ok"]
+        assert supervisor.statuses() == {"exploding": {"fine": True}}
+        path.unlink()  # not even readable now: refused, and the next reload is still heard
+        assert not (await supervisor.ask())["ok"]
+        path.write_text(POLICY)
+        assert (await supervisor.ask())["ok"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -68,7 +68,7 @@ class Fleet:
         self.spec = spec
         self.feed = gateway.subscribe(EVENTS_KEPT)
         self.connected = False
-        site = gateway.policy.site
+        self.site = site = gateway.policy.site  # its topics are chosen now: a new site takes a restart
         p = spec.topic_prefix.rstrip("/")
         self.status_topic = f"{p}/{site}/status"
         self.events_topic = f"{p}/{site}/events"
@@ -106,6 +106,8 @@ class Fleet:
     async def reconfigure(self, policy: Policy) -> Reconfigured:
         if policy.control.mqtt != self.spec:
             return NeedsRestart("MQTT settings (and command keys) are read at start")
+        if policy.site != self.site:
+            return NeedsRestart(f"the site's topics ({self.status_topic}) are chosen at start")
         return Applied()
 
     def status(self) -> dict[str, Any]:
@@ -163,7 +165,7 @@ class Fleet:
 
     def _client(self) -> aiomqtt.Client:
         s = self.spec
-        will = json.dumps({"online": False, "site": self.g.policy.site, "why": "connection lost"})
+        will = json.dumps({"online": False, "site": self.site, "why": "connection lost"})
         password = None
         if s.password_file:
             password = Path(s.password_file).read_text(encoding="utf-8").strip()
@@ -178,7 +180,7 @@ class Fleet:
         client = aiomqtt.Client(
             s.host,
             s.port,
-            identifier=s.client_id or f"failoverd-{self.g.policy.site}",
+            identifier=s.client_id or f"failoverd-{self.site}",
             username=s.username,
             password=password,
             will=aiomqtt.Will(self.status_topic, will, qos=1, retain=True),
@@ -194,23 +196,17 @@ class Fleet:
         for topic in (self.cmd_topic, self.fleet_topic):
             await client.subscribe(topic, qos=1)
         await self._publish_status(client, online=True)
-        # Not a TaskGroup: it would wrap the broker's MqttError in an ExceptionGroup.
-        lost = asyncio.create_task(self.path_lost.wait(), name="mqtt-path")
-        tasks = {
-            asyncio.create_task(self._publisher(client), name="mqtt-publish"),
-            asyncio.create_task(self._reader(client), name="mqtt-commands"),
-            lost,
-        }
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # the broker went away: raises its MqttError
-            if lost in done:
-                raise PathLost
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._publisher(client), name="mqtt-publish")
+                tg.create_task(self._reader(client), name="mqtt-commands")
+                tg.create_task(self._watch_path(), name="mqtt-path")
+        except* (PathLost, aiomqtt.MqttError) as ended:
+            raise ended.exceptions[0] from None  # why the session ended, as itself, for _sessions
+
+    async def _watch_path(self) -> None:
+        await self.path_lost.wait()
+        raise PathLost
 
     async def _reader(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -236,7 +232,7 @@ class Fleet:
     def document(self, online: bool, why: str = "") -> dict[str, Any]:
         """The retained status: what the gateway does now, or why it is offline."""
         policy, st = self.g.policy, self.g.state
-        out: dict[str, Any] = {"online": online, "site": policy.site, "at": time.time()}
+        out: dict[str, Any] = {"online": online, "site": self.site, "at": time.time()}
         if why:
             out["why"] = why
         if online:
@@ -258,7 +254,7 @@ class Fleet:
 
     async def handle(self, topic: str, payload: Any) -> dict[str, Any] | None:
         """One request as it came off the broker; the reply to publish (None: not for this gateway)."""
-        site = self.g.policy.site
+        site = self.site
         if not isinstance(payload, bytes | bytearray) or len(payload) > MAX_REQUEST:
             return self._refused(None, f"a request is a JSON object of at most {MAX_REQUEST} bytes", {})
         try:
@@ -314,7 +310,7 @@ class Fleet:
         record = {"kind": "remote-refused", "reason": reason, "cmd": cmd if isinstance(cmd, str) else None}
         record["key"] = key if isinstance(key, str) else None
         self.g.record(record)  # kept in the history
-        return {"id": rid, "site": self.g.policy.site, "ok": False, "error": reason}
+        return {"id": rid, "site": self.site, "ok": False, "error": reason}
 
     def _save_issued(self) -> None:
         self.state.replace(

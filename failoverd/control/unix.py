@@ -73,36 +73,42 @@ class ControlSocket:
 
     async def reconfigure(self, policy: Policy) -> Reconfigured:
         new = policy.control
+        if (new.socket_mode, new.socket_group) != (self.spec.socket_mode, self.spec.socket_group):
+            self._permissions(new)  # for clients that connect from now on
+        self.spec = new
         if not self.given and new.socket != str(self.path):
             return NeedsRestart(f"the socket moves to {new.socket}: it listens on {self.path} until a restart")
-        if (new.socket_mode, new.socket_group) != (self.spec.socket_mode, self.spec.socket_group):
-            self._permissions(new)
-        self.spec = new
         return Applied()
 
     def status(self) -> dict[str, Any]:
         return {"socket": str(self.path), "clients": self.clients}
 
     def _permissions(self, spec: ControlSpec) -> None:
-        self.path.chmod(spec.socket_mode)
-        if spec.socket_group:
-            try:
+        try:
+            self.path.chmod(spec.socket_mode)
+            if spec.socket_group:
                 os.chown(self.path, -1, grp.getgrnam(spec.socket_group).gr_gid)
-            except KeyError:
-                log.warning("control-group-missing", group=spec.socket_group, socket=str(self.path))
+        except KeyError:
+            log.warning("control-group-missing", group=spec.socket_group, socket=str(self.path))
+        except OSError as exc:  # the socket removed by hand: it still serves who is connected
+            log.warning("control-permissions", socket=str(self.path), error=str(exc))
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio runs each connection as its own task, outside the daemon's TaskGroup: nothing may
+        # escape from here unlogged. What a peer may do is judged once, when it connects.
         self.clients += 1
-        sock = writer.get_extra_info("socket")
-        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-        writable = may_change(self.spec, uid, peer_groups(pid, gid))
         try:
+            sock = writer.get_extra_info("socket")
+            pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            writable = may_change(self.spec, uid, peer_groups(pid, gid))
             while line := await reader.readline():
                 reply = await self.answer(line, writable)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
+        except Exception:
+            log.exception("control-client-failed")
         finally:
             self.clients -= 1
             writer.close()

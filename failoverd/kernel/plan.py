@@ -109,9 +109,18 @@ class Desired:
     ruleset: str  # the nftables table that classifies packets (nft.render)
 
 
-def desired(policy: Policy, assignments: Mapping[str, tuple[str | None, str]]) -> Desired:
-    """The kernel state for this policy with each class on its assigned route (see desired_routes)."""
-    return Desired(frozenset(desired_routes(policy, assignments)), frozenset(desired_rules(policy)), nft.render(policy))
+def desired(policy: Policy, assignments: Mapping[str, tuple[str | None, str]], ruleset: str | None = None) -> Desired:
+    """The kernel state for this policy with each class on its assigned route (see desired_routes).
+
+    `ruleset`: the policy's nftables text if the caller keeps it (`ruleset(policy)`): it changes only
+    with the policy, and a failover should not build it again."""
+    text = nft.render(policy) if ruleset is None else ruleset
+    return Desired(frozenset(desired_routes(policy, assignments)), frozenset(desired_rules(policy)), text)
+
+
+def ruleset(policy: Policy) -> str:
+    """The nftables table that classifies the policy's traffic."""
+    return nft.render(policy)
 
 
 def owned_tables(policy: Policy) -> set[int]:

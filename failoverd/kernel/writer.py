@@ -22,6 +22,7 @@ from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import OwnershipSpec
 
 log = get_logger("failoverd")
+__all__ = ["Applied", "KernelWriter", "Link", "LinkEvent", "OwnedChanged"]  # what the daemon reads of links
 
 RulesetOutcome = Literal["unchanged", "loaded", "failed", "removed"]
 

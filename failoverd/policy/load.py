@@ -136,7 +136,15 @@ def parse_policy_text(text: str, source: str) -> Policy:
 def load_policy(path: str | Path) -> Policy:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise PolicyError([Problem(str(p), 0, 0, "(file)", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PolicyError(
+            [Problem(str(p), line, col, "(file)", "not UTF-8 text: a policy is written in UTF-8")]
+        ) from None
     return parse_policy_text(text, str(p))

@@ -73,9 +73,6 @@ class ClockService:
 
     def report(self) -> dict[str, Any]:
         """`failoverctl clock`: the verdict, each source, recent steps."""
-        if not self._has_sources():
-            state = self.view.state.clock.state.value
-            return {"state": state, "sources": [], "steps": [], "evidence": []}
         return self.monitor.report()
 
     def _has_sources(self) -> bool:

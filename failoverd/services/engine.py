@@ -20,6 +20,7 @@ from failoverd.engine import events as ev
 from failoverd.engine.records import effect_record
 from failoverd.engine.state import EngineState, restored_state
 from failoverd.engine.step import step
+from failoverd.errors import EngineBug
 from failoverd.kernel import plan
 from failoverd.kernel.writer import Applied as Programmed
 from failoverd.kernel.writer import KernelWriter
@@ -56,6 +57,8 @@ class EngineService:
         self.steps = 0
         self.replies: dict[str, asyncio.Future[fx.CommandReply]] = {}
         self.requests = 0
+        self.ruleset = plan.ruleset(policy)  # built once per policy, not per failover
+        self.reload_ruleset = False  # the next kernel write loads the ruleset even if unchanged (a reload)
 
     @classmethod
     async def start(
@@ -177,7 +180,12 @@ class EngineService:
     async def _step(self, event: ev.Event, tasks: asyncio.TaskGroup) -> None:
         now = time.monotonic()
         before = self._state
-        self._state, effects = step(self._state, event, self._policy, now)
+        try:
+            self._state, effects = step(self._state, event, self._policy, now)
+        except EngineBug:
+            # The daemon stops (fail-static: forwarding stays) and systemd restarts it; say what led here.
+            log.critical("engine-bug", step=repr(event), uplinks={n: u.status for n, u in before.uplinks.items()})
+            raise
         self.last_step = now
         self.steps += 1
         await self._execute(effects, now, before, tasks)
@@ -249,8 +257,10 @@ class EngineService:
 
     async def _switch_policy(self, item: NewPolicy, tasks: asyncio.TaskGroup) -> None:
         self._policy = item.policy
+        self.ruleset = plan.ruleset(item.policy)
+        self.reload_ruleset = True  # as before: a reload also repairs a table deleted by hand
         await self._step(ev.PolicyReloaded(), tasks)
-        await self._program(full=True, reload_ruleset=True)
+        await self._program(full=True)
         if not item.done.done():
             item.done.set_result(None)
 
@@ -267,8 +277,9 @@ class EngineService:
             self.history.add({"kind": "restored", "added": diff.added, "removed": diff.removed}, time.monotonic())
 
     # -- the kernel ---------------------------------------------------------------------------------
-    async def _program(self, *, full: bool = False, reload_ruleset: bool = False) -> Programmed:
+    async def _program(self, *, full: bool = False) -> Programmed:
         """Routes, rules and classification for where the classes are now: the only kernel write."""
         assignments = {n: (c.uplink, c.route) for n, c in self._state.classes.items()}
-        want = plan.desired(self._policy, assignments)
+        want = plan.desired(self._policy, assignments, self.ruleset)
+        reload_ruleset, self.reload_ruleset = self.reload_ruleset, False  # once per reload, not twice
         return await self.kernel.apply(want, full=full, reload_ruleset=reload_ruleset)

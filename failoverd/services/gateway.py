@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from failoverd.control.api import Feed, OperatorCommand
@@ -13,12 +12,11 @@ from failoverd.engine import effects as fx
 from failoverd.engine.state import EngineState
 from failoverd.observe.status import class_rows, override_rows, uplink_rows
 from failoverd.policy.model import Policy
-from failoverd.services.base import Service
 from failoverd.services.clock import ClockService
 from failoverd.services.engine import EngineService
 from failoverd.services.history import History
 from failoverd.services.probes import ProbeService
-from failoverd.services.reload import Reloads
+from failoverd.services.supervisor import Supervisor
 
 RELOAD_TIMEOUT = 30.0  # s: a reload asks every service; none should take long
 
@@ -33,15 +31,13 @@ class LocalGateway:
         probes: ProbeService,
         clock: ClockService,
         history: History,
-        reloads: Reloads,
-        services: Sequence[Service],
+        supervisor: Supervisor,
     ) -> None:
         self.engine = engine
         self.probes = probes
         self.clock = clock
         self._history = history
-        self.reloads = reloads
-        self.services = services  # every service of the daemon, for their status (the list control is in)
+        self.supervisor = supervisor
         self.started = time.monotonic()
 
     @property
@@ -63,7 +59,7 @@ class LocalGateway:
             "classes": class_rows(policy, st),
             "overrides": override_rows(st, time.monotonic()),
             "clock": {"state": st.clock.state.value, "bound_s": st.clock.bound, "evidence": list(st.clock.evidence)},
-            "services": {s.name: s.status() for s in self.services},
+            "services": self.supervisor.statuses(),
         }
 
     def history(self, last: int) -> list[dict[str, Any]]:
@@ -76,7 +72,7 @@ class LocalGateway:
         return await self.engine.submit(command)
 
     async def reload(self) -> dict[str, Any]:
-        return await asyncio.wait_for(self.reloads.request(), RELOAD_TIMEOUT)
+        return await asyncio.wait_for(self.supervisor.ask(), RELOAD_TIMEOUT)
 
     def record(self, record: dict[str, Any]) -> None:
         self._history.add(record, time.monotonic())

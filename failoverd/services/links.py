@@ -7,8 +7,7 @@ import contextlib
 from typing import Any, ClassVar
 
 from failoverd.engine import events as ev
-from failoverd.kernel.netlink import LinkEvent, OwnedChanged
-from failoverd.kernel.writer import KernelWriter
+from failoverd.kernel.writer import KernelWriter, LinkEvent, OwnedChanged
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, EngineView, Inbox, Reconfigured
@@ -25,7 +24,8 @@ class LinkService:
         self.kernel = kernel
         self.view = view
         self.inbox = inbox
-        self.carrier: dict[str, bool] = {}
+        self.carrier: dict[str, bool] = {}  # what the engine was last told, by uplink
+        self.missing: set[str] = set()  # uplinks whose interface does not exist (said once)
         self.audit_wanted = asyncio.Event()
 
     async def run(self) -> None:
@@ -35,6 +35,10 @@ class LinkService:
             tg.create_task(self._audits(), name="audit")
 
     async def reconfigure(self, policy: Policy) -> Reconfigured:
+        # An uplink the new policy drops is forgotten: if a later one brings it back, the engine
+        # hears its carrier again (the engine starts a new uplink as if its carrier were up).
+        for name in set(self.carrier) - set(policy.uplinks):
+            del self.carrier[name]
         self._announce(policy)  # a new uplink's carrier, or one whose interface changed
         return Applied()
 
@@ -48,8 +52,9 @@ class LinkService:
             if self.carrier.get(name) != up:
                 self.carrier[name] = up
                 self.inbox.put_nowait(ev.CarrierChanged(name, up))
-            if link is None:
+            if link is None and name not in self.missing:
                 log.warning("missing-interface", uplink=name, interface=u.interface)
+            self.missing = (self.missing | {name}) if link is None else (self.missing - {name})
 
     async def _watch(self) -> None:
         async for e in self.kernel.watch():
