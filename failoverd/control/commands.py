@@ -17,7 +17,7 @@ from failoverd.control.api import Gateway, OperatorCommand
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.explain import UnknownClass, explain
-from failoverd.policy.schema import parse_duration
+from failoverd.policy.durations import parse_duration
 
 
 class BadRequest(Exception):
