@@ -256,7 +256,7 @@ async def test_the_kernel_names_the_peer_and_a_stranger_may_only_read() -> None:
                 break
             await asyncio.sleep(0.01)
 
-        async def as_nobody(request: dict[str, Any]) -> dict[str, Any]:
+        async def as_user(uid: int | None, request: dict[str, Any]) -> dict[str, Any]:
             # Debian's own python3: the venv's interpreter lives where nobody may not read.
             client = (
                 "import json, socket, sys\n"
@@ -264,15 +264,22 @@ async def test_the_kernel_names_the_peer_and_a_stranger_may_only_read() -> None:
                 "s.sendall(sys.argv[2].encode() + b'\\n'); print(s.makefile().readline())\n"
             )
             cmd = ["/usr/bin/python3", "-c", client, str(where / "control.sock"), json.dumps(request)]
-            done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, user=65534, check=True)
+            done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, user=uid, check=True)
             reply: dict[str, Any] = json.loads(done.stdout)
             return reply
+
+        async def as_nobody(request: dict[str, Any]) -> dict[str, Any]:
+            return await as_user(65534, request)
 
         drained = await as_nobody({"cmd": "drain", "uplink": "fiber", "reason": "not mine to do", "by": "root"})
         assert not drained["ok"] and "may only read" in drained["error"], drained
         assert g.state.classes["dispatch"].uplink != "mobile"
         status = await as_nobody({"cmd": "status"})
         assert status["ok"] and status["site"] == "north", status
+        # root may; who asked is what the kernel says, the client's claim after it
+        done = await as_user(None, {"cmd": "drain", "uplink": "fiber", "reason": "r", "by": "failoverctl:alice"})
+        assert done["ok"], done
+        assert [o.by for o in g.state.overrides] == ["local:root/failoverctl:alice"]
     finally:
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):

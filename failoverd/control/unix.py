@@ -13,8 +13,10 @@ import contextlib
 import grp
 import json
 import os
+import pwd
 import socket
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +29,22 @@ from failoverd.services.base import Applied, NeedsRestart, Reconfigured
 log = get_logger("failoverd.control")
 MAX_REQUEST = 64 * 1024
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A client of the socket as the kernel names it (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    user: str
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
 
 
 def peer_groups(pid: int, gid: int) -> set[int]:
@@ -101,8 +119,9 @@ class ControlSocket:
             sock = writer.get_extra_info("socket")
             pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
             writable = may_change(self.spec, uid, peer_groups(pid, gid))
+            peer = Peer(pid, uid, user_name(uid))
             while line := await reader.readline():
-                reply = await self.answer(line, writable)
+                reply = await self.answer(line, writable, peer)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
@@ -113,15 +132,27 @@ class ControlSocket:
             self.clients -= 1
             writer.close()
 
-    async def answer(self, line: bytes, writable: bool) -> dict[str, Any]:
-        """The reply to one request line; commands that change state are logged with their outcome."""
+    async def answer(self, line: bytes, writable: bool, peer: Peer | None = None) -> dict[str, Any]:
+        """The reply to one request line; commands that change state are logged with their outcome.
+
+        Who asked is what the kernel says of the peer, not what the request claims: an override's `by`
+        reads `local:alice/failoverctl:alice` (the claim after the slash, as failoverctl fills it in)."""
         try:
             request = json.loads(line)
         except json.JSONDecodeError as exc:
             return {"ok": False, "error": f"not JSON: {exc.msg} at column {exc.colno}"}
-        reply = await dispatch(self.gateway, request, may_change=writable)
         name = request.get("cmd") if isinstance(request, dict) else None
         cmd = COMMANDS.get(name) if isinstance(name, str) else None
+        if isinstance(request, dict) and peer is not None and cmd is not None and cmd.arg("by") is not None:
+            claim = request.get("by")
+            request = {
+                **request,
+                "by": f"local:{peer.user}" + (f"/{claim}" if isinstance(claim, str) and claim else ""),
+            }
+        reply = await dispatch(self.gateway, request, may_change=writable)
         if cmd is None or cmd.mutating:
-            log.info("command", request=request, ok=reply.get("ok"), reply=reply.get("text") or reply.get("error"))
+            who = None if peer is None else {"user": peer.user, "uid": peer.uid, "pid": peer.pid}
+            log.info(
+                "command", request=request, peer=who, ok=reply.get("ok"), reply=reply.get("text") or reply.get("error")
+            )
         return reply

@@ -102,6 +102,7 @@ class CommandReply:
     text: str
     changes: tuple[str, ...] = ()
     override: str | None = None
+    by: str = ""  # who asked, as the command named them (the socket and MQTT say who that really was)
 
 
 Effect = (

@@ -24,7 +24,14 @@ def effect_record(e: fx.Effect) -> dict[str, Any] | None:
         case fx.Alarm():
             return {"kind": "alarm", "severity": e.severity, "subject": e.subject, "cause": e.cause.as_dict()}
         case fx.CommandReply():
-            return {"kind": "command", "request": e.request, "ok": e.ok, "text": e.text, "changes": list(e.changes)}
+            return {
+                "kind": "command",
+                "request": e.request,
+                "by": e.by,
+                "ok": e.ok,
+                "text": e.text,
+                "changes": list(e.changes),
+            }
         case fx.ClockReaction():
             return {
                 "kind": "clock",

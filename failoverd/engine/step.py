@@ -82,6 +82,7 @@ class _Work:
         self.seq = state.override_seq
         self.effects: list[Effect] = []
         self.reply: CommandReply | None = None
+        self.by = ""  # who sent the command being answered
         self.preempt_at: list[float] = []
 
     def snapshot(self) -> EngineState:
@@ -445,7 +446,7 @@ class _Work:
                 for e in effects
                 if isinstance(e, SwitchClass)
             )
-            effects.append(replace(self.reply, changes=moves))
+            effects.append(replace(self.reply, changes=moves, by=self.by))
         state = self.snapshot()
         _check_invariants(state, self.policy)
         return replace(state, wake_at=_wake_at(state, self.policy, self.preempt_at)), tuple(effects)
@@ -475,10 +476,13 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
         case StandbyResult():
             w.standby_result(event)
         case ForceClass():
+            w.by = event.by
             w.force_class(event)
         case DrainUplink():
+            w.by = event.by
             w.drain(event)
         case Release():
+            w.by = event.by
             w.release(event)
         case ClockChanged():
             w.clock_changed(event)
