@@ -234,9 +234,6 @@ def validate(request: Any) -> tuple[Command, dict[str, Any]]:
     missing = [a.key for a in cmd.args if a.required and a.key not in args]
     if missing:
         raise BadRequest(f"{cmd.name}: missing {', '.join(missing)}")
-    empty = [a.key for a in cmd.args if a.required and a.kind == "str" and not str(args[a.key]).strip()]
-    if empty:
-        raise BadRequest(f"{cmd.name}: {', '.join(empty)} must not be empty")
     if cmd.one_of and not any(args.get(k) for k in cmd.one_of):
         raise BadRequest(cmd.one_of_text)
     for a in cmd.args:
