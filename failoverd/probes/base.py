@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import struct
 import time
@@ -85,7 +86,9 @@ class DatagramSession:
         self.timeout = timeout
         # seq → (sent, monotonic; sent, wall clock; deadline, monotonic), in the order sent
         self.pending: dict[int, tuple[float, float, float]] = {}
-        self.seq = 0
+        # A random start, like the ICMP identifier and the UDP token: an off-path sender who wants a
+        # dead path to look alive must guess the numbers in flight rather than count from 1.
+        self.seq = secrets.randbits(16)
         # Without stamps the round-trip time is measured when the answer is read.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)

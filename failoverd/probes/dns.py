@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from ipaddress import ip_address
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
 from failoverd.probes.base import DatagramSession, family_of, marked_socket
@@ -22,12 +23,13 @@ class DnsSession(DatagramSession):
     def __init__(self, spec: ProbeSpec, uplink: UplinkSpec) -> None:
         fam = family_of(spec.target)
         super().__init__(marked_socket(fam, socket.SOCK_DGRAM, 0, uplink.fwmark), spec.timeout)
-        self.dest = (spec.target, spec.port or 53)
+        self.dest = (str(ip_address(spec.target)), spec.port or 53)  # as recvfrom spells it
         self.name = spec.query or "."
         self.record = spec.record or "NS"
 
     def match(self, data: bytes, addr: tuple[str, int]) -> int | None:
-        if len(data) < 12:
+        # From the server we asked, on its port: any other sender may know our id but not count.
+        if len(data) < 12 or addr[0] != self.dest[0] or addr[1] != self.dest[1]:
             return None
         qid, flags = struct.unpack_from("!HH", data)
         return qid if flags & 0x8000 else None  # QR bit: a response

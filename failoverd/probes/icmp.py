@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
-import os
+import secrets
 import socket
 import struct
+from ipaddress import ip_address
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
 from failoverd.probes.base import DatagramSession, family_of, marked_socket
 
-_ids = itertools.count((os.getpid() * 7919) & 0xFFFF)
 
 
 def _checksum(data: bytes) -> int:
@@ -27,8 +26,8 @@ class IcmpSession(DatagramSession):
         self.family = family_of(spec.target)
         proto = socket.IPPROTO_ICMP if self.family == socket.AF_INET else socket.IPPROTO_ICMPV6
         super().__init__(marked_socket(self.family, socket.SOCK_RAW, proto, uplink.fwmark), spec.timeout)
-        self.ident = next(_ids) & 0xFFFF
-        self.target = spec.target
+        self.ident = secrets.randbits(16)  # not guessable from the pid: see DatagramSession.seq
+        self.target = str(ip_address(spec.target))  # as recvfrom spells it
 
     def match(self, data: bytes, addr: tuple[str, int]) -> int | None:
         if self.family == socket.AF_INET:
