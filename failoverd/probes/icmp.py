@@ -11,7 +11,6 @@ from failoverd.policy.model import ProbeSpec, UplinkSpec
 from failoverd.probes.base import DatagramSession, family_of, marked_socket
 
 
-
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
