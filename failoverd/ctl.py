@@ -175,8 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--site", help="the gateway to command (its policy's site)")
     where.add_argument("--fleet", action="store_true", help="every gateway on the fleet topic; see --sites")
     m.add_argument("--sites", type=lambda s: [x for x in s.split(",") if x], help="with --fleet: only these")
-    m.add_argument("--key-file", default=os.environ.get("FAILOVERD_KEY_FILE"), help="NAME SECRET lines")
-    m.add_argument("--key", help="which key of the file signs (default: its first)")
+    m.add_argument(
+        "--key-file",
+        default=os.environ.get("FAILOVERD_KEY_FILE"),
+        help="your Ed25519 private key (PEM, mode 600; see keygen)",
+    )
+    m.add_argument("--key", help="the key's name in the gateways' keys files (default: the key file's name, no .key)")
     m.add_argument("--prefix", default="failoverd", help="topic prefix (default failoverd)")
     m.add_argument("--tls", action="store_true")
     m.add_argument("--ca-file")
@@ -186,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd in COMMANDS.values():
         _add_command(sub.add_parser(cmd.name, help=cmd.help), cmd)
+    keygen = sub.add_parser("keygen", help="make an operator's signing keypair (no daemon involved)")
+    keygen.add_argument("name", metavar="NAME", help="the key's name, as gateways will know it")
+    keygen.add_argument("--out", default=".", metavar="DIR", help="where NAME.key and NAME.pub go (default .)")
     return p
 
 
@@ -237,22 +244,20 @@ async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict
     """Sign the request, publish it to one site's or the fleet's command topic, collect the replies."""
     import aiomqtt  # noqa: PLC0415 (only the remote path needs it)
 
-    from failoverd.control.signing import load_keys, sign  # noqa: PLC0415
+    from failoverd.control.signing import fleet_dest, load_private_key, sign, site_dest  # noqa: PLC0415
 
-    keys = load_keys(Path(args.key_file))
-    name = args.key or next(iter(keys))
-    if name not in keys:
-        raise ValueError(f"no key {name} in {args.key_file} (keys: {', '.join(keys)})")
+    key_file = Path(args.key_file)
+    private = load_private_key(key_file)
+    name = args.key or key_file.stem
     rid = uuid.uuid4().hex
-    request = {**request, "id": rid}
-    if args.fleet and args.sites:
-        request["sites"] = args.sites
-    signed = sign(request, name, keys[name], time.time())
+    prefix = args.prefix.rstrip("/")
+    # The destination is signed with the command: a copy replayed on another topic is refused there.
+    dest = fleet_dest(prefix, args.sites) if args.fleet else site_dest(prefix, args.site)
+    signed = sign({**request, "id": rid}, name, private, time.time(), dest)
     host, port = args.mqtt, 8883 if args.tls else 1883
     if args.mqtt.count(":") == 1:  # host:port (an IPv6 address alone has more colons)
         host, _, number = args.mqtt.partition(":")
         port = int(number)
-    prefix = args.prefix.rstrip("/")
     topic = f"{prefix}/fleet/cmd" if args.fleet else f"{prefix}/{args.site}/cmd"
     replies: list[dict[str, Any]] = []
     password = Path(args.password_file).read_text().strip() if args.password_file else None
@@ -301,8 +306,18 @@ def main_remote(args: argparse.Namespace) -> int:
     if not (args.site or args.fleet):
         print("failoverctl: with --mqtt, name the gateway (--site SITE) or the whole --fleet", file=sys.stderr)
         return EXIT_REFUSED
+    if args.sites and not args.fleet:
+        print("failoverctl: --sites goes with --fleet (for one gateway, --site SITE)", file=sys.stderr)
+        return EXIT_REFUSED
     if not args.key_file:
         print("failoverctl: remote commands are signed: give --key-file (or FAILOVERD_KEY_FILE)", file=sys.stderr)
+        return EXIT_REFUSED
+    from failoverd.control.signing import KeyFileError, load_private_key  # noqa: PLC0415
+
+    try:
+        load_private_key(Path(args.key_file))  # its mode and form, before any broker is tried
+    except KeyFileError as exc:
+        print(f"failoverctl: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     try:
         replies = asyncio.run(remote(args, to_request(args)))
@@ -323,8 +338,24 @@ def main_remote(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.get("ok") for r in replies) else EXIT_REFUSED
 
 
+def main_keygen(args: argparse.Namespace) -> int:
+    from failoverd.control.signing import KeyFileError, write_keypair  # noqa: PLC0415
+
+    try:
+        key, pub = write_keypair(args.name, Path(args.out))
+    except KeyFileError as exc:
+        print(f"failoverctl: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"private key {key} (mode 600): keep it with the operator, sign with --key-file {key}")
+    print(f"public key  {pub}: add its line to control.mqtt.keys_file on each gateway, then reload:")
+    print(f"  {pub.read_text().strip()}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "keygen":
+        return main_keygen(args)
     if args.mqtt:
         return main_remote(args)
     tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")

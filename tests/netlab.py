@@ -310,3 +310,92 @@ class GatewayLab:
         self.topo.stop(self.receiver)
         summary: dict[str, Any] = json.loads(self.result.read_text())
         return summary
+
+
+PEER_POLICY = """
+site: SITE
+uplinks:
+  - name: fiber
+    interface: fiber0
+    next_hop: NET.1
+    probes: [{kind: udp-echo, target: 198.19.0.1, interval: 100ms, timeout: 300ms}]
+  - name: mobile
+    interface: mob1
+    next_hop: NET.5
+    kind: cellular
+    probes: [{kind: udp-echo, target: 198.19.0.1, interval: 100ms, timeout: 300ms}]
+classes:
+  - name: critical
+    path: [fiber, mobile]
+control:
+  max_override: 1h
+"""
+
+
+@dataclass
+class PeerGateway:
+    """A second gateway beside a GatewayLab's, with its own site and failoverd: node `NODE` with two
+    uplinks (fiber, mobile) straight to the lab's internet side, so both reach its probe targets and
+    its services (a broker, say). Made by `peer()`; removed with the lab's topology."""
+
+    lab: GatewayLab
+    site: str
+    node: str
+    net: str  # a /24's first three octets, e.g. "198.18.21": NET.0/30 fiber, NET.4/30 mobile
+    daemon: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.tmp = self.lab.tmp / self.node
+        self.tmp.mkdir(exist_ok=True)
+        self.policy_path = self.tmp / "policy.yaml"
+        self.policy_path.write_text(PEER_POLICY.replace("SITE", self.site).replace("NET", self.net))
+        self.state_dir = self.tmp / "state"
+        self.socket = str(self.tmp / "ctl.sock")
+        self.log = self.tmp / "failoverd.log"
+
+    def build(self) -> PeerGateway:
+        t = self.lab.topo
+        t.add_node(self.node)
+        for base, ifname, inet_if in ((0, "fiber0", f"{self.node}f"), (4, "mob1", f"{self.node}m")):
+            t.link(self.node, ifname, "inet", inet_if)
+            t.addr(self.node, ifname, f"{self.net}.{base + 2}/30")
+            t.addr("inet", inet_if, f"{self.net}.{base + 1}/30")
+        return self
+
+    def start(self) -> subprocess.Popen[bytes]:
+        cmd = [PY, "-m", "failoverd.cli", "run", "--policy", str(self.policy_path), "--state-dir", str(self.state_dir)]
+        cmd += ["--socket", self.socket, "--netns", self.lab.topo.ns(self.node), "--log-json"]
+        self.daemon = subprocess.Popen(
+            cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+        self.lab.topo.procs.append(self.daemon)
+
+        def answers() -> bool:
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise LabError(f"failoverd ({self.site}) exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                return bool(self.ctl("status")["ok"])
+            except (LabError, json.JSONDecodeError):
+                return False
+
+        wait_for(answers, 15, what=f"failoverd {self.site} control socket (log: {self.log})")
+        return self.daemon
+
+    def ctl(self, *args: str) -> dict[str, Any]:
+        r = subprocess.run(
+            [PY, "-m", "failoverd.ctl", "--socket", self.socket, "--json", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=20,
+            check=False,
+        )
+        if r.returncode == 3:
+            raise LabError(r.stderr)
+        reply: dict[str, Any] = json.loads(r.stdout)
+        return reply
+
+
+def peer(lab: GatewayLab, site: str, index: int = 1) -> PeerGateway:
+    """Another gateway, `site`, in `lab`'s topology (index 1..9 keeps nodes and addresses apart)."""
+    return PeerGateway(lab, site, f"gw{index + 1}", f"198.18.{20 + index}").build()

@@ -6,7 +6,8 @@ Topics, under `topic_prefix` (default `failoverd`):
   `online: false`, when the gateway vanishes (kill -9, power, every uplink down).
 - `<prefix>/<site>/events`: each journal record (decisions, uplink changes, alarms, commands) as it happens.
 - `<prefix>/<site>/cmd` and `<prefix>/fleet/cmd`: signed requests (`failoverd.control.signing`), the
-  same command table as the local socket; a fleet request may name `sites` to reach only those.
+  same command table as the local socket. Each names its destination inside what is signed (the site,
+  or the fleet and optionally which `sites`): a copy replayed on another topic is refused.
 - `<prefix>/<site>/reply`: the reply to each request, carrying the request's `id`.
 
 The link to the broker is never a reason to stop: it reconnects with backoff, and routing goes on
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -27,15 +29,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from failoverd.control.api import Gateway
 from failoverd.control.commands import COMMANDS, dispatch
-from failoverd.control.signing import KeyFileError, load_keys, verify
+from failoverd.control.signing import Here, KeyFileError, for_others, load_keys, verify
 from failoverd.engine.decide import usable
 from failoverd.engine.events import ClockState
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import MqttSpec, Policy
-from failoverd.services.base import Applied, NeedsRestart, Reconfigured
+from failoverd.services.base import Applied, Failed, NeedsRestart, Reconfigured
 from failoverd.statedir import StateDir
 
 log = get_logger("failoverd.mqtt")
@@ -43,7 +46,7 @@ STATUS_EVERY = 60.0  # s: the retained status is refreshed at least this often (
 BACKOFF = (1.0, 30.0)  # s: first and longest wait before reconnecting
 EVENTS_KEPT = 500  # events queued while the broker is out of reach; the oldest go first
 MAX_REQUEST = 64 * 1024
-TRANSPORT_FIELDS = ("key", "issued", "sig", "id", "sites")
+TRANSPORT_FIELDS = ("key", "issued", "sig", "id", "dest")
 ISSUED_FILE = "mqtt-issued.json"  # the last `issued` taken under each key
 
 
@@ -75,6 +78,7 @@ class Fleet:
         self.reply_topic = f"{p}/{site}/reply"
         self.cmd_topic = f"{p}/{site}/cmd"
         self.fleet_topic = f"{p}/fleet/cmd"
+        self.prefix = p
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.wake = asyncio.Event()
         self.rerouted = asyncio.Event()  # a class moved: a broker out of reach may be reachable now
@@ -87,15 +91,25 @@ class Fleet:
             log.warning("state", note=saved.note)
         with contextlib.suppress(AttributeError, ValueError, TypeError):  # not a mapping of numbers: start afresh
             self.last_issued = {str(k): float(v) for k, v in saved.document.items()}
-        self.keys: dict[str, bytes] = {}
+        self.keys: dict[str, Ed25519PublicKey] = {}
         self.key_error = ""
-        if spec.keys_file:
-            try:
-                self.keys = load_keys(Path(spec.keys_file))
-            except KeyFileError as exc:
-                # Status and events still flow; every command is refused with this reason.
-                log.error("mqtt-keys", error=str(exc), note="remote commands are refused until this is fixed")
-                self.key_error = str(exc)
+        self._read_keys(spec.keys_file)
+
+    def _read_keys(self, keys_file: str | None) -> str:
+        """Take the public keys from `keys_file`, at start and on every reload (revocation is deleting a
+        line and reloading). A file that does not load leaves no key in force: status and events still
+        flow, every command is refused with this reason. Returns that reason ("" if the file loaded)."""
+        self.keys, self.key_error = {}, ""
+        if not keys_file:
+            return ""
+        try:
+            self.keys = load_keys(Path(keys_file))
+        except KeyFileError as exc:
+            log.error("mqtt-keys", error=str(exc), note="remote commands are refused until this is fixed")
+            self.key_error = str(exc)
+        else:
+            log.info("mqtt-keys", file=keys_file, keys=sorted(self.keys))
+        return self.key_error
 
     # -- the service --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -104,14 +118,31 @@ class Fleet:
             tg.create_task(self._sessions(), name="mqtt-session")
 
     async def reconfigure(self, policy: Policy) -> Reconfigured:
-        if policy.control.mqtt != self.spec:
-            return NeedsRestart("MQTT settings (and command keys) are read at start")
+        """The command keys and max_age are taken live, whatever else changed; the broker, the session
+        and the topics take a restart."""
+        new = policy.control.mqtt
+        error = self._read_keys(new.keys_file)
+        self.spec = dataclasses.replace(self.spec, keys_file=new.keys_file, max_age=new.max_age)
+        restart = ""
         if policy.site != self.site:
-            return NeedsRestart(f"the site's topics ({self.status_topic}) are chosen at start")
-        return Applied()
+            restart = f"the site's topics ({self.status_topic}) are chosen at start"
+        elif new != self.spec:
+            restart = "the broker, session and topic settings are read at start (command keys were re-read)"
+        if error:
+            also = f" (and {restart}: restart to apply)" if restart else ""
+            return Failed(f"command keys: {error}; every remote command is refused until it is fixed{also}")
+        if restart:
+            return NeedsRestart(restart)
+        return Applied(f"{len(self.keys)} command keys" if self.spec.keys_file else "no command keys")
 
     def status(self) -> dict[str, Any]:
-        return {"broker": f"{self.spec.host}:{self.spec.port}", "connected": self.connected, "via": self.via}
+        keys: str | list[str] = f"refused: {self.key_error}" if self.key_error else sorted(self.keys)
+        return {
+            "broker": f"{self.spec.host}:{self.spec.port}",
+            "connected": self.connected,
+            "via": self.via,
+            "command_keys": keys,
+        }
 
     async def _follow(self) -> None:
         """Each history record: queued for the events topic, and the status refreshed."""
@@ -265,18 +296,16 @@ class Fleet:
             return self._refused(None, "a request is a JSON object with a cmd", {})
         rid = request.get("id")
         rid = rid if isinstance(rid, str) and len(rid) <= 128 else None
-        sites = request.get("sites")
-        if topic == self.fleet_topic and sites is not None:
-            if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
-                return self._refused(rid, "sites must be a list of site names", request)
-            if site not in sites:
-                return None  # a fleet command for other gateways
+        here = Here(self.prefix, site, fleet_topic=topic == self.fleet_topic)
+        if for_others(request, here):
+            return None  # a fleet command for other gateways
         if self.key_error:
             return self._refused(rid, f"this gateway cannot check signatures: {self.key_error}", request)
         verdict = verify(
             request,
             self.keys,
             self.last_issued,
+            here=here,
             wall=time.time(),
             max_age=self.spec.max_age,
             clock_trusted=clock_trusted(self.g.policy, self.g.state.clock.state),

@@ -240,6 +240,12 @@ def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
                 f'time server {t.address} names unknown uplink "{t.uplink}"',
             )
     mq = doc.control.mqtt
+    if mq.enabled:
+        # The site is a level of the MQTT topics: it cannot be the fleet's level, span levels or be a wildcard.
+        if doc.site == "fleet" or any(c in doc.site for c in "/+#\0"):
+            yield ("site",), f'site "{doc.site}" cannot be an MQTT topic level: not "fleet", no "/", "+", "#"'
+        if any(c in mq.topic_prefix for c in "+#\0"):
+            yield ("control", "mqtt", "topic_prefix"), f'topic_prefix "{mq.topic_prefix}" cannot hold "+" or "#"'
     if mq.uplink is not None and mq.uplink not in uplinks:
         yield ("control", "mqtt", "uplink"), f'MQTT names unknown uplink "{mq.uplink}"'
     if doc.clock.max_error >= doc.clock.panic:

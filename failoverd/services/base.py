@@ -25,7 +25,15 @@ class NeedsRestart:
     why: str
 
 
-Reconfigured = Applied | NeedsRestart
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The service could not take part of the new policy (a file it names does not load): it goes on
+    without that part, and the reload reports the service as failed."""
+
+    why: str
+
+
+Reconfigured = Applied | NeedsRestart | Failed
 
 
 class Service(Protocol):

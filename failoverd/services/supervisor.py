@@ -17,7 +17,7 @@ from failoverd.errors import PolicyError
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy import load_policy
 from failoverd.policy.model import Policy
-from failoverd.services.base import Applied, EngineView, Service
+from failoverd.services.base import Applied, EngineView, Failed, Service
 from failoverd.services.history import History
 
 log = get_logger("failoverd")
@@ -83,6 +83,10 @@ async def reload(path: Path, engine: EngineView, services: Sequence[Service], hi
             continue
         if isinstance(result, Applied):
             outcome[service.name] = "applied" + (f": {result.detail}" if result.detail else "")
+        elif isinstance(result, Failed):
+            outcome[service.name] = f"failed: {result.why}"
+            failed.append(f"{service.name}: {result.why}")
+            log.error("reload-service-failed", service=service.name, why=result.why)
         else:
             outcome[service.name] = f"needs restart: {result.why}"
             restart.append(f"{service.name}: {result.why}")

@@ -1,4 +1,5 @@
-"""Fleet control over a real mosquitto: retained status and last will, events, signed commands, refusals."""
+"""Fleet control over a real mosquitto: retained status and last will, events, signed commands, refusals,
+and a captured command replayed to another gateway."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from netlab import ROOT, GatewayLab
+from keys import operator_keys
+from netlab import ROOT, GatewayLab, PeerGateway, peer
 
-from failoverd.control.signing import sign
+from failoverd.control.signing import load_private_key, sign, site_dest
 from lab.netns import wait_for
 
 BROKER = "198.19.2.1"
 SITE = "test-gw"
-NOC = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-OTHER = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"
 
 
 def broker(lab: GatewayLab) -> None:
@@ -30,14 +30,7 @@ def broker(lab: GatewayLab) -> None:
     wait_for(lambda: lab.topo.sh("inet", "ss", "-ltn").stdout.count(f"{BROKER}:1883") > 0, 10, what="mosquitto")
 
 
-def keys(lab: GatewayLab, name: str, secret: str) -> Path:
-    path = lab.tmp / f"keys-{name}-{secret[:4]}"
-    path.write_text(f"{name} {secret}\n")
-    path.chmod(0o600)
-    return path
-
-
-def enable_mqtt(lab: GatewayLab, keys_file: Path) -> None:
+def enable_mqtt(lab: GatewayLab | PeerGateway, keys_file: Path) -> None:
     text = lab.policy_path.read_text()
     mqtt = f"  mqtt: {{enabled: true, host: {BROKER}, keys_file: {keys_file}, keepalive: 2s}}\n"
     lab.policy_path.write_text(text.replace("control:\n", "control:\n" + mqtt, 1))
@@ -74,8 +67,8 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 def test_fleet_control_over_mqtt(gwlab: GatewayLab) -> None:
     broker(gwlab)
-    noc = keys(gwlab, "noc", NOC)
-    enable_mqtt(gwlab, noc)
+    noc, keys_file = operator_keys(gwlab.tmp / "operators", "noc")
+    enable_mqtt(gwlab, keys_file)
     events, replies = gwlab.tmp / "events.jsonl", gwlab.tmp / "replies.jsonl"
     for topic, out in ((f"failoverd/{SITE}/events", events), (f"failoverd/{SITE}/reply", replies)):
         gwlab.topo.spawn("inet", ["mosquitto_sub", "-h", BROKER, "-q", "1", "-t", topic], log=out)
@@ -98,10 +91,17 @@ def test_fleet_control_over_mqtt(gwlab: GatewayLab) -> None:
     wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("classes", {}).get("critical") == "via mobile", 10)
 
     # Signed with a key the gateway does not hold under that name: refused, nothing moves.
-    rc, reply = remote(gwlab, keys(gwlab, "noc", OTHER), "--site", SITE, "drain", "mobile", "--reason", "x")
+    impostor, _ = operator_keys(gwlab.tmp / "impostor", "noc")
+    rc, reply = remote(gwlab, impostor, "--site", SITE, "drain", "mobile", "--reason", "x")
     assert rc == 1 and "bad signature" in reply["error"], reply
     # A command replayed from the wire: the first copy acts, the second is refused.
-    req = sign({"cmd": "explain", "class": "critical", "id": "replay-1"}, "noc", bytes.fromhex(NOC), time.time())
+    req = sign(
+        {"cmd": "explain", "class": "critical", "id": "replay-1"},
+        "noc",
+        load_private_key(noc),
+        time.time(),
+        site_dest("failoverd", SITE),
+    )
     publish(gwlab, f"failoverd/{SITE}/cmd", json.dumps(req))
     publish(gwlab, f"failoverd/{SITE}/cmd", json.dumps(req))
     publish(gwlab, f"failoverd/{SITE}/cmd", "{not json")
@@ -143,3 +143,62 @@ def test_fleet_control_over_mqtt(gwlab: GatewayLab) -> None:
     wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("online") is True, 10, what="online again")
     gwlab.kill(signal.SIGKILL)
     wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("why") == "connection lost", 10, what="last will")
+
+
+def test_a_captured_command_replayed_to_another_gateway_or_the_fleet_is_refused(gwlab: GatewayLab) -> None:
+    """Two gateways on one broker, one operator key. A legit drain for this site, captured off the
+    broker and replayed byte for byte on the other site's topic and on the fleet topic, acts nowhere."""
+    broker(gwlab)
+    noc, keys_file = operator_keys(gwlab.tmp / "operators", "noc")
+    field, _ = operator_keys(gwlab.tmp / "operators", "field")
+    other = peer(gwlab, "other-gw")
+    for gw in (gwlab, other):
+        enable_mqtt(gw, keys_file)
+    captured, replies = gwlab.tmp / "captured.txt", gwlab.tmp / "replies.jsonl"
+    sub = ["mosquitto_sub", "-h", BROKER, "-q", "1"]
+    gwlab.topo.spawn("inet", [*sub, "-v", "-t", f"failoverd/{SITE}/cmd"], log=captured)  # -v: "topic payload"
+    gwlab.topo.spawn("inet", [*sub, "-t", "failoverd/+/reply"], log=replies)
+    gwlab.start()
+    other.start()
+    for status in (f"failoverd/{SITE}/status", f"failoverd/{other.site}/status"):
+        wait_for(lambda t=status: retained(gwlab, t).get("online") is True, 15, what=status)
+
+    rc, reply = remote(gwlab, noc, "--site", SITE, "drain", "fiber", "--reason", "legit")
+    assert rc == 0 and reply["ok"], reply
+    gwlab.wait_class("critical", "mobile")
+    wait_for(lambda: captured.read_text().endswith("\n"), 5, what="the captured command")
+    topic, _, payload = captured.read_text().removesuffix("\n").partition(" ")
+    assert topic == f"failoverd/{SITE}/cmd" and json.loads(payload)["cmd"] == "drain"
+    rid = json.loads(payload)["id"]
+
+    for where in (f"failoverd/{other.site}/cmd", "failoverd/fleet/cmd"):
+        publish(gwlab, where, payload)  # the same bytes (failoverctl's JSON is ASCII)
+
+    def answers() -> list[dict[str, Any]]:
+        return [r for r in lines(replies) if r.get("id") == rid]
+
+    # the legit reply, two refusals from the other gateway, one from this one (the fleet copy)
+    wait_for(lambda: len(answers()) >= 4, 10, what="four replies")
+    time.sleep(0.5)  # nothing more comes
+    by_site = {s: [r for r in answers() if r["site"] == s] for s in (SITE, other.site)}
+    assert [r["ok"] for r in by_site[other.site]] == [False, False], by_site
+    for r in by_site[other.site]:
+        assert 'not for this gateway: signed for site "test-gw"' in r["error"], r
+    # The other gateway drained nothing, and kept both refusals in its history.
+    status = other.ctl("status")
+    assert status["overrides"] == [] and not any(u["drained"] for u in status["uplinks"]), status
+    refused = [r for r in other.ctl("history", "--last", "200")["records"] if r["kind"] == "remote-refused"]
+    assert len(refused) == 2 and all(r["key"] == "noc" and r["cmd"] == "drain" for r in refused), refused
+    # This one refused the fleet copy for what it is, not merely as a replay.
+    assert [r["ok"] for r in by_site[SITE]] == [True, False], by_site
+    assert 'signed for site "test-gw" but sent on the fleet topic' in by_site[SITE][1]["error"]
+    assert len(gwlab.ctl("status")["overrides"]) == 1  # only the legit drain
+
+    # Revocation: the noc key's line deleted, a reload (no restart), and its next command is refused.
+    keys_file.write_text("".join(k for k in keys_file.read_text().splitlines(True) if not k.startswith("noc ")))
+    reload = gwlab.ctl("reload")
+    assert reload["ok"] and reload["services"]["mqtt"] == "applied: 1 command keys", reload
+    rc, reply = remote(gwlab, noc, "--site", SITE, "release", "--all")
+    assert rc == 1 and reply["error"] == 'unknown key "noc"', reply
+    rc, reply = remote(gwlab, field, "--site", SITE, "release", "--all")
+    assert rc == 0 and reply["ok"], reply
