@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from failoverd.broker import BrokerConfigError, BrokerSpec, make_pki, render_acl, render_conf
+from failoverd.cli import tls_warnings
 from failoverd.control.tls import client_context
 from failoverd.ctl import build_parser, transport_problem
+from failoverd.policy import parse_policy_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = BrokerSpec(auth="both")  # mosquitto/README.md: `render --auth both --out mosquitto`
@@ -88,3 +90,19 @@ def test_pki_and_client_context(tmp_path: Path) -> None:
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     with pytest.raises(ssl.SSLError, match=r"server\.pem"):  # a key that is not the certificate's
         client_context(str(tmp_path / "ca.pem"), str(tmp_path / "server.pem"), str(tmp_path / "site-a.key"))
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_check_warns_when_the_tls_files_cannot_be_used(tmp_path: Path) -> None:
+    make_pki(tmp_path, "broker.test", [], ["gw"], days=2)
+    base = "site: gw\nuplinks: [{name: a, interface: eth0, next_hop: 192.0.2.1}]\nclasses: [{name: all, path: [a]}]\n"
+
+    def warnings(**files: Path) -> list[str]:
+        given = "".join(f", {k}: {v}" for k, v in files.items())
+        text = base + f"control: {{mqtt: {{enabled: true, tls: true{given}}}}}\n"
+        return tls_warnings(parse_policy_text(text, "t.yaml").control.mqtt)
+
+    ca, pem, key = tmp_path / "ca.pem", tmp_path / "gw.pem", tmp_path / "gw.key"
+    assert warnings(ca_file=ca, cert_file=pem, cert_key_file=key) == []
+    assert "gw.pem" in warnings(ca_file=ca, cert_file=pem, cert_key_file=tmp_path / "server.key")[0]
+    assert "No such file" in warnings(ca_file=tmp_path / "missing.pem")[0]
