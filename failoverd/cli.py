@@ -11,7 +11,7 @@ from typing import Any
 
 from failoverd.errors import PolicyError
 from failoverd.policy import load_policy
-from failoverd.policy.model import MatchSpec, Policy, UplinkSpec
+from failoverd.policy.model import MatchSpec, MqttSpec, Policy, UplinkSpec
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -86,11 +86,24 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(p, file=sys.stderr)
             status = EXIT_INVALID
             continue
-        for warning in deployment_warnings(policy):
+        for warning in [*deployment_warnings(policy), *tls_warnings(policy.control.mqtt)]:
             print(f"{path}: warning: {warning}", file=sys.stderr)
         if not args.quiet:
             print(summary(policy))
     return status
+
+
+def tls_warnings(mq: MqttSpec) -> list[str]:
+    """The MQTT session's TLS files, tried as the daemon will: a CA or certificate it cannot use."""
+    if not (mq.enabled and mq.tls):
+        return []
+    from failoverd.control.tls import client_context  # noqa: PLC0415
+
+    try:
+        client_context(mq.ca_file, mq.cert_file, mq.cert_key_file)
+    except (OSError, ValueError) as exc:
+        return [f"control.mqtt TLS: {exc}; the gateway could not connect to the broker"]
+    return []
 
 
 def deployment_warnings(policy: Policy) -> list[str]:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import socket
-import ssl
 import sys
 import time
 import uuid
@@ -182,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--key", help="the key's name in the gateways' keys files (default: the key file's name, no .key)")
     m.add_argument("--prefix", default="failoverd", help="topic prefix (default failoverd)")
-    m.add_argument("--tls", action="store_true")
-    m.add_argument("--ca-file")
-    m.add_argument("--username")
-    m.add_argument("--password-file")
+    m.add_argument("--tls", action="store_true", help="TLS to the broker (default port 8883)")
+    m.add_argument("--ca-file", help="with --tls: the CA of the broker's certificate (default: the system's)")
+    m.add_argument("--cert-file", help="with --tls: a client certificate (PEM), for brokers that require one")
+    m.add_argument("--cert-key-file", help="with --cert-file: its private key, if not in the certificate file")
+    m.add_argument("--username", help="the broker's username (not needed with a client certificate)")
+    m.add_argument("--password-file", help="with --username: a file holding the password")
     m.add_argument("--wait", type=float, default=5.0, help="seconds to wait for replies (default 5)")
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd in COMMANDS.values():
@@ -245,6 +246,7 @@ async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict
     import aiomqtt  # noqa: PLC0415 (only the remote path needs it)
 
     from failoverd.control.signing import fleet_dest, load_private_key, sign, site_dest  # noqa: PLC0415
+    from failoverd.control.tls import client_context  # noqa: PLC0415
 
     key_file = Path(args.key_file)
     private = load_private_key(key_file)
@@ -261,7 +263,7 @@ async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict
     topic = f"{prefix}/fleet/cmd" if args.fleet else f"{prefix}/{args.site}/cmd"
     replies: list[dict[str, Any]] = []
     password = Path(args.password_file).read_text().strip() if args.password_file else None
-    tls = ssl.create_default_context(cafile=args.ca_file) if args.tls else None
+    tls = client_context(args.ca_file, args.cert_file, args.cert_key_file) if args.tls else None
     async with aiomqtt.Client(
         host,
         port,
@@ -302,6 +304,19 @@ def summary(reply: dict[str, Any]) -> str:
     return str(reply.get("text") or "ok") + "".join(f"; moved {c}" for c in reply.get("changes", []))
 
 
+def transport_problem(args: argparse.Namespace) -> str:
+    """Why the broker options do not fit together ("" if they do): rather than, say, a client
+    certificate silently left out of a plaintext session."""
+    given = [f"--{o.replace('_', '-')}" for o in ("ca_file", "cert_file", "cert_key_file") if getattr(args, o)]
+    if given and not args.tls:
+        return f"{', '.join(given)} only work over TLS: add --tls"
+    if args.cert_key_file and not args.cert_file:
+        return "--cert-key-file is the key of --cert-file: give --cert-file"
+    if args.password_file and not args.username:
+        return "--password-file needs --username"
+    return ""
+
+
 def main_remote(args: argparse.Namespace) -> int:
     if not (args.site or args.fleet):
         print("failoverctl: with --mqtt, name the gateway (--site SITE) or the whole --fleet", file=sys.stderr)
@@ -311,6 +326,10 @@ def main_remote(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     if not args.key_file:
         print("failoverctl: remote commands are signed: give --key-file (or FAILOVERD_KEY_FILE)", file=sys.stderr)
+        return EXIT_REFUSED
+    problem = transport_problem(args)
+    if problem:
+        print(f"failoverctl: {problem}", file=sys.stderr)
         return EXIT_REFUSED
     from failoverd.control.signing import KeyFileError, load_private_key  # noqa: PLC0415
 

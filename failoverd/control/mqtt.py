@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import socket
-import ssl
 import time
 from collections import deque
 from pathlib import Path
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from failoverd.control.api import Gateway
 from failoverd.control.commands import COMMANDS, dispatch
 from failoverd.control.signing import Here, KeyFileError, for_others, load_keys, verify
+from failoverd.control.tls import client_context
 from failoverd.engine.decide import usable
 from failoverd.engine.events import ClockState
 from failoverd.observe.logging import get as get_logger
@@ -182,7 +182,7 @@ class Fleet:
             except aiomqtt.MqttError as exc:
                 broker = f"{self.spec.host}:{self.spec.port}"
                 log.warning("mqtt-unreachable", broker=broker, error=str(exc), retry_s=delay)
-            except OSError as exc:  # a password or CA file that cannot be read, a refused TLS context
+            except OSError as exc:  # a password, CA or certificate file that cannot be read or does not fit
                 log.error("mqtt-setup", error=str(exc), retry_s=delay)
             except Exception:  # a bug here must not stop routing: the TaskGroup would end the daemon
                 log.exception("mqtt-failed", retry_s=delay)
@@ -200,9 +200,7 @@ class Fleet:
         password = None
         if s.password_file:
             password = Path(s.password_file).read_text(encoding="utf-8").strip()
-        tls = None
-        if s.tls:
-            tls = ssl.create_default_context(cafile=s.ca_file)
+        tls = client_context(s.ca_file, s.cert_file, s.cert_key_file) if s.tls else None
         # Over the preferred uplink while it is usable, else the first usable one, marked like the
         # probes: the gateway's own traffic has no route in the main table on most gateways.
         usable_now = [n for n in self.g.policy.uplinks if usable(self.g.state, n)]

@@ -221,6 +221,8 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
                 password_file=mq.password_file,
                 tls=mq.tls,
                 ca_file=mq.ca_file,
+                cert_file=mq.cert_file,
+                cert_key_file=mq.cert_key_file,
                 uplink=mq.uplink,
                 keys_file=mq.keys_file,
                 max_age=mq.max_age,

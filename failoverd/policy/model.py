@@ -169,6 +169,8 @@ class MqttSpec:
     password_file: str | None
     tls: bool
     ca_file: str | None
+    cert_file: str | None
+    cert_key_file: str | None
     uplink: str | None
     keys_file: str | None
     max_age: float

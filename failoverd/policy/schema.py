@@ -283,7 +283,9 @@ class Mqtt(Strict):
     username: str | None = None
     password_file: str | None = None
     tls: bool = False
-    ca_file: str | None = None
+    ca_file: str | None = None  # the CA that signed the broker's certificate (default: the system's)
+    cert_file: str | None = None  # a client certificate (PEM) for brokers that require one
+    cert_key_file: str | None = None  # its private key, if not in cert_file
     uplink: Name | None = None
     keys_file: str | None = None  # NAME ed25519 PUBKEY per line: who may send signed commands (re-read on reload)
     max_age: Duration = 300.0  # a signed command older than this is refused (while the clock is trusted)

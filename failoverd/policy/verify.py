@@ -248,5 +248,10 @@ def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
             yield ("control", "mqtt", "topic_prefix"), f'topic_prefix "{mq.topic_prefix}" cannot hold "+" or "#"'
     if mq.uplink is not None and mq.uplink not in uplinks:
         yield ("control", "mqtt", "uplink"), f'MQTT names unknown uplink "{mq.uplink}"'
+    for field in ("ca_file", "cert_file", "cert_key_file"):
+        if getattr(mq, field) is not None and not mq.tls:
+            yield ("control", "mqtt", field), f"MQTT {field} is used only over TLS: add tls: true"
+    if mq.cert_key_file is not None and mq.cert_file is None:
+        yield ("control", "mqtt", "cert_key_file"), "MQTT cert_key_file is the key of cert_file: give cert_file"
     if doc.clock.max_error >= doc.clock.panic:
         yield ("clock", "max_error"), "max_error must be below panic"

@@ -1,0 +1,246 @@
+"""A fleet broker's mosquitto configuration and ACL, rendered; and a throw-away PKI made with openssl.
+
+`python -m failoverd.broker render --prefix failoverd --operators noc,alice --out DIR` writes
+`DIR/failoverd.conf` and `DIR/failoverd.acl`; `python -m failoverd.broker pki --out DIR --server
+broker.example --server-ip 192.0.2.10 --clients site-a,site-b,noc` writes a CA, the broker's
+certificate and one client certificate per name. mosquitto/README.md explains both.
+
+Theory of operation: a gateway's MQTT username *is* its site name (its certificate's CN under
+`use_identity_as_username`, or its line in the password file), so one set of `pattern` lines with
+`%u` confines every gateway to its own topics without listing the gateways. Operators are the only
+named users: they read the whole prefix and write commands. Anything not granted is denied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_REQUEST = 64 * 1024  # failoverd.control.mqtt.MAX_REQUEST (not imported: that module needs aiomqtt)
+# The broker's limit is on whole packets, from every client: a command is at most MAX_REQUEST (the
+# gateway refuses more), but a gateway's reply to `history --last 500` or its status with many
+# uplinks may be larger, and a packet over the limit makes mosquitto drop the sender's session.
+MAX_PACKET = 4 * MAX_REQUEST
+AUTH_MODES = ("certificate", "password", "both")
+# A name that can be an MQTT username and one topic level: no wildcards, no separators, no spaces.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class BrokerConfigError(ValueError):
+    """A name or option the broker configuration cannot carry."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSpec:
+    prefix: str = "failoverd"
+    operators: tuple[str, ...] = ("noc",)
+    auth: str = "certificate"  # "certificate", "password" or "both"
+    port: int = 8883  # TLS: client certificates (or passwords when auth is "password")
+    password_port: int = 8884  # TLS with passwords, when auth is "both"
+    bind: str | None = None  # listen on this address only (default: all)
+    loopback_port: int | None = None  # a plaintext listener on 127.0.0.1 for local tools (password auth)
+    etc: str = "/etc/mosquitto/failoverd"  # where the broker finds the files named below
+
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise BrokerConfigError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        levels = self.prefix.strip("/").split("/")
+        if not all(NAME.match(level) for level in levels):
+            raise BrokerConfigError(f"prefix {self.prefix!r}: levels of letters, digits, . _ - only")
+        if not self.operators:
+            raise BrokerConfigError("name at least one operator")
+        for name in self.operators:
+            if not NAME.match(name):
+                raise BrokerConfigError(f"operator {name!r}: letters, digits, . _ - only")
+            if name == "fleet":
+                raise BrokerConfigError('"fleet" is the fleet topic, not a user')
+        if self.loopback_port is not None and self.auth == "certificate":
+            # Without a password file mosquitto would have nothing to check a plaintext client against.
+            raise BrokerConfigError("a loopback listener authenticates with passwords: use --auth password or both")
+
+
+def render_acl(spec: BrokerSpec) -> str:
+    p = spec.prefix.strip("/")
+    lines = [
+        "# failoverd fleet ACL, from `python -m failoverd.broker render`; see mosquitto/README.md.",
+        "# Not granted is denied. The username is the site name (certificate CN or password file).",
+        "",
+        "# Every gateway: publishes its own status, events and replies; reads its own and the fleet's commands.",
+        f"pattern write {p}/%u/status",
+        f"pattern write {p}/%u/events",
+        f"pattern write {p}/%u/reply",
+        f"pattern read {p}/%u/cmd",
+        f"pattern read {p}/fleet/cmd",
+        "",
+        "# Operators: send commands to one site or the fleet, read everything (status, events, replies).",
+    ]
+    for name in spec.operators:
+        lines += [f"user {name}", f"topic read {p}/#", f"topic write {p}/+/cmd", ""]
+    return "\n".join(lines)
+
+
+def render_conf(spec: BrokerSpec) -> str:
+    etc = spec.etc.rstrip("/")
+    bind = f" {spec.bind}" if spec.bind else ""
+    tls = [f"cafile {etc}/ca.pem", f"certfile {etc}/server.pem", f"keyfile {etc}/server.key", "tls_version tlsv1.2"]
+    out = [
+        "# mosquitto for a failoverd fleet, from `python -m failoverd.broker render`; see mosquitto/README.md.",
+        "# mosquitto 2.x. Authentication and the ACL apply to every listener.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {etc}/failoverd.acl",
+    ]
+    if spec.auth != "certificate":
+        out.append(f"password_file {etc}/failoverd.passwd")
+    out += [
+        f"# Commands are at most {MAX_REQUEST} bytes (the gateway refuses more); replies such as a long",
+        "# history are larger. A client that sends a bigger packet is disconnected.",
+        f"max_packet_size {MAX_PACKET}",
+        "",
+    ]
+    if spec.auth in ("certificate", "both"):
+        out += [
+            "# Client certificates: the CN is the username (a gateway's CN is its site name).",
+            f"listener {spec.port}{bind}",
+            *tls,
+            "require_certificate true",
+            "use_identity_as_username true",
+            "",
+        ]
+    if spec.auth in ("password", "both"):
+        port = spec.port if spec.auth == "password" else spec.password_port
+        out += [
+            "# Username and password over TLS (the server is verified, the client need not have a certificate).",
+            f"listener {port}{bind}",
+            *tls,
+            "require_certificate false",
+            "",
+        ]
+    if spec.loopback_port is not None:
+        out += [
+            "# Plaintext for tools on the broker itself only; passwords and the ACL apply here too.",
+            f"listener {spec.loopback_port} 127.0.0.1",
+            "",
+        ]
+    return "\n".join(out)
+
+
+def render(spec: BrokerSpec, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("failoverd.conf", render_conf(spec)), ("failoverd.acl", render_acl(spec))):
+        path = out / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+# -- a test PKI ------------------------------------------------------------------------------------
+def _openssl(*args: str) -> None:
+    r = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {r.stderr.strip()}")
+
+
+def _issue(out: Path, name: str, cn: str, extensions: str, days: int) -> None:
+    """A P-256 key and a certificate for it, signed by out/ca.pem."""
+    key, csr, pem = out / f"{name}.key", out / f"{name}.csr", out / f"{name}.pem"
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}",
+    )  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", suffix=".ext", dir=out, delete=False) as ext:
+        ext.write(extensions)
+    try:
+        _openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(out / "ca.pem"), "-CAkey", str(out / "ca.key"),
+            "-CAcreateserial", "-days", str(days), "-sha256", "-extfile", ext.name, "-out", str(pem),
+        )  # fmt: skip
+    finally:
+        Path(ext.name).unlink()
+        csr.unlink()
+    key.chmod(0o600)
+
+
+def make_pki(out: Path, server: str, server_ips: Sequence[str], clients: Sequence[str], days: int = 825) -> None:
+    """ca.pem/ca.key, server.pem/server.key (SAN: the server's name and addresses), NAME.pem/NAME.key
+    per client (CN = NAME, client authentication only). For tests and trials: a real fleet's CA key
+    belongs offline."""
+    for name in clients:
+        if not NAME.match(name) or name in ("ca", "server"):
+            raise BrokerConfigError(f"client {name!r}: letters, digits, . _ - only, and not ca or server")
+    out.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(out / "ca.key"), "-out", str(out / "ca.pem"), "-days", str(days), "-sha256",
+        "-subj", "/CN=failoverd fleet CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    (out / "ca.key").chmod(0o600)
+    san = ",".join([f"DNS:{server}", *(f"IP:{a}" for a in server_ips)])
+    leaf = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+    _issue(out, "server", server, f"{leaf}extendedKeyUsage=serverAuth\nsubjectAltName={san}\n", days)
+    for name in clients:
+        _issue(out, name, name, f"{leaf}extendedKeyUsage=clientAuth\n", days)
+
+
+# -- command line ----------------------------------------------------------------------------------
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m failoverd.broker", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="write failoverd.conf and failoverd.acl for mosquitto")
+    r.add_argument("--prefix", default="failoverd", help="the policies' control.mqtt.topic_prefix")
+    r.add_argument("--operators", type=_names, default=("noc",), help="comma-separated operator usernames")
+    r.add_argument("--auth", choices=AUTH_MODES, default="certificate")
+    r.add_argument("--port", type=int, default=8883)
+    r.add_argument("--password-port", type=int, default=8884, help="with --auth both")
+    r.add_argument("--bind", help="listen on this address only")
+    r.add_argument("--loopback-port", type=int, help="plaintext on 127.0.0.1 (password auth only)")
+    r.add_argument("--etc", default="/etc/mosquitto/failoverd", help="where the broker finds these files")
+    r.add_argument("--out", type=Path, required=True)
+    k = sub.add_parser("pki", help="a test CA, the broker's certificate and client certificates (openssl)")
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--server", required=True, help="the broker's DNS name (CN and SAN)")
+    k.add_argument("--server-ip", action="append", default=[], help="an address of the broker (SAN); repeat")
+    k.add_argument("--clients", type=_names, required=True, help="comma-separated: gateways' site names, operators")
+    k.add_argument("--days", type=int, default=825)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "render":
+            spec = BrokerSpec(
+                prefix=args.prefix,
+                operators=args.operators,
+                auth=args.auth,
+                port=args.port,
+                password_port=args.password_port,
+                bind=args.bind,
+                loopback_port=args.loopback_port,
+                etc=args.etc,
+            )
+            for path in render(spec, args.out):
+                print(path)
+        else:
+            make_pki(args.out, args.server, args.server_ip, args.clients, args.days)
+            print(f"{args.out}: ca.pem, server.pem/.key, " + ", ".join(f"{c}.pem/.key" for c in args.clients))
+    except (BrokerConfigError, RuntimeError) as exc:
+        print(f"failoverd.broker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

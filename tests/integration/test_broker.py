@@ -1,0 +1,197 @@
+"""The shipped broker configuration on a real mosquitto with TLS: each gateway is confined to its own topics,
+operators command and read, anonymous and plaintext clients are turned away, failoverctl works through it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import keys
+from netlab import ROOT, GatewayLab
+
+from failoverd.broker import BrokerSpec, make_pki, render
+from lab.netns import wait_for
+
+BROKER = "198.19.2.1"
+CERT_PORT, PASSWORD_PORT, LOOPBACK_PORT = 8883, 8884, 1883
+SITE = "test-gw"  # the lab's gateway, a real failoverd
+OTHER = "site-b"  # another gateway, played with mosquitto_pub/sub
+OPERATOR = "noc"
+
+
+def operator_keys(tmp: Path) -> tuple[Path, Path]:
+    """(the operator's private key failoverctl signs with, the gateway's keys_file of public keys)."""
+    return keys.operator_keys(tmp / "command-keys", OPERATOR)
+
+
+def broker(lab: GatewayLab) -> Path:
+    """mosquitto on the internet side with the rendered configuration, certificates and ACL; the PKI's
+    directory (ca.pem, NAME.pem/NAME.key) is returned."""
+    pki = lab.tmp / "pki"
+    make_pki(pki, "broker.test", [BROKER], [SITE, OTHER, OPERATOR], days=2)
+    spec = BrokerSpec(
+        operators=(OPERATOR,),
+        auth="both",
+        port=CERT_PORT,
+        password_port=PASSWORD_PORT,
+        loopback_port=LOOPBACK_PORT,
+        bind=BROKER,
+        etc=str(pki),
+    )
+    conf, _ = render(spec, pki)
+    # The test's tmp is root's alone; mosquitto would drop to its own user and fail to read the files.
+    conf.write_text(conf.read_text() + "\nuser root\npersistence false\n")
+    passwords = pki / "failoverd.passwd"  # per-gateway passwords, for the password listener
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), SITE, f"pw-{SITE}"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), OTHER, f"pw-{OTHER}"], check=True)
+    lab.topo.addr("inet", "lo", f"{BROKER}/32")
+    lab.topo.spawn("inet", ["mosquitto", "-c", str(conf)], log=lab.tmp / "mosquitto.log")
+
+    def listening() -> bool:
+        out = lab.topo.sh("inet", "ss", "-ltn").stdout
+        return all(
+            f"{a}:{p}" in out for a, p in ((BROKER, CERT_PORT), (BROKER, PASSWORD_PORT), ("127.0.0.1", LOOPBACK_PORT))
+        )
+
+    wait_for(listening, 10, what="mosquitto")
+    return pki
+
+
+def as_cert(pki: Path, name: str, port: int = CERT_PORT) -> list[str]:
+    """mosquitto_pub/sub options: over TLS to the broker, with `name`'s client certificate."""
+    tls = ["-h", BROKER, "-p", str(port), "--cafile", str(pki / "ca.pem")]
+    return [*tls, "--cert", str(pki / f"{name}.pem"), "--key", str(pki / f"{name}.key")]
+
+
+def as_password(pki: Path, name: str, password: str | None = None) -> list[str]:
+    tls = ["-h", BROKER, "-p", str(PASSWORD_PORT), "--cafile", str(pki / "ca.pem")]
+    return [*tls, "-u", name, "-P", password or f"pw-{name}"]
+
+
+def pub(lab: GatewayLab, creds: list[str], topic: str, payload: str) -> subprocess.CompletedProcess[str]:
+    return lab.topo.sh("inet", "mosquitto_pub", *creds, "-q", "1", "-t", topic, "-m", payload, check=False, timeout=10)
+
+
+def watch(lab: GatewayLab, creds: list[str], name: str, *topics: str) -> Path:
+    """A subscriber writing `topic payload` lines to a file, until the lab ends."""
+    out = lab.tmp / f"sub-{name}.txt"
+    t = [x for topic in topics for x in ("-t", topic)]
+    lab.topo.spawn("inet", ["mosquitto_sub", *creds, "-q", "1", "-v", *t], log=out)
+    return out
+
+
+def seen(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_acl_confines_each_gateway_and_failoverctl_works_over_tls(gwlab: GatewayLab) -> None:
+    pki = broker(gwlab)
+    p = "failoverd"
+
+    # -- who may connect: certificates on 8883, passwords on 8884, never anonymous or plaintext ----
+    refused = {
+        "no client certificate": pub(gwlab, ["-h", BROKER, "-p", "8883", "--cafile", str(pki / "ca.pem")], "x", "1"),
+        "anonymous": pub(gwlab, ["-h", BROKER, "-p", str(PASSWORD_PORT), "--cafile", str(pki / "ca.pem")], "x", "1"),
+        "wrong password": pub(gwlab, as_password(pki, OTHER, "guess"), "x", "1"),
+        "plaintext to TLS": pub(gwlab, ["-h", BROKER, "-p", str(CERT_PORT)], "x", "1"),
+        "no plaintext port": pub(gwlab, ["-h", BROKER, "-p", "1883"], "x", "1"),
+        "loopback anonymous": pub(gwlab, ["-h", "127.0.0.1", "-p", str(LOOPBACK_PORT)], "x", "1"),
+        "loopback as operator": pub(gwlab, ["-h", "127.0.0.1", "-p", str(LOOPBACK_PORT), "-u", OPERATOR], "x", "1"),
+    }
+    assert {why: r.returncode for why, r in refused.items() if r.returncode == 0} == {}
+
+    # -- what a gateway may do: an operator sees everything that reaches the broker ---------------
+    everything = watch(gwlab, as_cert(pki, OPERATOR), "operator", f"{p}/#")
+    # Gateway A (SITE) subscribes to its own topics, another site's reply and status, and all.
+    mine = watch(gwlab, as_cert(pki, SITE), "site-a", f"{p}/{SITE}/cmd", f"{p}/fleet/cmd", f"{p}/{OTHER}/reply", "#")
+    sync = 0
+
+    def synced() -> None:
+        """A command the operator sends to A: when both subscribers have it, all sent before has arrived.
+        Sent again until then: the subscribers may still be subscribing."""
+        nonlocal sync
+        sync += 1
+        mark = f"sync-{sync}"
+
+        def arrived() -> bool:
+            if mark in seen(everything) and mark in seen(mine):
+                return True
+            assert pub(gwlab, as_cert(pki, OPERATOR), f"{p}/{SITE}/cmd", mark).returncode == 0
+            return False
+
+        wait_for(arrived, 10, 0.3, what=mark)
+
+    synced()
+    # A, with its certificate or its password, publishes on B's and the fleet's topics: dropped.
+    forged = [f"{p}/{OTHER}/{t}" for t in ("status", "events", "reply", "cmd")] + [f"{p}/fleet/cmd", "elsewhere"]
+    for creds in (as_cert(pki, SITE), as_password(pki, SITE)):
+        for i, topic in enumerate(forged):
+            pub(gwlab, creds, topic, f"forged-{i}")
+    # A publishes its own status, events and reply: delivered.
+    own = [f"{p}/{SITE}/status", f"{p}/{SITE}/events", f"{p}/{SITE}/reply"]
+    for i, topic in enumerate(own):
+        assert pub(gwlab, as_cert(pki, SITE), topic, f"own-{i}").returncode == 0
+    pub(gwlab, as_password(pki, SITE), own[1], "own-password")
+    # B replies; B's status; an operator's fleet command.
+    assert pub(gwlab, as_cert(pki, OTHER), f"{p}/{OTHER}/reply", "reply-of-b").returncode == 0
+    assert pub(gwlab, as_password(pki, OTHER), f"{p}/{OTHER}/status", "status-of-b").returncode == 0
+    assert pub(gwlab, as_cert(pki, OPERATOR), f"{p}/fleet/cmd", "fleet-command").returncode == 0
+    # An operator cannot pose as a gateway either: it writes commands only.
+    pub(gwlab, as_cert(pki, OPERATOR), f"{p}/{OTHER}/status", "operator-forged")
+    synced()
+
+    broker_saw = seen(everything)
+    assert "forged-" not in broker_saw and "operator-forged" not in broker_saw, broker_saw
+    for i, topic in enumerate(own):
+        assert f"{topic} own-{i}" in broker_saw
+    assert f"{p}/{SITE}/events own-password" in broker_saw
+    assert f"{p}/{OTHER}/reply reply-of-b" in broker_saw and f"{p}/fleet/cmd fleet-command" in broker_saw
+    a_saw = seen(mine)
+    assert f"{p}/fleet/cmd fleet-command" in a_saw  # its fleet commands
+    assert "reply-of-b" not in a_saw and "status-of-b" not in a_saw, a_saw  # nothing of B's
+    assert "own-" not in a_saw  # not even its own status: gateways write, operators read
+
+    # -- failoverctl through the broker, to a real failoverd with its own certificate --------------
+    sign_with, gateway_keys = operator_keys(gwlab.tmp)
+    mqtt = (
+        f"  mqtt: {{enabled: true, host: {BROKER}, port: {CERT_PORT}, tls: true, ca_file: {pki / 'ca.pem'},\n"
+        f"         cert_file: {pki / (SITE + '.pem')}, cert_key_file: {pki / (SITE + '.key')},\n"
+        f"         keys_file: {gateway_keys}, keepalive: 2s}}\n"
+    )
+    gwlab.policy_path.write_text(gwlab.policy_path.read_text().replace("control:\n", "control:\n" + mqtt, 1))
+    gwlab.start()
+    gwlab.wait_class("critical", "fiber")
+    wait_for(lambda: f'{p}/{SITE}/status {{"online": true' in seen(everything), 15, what="the gateway online")
+
+    rc, reply = failoverctl(
+        gwlab, pki, OPERATOR, sign_with, "--site", SITE, "failover", "critical", "--to", "mobile", "--reason", "drill"
+    )
+    assert rc == 0 and reply["ok"] and reply["site"] == SITE, reply
+    assert gwlab.cls("critical") == "mobile"
+    rc, reply = failoverctl(gwlab, pki, OPERATOR, sign_with, "--fleet", "status")
+    assert rc == 0 and [r["site"] for r in reply] == [SITE], reply
+    # The operator's signing key on B's certificate: the broker drops the command, no gateway answers.
+    rc, reply = failoverctl(gwlab, pki, OTHER, sign_with, "--site", SITE, "release", "--all", wait="2")
+    assert rc == 3 and "no reply" in reply, reply
+    assert gwlab.cls("critical") == "mobile"
+    log = gwlab.log.read_text()
+    assert "mqtt-connected" in log and "mqtt-setup" not in log
+
+
+def failoverctl(lab: GatewayLab, pki: Path, who: str, key_file: Path, *args: str, wait: str = "5") -> tuple[int, Any]:
+    """The documented remote call: `failoverctl --mqtt HOST:PORT --tls --ca-file ... --cert-file ...`."""
+    ctl = [sys.executable, "-m", "failoverd.ctl", "--mqtt", f"{BROKER}:{CERT_PORT}", "--tls"]
+    ctl += ["--ca-file", str(pki / "ca.pem"), "--cert-file", str(pki / f"{who}.pem")]
+    ctl += ["--cert-key-file", str(pki / f"{who}.key"), "--key-file", str(key_file), "--json", "--wait", wait]
+    r = subprocess.run(
+        ["ip", "netns", "exec", lab.topo.ns("inet"), *ctl, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    return r.returncode, json.loads(r.stdout) if r.stdout.strip() else r.stderr
