@@ -63,6 +63,14 @@ def setpriv(uid: int, gid: int, groups: list[int], unit: Path = UNIT) -> list[st
     ]
 
 
+def proc_mount(unit: Path = UNIT) -> list[str]:
+    """An argv prefix that gives the command a /proc of its own as ProtectProc= does (other users'
+    processes invisible); to run inside a private mount namespace (`ip netns exec` makes one)."""
+    (mode,) = settings("ProtectProc", unit)
+    assert settings("ProcSubset", unit) in ([], ["all"]), "ProcSubset= is not reproduced here"
+    return ["sh", "-c", f'mount -t proc -o hidepid={mode} proc /proc && exec "$@"', "proc"]
+
+
 def _group(name: str) -> set[str]:
     """A syscall group (@name) resolved by systemd itself, nested groups included."""
     out = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True, text=True, check=True).stdout
@@ -116,6 +124,13 @@ def seccomp_exec(argv: list[str]) -> None:
         assert rc == 0 or rc == -errno.EEXIST, f"seccomp_rule_add({name}): {rc}"
     rc = lib.seccomp_load(ctx)
     assert rc == 0, f"seccomp_load: {rc}"
+    if settings("MemoryDenyWriteExecute") == ["yes"]:
+        # The kernel's own form of it (Linux 6.3), inherited across fork and exec; systemd 252 uses a
+        # seccomp filter on mmap/mprotect with the same effect.
+        pr_set_mdwe, pr_mdwe_refuse_exec_gain = 65, 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_mdwe, pr_mdwe_refuse_exec_gain, 0, 0, 0) != 0:
+            print(f"unitfile: no PR_SET_MDWE here ({os.strerror(ctypes.get_errno())})", file=sys.stderr)
     os.execvp(argv[0], argv)
 
 

@@ -20,7 +20,9 @@ from lab.netns import wait_for
 
 # The unit's User= does not exist on a test machine, so an unprivileged stand-in runs the daemon:
 # nobody, with a supplementary group for the socket (users, as failoverd is in failoverd-ctl). What
-# it may do beyond any user comes from the shipped unit: capabilities, no_new_privs, syscall filter.
+# it may do beyond any user comes from the shipped unit: capabilities, no_new_privs, the system-call
+# filter, MemoryDenyWriteExecute and ProtectProc. Not reproduced: the unit's mount sandbox
+# (ProtectSystem, PrivateDevices, PrivateTmp...), which takes files away, not calls the daemon makes.
 DAEMON_UID, DAEMON_GID = 65534, 65534
 SOCKET_GROUP = "users"
 MEMBER_UID, STRANGER_UID = 64000, 64001  # clients: one in the socket's group, one not
@@ -58,12 +60,14 @@ def env() -> dict[str, str]:
 
 def start_confined(lab: GatewayLab) -> subprocess.Popen[bytes]:
     # `ip netns exec` instead of --netns: setns() needs CAP_SYS_ADMIN, which the unit does not grant.
-    # Each step execs the next, so the pid is the daemon's.
+    # It also makes a mount namespace, where the daemon gets the unit's /proc. Each step execs the
+    # next, so the pid is the daemon's.
     cmd = [
         "ip",
         "netns",
         "exec",
         lab.topo.ns("gw"),
+        *unitfile.proc_mount(),
         *unitfile.setpriv(DAEMON_UID, DAEMON_GID, [grp.getgrnam(SOCKET_GROUP).gr_gid]),
         SYSTEM_PYTHON,
         str(ROOT / "tests" / "unitfile.py"),
@@ -110,6 +114,8 @@ def test_the_confined_daemon_fails_over_answers_its_group_and_activates_a_cold_s
     assert st["Uid"].split()[0] == str(DAEMON_UID), st
     assert int(st["CapEff"], 16) == int(st["CapBnd"], 16) == (1 << 12) | (1 << 13), st  # NET_ADMIN, NET_RAW
     assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
+    mounts = Path(f"/proc/{daemon.pid}/mounts").read_text().splitlines()
+    assert any(m.startswith("proc /proc ") and "hidepid=invisible" in m for m in mounts), mounts
     lab.wait_class("critical", "fiber")
 
     # The socket belongs to the policy's group without CAP_CHOWN; members may act, others not even connect.
