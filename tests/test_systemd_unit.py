@@ -35,6 +35,12 @@ def test_unit_is_a_notify_service_with_a_watchdog() -> None:
     assert "CAP_NET_ADMIN" in _lines("CapabilityBoundingSet")[0]
 
 
+def test_unit_runs_as_its_own_user_with_two_capabilities() -> None:
+    assert _lines("User") == ["failoverd"] and _lines("NoNewPrivileges") == ["yes"]
+    assert set(_lines("CapabilityBoundingSet")[0].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+    assert set(_lines("AmbientCapabilities")[0].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+
+
 # -- confinement: scored and checked by systemd's own tools -----------------------------------------
 SYSTEMD = UNIT.parent
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd not installed")
