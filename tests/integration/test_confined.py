@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import sysconfig
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives where these u
 def confined_lab() -> Iterator[GatewayLab]:
     if os.geteuid() != 0:
         pytest.skip("needs root: creates fo-* network namespaces and switches users")
+    version = [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"]
+    if subprocess.run(version, capture_output=True, text=True, check=False).stdout.strip() != str(sys.version_info[:2]):
+        pytest.skip(f"{SYSTEM_PYTHON} is not the venv's Python version: it cannot load the venv's packages")
     where = Path(tempfile.mkdtemp(prefix="fo-confined-"))
     os.chown(where, DAEMON_UID, DAEMON_GID)
     where.chmod(0o755)  # the daemon writes its state and socket here; clients reach the socket
