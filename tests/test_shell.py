@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import replace
@@ -18,7 +19,7 @@ import pytest
 from fakes import FakeGateway
 
 from failoverd.control.commands import COMMANDS, BadRequest, dispatch, to_event, validate
-from failoverd.control.unix import ControlSocket, may_change
+from failoverd.control.unix import ControlSocket, may_change, peer_groups
 from failoverd.ctl import build_parser, to_request
 from failoverd.engine import events as ev
 from failoverd.observe.journal import Journal
@@ -284,6 +285,27 @@ async def test_the_kernel_names_the_peer_and_a_stranger_may_only_read() -> None:
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
+        shutil.rmtree(where)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+def test_the_kernel_names_the_peers_groups_even_after_it_is_gone() -> None:
+    """Groups from SO_PEERGROUPS, as they were at connect: the peer's /proc may be hidden or gone."""
+    where = Path(tempfile.mkdtemp(prefix="fo-ctl-"))
+    where.chmod(0o755)
+    try:
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(where / "s"))
+            (where / "s").chmod(0o666)
+            server.listen()
+            client = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+            cmd = ["/usr/bin/python3", "-c", client, str(where / "s")]
+            # the client connects and exits: its pid names nothing by the time the groups are asked
+            subprocess.run(cmd, user=65534, group=65534, extra_groups=[100, 4242], check=True)
+            conn, _ = server.accept()
+            with conn:
+                assert peer_groups(conn, 65534) == {65534, 100, 4242}
+    finally:
         shutil.rmtree(where)
 
 

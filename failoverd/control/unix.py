@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import json
 import os
@@ -29,6 +30,8 @@ from failoverd.services.base import Applied, NeedsRestart, Reconfigured
 log = get_logger("failoverd.control")
 MAX_REQUEST = 64 * 1024
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_GID = struct.Struct("I")  # gid_t
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; Python names it from 3.13 on
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +50,21 @@ def user_name(uid: int) -> str:
         return f"uid{uid}"
 
 
-def peer_groups(pid: int, gid: int) -> set[int]:
-    """The peer's primary and supplementary groups (from /proc; the primary alone if it is gone)."""
+def peer_groups(sock: socket.socket, gid: int) -> set[int]:
+    """The peer's primary and supplementary groups, as the kernel recorded them at connect (SO_PEERGROUPS).
+
+    Not from /proc/PID/status: the unit hides other users' processes (ProtectProc=invisible), and a
+    pid may be reused by the time it is read."""
     groups = {gid}
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                groups |= {int(g) for g in line.split()[1:]}
+    for size in (_GID.size * 64, _GID.size * 65536):  # NGROUPS_MAX is 65536; most peers have a few
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE:
+                continue
+            log.warning("control-peer-groups", error=str(exc))
+            return groups
+        return groups | {g for (g,) in _GID.iter_unpack(raw)}
     return groups
 
 
@@ -118,7 +129,7 @@ class ControlSocket:
         try:
             sock = writer.get_extra_info("socket")
             pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-            writable = may_change(self.spec, uid, peer_groups(pid, gid))
+            writable = may_change(self.spec, uid, peer_groups(sock, gid))
             peer = Peer(pid, uid, user_name(uid))
             while line := await reader.readline():
                 reply = await self.answer(line, writable, peer)
