@@ -55,7 +55,7 @@ def sign(request: Mapping[str, Any], key: str, secret: bytes, issued: float) -> 
 class Verdict:
     ok: bool
     reason: str  # why refused; or, when accepted, a note for the reply ("" if none)
-    key: str = ""
+    key: str = ""  # the key whose signature held: set when accepted, and when refused after the check
     issued: float = 0.0
 
 
@@ -85,14 +85,17 @@ def verify(
     last = last_issued.get(key)
     if last is not None and issued <= last:
         return Verdict(
-            False, f'replayed or out of order: issued {issued} is not after the last accepted ({last}) for "{key}"'
+            False,
+            f'replayed or out of order: issued {issued} is not after the last accepted ({last}) for "{key}"',
+            key,
         )
     if clock_trusted:
         age = wall - issued
         if age > max_age:
-            return Verdict(False, f"too old: issued {age:.0f}s ago (max_age {max_age:g}s)")
+            return Verdict(False, f"too old: issued {age:.0f}s ago (max_age {max_age:g}s)", key)
         if age < -max_age:
-            return Verdict(False, f"issued {-age:.0f}s in the future (max_age {max_age:g}s): check the sender's clock")
+            future = f"issued {-age:.0f}s in the future (max_age {max_age:g}s): check the sender's clock"
+            return Verdict(False, future, key)
         return Verdict(True, "", key, float(issued))
     return Verdict(True, "clock not trusted: accepted on order alone, age not checked", key, float(issued))
 
