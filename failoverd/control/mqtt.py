@@ -151,12 +151,16 @@ class Fleet:
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(self._publish_status(client, online=False, why="stopped"), 1.0)
                         raise
-            except PathLost:
-                log.info("mqtt-rerouting", uplink=self.via, note="the uplink the session used is down")
-                delay = 0.0
-            except aiomqtt.MqttError as exc:
-                broker = f"{self.spec.host}:{self.spec.port}"
-                log.warning("mqtt-unreachable", broker=broker, error=str(exc), retry_s=delay)
+                    except PathLost:
+                        _hang_up(client)
+                        raise
+            except (PathLost, aiomqtt.MqttError) as exc:
+                if self.path_lost.is_set():  # PathLost, or how aiomqtt reports the hang-up on leaving
+                    log.info("mqtt-rerouting", uplink=self.via, note="the uplink the session used is down")
+                    delay = 0.0
+                else:
+                    broker = f"{self.spec.host}:{self.spec.port}"
+                    log.warning("mqtt-unreachable", broker=broker, error=str(exc), retry_s=delay)
             except OSError as exc:  # a password or CA file that cannot be read, a refused TLS context
                 log.error("mqtt-setup", error=str(exc), retry_s=delay)
             except Exception:  # a bug here must not stop routing: the TaskGroup would end the daemon
@@ -166,7 +170,8 @@ class Fleet:
             # to the broker was down, the first route to it should not wait out a long backoff.
             self.rerouted.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.rerouted.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: see _publisher
+                    await self.rerouted.wait()
             delay = min(max(delay * 2, BACKOFF[0]), BACKOFF[1])
 
     def _client(self) -> aiomqtt.Client:
@@ -230,7 +235,10 @@ class Fleet:
                 self._summarise()
                 self.requests.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.requests.wait(), self.intake.due(time.monotonic()) + 0.01)
+                    async with asyncio.timeout(
+                        self.intake.due(time.monotonic()) + 0.01
+                    ):  # not wait_for: see _publisher
+                        await self.requests.wait()
                 continue
             await self._command(client, message)
             self._summarise()
@@ -245,7 +253,12 @@ class Fleet:
     async def _publisher(self, client: aiomqtt.Client) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), STATUS_EVERY)
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that comes as the wait
+                # ends, and a fiber cut does just that (the record that wakes this task also ends the
+                # session): the task then went on publishing over the dead path until a publish timed out
+                # (10 s), and the session moved to another uplink only then.
+                async with asyncio.timeout(STATUS_EVERY):
+                    await self.wake.wait()
             self.wake.clear()
             while self.events:
                 record = self.events.popleft()
@@ -370,6 +383,17 @@ def _rate_limited(key: str, wait: float) -> str:
         f'rate limited: key "{key}" may run {COMMAND_RATE.burst:g} commands at once, then '
         f"{COMMAND_RATE.per_s:g} per second; try again in {wait:.1f}s"
     )
+
+
+def _hang_up(client: aiomqtt.Client) -> None:
+    """End a session whose path is gone without waiting for the broker to see a DISCONNECT: it cannot
+    get there, and leaving the client would wait its whole `timeout` (10 s) for it. Shutting the socket
+    down (not closing it: the client still owns it) makes the client see the connection lost at once.
+    The broker drops the old connection when the session comes back under the same client id."""
+    sock = client._client.socket()
+    if isinstance(sock, socket.socket):  # TLS too (an SSLSocket is one); not a websocket wrapper
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _mark_before_connect(client: aiomqtt.Client, mark: int) -> None:
