@@ -151,16 +151,12 @@ class Fleet:
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(self._publish_status(client, online=False, why="stopped"), 1.0)
                         raise
-                    except PathLost:
-                        _hang_up(client)
-                        raise
-            except (PathLost, aiomqtt.MqttError) as exc:
-                if self.path_lost.is_set():  # PathLost, or how aiomqtt reports the hang-up on leaving
-                    log.info("mqtt-rerouting", uplink=self.via, note="the uplink the session used is down")
-                    delay = 0.0
-                else:
-                    broker = f"{self.spec.host}:{self.spec.port}"
-                    log.warning("mqtt-unreachable", broker=broker, error=str(exc), retry_s=delay)
+            except PathLost:
+                log.info("mqtt-rerouting", uplink=self.via, note="the uplink the session used is down")
+                delay = 0.0
+            except aiomqtt.MqttError as exc:
+                broker = f"{self.spec.host}:{self.spec.port}"
+                log.warning("mqtt-unreachable", broker=broker, error=str(exc), retry_s=delay)
             except OSError as exc:  # a password or CA file that cannot be read, a refused TLS context
                 log.error("mqtt-setup", error=str(exc), retry_s=delay)
             except Exception:  # a bug here must not stop routing: the TaskGroup would end the daemon
@@ -234,10 +230,9 @@ class Fleet:
             if message is None:
                 self._summarise()
                 self.requests.clear()
+                summary_due = self.intake.due(time.monotonic()) + 0.01
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(
-                        self.intake.due(time.monotonic()) + 0.01
-                    ):  # not wait_for: see _publisher
+                    async with asyncio.timeout(summary_due):  # not wait_for: see _publisher
                         await self.requests.wait()
                 continue
             await self._command(client, message)
@@ -383,17 +378,6 @@ def _rate_limited(key: str, wait: float) -> str:
         f'rate limited: key "{key}" may run {COMMAND_RATE.burst:g} commands at once, then '
         f"{COMMAND_RATE.per_s:g} per second; try again in {wait:.1f}s"
     )
-
-
-def _hang_up(client: aiomqtt.Client) -> None:
-    """End a session whose path is gone without waiting for the broker to see a DISCONNECT: it cannot
-    get there, and leaving the client would wait its whole `timeout` (10 s) for it. Shutting the socket
-    down (not closing it: the client still owns it) makes the client see the connection lost at once.
-    The broker drops the old connection when the session comes back under the same client id."""
-    sock = client._client.socket()
-    if isinstance(sock, socket.socket):  # TLS too (an SSLSocket is one); not a websocket wrapper
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _mark_before_connect(client: aiomqtt.Client, mark: int) -> None:
