@@ -1,31 +1,4 @@
-"""What a flood on the command topics may cost: a bounded backlog, token buckets, refusals summarised per interval.
-
-Theory of operation. The MQTT session shares the daemon's one event loop with the probes and the engine,
-so the command topics (which anyone who can publish on the broker can fill) must not be able to buy
-more of that loop than routing can spare. The costs of a request, cheapest first, are: taking it off the
-wire, parsing and verifying it (microseconds with HMAC), then a log line, a history record and a reply
-(a publish that waits for the broker's acknowledgement). The first are paid for every request taken;
-the last three are what a flood must not get one of per request:
-
-- a backlog of BACKLOG requests between the broker and the handler; when full, the oldest goes
-  (`Backlog`). A request that waited longest is the one its sender has most likely given up on (failoverctl
-  waits seconds for its reply) and the nearest to `max_age`; the newest is the one an operator is waiting
-  for now. Drops are counted and reported in the summary;
-- refusals: the first IN_FULL of each SUMMARY_EVERY interval are logged and kept in the history as
-  themselves; the rest are counted (per reason, per claimed key) and written as one log line and one
-  history record when the interval ends (`Intake.summary`);
-- replies to refusals: requests that fail before their sender is known (malformed, unsigned, unknown
-  key, bad signature) share one bucket, REFUSAL_REPLIES, whatever key they claim: a claimed name proves
-  nothing, so charging it to that key would let a forger silence the real key's replies. Refusals of a
-  verified sender (a replay, too old, over its rate) draw on that key's own NOTICES bucket, so an
-  operator is told why even while garbage floods the topic;
-- commands: each verified key may run COMMANDS, so that one key, stolen or in a buggy loop, cannot
-  monopolise the gateway (each accepted command also costs a state-file write). A command over the
-  rate is refused, and the reply says so and when to try again.
-
-Nothing here knows the signature scheme: callers pass the claimed key name and whether the sender was
-verified. Nothing reads a clock: `now` is a monotonic time in seconds, passed in.
-"""
+"""What a flood on the command topics may cost: a bounded backlog, token buckets, refusals summarised per interval."""
 
 from __future__ import annotations
 
@@ -33,6 +6,35 @@ import re
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+# Theory of operation. The MQTT session shares the daemon's one event loop with the probes and the engine,
+# so the command topics (which anyone who can publish on the broker can fill) must not be able to buy
+# more of that loop than routing can spare. The costs of a request, cheapest first, are: taking it off the
+# wire, parsing and verifying it (microseconds with HMAC), then a log line, a history record and a reply
+# (a publish that waits for the broker's acknowledgement). The first are paid for every request taken
+# (10-40 us for a refusal, measured with HMAC), and the loop stays fair while they are: paho reads a
+# packet or a few per wake-up (as many as it has QoS exchanges in flight) and the handler yields after
+# each request, so probes and carrier events wait behind one request at most. The last three are what a
+# flood must not get one of per request:
+#
+# - a backlog of BACKLOG requests between the broker and the handler; when full, the oldest goes
+#   (`Backlog`). A request that waited longest is the one its sender has most likely given up on (failoverctl
+#   waits seconds for its reply) and the nearest to `max_age`; the newest is the one an operator is waiting
+#   for now. Drops are counted and reported in the summary;
+# - refusals: the first IN_FULL of each SUMMARY_EVERY interval are logged and kept in the history as
+#   themselves; the rest are counted (per reason, per claimed key) and written as one log line and one
+#   history record when the interval ends (`Intake.summary`);
+# - replies to refusals: requests that fail before their sender is known (malformed, unsigned, unknown
+#   key, bad signature) share one bucket, REFUSAL_REPLIES, whatever key they claim: a claimed name proves
+#   nothing, so charging it to that key would let a forger silence the real key's replies. Refusals of a
+#   verified sender (a replay, too old, over its rate) draw on that key's own NOTICES bucket, so an
+#   operator is told why even while garbage floods the topic;
+# - commands: each verified key may run COMMANDS, so that one key, stolen or in a buggy loop, cannot
+#   monopolise the gateway (each accepted command also costs a state-file write). A command over the
+#   rate is refused, and the reply says so and when to try again.
+#
+# Nothing here knows the signature scheme: callers pass the claimed key name and whether the sender was
+# verified. Nothing reads a clock: `now` is a monotonic time in seconds, passed in.
 
 T = TypeVar("T")
 
