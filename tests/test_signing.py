@@ -16,6 +16,7 @@ from fakes import FakeGateway
 from keys import operator_keys
 
 from failoverd.cli import deployment_warnings
+from failoverd.control import intake
 from failoverd.control.mqtt import Fleet, clock_trusted
 from failoverd.control.signing import (
     Here,
@@ -341,10 +342,14 @@ async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuse
     ]:
         reply = await fleet.handle(topic, payload)
         assert reply is not None and not reply["ok"] and reason in reply["error"], (payload[:20], reply)
-    # the replay and the eight above, each kept in the history with its reason
+    # The replay (by the second session) and the eight above: the first of an interval kept in the
+    # history as themselves, with their reasons; the summary of the interval counts them all (intake).
     refused = [r for r in d.records if r["kind"] == "remote-refused"]
-    assert len(refused) == 9 and len(d.records) == 9
-    assert "sent on the fleet topic" in refused[-2]["reason"] and refused[-2]["key"] == "noc"
+    assert len(refused) == 1 + intake.IN_FULL and len(d.records) == len(refused)
+    assert 'signed for site "south"' in refused[-1]["reason"] and refused[-1]["key"] == "noc"
+    fleet.intake.since -= intake.SUMMARY_EVERY
+    fleet._summarise()
+    assert d.records[-1]["kind"] == "remote-refused-summary" and d.records[-1]["refused"] == 8  # all of the interval's
 
 
 async def test_a_command_replayed_on_another_gateway_is_refused_there(tmp_path: Path) -> None:

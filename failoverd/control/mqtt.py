@@ -11,7 +11,9 @@ Topics, under `topic_prefix` (default `failoverd`):
 - `<prefix>/<site>/reply`: the reply to each request, carrying the request's `id`.
 
 The link to the broker is never a reason to stop: it reconnects with backoff, and routing goes on
-without it. Commands are taken one at a time, in arrival order.
+without it. Commands are taken one at a time, in arrival order, through a bounded backlog; what a flood
+of them may cost (log lines, history records, replies, commands per key) is bounded in
+`failoverd.control.intake`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from failoverd.control.api import Gateway
 from failoverd.control.commands import COMMANDS, dispatch
+from failoverd.control.intake import COMMANDS as COMMAND_RATE
+from failoverd.control.intake import Intake
 from failoverd.control.signing import Here, KeyFileError, for_others, load_keys, verify
 from failoverd.control.tls import client_context
 from failoverd.engine.decide import usable
@@ -84,6 +88,8 @@ class Fleet:
         self.rerouted = asyncio.Event()  # a class moved: a broker out of reach may be reachable now
         self.via: str | None = None  # the uplink the session rides
         self.path_lost = asyncio.Event()
+        self.intake = Intake(time.monotonic())  # the backlog of requests and what refusing them may cost
+        self.requests = asyncio.Event()  # the backlog has requests
         self.state = state
         self.last_issued: dict[str, float] = {}
         saved = state.read(ISSUED_FILE)
@@ -191,7 +197,8 @@ class Fleet:
             # to the broker was down, the first route to it should not wait out a long backoff.
             self.rerouted.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.rerouted.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: see _publisher
+                    await self.rerouted.wait()
             delay = min(max(delay * 2, BACKOFF[0]), BACKOFF[1])
 
     def _client(self) -> aiomqtt.Client:
@@ -228,7 +235,8 @@ class Fleet:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._publisher(client), name="mqtt-publish")
-                tg.create_task(self._reader(client), name="mqtt-commands")
+                tg.create_task(self._reader(client), name="mqtt-requests")
+                tg.create_task(self._serve(client), name="mqtt-commands")
                 tg.create_task(self._watch_path(), name="mqtt-path")
         except* (PathLost, aiomqtt.MqttError) as ended:
             raise ended.exceptions[0] from None  # why the session ended, as itself, for _sessions
@@ -238,13 +246,43 @@ class Fleet:
         raise PathLost
 
     async def _reader(self, client: aiomqtt.Client) -> None:
+        """Requests off the wire into the bounded backlog, as fast as they come: when handling falls
+        behind, the oldest are dropped there, not queued without bound in the client."""
         async for message in client.messages:
+            self.intake.backlog.push(message)
+            self.requests.set()
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """The backlog, one request at a time; and the refusals' summary at the end of each interval."""
+        while True:
+            message = self.intake.backlog.pop()
+            if message is None:
+                self._summarise()
+                self.requests.clear()
+                summary_due = self.intake.due(time.monotonic()) + 0.01
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(summary_due):  # not wait_for: see _publisher
+                        await self.requests.wait()
+                continue
             await self._command(client, message)
+            self._summarise()
+            await asyncio.sleep(0)  # probes and the engine run between two requests, however many wait
+
+    def _summarise(self) -> None:
+        summary = self.intake.summary(time.monotonic())
+        if summary is not None:
+            log.warning("mqtt-refused-summary", **{k: v for k, v in summary.items() if k != "kind"})
+            self.g.record(summary)
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), STATUS_EVERY)
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that comes as the wait
+                # ends, and a fiber cut does just that (the record that wakes this task also ends the
+                # session): the task then went on publishing over the dead path until a publish timed out
+                # (10 s), and the session moved to another uplink only then.
+                async with asyncio.timeout(STATUS_EVERY):
+                    await self.wake.wait()
             self.wake.clear()
             while self.events:
                 record = self.events.popleft()
@@ -277,7 +315,13 @@ class Fleet:
 
     # -- commands -----------------------------------------------------------------------------------
     async def _command(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        reply = await self.handle(str(message.topic), message.payload)
+        try:
+            reply = await self.handle(str(message.topic), message.payload)
+        except Exception:  # a bug met by one request must not end the session, nor the daemon with it
+            seen = self.intake.refused(time.monotonic(), "internal error", None, verified=False)
+            if seen.in_full:
+                log.exception("mqtt-command-failed", topic=str(message.topic))
+            return
         if reply is not None:
             await client.publish(self.reply_topic, json.dumps(reply), qos=1)
 
@@ -308,8 +352,13 @@ class Fleet:
             max_age=self.spec.max_age,
             clock_trusted=clock_trusted(self.g.policy, self.g.state.clock.state),
         )
-        if not verdict.ok:
-            return self._refused(rid, verdict.reason, request)
+        if not verdict.ok:  # a key named in a refusal verdict is one whose signature held (a replay...)
+            return self._refused(rid, verdict.reason, request, verified=bool(verdict.key))
+        wait = self.intake.admit(verdict.key, time.monotonic())
+        if wait:
+            # Seen, so never run later (in memory: the next command accepted under this key saves it).
+            self.last_issued[verdict.key] = verdict.issued
+            return self._refused(rid, _rate_limited(verdict.key, wait), request, verified=True)
         self.last_issued[verdict.key] = verdict.issued
         self._save_issued()
         command = {k: v for k, v in request.items() if k not in TRANSPORT_FIELDS}
@@ -331,18 +380,31 @@ class Fleet:
         self.wake.set()  # the status may have changed
         return {"id": rid, "site": site, **reply}
 
-    def _refused(self, rid: str | None, reason: str, request: dict[str, Any]) -> dict[str, Any]:
-        log.warning("mqtt-refused", reason=reason, cmd=request.get("cmd"), key=request.get("key"))
+    def _refused(
+        self, rid: str | None, reason: str, request: dict[str, Any], *, verified: bool = False
+    ) -> dict[str, Any] | None:
+        """The reply to a refused request, or None when the refusals' budget has none left for it. The
+        first refusals of an interval are logged and kept in the history as themselves, the rest counted
+        (`intake`); `verified`: the sender proved its key (the refusal is a replay, too old, over the rate)."""
         cmd, key = request.get("cmd"), request.get("key")
-        record = {"kind": "remote-refused", "reason": reason, "cmd": cmd if isinstance(cmd, str) else None}
-        record["key"] = key if isinstance(key, str) else None
-        self.g.record(record)  # kept in the history
-        return {"id": rid, "site": self.site, "ok": False, "error": reason}
+        cmd, key = (cmd if isinstance(cmd, str) else None), (key if isinstance(key, str) else None)
+        seen = self.intake.refused(time.monotonic(), reason, key, verified=verified)
+        if seen.in_full:
+            log.warning("mqtt-refused", reason=reason, cmd=cmd, key=key)
+            self.g.record({"kind": "remote-refused", "reason": reason, "cmd": cmd, "key": key})
+        return {"id": rid, "site": self.site, "ok": False, "error": reason} if seen.reply else None
 
     def _save_issued(self) -> None:
         self.state.replace(
             ISSUED_FILE, self.last_issued
         )  # on disk before the command runs: a restart must not reopen a replay
+
+
+def _rate_limited(key: str, wait: float) -> str:
+    return (
+        f'rate limited: key "{key}" may run {COMMAND_RATE.burst:g} commands at once, then '
+        f"{COMMAND_RATE.per_s:g} per second; try again in {wait:.1f}s"
+    )
 
 
 def _mark_before_connect(client: aiomqtt.Client, mark: int) -> None:

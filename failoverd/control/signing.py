@@ -151,7 +151,7 @@ def misdirected(dest: Any, here: Here) -> str:
 class Verdict:
     ok: bool
     reason: str  # why refused; or, when accepted, a note for the reply ("" if none)
-    key: str = ""
+    key: str = ""  # the key whose signature held: set when accepted, and when refused after the check
     issued: float = 0.0
 
 
@@ -184,18 +184,21 @@ def verify(
     # The destination only now: before the signature holds, what it names proves nothing.
     wrong = misdirected(request.get("dest"), here)
     if wrong:
-        return Verdict(False, f"not for this gateway: {wrong}")
+        return Verdict(False, f"not for this gateway: {wrong}", key)
     last = last_issued.get(key)
     if last is not None and issued <= last:
         return Verdict(
-            False, f'replayed or out of order: issued {issued} is not after the last accepted ({last}) for "{key}"'
+            False,
+            f'replayed or out of order: issued {issued} is not after the last accepted ({last}) for "{key}"',
+            key,
         )
     if clock_trusted:
         age = wall - issued
         if age > max_age:
-            return Verdict(False, f"too old: issued {age:.0f}s ago (max_age {max_age:g}s)")
+            return Verdict(False, f"too old: issued {age:.0f}s ago (max_age {max_age:g}s)", key)
         if age < -max_age:
-            return Verdict(False, f"issued {-age:.0f}s in the future (max_age {max_age:g}s): check the sender's clock")
+            future = f"issued {-age:.0f}s in the future (max_age {max_age:g}s): check the sender's clock"
+            return Verdict(False, future, key)
         return Verdict(True, "", key, float(issued))
     return Verdict(True, "clock not trusted: accepted on order alone, age not checked", key, float(issued))
 

@@ -1,0 +1,62 @@
+"""The MQTT session ends at once when the uplink it rides is lost, whatever its tasks were doing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from fakes import FakeGateway
+
+from failoverd.control.mqtt import Fleet, PathLost
+from failoverd.statedir import StateDir
+
+
+class Broker:
+    """A client whose broker stops acknowledging: what a session sees after a fiber cut."""
+
+    def __init__(self) -> None:
+        self.reachable = True
+        self.published: list[str] = []
+
+    async def subscribe(self, topic: str, qos: int) -> None:
+        pass
+
+    async def publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False) -> None:
+        self.published.append(topic)
+        if not self.reachable:  # the acknowledgement will not come: aiomqtt gives up after its timeout
+            await asyncio.sleep(3)
+            raise aiomqtt.MqttError("Operation timed out")
+
+    @property
+    def messages(self) -> AsyncIterator[Any]:
+        return self._none()
+
+    async def _none(self) -> AsyncIterator[Any]:
+        await asyncio.Event().wait()
+        yield None
+
+
+async def test_a_lost_path_ends_the_session_at_once(tmp_path: Path) -> None:
+    d = FakeGateway(
+        "site: north\nuplinks: [{name: a, interface: eth0, next_hop: 198.18.0.1}]\nclasses: [{name: all, path: [a]}]\n"
+        "control: {mqtt: {enabled: true}}\n"
+    )
+    fleet = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))
+    broker = Broker()
+    session = asyncio.create_task(fleet._session(broker))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    broker.reachable = False
+    # As _follow does for an uplink record: the events publisher is woken by the very record that
+    # says the session's path is gone.
+    fleet.events.append({"kind": "uplink", "uplink": "a", "to": "DOWN"})
+    fleet.wake.set()
+    fleet.path_lost.set()
+    lost = time.monotonic()
+    with pytest.raises(PathLost):
+        await session
+    assert time.monotonic() - lost < 1.0  # not after a publish over the dead path timed out
