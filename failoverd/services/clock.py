@@ -59,8 +59,11 @@ class ClockService:
                         log.info("clock-verdict", state=v.state.value, bound_s=v.bound, evidence=list(v.evidence))
                     last = (v.state.value, bound, disagreeing)
                     await self.inbox.put(ev.ClockChanged(v.state, v.bound, v.evidence, time.time(), disagreeing))
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that arrives as
+            # the wait ends, and the service would not stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.sources_changed.wait(), STEP_WATCH)
+                async with asyncio.timeout(STEP_WATCH):
+                    await self.sources_changed.wait()
                 self.sources_changed.clear()
 
     async def reconfigure(self, policy: Policy) -> Reconfigured:

@@ -76,8 +76,9 @@ class LinkService:
 
     async def _audits(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.audit_wanted.wait(), AUDIT_INTERVAL)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: see services/clock.py
+                async with asyncio.timeout(AUDIT_INTERVAL):
+                    await self.audit_wanted.wait()
             await asyncio.sleep(SETTLE)
             self.audit_wanted.clear()
             await self.inbox.put(Audit())
