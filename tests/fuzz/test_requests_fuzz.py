@@ -78,7 +78,7 @@ arg_keys = sorted({a.key for c in COMMANDS.values() for a in c.args} | {"cmd", "
 def requests(draw: st.DrawFn) -> dict[str, Any]:
     """A request that names a real command and mostly real arguments, of right and wrong types."""
     cmd = COMMANDS[draw(st.sampled_from(sorted(COMMANDS)))]
-    out: dict[str, Any] = {"cmd": draw(st.just(cmd.name) | scalar)}
+    out: dict[str, Any] = {"cmd": draw(st.just(cmd.name) | scalar | st.lists(st.just(cmd.name), max_size=2))}
     for a in cmd.args:
         if draw(st.booleans()):
             out[a.key] = draw(scalar | json_values(scalar))
