@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all bootstrap test test-unit check lint types fmt demo clean
+.PHONY: all bootstrap test test-unit fuzz check lint types fmt demo clean
 
 all: check
 
@@ -19,6 +19,12 @@ test: bootstrap
 
 test-unit: bootstrap
 	$(PY) -m pytest -m "not netns and not scenario" $(PYTEST_ARGS)
+
+# The fuzz tests (tests/fuzz) run in `make test` too, a few seconds' worth; this runs FUZZ_FACTOR times
+# as many random examples, and keeps what fails in .hypothesis/ to try first next time.
+FUZZ_FACTOR ?= 50
+fuzz: bootstrap
+	HYPOTHESIS_PROFILE=fuzz FUZZ_FACTOR=$(FUZZ_FACTOR) $(PY) -m pytest tests/fuzz -q $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check failoverd tests lab bench

@@ -67,6 +67,10 @@ def parse_reply(server: str, data: bytes, *, xmt: int, t1: float, t4: float, mon
         return Reply(server, False, stratum=0, mono=mono, refid=code, error=f"Kiss-o'-Death {code}")
     if leap == 3 or stratum > 15:
         return Reply(server, False, stratum=stratum, leap=leap, mono=mono, error="server unsynchronized")
+    if rec == 0 or xmt_s == 0:
+        # RFC 4330 section 5 / RFC 5905 section 8: a server that has not filled in its timestamps has no
+        # time to give; read as 1900 it would pull the consensus back 126 years.
+        return Reply(server, False, stratum=stratum, leap=leap, mono=mono, error="bogus: zero timestamp")
     t2, t3 = from_ntp(rec), from_ntp(xmt_s)
     offset = ((t2 - t1) + (t3 - t4)) / 2
     delay = max(0.0, (t4 - t1) - (t3 - t2))

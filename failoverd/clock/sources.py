@@ -7,11 +7,13 @@ import ctypes
 import ctypes.util
 import functools
 import json
+import math
 import os
 import shutil
 import struct
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from failoverd.clock.consensus import Step
 
@@ -124,10 +126,34 @@ class GpsFix:
 GPSD_LATENCY = 0.2  # a fix reaches gpsd over a serial line some 100-200 ms after its second began
 
 
+def parse_tpv(line: bytes, local: float, mono: float) -> GpsFix | None:
+    """One line of gpsd's JSON feed as a clock sample: a TPV report with a fix (mode 2 or 3), an
+    RFC 3339 time with its zone and, if given, a finite non-negative `ept`; None for anything else.
+
+    gpsd is another process, often reached over TCP: a line that is not such a report, however
+    malformed, is skipped rather than trusted or allowed to raise."""
+    try:
+        msg = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(msg, dict) or msg.get("class") != "TPV":
+        return None
+    mode, when, ept = msg.get("mode", 0), msg.get("time"), msg.get("ept", 0.0)
+    if not isinstance(mode, int) or isinstance(mode, bool) or mode < 2 or not isinstance(when, str):
+        return None
+    if not isinstance(ept, int | float) or isinstance(ept, bool) or not 0 <= ept < math.inf:
+        return None
+    try:
+        gps = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if gps.tzinfo is None:
+        return None  # a time without its zone would be read as local time
+    return GpsFix(gps.timestamp() - local, max(float(ept), GPSD_LATENCY), mono)
+
+
 async def gpsd_time(host: str, port: int = 2947, timeout: float = 3.0) -> GpsFix | None:
     """The next TPV report from gpsd's JSON feed (`?WATCH`), as a clock sample; None if there is none."""
-    from datetime import datetime  # noqa: PLC0415
-
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError):
@@ -140,16 +166,10 @@ async def gpsd_time(host: str, port: int = 2947, timeout: float = 3.0) -> GpsFix
             line = await asyncio.wait_for(reader.readline(), left)
             if not line:
                 return None
-            local, mono = time.time(), time.monotonic()
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("class") != "TPV" or not msg.get("time") or msg.get("mode", 0) < 2:
-                continue
-            gps = datetime.fromisoformat(str(msg["time"]).replace("Z", "+00:00")).timestamp()
-            return GpsFix(gps - local, max(float(msg.get("ept", 0.0)), GPSD_LATENCY), mono)
-    except (OSError, TimeoutError, ValueError):
+            fix = parse_tpv(line, time.time(), time.monotonic())
+            if fix is not None:
+                return fix
+    except (OSError, TimeoutError, ValueError):  # ValueError: a line longer than the stream's limit
         pass
     finally:
         writer.close()

@@ -9,6 +9,8 @@ whichever way it arrives.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -71,7 +73,8 @@ def _duration(value: Any, what: str) -> float | None:
         parsed = parse_duration(value)
     except ValueError as exc:
         raise BadRequest(f"{what}: {exc}") from None
-    if not isinstance(parsed, float):
+    # NaN passes every comparison the engine makes (positive, at most max_override): an override for ever.
+    if not isinstance(parsed, float) or not math.isfinite(parsed):
         raise BadRequest(f"{what}: expected a duration such as 30m")
     return parsed
 
@@ -211,6 +214,28 @@ COMMANDS: dict[str, Command] = {
         Command("clock", "the clock's verdict, each time source, recent steps", False, _clock),
     )
 }
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_request(data: bytes | bytearray | str) -> Any:
+    """The JSON value of a request as it arrived (socket line, MQTT payload), or BadRequest with the reason.
+
+    Strict JSON: NaN and Infinity are refused (a NaN `issued` or `for` compares false with everything),
+    and so is what Python's decoder rejects beyond JSONDecodeError: text that is not UTF-8, nesting
+    deeper than the interpreter's stack, an integer of more than 4300 digits."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("not JSON: not UTF-8 text") from None
+    except RecursionError:
+        raise BadRequest("not JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest(f"not JSON: {str(exc).split(';', 1)[0]}") from None
 
 
 def validate(request: Any) -> tuple[Command, dict[str, Any]]:

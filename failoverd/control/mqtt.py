@@ -33,7 +33,7 @@ import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from failoverd.control.api import Gateway
-from failoverd.control.commands import COMMANDS, dispatch
+from failoverd.control.commands import COMMANDS, BadRequest, decode_request, dispatch
 from failoverd.control.intake import COMMANDS as COMMAND_RATE
 from failoverd.control.intake import Intake
 from failoverd.control.signing import Here, KeyFileError, for_others, load_keys, verify
@@ -331,9 +331,9 @@ class Fleet:
         if not isinstance(payload, bytes | bytearray) or len(payload) > MAX_REQUEST:
             return self._refused(None, f"a request is a JSON object of at most {MAX_REQUEST} bytes", {})
         try:
-            request = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return self._refused(None, f"not JSON: {exc}", {})
+            request = decode_request(payload)
+        except BadRequest as exc:
+            return self._refused(None, str(exc), {})
         if not isinstance(request, dict):
             return self._refused(None, "a request is a JSON object with a cmd", {})
         rid = request.get("id")
@@ -362,7 +362,8 @@ class Fleet:
         self.last_issued[verdict.key] = verdict.issued
         self._save_issued()
         command = {k: v for k, v in request.items() if k not in TRANSPORT_FIELDS}
-        cmd = COMMANDS.get(command.get("cmd", ""))
+        name = command.get("cmd")
+        cmd = COMMANDS.get(name) if isinstance(name, str) else None  # a list or object is not hashable
         if cmd is not None and cmd.arg("by") is not None:
             given = command.get("by")
             command["by"] = f"mqtt:{verdict.key}" + (f"/{given}" if isinstance(given, str) and given else "")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from failoverd.control.api import Gateway
-from failoverd.control.commands import COMMANDS, dispatch
+from failoverd.control.commands import COMMANDS, BadRequest, decode_request, dispatch
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import ControlSpec, Policy
 from failoverd.services.base import Applied, NeedsRestart, Reconfigured
@@ -149,9 +149,9 @@ class ControlSocket:
         Who asked is what the kernel says of the peer, not what the request claims: an override's `by`
         reads `local:alice/failoverctl:alice` (the claim after the slash, as failoverctl fills it in)."""
         try:
-            request = json.loads(line)
-        except json.JSONDecodeError as exc:
-            return {"ok": False, "error": f"not JSON: {exc.msg} at column {exc.colno}"}
+            request = decode_request(line)
+        except BadRequest as exc:
+            return {"ok": False, "error": str(exc)}
         name = request.get("cmd") if isinstance(request, dict) else None
         cmd = COMMANDS.get(name) if isinstance(name, str) else None
         if isinstance(request, dict) and peer is not None and cmd is not None and cmd.arg("by") is not None:
