@@ -275,20 +275,40 @@ async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict
     ) as client:
         await client.subscribe(f"{prefix}/+/reply" if args.fleet else f"{prefix}/{args.site}/reply", qos=1)
         await client.publish(topic, json.dumps(signed), qos=1)
+        by_site: dict[str, dict[str, Any]] = {}
+        awaited = set(args.sites) if args.fleet and args.sites else {args.site} if not args.fleet else None
         try:
             async with asyncio.timeout(args.wait):
                 async for message in client.messages:
-                    try:
-                        reply = json.loads(message.payload)
-                    except (json.JSONDecodeError, TypeError):
-                        continue
-                    if isinstance(reply, dict) and reply.get("id") == rid:
-                        replies.append(reply)
-                        if not args.fleet:
+                    reply = take_reply(str(message.topic), message.payload, rid, prefix)
+                    if reply is not None and reply["site"] not in by_site:
+                        by_site[reply["site"]] = reply
+                        if awaited is not None and awaited <= set(by_site):
                             break
         except TimeoutError:
             pass
+        replies = list(by_site.values())
     return replies
+
+
+def take_reply(topic: str, payload: Any, rid: str, prefix: str) -> dict[str, Any] | None:
+    """A reply to request `rid`, or None. The site is the one the topic names: the broker lets a gateway
+    publish only on its own reply topic, while the body is whatever that gateway wrote, so a reply whose
+    body names another site (a stolen gateway speaking for others) is not taken."""
+    head, _, rest = topic.partition(f"{prefix}/")
+    site, _, tail = rest.partition("/")
+    if head or tail != "reply" or not site:
+        return None
+    try:
+        reply = json.loads(payload)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(reply, dict) or reply.get("id") != rid:
+        return None
+    if reply.get("site", site) != site:
+        print(f"failoverctl: ignored a reply on {topic} that claims to be from {reply.get('site')!r}", file=sys.stderr)
+        return None
+    return {**reply, "site": site}
 
 
 def summary(reply: dict[str, Any]) -> str:
@@ -321,8 +341,12 @@ def main_remote(args: argparse.Namespace) -> int:
     if not (args.site or args.fleet):
         print("failoverctl: with --mqtt, name the gateway (--site SITE) or the whole --fleet", file=sys.stderr)
         return EXIT_REFUSED
-    if args.sites and not args.fleet:
+    if args.sites is not None and not args.fleet:
         print("failoverctl: --sites goes with --fleet (for one gateway, --site SITE)", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.sites is not None and not args.sites:
+        # An empty list must not widen a narrow command to the whole fleet.
+        print("failoverctl: --sites names no site: list them (a,b), or leave --sites out for all", file=sys.stderr)
         return EXIT_REFUSED
     if not args.key_file:
         print("failoverctl: remote commands are signed: give --key-file (or FAILOVERD_KEY_FILE)", file=sys.stderr)
@@ -347,6 +371,7 @@ def main_remote(args: argparse.Namespace) -> int:
         where = "any gateway" if args.fleet else f"site {args.site}"
         print(f"failoverctl: no reply from {where} within {args.wait:g}s", file=sys.stderr)
         return EXIT_UNREACHABLE
+    silent = sorted(set(args.sites or ()) - {str(r.get("site")) for r in replies})
     if args.json:
         print(json.dumps(replies if args.fleet else replies[0], indent=2))
     elif args.fleet:
@@ -354,6 +379,9 @@ def main_remote(args: argparse.Namespace) -> int:
             print(f"{r.get('site')}: {summary(r)}")
     else:
         show(args, replies[0], sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    if silent:
+        print(f"failoverctl: no reply from {', '.join(silent)} within {args.wait:g}s", file=sys.stderr)
+        return EXIT_UNREACHABLE
     return EXIT_OK if all(r.get("ok") for r in replies) else EXIT_REFUSED
 
 

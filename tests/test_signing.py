@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ from keys import operator_keys
 
 from failoverd.cli import deployment_warnings
 from failoverd.control import intake
+from failoverd.control.commands import BadRequest, decode_request
 from failoverd.control.mqtt import Fleet, clock_trusted
 from failoverd.control.signing import (
     Here,
     KeyFileError,
     Verdict,
+    canonical,
     fleet_dest,
     for_others,
     load_keys,
@@ -34,7 +37,7 @@ from failoverd.control.signing import (
     write_keypair,
 )
 from failoverd.ctl import main as failoverctl
-from failoverd.ctl import render_history
+from failoverd.ctl import render_history, take_reply
 from failoverd.engine.events import ClockState
 from failoverd.errors import PolicyError
 from failoverd.policy import parse_policy_text
@@ -423,3 +426,86 @@ def test_history_shows_remote_refusals() -> None:
     reason = 'bad signature for key "noc"'
     record = {"wall": 0, "kind": "remote-refused", "cmd": "drain", "key": "noc", "reason": reason}
     assert 'REFUSED drain (key noc): bad signature for key "noc"' in render_history([record], tty=False)
+
+
+@pytest.mark.parametrize("issued", [float("inf"), 1e300, 10**400, 0, -5, float("nan")])
+def test_issued_must_be_a_plausible_unix_time(issued: float) -> None:
+    """Before, inf (JSON 1e400) was accepted while the clock was distrusted and locked the key out for
+    good; an integer past float range raised OverflowError inside verify."""
+    request = {**FAILOVER, "key": "noc", "issued": issued, "dest": TO_NORTH}
+    request["sig"] = base64.b64encode(NOC.sign(canonical(request))).decode()
+    for trusted in (True, False):
+        verdict = check(request, trusted=trusted)
+        assert not verdict.ok and "issued must be" in verdict.reason, verdict
+
+
+def test_numbers_past_float_range_are_not_json_for_us() -> None:
+    with pytest.raises(BadRequest, match="out of range"):
+        decode_request(b'{"cmd": "status", "issued": 1e400}')
+
+
+def test_a_keys_file_another_user_could_change_is_refused(tmp_path: Path) -> None:
+    _, keys = operator_keys(tmp_path, "noc")
+    assert load_keys(keys)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file to another user")
+    os.chown(keys, 65534, -1)  # nobody: mode 644 stops nobody else, but its owner may rewrite it
+    with pytest.raises(KeyFileError, match="owned by uid 65534"):
+        load_keys(keys)
+
+
+def test_keygen_leaves_no_half_keypair(tmp_path: Path) -> None:
+    (tmp_path / "noc.pub").mkdir()  # a name in the way: the .pub cannot be made
+    with pytest.raises(KeyFileError):
+        write_keypair("noc", tmp_path)
+    assert not (tmp_path / "noc.key").exists()
+
+
+def test_an_empty_fleet_sites_list_reaches_no_gateway() -> None:
+    assert fleet_dest("failoverd", []) == {"prefix": "failoverd", "fleet": True, "sites": []}
+    assert for_others({"dest": fleet_dest("failoverd", [])}, Here("failoverd", "north", fleet_topic=True))
+
+
+def test_failoverctl_refuses_an_empty_sites_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, `--fleet --sites ,` signed a command for the whole fleet."""
+    key, _ = operator_keys(tmp_path, "noc")
+    argv = ["--mqtt", "192.0.2.1", "--fleet", "--sites", ",", "--key-file", str(key), "--wait", "0.1"]
+    assert failoverctl([*argv, "drain", "a", "--reason", "x"]) == 1
+    assert "--sites names no site" in capsys.readouterr().err
+
+
+def test_a_reply_counts_for_the_site_whose_topic_it_came_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """The broker lets a gateway publish only on its own reply topic; the body is its own word. Before,
+    a stolen gateway could answer for other sites in a fleet's output."""
+    ok = json.dumps({"id": "r1", "site": "north", "ok": True}).encode()
+    assert take_reply("failoverd/north/reply", ok, "r1", "failoverd") == {"id": "r1", "site": "north", "ok": True}
+    assert take_reply("failoverd/south/reply", ok, "r1", "failoverd") is None  # south speaking for north
+    assert "claims to be from 'north'" in capsys.readouterr().err
+    assert take_reply("failoverd/north/reply", ok, "r2", "failoverd") is None  # another request's
+    assert take_reply("failoverd/north/status", ok, "r1", "failoverd") is None
+    assert take_reply("other/north/reply", ok, "r1", "failoverd") is None
+    assert take_reply("failoverd/north/reply", b"\xff", "r1", "failoverd") is None
+    bare = take_reply("failoverd/north/reply", b'{"id": "r1", "ok": false}', "r1", "failoverd")
+    assert bare is not None and bare["site"] == "north"
+
+
+async def test_a_command_refused_over_the_rate_stays_refused_after_a_restart(tmp_path: Path) -> None:
+    """Before, the rate-limited command was marked seen in memory only: after a restart, the operator
+    having been told "try again", a replay of it ran."""
+    key, keys = operator_keys(tmp_path / "k", "noc")
+    d = FakeGateway(gateway_text("north", f"{{enabled: true, keys_file: {keys}}}"))
+    fleet = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))
+    private, base = load_private_key(key), time.time()
+    burst = int(intake.COMMANDS.burst)
+    requests = [
+        json.dumps(sign({"cmd": "explain", "class": "all", "id": f"r{n}"}, "noc", private, base + n, TO_NORTH)).encode()
+        for n in range(burst + 1)
+    ]
+    for r in requests[:burst]:
+        assert (await fleet.handle(fleet.cmd_topic, r) or {})["ok"]
+    limited = await fleet.handle(fleet.cmd_topic, requests[-1])
+    assert limited is not None and limited["error"].startswith("rate limited")
+    fleet._summarise(idle=True)  # what the session does once the backlog is empty
+    again = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))
+    reply = await again.handle(again.cmd_topic, requests[-1])
+    assert reply is not None and "replayed" in reply["error"], reply

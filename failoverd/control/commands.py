@@ -220,6 +220,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float, refused if it overflows to infinity (1e400 is valid JSON)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def decode_request(data: bytes | bytearray | str) -> Any:
     """The JSON value of a request as it arrived (socket line, MQTT payload), or BadRequest with the reason.
 
@@ -227,7 +235,7 @@ def decode_request(data: bytes | bytearray | str) -> Any:
     and so is what Python's decoder rejects beyond JSONDecodeError: text that is not UTF-8, nesting
     deeper than the interpreter's stack, an integer of more than 4300 digits."""
     try:
-        return json.loads(data, parse_constant=_no_constant)
+        return json.loads(data, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"not JSON: {exc.msg} at column {exc.colno}") from None
     except UnicodeDecodeError:

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from failoverd.control.api import Gateway
 from failoverd.control.commands import COMMANDS, BadRequest, decode_request, dispatch
+from failoverd.control.intake import BACKLOG, Intake
 from failoverd.control.intake import COMMANDS as COMMAND_RATE
-from failoverd.control.intake import Intake
 from failoverd.control.signing import Here, KeyFileError, for_others, load_keys, verify
 from failoverd.control.tls import client_context
 from failoverd.engine.decide import usable
@@ -51,6 +51,7 @@ BACKOFF = (1.0, 30.0)  # s: first and longest wait before reconnecting
 EVENTS_KEPT = 500  # events queued while the broker is out of reach; the oldest go first
 MAX_REQUEST = 64 * 1024
 TRANSPORT_FIELDS = ("key", "issued", "sig", "id", "dest")
+SAVE_EVERY = 1.0  # s: the last-issued table is written at most this often for refused commands
 ISSUED_FILE = "mqtt-issued.json"  # the last `issued` taken under each key
 
 
@@ -89,6 +90,8 @@ class Fleet:
         self.via: str | None = None  # the uplink the session rides
         self.path_lost = asyncio.Event()
         self.intake = Intake(time.monotonic())  # the backlog of requests and what refusing them may cost
+        self.issued_unsaved = False  # a rate-limited command's `issued` is kept, not yet on disk
+        self.issued_saved_at = -SAVE_EVERY
         self.requests = asyncio.Event()  # the backlog has requests
         self.state = state
         self.last_issued: dict[str, float] = {}
@@ -223,6 +226,9 @@ class Fleet:
             tls_context=tls,
             keepalive=s.keepalive,  # the broker publishes the will 1.5 keepalives after the gateway vanishes
             timeout=10,
+            # Bounded like the backlog it feeds: while the backlog keeps up this queue stays near empty,
+            # and should the loop fall behind, the client drops the newest rather than growing.
+            max_queued_incoming_messages=BACKLOG,
         )
         if self.via is not None:
             _mark_before_connect(client, self.g.policy.uplinks[self.via].fwmark)
@@ -257,7 +263,7 @@ class Fleet:
         while True:
             message = self.intake.backlog.pop()
             if message is None:
-                self._summarise()
+                self._summarise(idle=True)
                 self.requests.clear()
                 summary_due = self.intake.due(time.monotonic()) + 0.01
                 with contextlib.suppress(TimeoutError):
@@ -268,7 +274,11 @@ class Fleet:
             self._summarise()
             await asyncio.sleep(0)  # probes and the engine run between two requests, however many wait
 
-    def _summarise(self) -> None:
+    def _summarise(self, idle: bool = False) -> None:
+        """The refusals' summary when its interval is over; and a kept `issued` on disk once the backlog
+        is empty (or a second after the last write, while a flood lasts)."""
+        if self.issued_unsaved and (idle or time.monotonic() - self.issued_saved_at >= SAVE_EVERY):
+            self._save_issued()
         summary = self.intake.summary(time.monotonic())
         if summary is not None:
             log.warning("mqtt-refused-summary", **{k: v for k, v in summary.items() if k != "kind"})
@@ -356,8 +366,13 @@ class Fleet:
             return self._refused(rid, verdict.reason, request, verified=bool(verdict.key))
         wait = self.intake.admit(verdict.key, time.monotonic())
         if wait:
-            # Seen, so never run later (in memory: the next command accepted under this key saves it).
+            # Seen, so never run later, even after a restart: on disk when the backlog is empty, or at
+            # most once a second while it is not (a key over its rate must not become a stream of flash
+            # writes).
             self.last_issued[verdict.key] = verdict.issued
+            self.issued_unsaved = True
+            if time.monotonic() - self.issued_saved_at >= SAVE_EVERY:
+                self._save_issued()
             return self._refused(rid, _rate_limited(verdict.key, wait), request, verified=True)
         self.last_issued[verdict.key] = verdict.issued
         self._save_issued()
@@ -396,9 +411,10 @@ class Fleet:
         return {"id": rid, "site": self.site, "ok": False, "error": reason} if seen.reply else None
 
     def _save_issued(self) -> None:
-        self.state.replace(
-            ISSUED_FILE, self.last_issued
-        )  # on disk before the command runs: a restart must not reopen a replay
+        # On disk before the command runs: a restart must not reopen a replay.
+        self.state.replace(ISSUED_FILE, self.last_issued)
+        self.issued_unsaved = False
+        self.issued_saved_at = time.monotonic()
 
 
 def _rate_limited(key: str, wait: float) -> str:

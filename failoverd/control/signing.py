@@ -60,6 +60,9 @@ class KeyFileError(Exception):
     """A keys file or private key file that is missing, unreadable, too open, or malformed."""
 
 
+MAX_ISSUED = 2.0**40  # s: about the year 36812; anything later is not a wall clock
+
+
 def canonical(request: Mapping[str, Any]) -> bytes:
     """The bytes a signature covers: the request without `sig`, as sorted compact JSON."""
     body = {k: v for k, v in request.items() if k != "sig"}
@@ -74,7 +77,7 @@ def site_dest(prefix: str, site: str) -> dict[str, Any]:
 def fleet_dest(prefix: str, sites: Sequence[str] | None = None) -> dict[str, Any]:
     """The `dest` of a command for the fleet, or for only `sites` of it."""
     out: dict[str, Any] = {"prefix": prefix.rstrip("/"), "fleet": True}
-    if sites:
+    if sites is not None:  # an empty list reaches no gateway, as the gateways read it, never all of them
         out["sites"] = list(sites)
     return out
 
@@ -171,8 +174,10 @@ def verify(
     key, issued, sig = request.get("key"), request.get("issued"), request.get("sig")
     if not isinstance(key, str) or not isinstance(sig, str) or sig == "":
         return Verdict(False, "unsigned: a remote command needs key, issued, dest and sig")
-    if not isinstance(issued, int | float) or isinstance(issued, bool):
-        return Verdict(False, "issued must be the sender's wall-clock time in seconds")
+    if not isinstance(issued, int | float) or isinstance(issued, bool) or not 0 < issued < MAX_ISSUED:
+        # Finite and plausible: an `issued` of inf (JSON 1e400), accepted while the clock is not
+        # trusted, would become the key's last and lock the key out for good.
+        return Verdict(False, "issued must be the sender's wall-clock time in seconds (a Unix time)")
     public = keys.get(key)
     if public is None:
         return Verdict(False, f'unknown key "{key}"')
@@ -216,12 +221,19 @@ def load_keys(path: Path) -> dict[str, Ed25519PublicKey]:
     Public keys may be read by anyone, but whoever can write the file can command the gateway: it
     must not be writable by group or others."""
     try:
-        st = path.stat()
-        text = path.read_text(encoding="utf-8")
+        # The checks and the read on one open file: what is judged is what is read.
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise KeyFileError(f"{path}: writable by others (mode {stat.S_IMODE(st.st_mode):o}); chmod 644 it")
+    if st.st_uid not in (0, os.geteuid()):
+        raise KeyFileError(
+            f"{path}: owned by uid {st.st_uid}, who could change it: the keys file must belong to root "
+            "(or to failoverd's own user)"
+        )
     keys: dict[str, Ed25519PublicKey] = {}
     seen: dict[bytes, str] = {}
     for n, raw_line in enumerate(text.splitlines(), 1):
@@ -257,8 +269,9 @@ def load_keys(path: Path) -> dict[str, Ed25519PublicKey]:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """An operator's private key (PEM, PKCS8, unencrypted), refused if group or others may read it."""
     try:
-        st = path.stat()
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
     except OSError as exc:
         raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -287,12 +300,19 @@ def write_keypair(name: str, out: Path) -> tuple[Path, Path]:
     for path in (key_path, pub_path):
         if path.exists():
             raise KeyFileError(f"{path}: exists; not overwritten")
+    written: list[Path] = []
     try:
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        pub_path.write_text(public_line(name, private.public_key()) + "\n", encoding="utf-8")
-        pub_path.chmod(0o644)  # whatever the umask: a keys file must not be group-writable
+        for path, data, mode in (
+            (key_path, pem, 0o600),
+            (pub_path, (public_line(name, private.public_key()) + "\n").encode(), 0o644),
+        ):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # never another's file
+            written.append(path)
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)  # whatever the umask: a keys file must not be group-writable
+                f.write(data)
     except OSError as exc:
+        for path in written:  # no half a keypair left behind
+            path.unlink(missing_ok=True)
         raise KeyFileError(f"{exc.filename or out}: {exc.strerror or exc}") from None
     return key_path, pub_path

@@ -64,7 +64,9 @@ async def reload(path: Path, engine: EngineView, services: Sequence[Service], hi
         for p in problems:
             log.error("reload-refused", problem=p)
         history.add({"kind": "reload", "ok": False, "problems": problems}, time.monotonic())
-        return {"ok": False, "text": "policy refused; the running policy stays in force", "problems": problems}
+        # Nothing was re-read, the MQTT command keys neither: a revocation waits for a policy that loads.
+        text = "policy refused; the running policy stays in force (nothing re-read, command keys included)"
+        return {"ok": False, "text": text, "problems": problems}
     old = engine.policy
     if new.ownership != old.ownership:
         text = "ownership (route protocol, priorities, tables, marks) changed: restart failoverd to apply it"

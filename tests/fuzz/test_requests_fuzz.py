@@ -239,7 +239,22 @@ def test_mqtt_signed_at_any_time(loop: asyncio.AbstractEventLoop, fleet: Fleet, 
     check_mqtt(loop.run_until_complete(fresh(fleet).handle(fleet.cmd_topic, payload)), fleet)
 
 
+WELL_FORMED = [
+    {"prefix": prefix, **rest}
+    for prefix in ("failoverd", "other")
+    for rest in (
+        {"site": "north"},
+        {"site": "south"},
+        {"fleet": True},
+        {"fleet": True, "sites": ["north"]},
+        {"fleet": True, "sites": ["south"]},
+        {"fleet": True, "sites": []},
+        {"site": "north", "fleet": True},
+        {"site": "north", "sites": ["north"]},
+    )
+]
 DESTS = st.one_of(
+    st.sampled_from(WELL_FORMED),  # the near misses, often enough to matter
     json_values(scalar),
     st.fixed_dictionaries(
         {"prefix": st.sampled_from(["failoverd", "other", "", "failoverd/"])},
@@ -259,7 +274,40 @@ def test_mqtt_signed_for_any_destination(
 ) -> None:
     topic = fleet.cmd_topic if where == "cmd" else fleet.fleet_topic
     payload = json.dumps(signed(request, ISSUED.next(), dest)).encode()
-    check_mqtt(loop.run_until_complete(fresh(fleet).handle(topic, payload)), fleet)
+    reply = loop.run_until_complete(fresh(fleet).handle(topic, payload))
+    check_mqtt(reply, fleet)
+    # The property itself, by an oracle written apart from signing.py: a validly signed command acts
+    # exactly when its signed destination names this gateway on the topic it came in on.
+    match addressed(dest, fleet_topic=where == "fleet"):
+        case "silent":
+            assert reply is None
+        case "no":
+            assert reply is not None and reply["error"].startswith("not for this gateway"), (dest, where, reply)
+        case _:
+            assert reply is not None and "not for this gateway" not in reply.get("error", ""), (dest, where, reply)
+
+
+def addressed(dest: Any, fleet_topic: bool) -> str:
+    """Whether `dest` names the gateway `north` (prefix `failoverd`): "yes", "no", or "silent" (a fleet
+    command for named sites without it, left unanswered)."""
+    if fleet_topic and isinstance(dest, dict) and dest.get("fleet") is True:
+        sites = dest.get("sites")
+        if isinstance(sites, list) and all(isinstance(x, str) for x in sites) and "north" not in sites:
+            return "silent"
+    if not isinstance(dest, dict) or set(dest) - {"prefix", "site", "fleet", "sites"}:
+        return "no"
+    if dest.get("prefix") != "failoverd":
+        return "no"
+    site, fleet = dest.get("site"), dest.get("fleet")
+    if site is not None and fleet is None and "sites" not in dest:
+        return "yes" if site == "north" and not fleet_topic else "no"
+    if fleet is True and site is None:
+        sites = dest.get("sites")
+        named = sites is None or (
+            isinstance(sites, list) and all(isinstance(x, str) for x in sites) and "north" in sites
+        )
+        return "yes" if fleet_topic and named else "no"
+    return "no"
 
 
 def test_fuzzing_left_the_gateway_usable(loop: asyncio.AbstractEventLoop, fleet: Fleet) -> None:

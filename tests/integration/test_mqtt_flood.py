@@ -202,8 +202,14 @@ def test_a_flood_of_requests_does_not_delay_a_failover(gwlab: GatewayLab) -> Non
     assert published >= count  # both floods were sent in full (2 x count)
     assert counted > 1000, summaries  # the gateway really took a flood
     assert len(refused_in_full) <= intake.IN_FULL * (len(summaries) + 2)
-    # The failover during the flood kept to the usual bound (loosely, as the other failover tests do).
-    assert flooded < 5 and flooded_gap < 1000, figures
+    # The failover during the flood kept to the usual time: the daemon decided within a few ms of the
+    # carrier loss, as without the flood (bounded loosely, these machines are noisy), and the class was
+    # seen moved about as soon as without it.
+    decisions = figures["carrier_to_decision_ms"]
+    assert len(decisions) == 2 and decisions[1] < 100, figures
+    assert flooded < quiet + 1.0 and flooded_gap < 1000, figures
+    # An operator's signed command was answered while the flood went on.
+    assert answered_during, figures
     # Nor did it starve the probes: no uplink but the cut fiber ever changed state.
     changed = {r["uplink"] for r in records if r["kind"] == "uplink" and r["from"] != "UNKNOWN"}  # not at start
     assert changed == {"fiber"}, figures
