@@ -10,27 +10,19 @@ between the start and the end of the command that injects it, and the daemon sta
 the clock of the engine step that makes it, a little after the event. So the daemon must detect
 between `start + d_min - IN_FLIGHT` and `end + d_max + SLACK`.
 
-Needs root (it creates the lab's namespaces): run it with the scenario tests,
-`sudo .venv/bin/python -m pytest -m scenario tests/integration/test_simulate_matches_daemon.py`.
+The scenario tests (tests/integration/test_scenarios.py) run CHECKED with a TimedRun and call
+`daemon_detects_as_simulated` on it: one run of the lab serves both checks.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from failoverd.policy import load_policy
 from failoverd.policy.model import Policy
 from failoverd.simulate import Simulation, Timeline
 from lab import scenario as sc
-from lab.topology import ROOT, Lab, load
 
 # The daemon stamps a detection with the clock of the engine step that makes it: after its round's
 # timer fires (or, for a carrier loss, after the netlink notice is read) and the results cross its
@@ -41,6 +33,7 @@ SLACK = 0.025
 # blackhole can show as if it began up to one round-trip earlier. The lab's fiber path adds no
 # delay (its probes answer in about a millisecond); 20 ms also covers a slow echo responder.
 IN_FLIGHT = 0.02
+CHECKED = frozenset({"fiber-cut", "silent-blackhole"})  # scenarios whose detection times are compared
 PHASES = 25  # fault times replayed across one probe interval
 FAULT_AT = 10.0  # s into the simulation: the engine has settled, and every grid of lab.yaml has a tick here
 
@@ -113,31 +106,11 @@ def simulated_delays(policy: Policy, step: sc.Step) -> dict[str, tuple[float, fl
     return {what: (min(ds), max(ds)) for what, ds in delays.items()}
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates fo-* network namespaces")
-    lab = Lab(load())
-    lab.up()
-    try:
-        yield lab
-    finally:
-        lab.down()
-
-
-@pytest.mark.scenario
-@pytest.mark.parametrize("name", ["fiber-cut", "silent-blackhole"])
-def test_simulator_detects_the_fault_when_the_daemon_does(lab: Lab, name: str, tmp_path: Path) -> None:
-    scenario = sc.load_scenario(name)
-    policy = load_policy(ROOT / scenario.policy)
-    run = TimedRun(lab, scenario, policy, tmp_path, progress=lambda _: None)
-    try:
-        run.execute()
-    finally:
-        run.kill_daemon(signal.SIGKILL)
+def daemon_detects_as_simulated(name: str, run: TimedRun, policy: Policy) -> None:
+    """The daemon's detection of the run's first step (the fault) falls within what the simulator finds."""
     step, began, ended = run.applied[0]  # the fault; later steps repair it
     assert step.uplink is not None
-    assert run.history, f"no history from the daemon at the end (did it die?): see {tmp_path / 'failoverd.log'}"
+    assert run.history, f"{name}: no history from the daemon at the end (did it die?)"
     assert health_before(run.history, step.uplink, began) == "UP", "the uplink was not UP before the fault"
     measured = detections(run.history, step.uplink, began)
     expected = simulated_delays(policy, step)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import simcheck
 
+from failoverd.policy import load_policy
 from lab import scenario as sc
-from lab.topology import Lab, load
+from lab.topology import ROOT, Lab, load
 
 NAMES = sorted(sc.catalog())
 
@@ -29,7 +32,15 @@ def lab() -> Iterator[Lab]:
 @pytest.mark.scenario
 @pytest.mark.parametrize("name", NAMES)
 def test_scenario(lab: Lab, name: str, tmp_path: Path) -> None:
-    report = sc.run(lab, name, tmp_path, progress=lambda _: None)
+    """Each scenario's expectations; for simcheck.CHECKED, also that `failoverd simulate` detects the
+    fault when the daemon did (one run of the lab serves both)."""
+    scenario = sc.load_scenario(name)
+    policy = load_policy(ROOT / scenario.policy)
+    run = simcheck.TimedRun(lab, scenario, policy, tmp_path, progress=lambda _: None)
+    try:
+        report = run.execute()
+    finally:
+        run.kill_daemon(signal.SIGKILL)
     failed = [e for e in report["expectations"] if not e["passed"]]
     assert not failed, f"{name}: " + "; ".join(
         f"{e['what']} of {e['class']}: measured {e['measured']}, wanted "
@@ -37,6 +48,8 @@ def test_scenario(lab: Lab, name: str, tmp_path: Path) -> None:
         for e in failed
     )
     assert report["outage_ms"] is not None and report["timeline"]
+    if name in simcheck.CHECKED:
+        simcheck.daemon_detects_as_simulated(name, run, policy)
 
 
 def test_lab_down_leaves_nothing(lab: Lab) -> None:
