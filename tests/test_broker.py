@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import ssl
 from pathlib import Path
@@ -201,3 +202,34 @@ def test_check_warns_when_the_tls_files_cannot_be_used(tmp_path: Path) -> None:
     assert warnings(ca_file=ca, cert_file=pem, cert_key_file=key) == []
     assert "gw.pem" in warnings(ca_file=ca, cert_file=pem, cert_key_file=tmp_path / "server.key")[0]
     assert "No such file" in warnings(ca_file=tmp_path / "missing.pem")[0]
+
+
+def documented_remote_calls(path: Path) -> list[tuple[list[str], bool]]:
+    """Each `failoverctl --mqtt ...` console line of a markdown file (continuations joined), and whether
+    the file exported FAILOVERD_CERT_FILE before it."""
+    calls, exported, line = [], False, ""
+    for raw in path.read_text().splitlines():
+        line = line + " " + raw.strip() if line else raw.strip()
+        if line.endswith("\\"):
+            line = line[:-1]
+            continue
+        exported = exported or ("export" in line and "FAILOVERD_CERT_FILE=" in line)
+        if line.startswith("$ failoverctl --mqtt"):
+            calls.append((shlex.split(line[2:].split("#")[0])[1:], exported))
+        line = ""
+    return calls
+
+
+@pytest.mark.parametrize("doc", ["README.md", "mosquitto/README.md"])
+def test_documented_remote_calls_would_reach_the_shipped_broker(doc: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signed with an Ed25519 private key (not the old HMAC keys file), and with a client certificate
+    or password, given or exported, as the shipped broker requires."""
+    for name in ("FAILOVERD_CA_FILE", "FAILOVERD_CERT_FILE", "FAILOVERD_CERT_KEY_FILE", "FAILOVERD_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    calls = documented_remote_calls(ROOT / doc)
+    assert calls
+    for argv, exported in calls:
+        args = build_parser().parse_args(argv)
+        assert args.tls and args.key_file and args.key_file.endswith(".key"), argv
+        assert exported or args.cert_file or args.username, argv
+        assert transport_problem(args) == "", argv
