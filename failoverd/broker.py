@@ -2,18 +2,24 @@
 
 `python -m failoverd.broker render --prefix failoverd --operators noc,alice --out DIR` writes
 `DIR/failoverd.conf` and `DIR/failoverd.acl`; `python -m failoverd.broker pki --out DIR --server
-broker.example --server-ip 192.0.2.10 --clients site-a,site-b,noc` writes a CA, the broker's
-certificate and one client certificate per name. mosquitto/README.md explains both.
+broker.example --server-ip 192.0.2.10 --clients site-a,site-b --operators noc` writes a CA, the
+broker's certificate and one client certificate per gateway and operator; `revoke` writes a CRL.
+mosquitto/README.md explains them.
 
 Theory of operation: a gateway's MQTT username *is* its site name (its certificate's CN under
 `use_identity_as_username`, or its line in the password file), so one set of `pattern` lines with
 `%u` confines every gateway to its own topics without listing the gateways. Operators are the only
-named users: they read the whole prefix and write commands. Anything not granted is denied.
+named users: they read the whole prefix and write commands. An operator's username is `op/NAME`:
+a site that uses MQTT cannot contain "/" (`failoverd check` refuses it), so no gateway's
+certificate or password can ever carry an operator's username. Every listener replaces the client
+id with the username (`use_username_as_clientid`), so no client can take over another's session by
+claiming its client id. Anything not granted is denied.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 import subprocess
 import sys
@@ -28,6 +34,9 @@ MAX_REQUEST = 64 * 1024  # failoverd.control.mqtt.MAX_REQUEST (not imported: tha
 # uplinks may be larger, and a packet over the limit makes mosquitto drop the sender's session.
 MAX_PACKET = 4 * MAX_REQUEST
 AUTH_MODES = ("certificate", "password", "both")
+# Operators' usernames: "/" cannot appear in a site name that uses MQTT (policy/verify.py), so no
+# gateway can be issued an operator's name; their files live in a directory of the same name.
+OPERATOR_PREFIX = "op/"
 # A name that can be an MQTT username and one topic level: no wildcards, no separators, no spaces.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -46,6 +55,7 @@ class BrokerSpec:
     bind: str | None = None  # listen on this address only (default: all)
     loopback_port: int | None = None  # a plaintext listener on 127.0.0.1 for local tools (password auth)
     etc: str = "/etc/mosquitto/failoverd"  # where the broker finds the files named below
+    crlfile: str | None = None  # revoked client certificates (PEM CRL), on the certificate listener
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -56,13 +66,20 @@ class BrokerSpec:
         if not self.operators:
             raise BrokerConfigError("name at least one operator")
         for name in self.operators:
-            if not NAME.match(name):
-                raise BrokerConfigError(f"operator {name!r}: letters, digits, . _ - only")
-            if name == "fleet":
-                raise BrokerConfigError('"fleet" is the fleet topic, not a user')
+            operator_username(name)
         if self.loopback_port is not None and self.auth == "certificate":
             # Without a password file mosquitto would have nothing to check a plaintext client against.
             raise BrokerConfigError("a loopback listener authenticates with passwords: use --auth password or both")
+        if self.crlfile is not None and self.auth == "password":
+            raise BrokerConfigError("a CRL revokes client certificates: use --auth certificate or both")
+
+
+def operator_username(name: str) -> str:
+    """`op/NAME`, the username (certificate CN, password file entry) of operator NAME."""
+    if not NAME.match(name):
+        hint = f" (name it without {OPERATOR_PREFIX!r}: it is added)" if name.startswith(OPERATOR_PREFIX) else ""
+        raise BrokerConfigError(f"operator {name!r}: letters, digits, . _ - only{hint}")
+    return OPERATOR_PREFIX + name
 
 
 def render_acl(spec: BrokerSpec) -> str:
@@ -78,10 +95,10 @@ def render_acl(spec: BrokerSpec) -> str:
         f"pattern read {p}/%u/cmd",
         f"pattern read {p}/fleet/cmd",
         "",
-        "# Operators: send commands to one site or the fleet, read everything (status, events, replies).",
+        "# Operators (op/NAME, never a site's name): send commands to one site or the fleet, read everything.",
     ]
     for name in spec.operators:
-        lines += [f"user {name}", f"topic read {p}/#", f"topic write {p}/+/cmd", ""]
+        lines += [f"user {operator_username(name)}", f"topic read {p}/#", f"topic write {p}/+/cmd", ""]
     return "\n".join(lines)
 
 
@@ -104,6 +121,9 @@ def render_conf(spec: BrokerSpec) -> str:
         f"max_packet_size {MAX_PACKET}",
         "",
     ]
+    # On each listener: the session is the username's, so a client that claims another's client id
+    # (`failoverd-<site>` by default) gets its own session instead of disconnecting the other.
+    own_session = "use_username_as_clientid true"
     if spec.auth in ("certificate", "both"):
         out += [
             "# Client certificates: the CN is the username (a gateway's CN is its site name).",
@@ -111,6 +131,8 @@ def render_conf(spec: BrokerSpec) -> str:
             *tls,
             "require_certificate true",
             "use_identity_as_username true",
+            *([f"crlfile {spec.crlfile}"] if spec.crlfile else []),
+            own_session,
             "",
         ]
     if spec.auth in ("password", "both"):
@@ -120,12 +142,14 @@ def render_conf(spec: BrokerSpec) -> str:
             f"listener {port}{bind}",
             *tls,
             "require_certificate false",
+            own_session,
             "",
         ]
     if spec.loopback_port is not None:
         out += [
             "# Plaintext for tools on the broker itself only; passwords and the ACL apply here too.",
             f"listener {spec.loopback_port} 127.0.0.1",
+            own_session,
             "",
         ]
     return "\n".join(out)
@@ -149,11 +173,14 @@ def _openssl(*args: str) -> None:
 
 
 def _issue(out: Path, name: str, cn: str, extensions: str, days: int) -> None:
-    """A P-256 key and a certificate for it, signed by out/ca.pem."""
+    """A P-256 key and a certificate for it, signed by out/ca.pem: out/NAME.key and out/NAME.pem
+    (NAME may be op/NOC: the files go in out/op/)."""
     key, csr, pem = out / f"{name}.key", out / f"{name}.csr", out / f"{name}.pem"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    subject = "/CN=" + cn.replace("/", "\\/")  # -subj separates RDNs with "/"
     _openssl(
         "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}",
+        "-keyout", str(key), "-out", str(csr), "-subj", subject,
     )  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".ext", dir=out, delete=False) as ext:
         ext.write(extensions)
@@ -168,13 +195,25 @@ def _issue(out: Path, name: str, cn: str, extensions: str, days: int) -> None:
     key.chmod(0o600)
 
 
-def make_pki(out: Path, server: str, server_ips: Sequence[str], clients: Sequence[str], days: int = 825) -> None:
-    """ca.pem/ca.key, server.pem/server.key (SAN: the server's name and addresses), NAME.pem/NAME.key
-    per client (CN = NAME, client authentication only). For tests and trials: a real fleet's CA key
-    belongs offline."""
+def make_pki(
+    out: Path,
+    server: str,
+    server_ips: Sequence[str],
+    clients: Sequence[str],
+    *,
+    operators: Sequence[str] = (),
+    days: int = 825,
+) -> None:
+    """ca.pem/ca.key, server.pem/server.key (SAN: the server's name and addresses), SITE.pem/SITE.key
+    per gateway (CN = SITE), op/NAME.pem/op/NAME.key per operator (CN = op/NAME), client
+    authentication only; crl.pem, an empty CRL (see `revoke`). For tests and trials: a real fleet's
+    CA key belongs offline."""
+    if not (clients or operators):
+        raise BrokerConfigError("name the gateways (--clients) or operators (--operators) to certify")
     for name in clients:
-        if not NAME.match(name) or name in ("ca", "server"):
-            raise BrokerConfigError(f"client {name!r}: letters, digits, . _ - only, and not ca or server")
+        if not NAME.match(name) or name in ("ca", "server", "crl"):
+            raise BrokerConfigError(f"client {name!r}: letters, digits, . _ - only, and not ca, server or crl")
+    usernames = [operator_username(name) for name in operators]
     out.mkdir(parents=True, exist_ok=True)
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -186,8 +225,40 @@ def make_pki(out: Path, server: str, server_ips: Sequence[str], clients: Sequenc
     san = ",".join([f"DNS:{server}", *(f"IP:{a}" for a in server_ips)])
     leaf = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
     _issue(out, "server", server, f"{leaf}extendedKeyUsage=serverAuth\nsubjectAltName={san}\n", days)
-    for name in clients:
+    for name in [*clients, *usernames]:
         _issue(out, name, name, f"{leaf}extendedKeyUsage=clientAuth\n", days)
+    revoke(out, [])
+
+
+def revoke(out: Path, names: Sequence[str], days: int = 30) -> Path:
+    """Write out/crl.pem, signed by out/ca.key: the certificates already in it and out/NAME.pem for
+    each of `names` (a site, or op/NAME) are revoked. mosquitto reads it with `crlfile`."""
+    from cryptography import x509  # noqa: PLC0415 (the renderer alone needs no cryptography)
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey  # noqa: PLC0415
+
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, EllipticCurvePrivateKey):
+        raise BrokerConfigError(f"{out / 'ca.key'}: not the P-256 key make_pki writes")
+    crl_path = out / "crl.pem"
+    serials = set()
+    if crl_path.exists():
+        serials = {r.serial_number for r in x509.load_pem_x509_crl(crl_path.read_bytes())}
+    for name in names:
+        pem = out / f"{name}.pem"
+        if name in ("ca", "server") or not pem.exists():
+            raise BrokerConfigError(f"revoke {name!r}: no client certificate {pem}")
+        serials.add(x509.load_pem_x509_certificate(pem.read_bytes()).serial_number)
+    now = datetime.datetime.now(datetime.UTC)
+    crl = x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+    crl = crl.last_update(now).next_update(now + datetime.timedelta(days=days))
+    for serial in sorted(serials):
+        crl = crl.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    crl_path.write_bytes(crl.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return crl_path
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -200,20 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="write failoverd.conf and failoverd.acl for mosquitto")
     r.add_argument("--prefix", default="failoverd", help="the policies' control.mqtt.topic_prefix")
-    r.add_argument("--operators", type=_names, default=("noc",), help="comma-separated operator usernames")
+    r.add_argument(
+        "--operators", type=_names, default=("noc",), help="comma-separated operator names (usernames op/NAME)"
+    )
     r.add_argument("--auth", choices=AUTH_MODES, default="certificate")
     r.add_argument("--port", type=int, default=8883)
     r.add_argument("--password-port", type=int, default=8884, help="with --auth both")
     r.add_argument("--bind", help="listen on this address only")
     r.add_argument("--loopback-port", type=int, help="plaintext on 127.0.0.1 (password auth only)")
     r.add_argument("--etc", default="/etc/mosquitto/failoverd", help="where the broker finds these files")
+    r.add_argument("--crlfile", help="revoked client certificates (PEM CRL) for the certificate listener")
     r.add_argument("--out", type=Path, required=True)
     k = sub.add_parser("pki", help="a test CA, the broker's certificate and client certificates (openssl)")
     k.add_argument("--out", type=Path, required=True)
     k.add_argument("--server", required=True, help="the broker's DNS name (CN and SAN)")
     k.add_argument("--server-ip", action="append", default=[], help="an address of the broker (SAN); repeat")
-    k.add_argument("--clients", type=_names, required=True, help="comma-separated: gateways' site names, operators")
+    k.add_argument("--clients", type=_names, default=(), help="comma-separated gateways' site names")
+    k.add_argument("--operators", type=_names, default=(), help="comma-separated operator names (CN op/NAME)")
     k.add_argument("--days", type=int, default=825)
+    v = sub.add_parser("revoke", help="add client certificates of a `pki` directory to its crl.pem")
+    v.add_argument("--pki", type=Path, required=True, help="the directory `pki` wrote")
+    v.add_argument("names", nargs="+", help="a gateway's site name, or op/NAME for an operator")
     return p
 
 
@@ -230,12 +308,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bind=args.bind,
                 loopback_port=args.loopback_port,
                 etc=args.etc,
+                crlfile=args.crlfile,
             )
             for path in render(spec, args.out):
                 print(path)
+        elif args.cmd == "pki":
+            make_pki(args.out, args.server, args.server_ip, args.clients, operators=args.operators, days=args.days)
+            names = [*args.clients, *(operator_username(o) for o in args.operators)]
+            print(f"{args.out}: ca.pem, server.pem/.key, crl.pem, " + ", ".join(f"{c}.pem/.key" for c in names))
         else:
-            make_pki(args.out, args.server, args.server_ip, args.clients, args.days)
-            print(f"{args.out}: ca.pem, server.pem/.key, " + ", ".join(f"{c}.pem/.key" for c in args.clients))
+            print(revoke(args.pki, args.names))
     except (BrokerConfigError, RuntimeError) as exc:
         print(f"failoverd.broker: {exc}", file=sys.stderr)
         return 2

@@ -182,11 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--key", help="the key's name in the gateways' keys files (default: the key file's name, no .key)")
     m.add_argument("--prefix", default="failoverd", help="topic prefix (default failoverd)")
     m.add_argument("--tls", action="store_true", help="TLS to the broker (default port 8883)")
-    m.add_argument("--ca-file", help="with --tls: the CA of the broker's certificate (default: the system's)")
-    m.add_argument("--cert-file", help="with --tls: a client certificate (PEM), for brokers that require one")
-    m.add_argument("--cert-key-file", help="with --cert-file: its private key, if not in the certificate file")
-    m.add_argument("--username", help="the broker's username (not needed with a client certificate)")
-    m.add_argument("--password-file", help="with --username: a file holding the password")
+    # The broker's options, like --mqtt and --key-file, may come from the environment (FAILOVERD_CA_FILE...),
+    # so that an operator's shell profile holds them once rather than every command line.
+    env = os.environ.get
+    m.add_argument(
+        "--ca-file",
+        default=env("FAILOVERD_CA_FILE"),
+        help="with --tls: the CA of the broker's certificate (default: the system's)",
+    )
+    m.add_argument(
+        "--cert-file",
+        default=env("FAILOVERD_CERT_FILE"),
+        help="with --tls: a client certificate (PEM), for brokers that require one",
+    )
+    m.add_argument(
+        "--cert-key-file",
+        default=env("FAILOVERD_CERT_KEY_FILE"),
+        help="with --cert-file: its private key, if not in the certificate file",
+    )
+    m.add_argument(
+        "--username",
+        default=env("FAILOVERD_USERNAME"),
+        help="the broker's username (not needed with a client certificate)",
+    )
+    m.add_argument(
+        "--password-file", default=env("FAILOVERD_PASSWORD_FILE"), help="with --username: a file holding the password"
+    )
     m.add_argument("--wait", type=float, default=5.0, help="seconds to wait for replies (default 5)")
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd in COMMANDS.values():
@@ -329,7 +350,7 @@ def transport_problem(args: argparse.Namespace) -> str:
     certificate silently left out of a plaintext session."""
     given = [f"--{o.replace('_', '-')}" for o in ("ca_file", "cert_file", "cert_key_file") if getattr(args, o)]
     if given and not args.tls:
-        return f"{', '.join(given)} only work over TLS: add --tls"
+        return f"{', '.join(given)} (given or from FAILOVERD_*) only work over TLS: add --tls"
     if args.cert_key_file and not args.cert_file:
         return "--cert-key-file is the key of --cert-file: give --cert-file"
     if args.password_file and not args.username:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import ssl
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
-from failoverd.broker import BrokerConfigError, BrokerSpec, make_pki, render_acl, render_conf
+from failoverd.broker import (
+    BrokerConfigError,
+    BrokerSpec,
+    main,
+    make_pki,
+    operator_username,
+    render_acl,
+    render_conf,
+    revoke,
+)
 from failoverd.cli import tls_warnings
 from failoverd.control.tls import client_context
 from failoverd.ctl import build_parser, transport_problem
+from failoverd.errors import PolicyError
 from failoverd.policy import parse_policy_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +46,8 @@ def test_acl_confines_gateways_by_username_and_lists_operators() -> None:
         "pattern read fleet-a/fleet/cmd",
     ]
     assert rules[5:] == [
-        *("user noc", "topic read fleet-a/#", "topic write fleet-a/+/cmd"),
-        *("user alice", "topic read fleet-a/#", "topic write fleet-a/+/cmd"),
+        *("user op/noc", "topic read fleet-a/#", "topic write fleet-a/+/cmd"),
+        *("user op/alice", "topic read fleet-a/#", "topic write fleet-a/+/cmd"),
     ]
     assert not any(r.startswith("topic") and "readwrite" in r for r in rules)
 
@@ -50,13 +62,54 @@ def test_conf_has_no_anonymous_and_no_public_plaintext() -> None:
     assert not any(line.startswith("password_file") for line in cert)
 
 
+def test_every_listener_ties_the_client_id_to_the_username() -> None:
+    """A client claiming another's client id gets a session of its own name, and takes over nobody's."""
+    conf = render_conf(BrokerSpec(auth="both", loopback_port=1883))
+    sections = conf.split("\nlistener ")[1:]
+    assert [s.split()[0] for s in sections] == ["8883", "8884", "1883"]
+    for section in sections:
+        assert "\nuse_username_as_clientid true\n" in section, section
+
+
+def test_a_crl_goes_on_the_certificate_listener(tmp_path: Path) -> None:
+    conf = render_conf(BrokerSpec(auth="both", crlfile="/etc/mosquitto/failoverd/crl.pem"))
+    cert, password = conf.split("\nlistener ")[1:]
+    assert "\ncrlfile /etc/mosquitto/failoverd/crl.pem\n" in cert and "crlfile" not in password
+    assert "crlfile" not in render_conf(BrokerSpec())
+    with pytest.raises(BrokerConfigError, match="CRL"):
+        BrokerSpec(auth="password", crlfile="crl.pem")
+    assert main(["render", "--auth", "both", "--crlfile", "/x/crl.pem", "--out", str(tmp_path)]) == 0
+    assert "\ncrlfile /x/crl.pem\n" in (tmp_path / "failoverd.conf").read_text()
+
+
+def test_no_site_can_be_an_operator() -> None:
+    """Operators are op/NAME; a site with MQTT on cannot contain "/", so no gateway's certificate or
+    password entry (its site name) can carry an operator's username."""
+    assert operator_username("noc") == "op/noc"
+    acl_users = [
+        line.split()[1]
+        for line in render_acl(BrokerSpec(operators=("noc", "alice"))).splitlines()
+        if line.startswith("user ")
+    ]
+    assert acl_users == ["op/noc", "op/alice"]
+    for user in acl_users:
+        with pytest.raises(PolicyError, match="cannot be an MQTT topic level"):
+            parse_policy_text(
+                f"site: {user}\nuplinks: [{{name: a, interface: eth0, next_hop: 198.18.0.1}}]\n"
+                "classes: [{name: all, path: [a]}]\ncontrol: {mqtt: {enabled: true}}\n",
+                "t.yaml",
+            )
+    with pytest.raises(BrokerConfigError, match="without 'op/'"):
+        BrokerSpec(operators=("op/noc",))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fault"),
     [
         ({"operators": ("no/c",)}, "operator"),
         ({"operators": ("#",)}, "operator"),
         ({"operators": ()}, "at least one"),
-        ({"operators": ("fleet",)}, "fleet"),
+        ({"operators": ("op/noc",)}, "it is added"),
         ({"prefix": "a/+/b"}, "prefix"),
         ({"auth": "psk"}, "auth"),
         ({"loopback_port": 1883}, "loopback"),  # certificate auth: no password to check on plaintext
@@ -70,8 +123,8 @@ def test_bad_names_and_options_are_refused(kwargs: dict[str, object], fault: str
 @pytest.mark.parametrize(
     ("argv", "fault"),
     [
-        (["--cert-file", "c.pem"], "--cert-file only work over TLS"),
-        (["--ca-file", "ca.pem"], "--ca-file only work over TLS"),
+        (["--cert-file", "c.pem"], "only work over TLS"),
+        (["--ca-file", "ca.pem"], "only work over TLS"),
         (["--tls", "--cert-key-file", "k"], "give --cert-file"),
         (["--password-file", "p"], "needs --username"),
         (["--tls", "--ca-file", "ca.pem", "--cert-file", "c.pem", "--cert-key-file", "k"], ""),
@@ -80,6 +133,49 @@ def test_bad_names_and_options_are_refused(kwargs: dict[str, object], fault: str
 def test_failoverctl_transport_options_must_fit(argv: list[str], fault: str) -> None:
     args = build_parser().parse_args(["--mqtt", "b", "--site", "s", *argv, "status"])
     assert transport_problem(args) == fault if not fault else fault in transport_problem(args)
+
+
+def test_failoverctl_takes_the_broker_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's examples leave the CA and client certificate to FAILOVERD_* variables."""
+    env = {
+        "FAILOVERD_CA_FILE": "ca.pem",
+        "FAILOVERD_CERT_FILE": "op-noc.pem",
+        "FAILOVERD_CERT_KEY_FILE": "op-noc.key",
+        "FAILOVERD_USERNAME": "op/noc",
+        "FAILOVERD_PASSWORD_FILE": "noc.pass",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["--mqtt", "b", "--tls", "--site", "s", "status"])
+    assert (args.ca_file, args.cert_file, args.cert_key_file) == ("ca.pem", "op-noc.pem", "op-noc.key")
+    assert (args.username, args.password_file) == ("op/noc", "noc.pass")
+    assert transport_problem(args) == ""
+    given = build_parser().parse_args(["--mqtt", "b", "--tls", "--cert-file", "mine.pem", "--site", "s", "status"])
+    assert given.cert_file == "mine.pem"  # the command line wins
+    plain = build_parser().parse_args(["--mqtt", "b", "--site", "s", "status"])
+    assert "FAILOVERD_" in transport_problem(plain) and "--tls" in transport_problem(plain)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_pki_names_operators_op_and_revokes(tmp_path: Path) -> None:
+    make_pki(tmp_path, "broker.test", [], ["site-a", "site-b"], operators=["noc"], days=2)
+    noc = x509.load_pem_x509_certificate((tmp_path / "op" / "noc.pem").read_bytes())
+    assert noc.subject.rfc4514_string() == r"CN=op/noc"
+    assert (tmp_path / "op" / "noc.key").stat().st_mode & 0o077 == 0
+    assert list(x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())) == []
+    revoke(tmp_path, ["site-b"])
+    revoke(tmp_path, ["op/noc"])  # the earlier revocation stays
+    revoked = {r.serial_number for r in x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())}
+
+    def serial(name: str) -> int:
+        return x509.load_pem_x509_certificate((tmp_path / f"{name}.pem").read_bytes()).serial_number
+
+    assert revoked == {serial("site-b"), serial("op/noc")} and serial("site-a") not in revoked
+    with pytest.raises(BrokerConfigError, match="no client certificate"):
+        revoke(tmp_path, ["server"])
+    for bad in (["op/noc"], ["a/b"]):  # an operator is named with --operators, never as a gateway
+        with pytest.raises(BrokerConfigError, match="client"):
+            make_pki(tmp_path / "x", "broker.test", [], bad, days=2)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -106,3 +202,34 @@ def test_check_warns_when_the_tls_files_cannot_be_used(tmp_path: Path) -> None:
     assert warnings(ca_file=ca, cert_file=pem, cert_key_file=key) == []
     assert "gw.pem" in warnings(ca_file=ca, cert_file=pem, cert_key_file=tmp_path / "server.key")[0]
     assert "No such file" in warnings(ca_file=tmp_path / "missing.pem")[0]
+
+
+def documented_remote_calls(path: Path) -> list[tuple[list[str], bool]]:
+    """Each `failoverctl --mqtt ...` console line of a markdown file (continuations joined), and whether
+    the file exported FAILOVERD_CERT_FILE before it."""
+    calls, exported, line = [], False, ""
+    for raw in path.read_text().splitlines():
+        line = line + " " + raw.strip() if line else raw.strip()
+        if line.endswith("\\"):
+            line = line[:-1]
+            continue
+        exported = exported or ("export" in line and "FAILOVERD_CERT_FILE=" in line)
+        if line.startswith("$ failoverctl --mqtt"):
+            calls.append((shlex.split(line[2:].split("#")[0])[1:], exported))
+        line = ""
+    return calls
+
+
+@pytest.mark.parametrize("doc", ["README.md", "mosquitto/README.md"])
+def test_documented_remote_calls_would_reach_the_shipped_broker(doc: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signed with an Ed25519 private key (not the old HMAC keys file), and with a client certificate
+    or password, given or exported, as the shipped broker requires."""
+    for name in ("FAILOVERD_CA_FILE", "FAILOVERD_CERT_FILE", "FAILOVERD_CERT_KEY_FILE", "FAILOVERD_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    calls = documented_remote_calls(ROOT / doc)
+    assert calls
+    for argv, exported in calls:
+        args = build_parser().parse_args(argv)
+        assert args.tls and args.key_file and args.key_file.endswith(".key"), argv
+        assert exported or args.cert_file or args.username, argv
+        assert transport_problem(args) == "", argv

@@ -1,5 +1,6 @@
 """The shipped broker configuration on a real mosquitto with TLS: each gateway is confined to its own topics,
-operators command and read, anonymous and plaintext clients are turned away, failoverctl works through it."""
+operators command and read, anonymous, plaintext and revoked clients are turned away, no client takes over
+another's session by its client id, failoverctl works through it."""
 
 from __future__ import annotations
 
@@ -12,34 +13,38 @@ from typing import Any
 import keys
 from netlab import ROOT, GatewayLab
 
-from failoverd.broker import BrokerSpec, make_pki, render
+from failoverd.broker import BrokerSpec, make_pki, operator_username, render, revoke
 from lab.netns import wait_for
 
 BROKER = "198.19.2.1"
 CERT_PORT, PASSWORD_PORT, LOOPBACK_PORT = 8883, 8884, 1883
 SITE = "test-gw"  # the lab's gateway, a real failoverd
 OTHER = "site-b"  # another gateway, played with mosquitto_pub/sub
-OPERATOR = "noc"
+STOLEN = "site-c"  # a gateway whose certificate was revoked
+# Operators: each connection needs a username of its own, the session is the username's.
+OPERATOR, WATCHER = operator_username("noc"), operator_username("watch")
 
 
 def operator_keys(tmp: Path) -> tuple[Path, Path]:
     """(the operator's private key failoverctl signs with, the gateway's keys_file of public keys)."""
-    return keys.operator_keys(tmp / "command-keys", OPERATOR)
+    return keys.operator_keys(tmp / "command-keys", "noc")
 
 
 def broker(lab: GatewayLab) -> Path:
     """mosquitto on the internet side with the rendered configuration, certificates and ACL; the PKI's
     directory (ca.pem, NAME.pem/NAME.key) is returned."""
     pki = lab.tmp / "pki"
-    make_pki(pki, "broker.test", [BROKER], [SITE, OTHER, OPERATOR], days=2)
+    make_pki(pki, "broker.test", [BROKER], [SITE, OTHER, STOLEN], operators=["noc", "watch"], days=2)
+    revoke(pki, [STOLEN])
     spec = BrokerSpec(
-        operators=(OPERATOR,),
+        operators=("noc", "watch"),
         auth="both",
         port=CERT_PORT,
         password_port=PASSWORD_PORT,
         loopback_port=LOOPBACK_PORT,
         bind=BROKER,
         etc=str(pki),
+        crlfile=str(pki / "crl.pem"),
     )
     conf, _ = render(spec, pki)
     # The test's tmp is root's alone; mosquitto would drop to its own user and fail to read the files.
@@ -71,16 +76,16 @@ def as_password(pki: Path, name: str, password: str | None = None) -> list[str]:
     return [*tls, "-u", name, "-P", password or f"pw-{name}"]
 
 
-def pub(lab: GatewayLab, creds: list[str], topic: str, payload: str) -> subprocess.CompletedProcess[str]:
-    return lab.topo.sh("inet", "mosquitto_pub", *creds, "-q", "1", "-t", topic, "-m", payload, check=False, timeout=10)
+def pub(lab: GatewayLab, creds: list[str], topic: str, payload: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = ["mosquitto_pub", *creds, "-q", "1", "-t", topic, "-m", payload, *extra]
+    return lab.topo.sh("inet", *cmd, check=False, timeout=10)
 
 
-def watch(lab: GatewayLab, creds: list[str], name: str, *topics: str) -> Path:
-    """A subscriber writing `topic payload` lines to a file, until the lab ends."""
+def watch(lab: GatewayLab, creds: list[str], name: str, *topics: str) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A subscriber writing `topic payload` lines to a file, until the lab ends or it is stopped."""
     out = lab.tmp / f"sub-{name}.txt"
     t = [x for topic in topics for x in ("-t", topic)]
-    lab.topo.spawn("inet", ["mosquitto_sub", *creds, "-q", "1", "-v", *t], log=out)
-    return out
+    return out, lab.topo.spawn("inet", ["mosquitto_sub", *creds, "-q", "1", "-v", *t], log=out)
 
 
 def seen(path: Path) -> str:
@@ -96,6 +101,7 @@ def test_acl_confines_each_gateway_and_failoverctl_works_over_tls(gwlab: Gateway
         "no client certificate": pub(gwlab, ["-h", BROKER, "-p", "8883", "--cafile", str(pki / "ca.pem")], "x", "1"),
         "anonymous": pub(gwlab, ["-h", BROKER, "-p", str(PASSWORD_PORT), "--cafile", str(pki / "ca.pem")], "x", "1"),
         "wrong password": pub(gwlab, as_password(pki, OTHER, "guess"), "x", "1"),
+        "revoked certificate": pub(gwlab, as_cert(pki, STOLEN), f"{p}/{STOLEN}/status", "1"),
         "plaintext to TLS": pub(gwlab, ["-h", BROKER, "-p", str(CERT_PORT)], "x", "1"),
         "no plaintext port": pub(gwlab, ["-h", BROKER, "-p", "1883"], "x", "1"),
         "loopback anonymous": pub(gwlab, ["-h", "127.0.0.1", "-p", str(LOOPBACK_PORT)], "x", "1"),
@@ -104,44 +110,48 @@ def test_acl_confines_each_gateway_and_failoverctl_works_over_tls(gwlab: Gateway
     assert {why: r.returncode for why, r in refused.items() if r.returncode == 0} == {}
 
     # -- what a gateway may do: an operator sees everything that reaches the broker ---------------
-    everything = watch(gwlab, as_cert(pki, OPERATOR), "operator", f"{p}/#")
-    # Gateway A (SITE) subscribes to its own topics, another site's reply and status, and all.
-    mine = watch(gwlab, as_cert(pki, SITE), "site-a", f"{p}/{SITE}/cmd", f"{p}/fleet/cmd", f"{p}/{OTHER}/reply", "#")
+    # One connection per username: the broker makes the username the client id, so a second client
+    # of the same name would take the first one's place.
+    everything, _ = watch(gwlab, as_cert(pki, WATCHER), "operator", f"{p}/#")
     sync = 0
 
-    def synced() -> None:
-        """A command the operator sends to A: when both subscribers have it, all sent before has arrived.
+    def synced(*watchers: Path) -> None:
+        """A command the operator sends to A: when the subscribers have it, all sent before has arrived.
         Sent again until then: the subscribers may still be subscribing."""
         nonlocal sync
         sync += 1
         mark = f"sync-{sync}"
 
         def arrived() -> bool:
-            if mark in seen(everything) and mark in seen(mine):
+            if all(mark in seen(w) for w in watchers):
                 return True
             assert pub(gwlab, as_cert(pki, OPERATOR), f"{p}/{SITE}/cmd", mark).returncode == 0
             return False
 
         wait_for(arrived, 10, 0.3, what=mark)
 
-    synced()
+    synced(everything)
     # A, with its certificate or its password, publishes on B's and the fleet's topics: dropped.
     forged = [f"{p}/{OTHER}/{t}" for t in ("status", "events", "reply", "cmd")] + [f"{p}/fleet/cmd", "elsewhere"]
     for creds in (as_cert(pki, SITE), as_password(pki, SITE)):
         for i, topic in enumerate(forged):
             pub(gwlab, creds, topic, f"forged-{i}")
-    # A publishes its own status, events and reply: delivered.
+    # A publishes its own status, events and reply, retained: delivered (and kept for later subscribers).
     own = [f"{p}/{SITE}/status", f"{p}/{SITE}/events", f"{p}/{SITE}/reply"]
     for i, topic in enumerate(own):
-        assert pub(gwlab, as_cert(pki, SITE), topic, f"own-{i}").returncode == 0
+        assert pub(gwlab, as_cert(pki, SITE), topic, f"own-{i}", "-r").returncode == 0
     pub(gwlab, as_password(pki, SITE), own[1], "own-password")
+    # Gateway A (SITE) subscribes to its own topics, another site's reply and status, and all.
+    topics = (f"{p}/{SITE}/cmd", f"{p}/fleet/cmd", f"{p}/{OTHER}/reply", "#")
+    mine, as_a = watch(gwlab, as_cert(pki, SITE), "site-a", *topics)
+    synced(everything, mine)
     # B replies; B's status; an operator's fleet command.
     assert pub(gwlab, as_cert(pki, OTHER), f"{p}/{OTHER}/reply", "reply-of-b").returncode == 0
     assert pub(gwlab, as_password(pki, OTHER), f"{p}/{OTHER}/status", "status-of-b").returncode == 0
     assert pub(gwlab, as_cert(pki, OPERATOR), f"{p}/fleet/cmd", "fleet-command").returncode == 0
     # An operator cannot pose as a gateway either: it writes commands only.
     pub(gwlab, as_cert(pki, OPERATOR), f"{p}/{OTHER}/status", "operator-forged")
-    synced()
+    synced(everything, mine)
 
     broker_saw = seen(everything)
     assert "forged-" not in broker_saw and "operator-forged" not in broker_saw, broker_saw
@@ -152,7 +162,8 @@ def test_acl_confines_each_gateway_and_failoverctl_works_over_tls(gwlab: Gateway
     a_saw = seen(mine)
     assert f"{p}/fleet/cmd fleet-command" in a_saw  # its fleet commands
     assert "reply-of-b" not in a_saw and "status-of-b" not in a_saw, a_saw  # nothing of B's
-    assert "own-" not in a_saw  # not even its own status: gateways write, operators read
+    assert "own-" not in a_saw  # not even its own retained status: gateways write, operators read
+    gwlab.topo.stop(as_a)  # SITE's session is the real gateway's from now on
 
     # -- failoverctl through the broker, to a real failoverd with its own certificate --------------
     sign_with, gateway_keys = operator_keys(gwlab.tmp)
@@ -165,6 +176,18 @@ def test_acl_confines_each_gateway_and_failoverctl_works_over_tls(gwlab: Gateway
     gwlab.start()
     gwlab.wait_class("critical", "fiber")
     wait_for(lambda: f'{p}/{SITE}/status {{"online": true' in seen(everything), 15, what="the gateway online")
+
+    # -- another gateway claims this one's client id (failoverd-<site>): it gets a session of its own ----
+    for creds in (as_cert(pki, OTHER), as_password(pki, OTHER)):
+        r = gwlab.topo.sh(
+            "inet", "mosquitto_sub", *creds, "-i", f"failoverd-{SITE}", "-t", f"{p}/{OTHER}/cmd", "-W", "2",
+            check=False, timeout=10,
+        )  # fmt: skip
+        assert r.returncode in (0, 27), r  # 27: -W's timeout, i.e. it stayed connected
+    broker_log = (gwlab.tmp / "mosquitto.log").read_text()
+    assert "already connected" not in broker_log, broker_log[-2000:]
+    assert f'{p}/{SITE}/status {{"online": false' not in seen(everything)
+    assert gwlab.log.read_text().count("mqtt-connected") == 1  # the gateway never lost its session
 
     rc, reply = failoverctl(
         gwlab, pki, OPERATOR, sign_with, "--site", SITE, "failover", "critical", "--to", "mobile", "--reason", "drill"
