@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import json
+import os
+import pwd
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,7 +90,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(p, file=sys.stderr)
             status = EXIT_INVALID
             continue
-        for warning in [*deployment_warnings(policy), *tls_warnings(policy.control.mqtt)]:
+        warnings = [*deployment_warnings(policy), *tls_warnings(policy.control.mqtt)]
+        for warning in [*warnings, *user_warnings(policy, Path(path), args.user)]:
             print(f"{path}: warning: {warning}", file=sys.stderr)
         if not args.quiet:
             print(summary(policy))
@@ -120,6 +125,68 @@ def deployment_warnings(policy: Policy) -> list[str]:
     except KeyFileError as exc:
         return [f"control.mqtt.keys_file: {exc}; remote commands would be refused"]
     return []
+
+
+def permits(st: os.stat_result, uid: int, gids: set[int], bit: int) -> bool:
+    """Whether the mode's owner, group or other bits grant `bit` (4 read, 1 search) to uid with gids,
+    as the kernel picks the class (POSIX ACLs aside)."""
+    mode, owner, group = st.st_mode, st.st_uid, st.st_gid
+    if uid == 0:
+        return True
+    if uid == owner:
+        return bool(mode & (bit << 6))
+    if group in gids:
+        return bool(mode & (bit << 3))
+    return bool(mode & bit)
+
+
+def unreadable(path: Path, uid: int, gids: set[int]) -> str | None:
+    """Why uid could not read path (a directory on the way it may not enter, or the file's mode); None
+    if it could, or if the file is missing (said elsewhere)."""
+    path = path.absolute()
+    try:
+        for d in reversed(path.parents):
+            st = d.stat()
+            if not permits(st, uid, gids, 1):
+                return f"it may not enter {d} (mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid}:{st.st_gid})"
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if not permits(st, uid, gids, 4):
+        return f"mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid}:{st.st_gid}"
+    return None
+
+
+def files_named(policy: Policy, path: Path) -> list[tuple[str, str]]:
+    """The files the daemon reads: the policy and those it names, with the key that names each."""
+    mq = policy.control.mqtt
+    named = [("the policy", str(path))]
+    if mq.enabled:
+        named += [(f"control.mqtt.{k}", getattr(mq, k)) for k in ("keys_file", "password_file")]
+        if mq.tls:
+            named += [(f"control.mqtt.{k}", getattr(mq, k)) for k in ("ca_file", "cert_file", "cert_key_file")]
+    return [(what, f) for what, f in named if f is not None]
+
+
+def user_warnings(policy: Policy, path: Path, user: str) -> list[str]:
+    """Run as root (who reads everything): the files the unit's user could not read. A policy only root
+    may read fails the unit's ExecStartPre check, and systemd restarts it in a loop."""
+    if os.geteuid() != 0 or not user:
+        return []
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return []  # not installed here: nothing to say about it
+    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    out = []
+    for what, name in files_named(policy, path):
+        why = unreadable(Path(name), pw.pw_uid, gids)
+        if why is not None:
+            out.append(
+                f"{what} {name}: user {user} (the unit's User=) cannot read it: {why}; "
+                f"give it to group {user} with mode 640 (README, upgrading)"
+            )
+    return out
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -343,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate policy files and summarise what they will do")
     p.add_argument("policy", nargs="+")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument(
+        "--user",
+        default="failoverd",
+        help="run as root, warn of the files this user (the unit's User=) cannot read; '' to skip",
+    )
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("simulate", help="replay a timeline of events through the engine")
     p.add_argument("policy")

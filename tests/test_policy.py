@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args, get_type_hints
 
 import pytest
 
+from failoverd.cli import unreadable
 from failoverd.errors import PolicyError
 from failoverd.policy import load_policy, model, parse_policy_text, schema
 
@@ -159,3 +164,60 @@ def test_a_bad_operator_is_located_at_the_key_written(key: str) -> None:
     assert problem.path == f"uplinks.0.{key}"
     line = text.splitlines()[3]
     assert (problem.line, problem.col) == (4, line.index(f"{key}: [1]") + len(key) + 3)
+
+
+# -- check, run as root, for the unit's user -----------------------------------------------------------
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory others may enter (pytest's tmp_path lies in one only its owner may)."""
+    where = Path(tempfile.mkdtemp(prefix="fo-check-"))
+    where.chmod(0o755)
+    try:
+        yield where
+    finally:
+        shutil.rmtree(where)
+
+
+def test_unreadable_names_the_mode_or_the_directory_that_keeps_a_user_out(open_dir: Path) -> None:
+    other, group = os.getuid() + 4242, os.getgid()  # a stranger in the file's group
+    (open_dir / "d").mkdir(mode=0o755)
+    f = open_dir / "d" / "keys"
+    f.write_text("x")
+    open_dir.chmod(0o755)
+    f.chmod(0o600)
+    assert "mode 600" in (unreadable(f, other, {group}) or "")
+    assert unreadable(f, os.getuid(), set()) is None  # the owner
+    f.chmod(0o640)
+    assert unreadable(f, other, {group}) is None
+    assert "mode 640" in (unreadable(f, other, set()) or "")  # not in the group, others may not
+    (open_dir / "d").chmod(0o750)
+    assert unreadable(f, other, {group}) is None
+    assert f"may not enter {open_dir / 'd'}" in (unreadable(f, other, set()) or "")
+    assert unreadable(open_dir / "d" / "missing", other, {group}) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check speaks for another user only when run as root")
+def test_check_as_root_warns_of_files_the_units_user_cannot_read(open_dir: Path) -> None:
+    where = open_dir
+    keys = where / "keys"
+    keys.write_text("")
+    keys.chmod(0o600)
+    policy = where / "policy.yaml"
+    policy.write_text(
+        "site: t\nuplinks: [{name: a, interface: eth0, next_hop: 198.18.0.1}]\nclasses: [{name: all, path: [a]}]\n"
+        f"control: {{mqtt: {{enabled: true, keys_file: {keys}}}}}\n"
+    )
+    policy.chmod(0o600)
+
+    def check() -> str:
+        argv = [sys.executable, "-m", "failoverd.cli", "check", "--quiet", "--user", "nobody", str(policy)]
+        r = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    err = check()
+    assert f"the policy {policy}: user nobody (the unit's User=) cannot read it: mode 600" in err, err
+    assert f"control.mqtt.keys_file {keys}: user nobody" in err, err
+    policy.chmod(0o644)
+    keys.chmod(0o644)
+    assert "cannot read" not in check()

@@ -19,7 +19,7 @@ import pytest
 from fakes import FakeGateway
 
 from failoverd.control.commands import COMMANDS, BadRequest, dispatch, to_event, validate
-from failoverd.control.unix import ControlSocket, may_change, peer_groups
+from failoverd.control.unix import ControlSocket, may_change, peer_groups, peergroups_option
 from failoverd.ctl import build_parser, to_request
 from failoverd.engine import events as ev
 from failoverd.observe.journal import Journal
@@ -307,6 +307,21 @@ def test_the_kernel_names_the_peers_groups_even_after_it_is_gone() -> None:
                 assert peer_groups(conn, 65534) == {65534, 100, 4242}
     finally:
         shutil.rmtree(where)
+
+
+def test_so_peergroups_is_numbered_per_architecture_and_never_guessed() -> None:
+    """parisc and sparc number SO_PEERGROUPS their own way; 59 there would read another option."""
+    assert peergroups_option("x86_64") == peergroups_option("aarch64") == peergroups_option("mips64") == 59
+    assert peergroups_option("parisc64") == 0x4034
+    assert peergroups_option("sparc64") == 0x3D
+    assert peergroups_option("vax") is None
+
+
+def test_without_the_option_the_groups_come_from_proc() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        assert peer_groups(a, os.getgid(), os.getpid(), option=None) == {os.getgid(), *os.getgroups()}
+        assert peer_groups(a, 4242, 2**22 + 1, option=None) == {4242}  # a pid that is gone: the primary group
 
 
 class Broken(Recorder):

@@ -6,6 +6,8 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import platform
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -101,38 +103,98 @@ def error_number(unit: Path = UNIT) -> int:
     return int(getattr(errno, name))
 
 
-def seccomp_exec(argv: list[str]) -> None:
+def address_families(unit: Path = UNIT) -> dict[str, int]:
+    """RestrictAddressFamilies=, an allow list, as numbers (AF_UNIX: 1...)."""
+    names = words("RestrictAddressFamilies", unit)
+    assert names and not names[0].startswith("~"), "only an allow list of families is reproduced"
+    return {name: int(getattr(socket, name)) for name in names}
+
+
+# prctl(2): the kernel's own MemoryDenyWriteExecute (Linux 6.3); older kernels answer EINVAL.
+PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
+
+
+def mdwe_supported() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_GET_MDWE, 0, 0, 0, 0) >= 0)
+
+
+class _ArgCmp(ctypes.Structure):  # struct scmp_arg_cmp
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+SCMP_CMP_GT, SCMP_CMP_MASKED_EQ = 6, 7
+SCMP_ACT_ALLOW = 0x7FFF0000
+
+
+def scmp_act_errno(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
+
+
+def seccomp_exec(argv: list[str], mdwe: bool = True) -> None:
     """Load the unit's system-call filter into this process with libseccomp, then exec `argv`.
 
-    Like systemd: what is not allowed fails with SystemCallErrorNumber=, other ABIs than the native one
-    are refused (SystemCallArchitectures=native, libseccomp's default), and no_new_privs is set."""
+    Like systemd: what is not allowed fails with SystemCallErrorNumber=; socket() of a family outside
+    RestrictAddressFamilies= fails with EAFNOSUPPORT (socketpair() is not filtered, as in systemd);
+    other ABIs than the native one are refused (SystemCallArchitectures=native, libseccomp's default);
+    no_new_privs is set. MemoryDenyWriteExecute= is the kernel's PR_SET_MDWE (systemd 252 filters
+    mmap/mprotect instead, to the same effect); where the unit asks for it and `mdwe` is true, a kernel
+    without it is an error, never a silent pass. What was applied is said on stderr, one line."""
     lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2", use_errno=True)
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
+    ]
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
-    scmp_act_errno = 0x00050000 | (error_number() & 0xFFFF)
-    scmp_act_allow = 0x7FFF0000
-    ctx = lib.seccomp_init(scmp_act_errno)
+    ctx = lib.seccomp_init(scmp_act_errno(error_number()))
     assert ctx, "seccomp_init failed"
-    for name in sorted(allowed_syscalls()):
+    allowed = allowed_syscalls()
+    for name in sorted(allowed - {"socket"}):
         nr = lib.seccomp_syscall_resolve_name(name.encode())
         if nr < 0:  # a call of another architecture (the groups name them all), or unknown to libseccomp
             continue
-        rc = lib.seccomp_rule_add(ctx, scmp_act_allow, nr, 0)
+        rc = lib.seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0)
         assert rc == 0 or rc == -errno.EEXIST, f"seccomp_rule_add({name}): {rc}"
+    families = address_families()
+    if "socket" in allowed:
+        # Per family, as systemd does: the listed ones allowed, every other one EAFNOSUPPORT (the
+        # family is an int: only its low 32 bits are compared; above 63 is no family Linux has).
+        nr = lib.seccomp_syscall_resolve_name(b"socket")
+        for family in range(64):
+            action = SCMP_ACT_ALLOW if family in families.values() else scmp_act_errno(errno.EAFNOSUPPORT)
+            cmp = _ArgCmp(0, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, family)
+            assert lib.seccomp_rule_add_array(ctx, action, nr, 1, ctypes.byref(cmp)) == 0, family
+        cmp = _ArgCmp(0, SCMP_CMP_GT, 63, 0)
+        assert lib.seccomp_rule_add_array(ctx, scmp_act_errno(errno.EAFNOSUPPORT), nr, 1, ctypes.byref(cmp)) == 0
     rc = lib.seccomp_load(ctx)
     assert rc == 0, f"seccomp_load: {rc}"
+    applied = [f"{len(allowed)} system calls (SystemCallFilter=)", f"socket() families {' '.join(families)}"]
     if settings("MemoryDenyWriteExecute") == ["yes"]:
-        # The kernel's own form of it (Linux 6.3), inherited across fork and exec; systemd 252 uses a
-        # seccomp filter on mmap/mprotect with the same effect.
-        pr_set_mdwe, pr_mdwe_refuse_exec_gain = 65, 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(pr_set_mdwe, pr_mdwe_refuse_exec_gain, 0, 0, 0) != 0:
-            print(f"unitfile: no PR_SET_MDWE here ({os.strerror(ctypes.get_errno())})", file=sys.stderr)
+        if mdwe:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+                sys.exit(f"unitfile: MemoryDenyWriteExecute=yes: no PR_SET_MDWE on Linux {platform.release()}")
+            applied.append("MemoryDenyWriteExecute (PR_SET_MDWE)")
+        else:
+            applied.append(f"NOT MemoryDenyWriteExecute (left out on request, Linux {platform.release()})")
+    print(f"unitfile: applied: {'; '.join(applied)}", file=sys.stderr, flush=True)
     os.execvp(argv[0], argv)
 
 
-if __name__ == "__main__":  # python tests/unitfile.py ARGV...: run ARGV under the unit's filter
-    seccomp_exec(sys.argv[1:])
+if __name__ == "__main__":  # python tests/unitfile.py [--no-mdwe] ARGV...: run ARGV under the unit's filter
+    if sys.argv[1] == "--no-mdwe":
+        seccomp_exec(sys.argv[2:], mdwe=False)
+    else:
+        seccomp_exec(sys.argv[1:])

@@ -14,6 +14,7 @@ import errno
 import grp
 import json
 import os
+import platform
 import pwd
 import socket
 import struct
@@ -31,7 +32,22 @@ log = get_logger("failoverd.control")
 MAX_REQUEST = 64 * 1024
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _GID = struct.Struct("I")  # gid_t
-SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; Python names it from 3.13 on
+
+
+def peergroups_option(machine: str) -> int | None:
+    """SO_PEERGROUPS (Linux 4.13) on this machine, for Pythons before 3.13, which do not name it.
+
+    Its number is the generic one everywhere but on parisc and sparc (asm/socket.h); on a machine not
+    known here, None: a wrong number would read some other option, so the groups come from /proc."""
+    if machine.startswith("parisc"):
+        return 0x4034
+    if machine.startswith("sparc"):
+        return 0x3D
+    generic = ("x86_64", "i386", "i486", "i586", "i686", "aarch64", "arm", "riscv", "ppc", "s390", "loongarch", "mips")
+    return 59 if machine.startswith(generic) else None
+
+
+SO_PEERGROUPS: int | None = getattr(socket, "SO_PEERGROUPS", None) or peergroups_option(platform.machine())
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +66,17 @@ def user_name(uid: int) -> str:
         return f"uid{uid}"
 
 
-def peer_groups(sock: socket.socket, gid: int) -> set[int]:
+def peer_groups(sock: socket.socket, gid: int, pid: int = 0, option: int | None = SO_PEERGROUPS) -> set[int]:
     """The peer's primary and supplementary groups, as the kernel recorded them at connect (SO_PEERGROUPS).
 
-    Not from /proc/PID/status: the unit hides other users' processes (ProtectProc=invisible), and a
-    pid may be reused by the time it is read."""
+    Not from /proc/PID/status unless the option's number is unknown here: the unit hides other users'
+    processes (ProtectProc=invisible), and a pid may be reused by the time it is read."""
     groups = {gid}
+    if option is None:
+        return groups | _proc_groups(pid)
     for size in (_GID.size * 64, _GID.size * 65536):  # NGROUPS_MAX is 65536; most peers have a few
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+            raw = sock.getsockopt(socket.SOL_SOCKET, option, size)
         except OSError as exc:
             if exc.errno == errno.ERANGE:
                 continue
@@ -66,6 +84,17 @@ def peer_groups(sock: socket.socket, gid: int) -> set[int]:
             return groups
         return groups | {g for (g,) in _GID.iter_unpack(raw)}
     return groups
+
+
+def _proc_groups(pid: int) -> set[int]:
+    """The supplementary groups /proc shows for pid; none when it is hidden or gone (logged)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError) as exc:
+        log.warning("control-peer-groups", error=str(exc), pid=pid)
+    return set()
 
 
 def may_change(spec: ControlSpec, uid: int, groups: set[int]) -> bool:
@@ -129,7 +158,7 @@ class ControlSocket:
         try:
             sock = writer.get_extra_info("socket")
             pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-            writable = may_change(self.spec, uid, peer_groups(sock, gid))
+            writable = may_change(self.spec, uid, peer_groups(sock, gid, pid))
             peer = Peer(pid, uid, user_name(uid))
             while line := await reader.readline():
                 reply = await self.answer(line, writable, peer)

@@ -1,4 +1,18 @@
-"""failoverd confined as systemd/failoverd.service confines it (user, capabilities, syscall filter), in a real lab."""
+"""failoverd confined as systemd/failoverd.service confines it (user, capabilities, syscall filter), in a real lab.
+
+Reproduced from the shipped unit, read as systemd reads it (tests/unitfile.py): User= (by a stand-in,
+below), CapabilityBoundingSet=/AmbientCapabilities=, NoNewPrivileges=, SystemCallFilter= with
+SystemCallErrorNumber= and SystemCallArchitectures=native, RestrictAddressFamilies= (socket() of
+another family fails with EAFNOSUPPORT), ProtectProc= (a /proc mounted with hidepid), and
+MemoryDenyWriteExecute= through the kernel's PR_SET_MDWE, on Linux 6.3 and later only: on an older
+kernel the daemon runs without it, its log says so, and the test of it is skipped with the reason.
+
+Not reproduced: the mount sandbox (ProtectSystem=, ProtectHome=, PrivateTmp=, PrivateDevices=,
+PrivateMounts=, ProtectKernelTunables=/Modules=/Logs=, ProtectControlGroups=), which takes files
+away rather than calls; ProtectClock= and ProtectHostname= beyond what the syscall filter refuses;
+RestrictNamespaces=, RestrictRealtime=, RestrictSUIDSGID=, LockPersonality=, KeyringMode=, RemoveIPC=,
+UMask=, MemoryMax=, and the watchdog. tests/test_systemd_unit.py checks those with systemd-analyze.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +36,7 @@ from lab.netns import wait_for
 # The unit's User= does not exist on a test machine, so an unprivileged stand-in runs the daemon:
 # nobody, with a supplementary group for the socket (users, as failoverd is in failoverd-ctl). What
 # it may do beyond any user comes from the shipped unit: capabilities, no_new_privs, the system-call
-# filter, MemoryDenyWriteExecute and ProtectProc. Not reproduced: the unit's mount sandbox
-# (ProtectSystem, PrivateDevices, PrivateTmp...), which takes files away, not calls the daemon makes.
+# filter, the address families, MemoryDenyWriteExecute (where the kernel has it) and ProtectProc.
 DAEMON_UID, DAEMON_GID = 65534, 65534
 SOCKET_GROUP = "users"
 MEMBER_UID, STRANGER_UID = 64000, 64001  # clients: one in the socket's group, one not
@@ -75,6 +88,7 @@ def start_confined(lab: GatewayLab) -> subprocess.Popen[bytes]:
         *unitfile.setpriv(DAEMON_UID, DAEMON_GID, [grp.getgrnam(SOCKET_GROUP).gr_gid]),
         SYSTEM_PYTHON,
         str(ROOT / "tests" / "unitfile.py"),
+        *([] if unitfile.mdwe_supported() else ["--no-mdwe"]),
         SYSTEM_PYTHON,
         "-m",
         "failoverd.cli",
@@ -118,6 +132,12 @@ def test_the_confined_daemon_fails_over_answers_its_group_and_activates_a_cold_s
     assert st["Uid"].split()[0] == str(DAEMON_UID), st
     assert int(st["CapEff"], 16) == int(st["CapBnd"], 16) == (1 << 12) | (1 << 13), st  # NET_ADMIN, NET_RAW
     assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
+    # What the filter holds, as unitfile.py said before it exec'd the daemon (MDWE cannot be read back).
+    (applied,) = [ln for ln in lab.log.read_text().splitlines() if ln.startswith("unitfile: applied: ")]
+    print(applied)
+    assert "socket() families AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET" in applied, applied
+    mdwe = "; MemoryDenyWriteExecute (PR_SET_MDWE)" if unitfile.mdwe_supported() else "; NOT MemoryDenyWriteExecute"
+    assert mdwe in applied, applied
     mounts = Path(f"/proc/{daemon.pid}/mounts").read_text().splitlines()
     assert any(m.startswith("proc /proc ") and "hidepid=invisible" in m for m in mounts), mounts
     lab.wait_class("critical", "fiber")
@@ -149,3 +169,56 @@ def test_the_confined_daemon_fails_over_answers_its_group_and_activates_a_cold_s
     assert lab.clock()["kernel"] is None
     log = lab.log.read_text()
     assert "Traceback" not in log and "control-permissions" not in log, log[-3000:]
+
+
+# -- the filter itself: what it refuses that the lab run above only shows the daemon lives without ----
+PROBE = """
+import errno, mmap, socket, sys
+for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_PACKET):
+    try:
+        socket.socket(family, socket.SOCK_DGRAM).close()
+    except OSError as exc:
+        assert exc.errno != errno.EAFNOSUPPORT, (family, exc)  # EPERM for AF_PACKET without CAP_NET_RAW
+# Families the unit does not list, each as the first socket type this kernel offers for it
+for name in ("AF_ALG", "AF_VSOCK", "AF_KEY", "AF_BLUETOOTH", "AF_TIPC", "AF_CAN"):
+    errors = []
+    for kind in (socket.SOCK_SEQPACKET, socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW):
+        try:
+            socket.socket(getattr(socket, name), kind).close()
+            errors = ["allowed"]
+            break
+        except OSError as exc:
+            errors.append(errno.errorcode[exc.errno])
+    print(name, errors[-1])
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close()
+    print("W+X allowed")
+except OSError as exc:
+    print("W+X", errno.errorcode[exc.errno])
+"""
+
+
+def probe(*unitfile_args: str) -> list[str]:
+    argv = [SYSTEM_PYTHON, "-c", PROBE]
+    if unitfile_args != ("none",):
+        argv = [SYSTEM_PYTHON, str(ROOT / "tests" / "unitfile.py"), *unitfile_args, *argv]
+    r = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r
+    return r.stdout.splitlines()
+
+
+def test_the_filter_refuses_socket_families_the_unit_does_not_list() -> None:
+    assert not {"AF_ALG", "AF_VSOCK", "AF_KEY", "AF_BLUETOOTH", "AF_TIPC", "AF_CAN"} & set(unitfile.address_families())
+    open_here = [ln.split()[0] for ln in probe("none") if ln.startswith("AF_") and ln.endswith(" allowed")]
+    if not open_here:
+        pytest.skip("this kernel offers none of the probed families beyond the unit's, even without a filter")
+    confined = probe()
+    assert all(f"{name} EAFNOSUPPORT" in confined for name in open_here), (open_here, confined)
+
+
+def test_the_filter_refuses_memory_both_writable_and_executable() -> None:
+    if not unitfile.mdwe_supported():
+        pytest.skip(f"MemoryDenyWriteExecute is not reproduced: Linux {os.uname().release} has no PR_SET_MDWE (6.3)")
+    assert "W+X allowed" in probe("none")
+    assert "W+X EACCES" in probe()
+    assert "W+X allowed" in probe("--no-mdwe")  # and the switch that turns it off really does
