@@ -11,7 +11,9 @@
 #    a probe event only the uplinks it concerns and those with a timer due;
 # 4. every class is assigned its uplink (decide.py) from one snapshot of that state: switches,
 #    conntrack flushes and alarms follow;
-# 5. cold standby links are activated where a class needs them and released when none has for a while;
+# 5. cold standby links are activated where a class needs them (or pre-warms them: redundancy.py) and
+#    released when none has for a while; classes down to their last usable uplink, and uplinks whose
+#    proof of working is too old, raise (and clear) their alarms;
 # 6. uplink changes and the command's reply are added to the effects, the invariants are checked, and
 #    the time of the next timer (`wake_at`) is computed so that the runtime sleeps until then.
 
@@ -51,6 +53,7 @@ from failoverd.engine.events import (
     StandbyResult,
     Tick,
 )
+from failoverd.engine.redundancy import last_verified, prewarm_target, redundancy, verify_deadline
 from failoverd.engine.state import (
     ClassState,
     ClockView,
@@ -185,8 +188,11 @@ class _Work:
                 del self.uplinks[name]
         for name, spec in pol.uplinks.items():
             u = self.uplinks.get(name)
-            if u is None or (not spec.standby.cold and u.lifecycle is Lifecycle.STANDBY):
+            if u is None:
                 self.uplinks[name] = initial_uplink(spec.standby.cold, self.now)
+            elif not spec.standby.cold and u.lifecycle is Lifecycle.STANDBY:
+                fresh = initial_uplink(False, self.now)
+                self.uplinks[name] = replace(fresh, verified_at=u.verified_at, tracked_since=u.tracked_since)
             else:
                 keys = {p.key for p in spec.probes}
                 self.uplinks[name] = replace(u, targets={k: v for k, v in u.targets.items() if k in keys})
@@ -387,6 +393,18 @@ class _Work:
             cur = self.classes[name]
             if cur.uplink is not None:
                 needed.add(cur.uplink)
+        prewarm: dict[str, list[str]] = {}  # cold uplink -> the classes warming it, with why
+        view: EngineState | None = None
+        for name, cs in self.policy.classes.items():
+            if not cs.redundancy.prewarm:
+                continue
+            view = view or self.snapshot()
+            r = redundancy(cs, self.policy, view)
+            target = prewarm_target(cs, self.policy, view, r)
+            if target is not None:
+                last = f"its last usable uplink {r.usable[0]}" if r.usable else "no usable uplink"
+                prewarm.setdefault(target, []).append(f"{name} is down to {last}")
+        needed |= prewarm.keys()
         for name, spec in self.policy.uplinks.items():
             if not spec.standby.cold:
                 continue
@@ -398,7 +416,11 @@ class _Work:
                 retry = u.lifecycle is Lifecycle.FAILED and (u.retry_at is None or self.now >= u.retry_at)
                 if u.lifecycle is Lifecycle.STANDBY or retry:
                     users = sorted(c for c, ch in choices.items() if name in ch.needs)
-                    cause = Cause("standby-needed", f"needed by {', '.join(users) or 'an override'}")
+                    if users or name not in prewarm:
+                        cause = Cause("standby-needed", f"needed by {', '.join(users) or 'an override'}")
+                    else:
+                        why = "; ".join(prewarm[name])
+                        cause = Cause("prewarm", f"pre-warming: {why}", (("prewarm", why),))
                     self.effects.append(ActivateStandby(name, sb.activate, cause))
                     u = switch(u, Lifecycle.ACTIVATING, self.now, cause)
                     u = replace(
@@ -428,6 +450,55 @@ class _Work:
                         degraded_clear_since=None,
                     )
             self.uplinks[name] = u
+
+    def watch_redundancy(self) -> None:
+        """Raise a class's alarm when it is down to its last usable uplink; clear it when one more is."""
+        view: EngineState | None = None
+        for name, cs in self.policy.classes.items():
+            c = self.classes[name]
+            severity = cs.redundancy.alarm
+            if severity is None:
+                if c.exposed:  # the policy stopped asking: say the alarm is over rather than leave it hanging
+                    self.classes[name] = replace(c, exposed=False)
+                    self.alarm("info", name, Cause("redundancy-unwatched", "the policy no longer asks"))
+                continue
+            view = view or self.snapshot()
+            r = redundancy(cs, self.policy, view)
+            if not r.judged or r.exposed == c.exposed:
+                continue
+            self.classes[name] = replace(c, exposed=r.exposed)
+            evidence = (("usable", ",".join(r.usable)), ("standby", ",".join(r.standby)))
+            if r.exposed:
+                last = f"down to its last usable uplink {r.usable[0]}" if r.usable else "left with no usable uplink"
+                cause = Cause("redundancy-lost", f"{last}; {r.describe()}", evidence)
+                self.alarm(severity, name, cause)
+            else:
+                cause = Cause("redundancy-restored", f"redundancy restored: {r.describe()}", evidence)
+                self.alarm("info", name, cause)
+
+    def watch_verification(self) -> None:
+        """Alarm when an uplink has not been seen working for longer than its verify.within allows."""
+        for name, spec in self.policy.uplinks.items():
+            if spec.verify is None:
+                continue
+            u = self.uplinks[name]
+            due = verify_deadline(spec, u, self.now)
+            stale = due is not None and self.now >= due
+            if stale == u.verify_stale:
+                continue
+            self.uplinks[name] = replace(u, verify_stale=stale)
+            last = last_verified(u, self.now)
+            within = spec.verify.within
+            if stale:
+                seen = "never seen working" if last is None else f"last seen working {self.now - last:.0f}s ago"
+                cause = Cause(
+                    "unverified",
+                    f"{name} {seen}: longer than verify.within {within:g}s",
+                    (("verified_at", "never" if last is None else f"{last:g}"),),
+                )
+                self.alarm(spec.verify.alarm, name, cause)
+            else:
+                self.alarm("info", name, Cause("verified", f"{name} seen working again ({u.status})"))
 
     def alarm(self, severity: Severity, subject: str, cause: Cause) -> None:
         self.effects.append(Alarm(severity, subject, cause))
@@ -496,6 +567,8 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
     w.update_uplinks(only=_probed(event))
     choices = w.assign()
     w.plan_standby(choices)
+    w.watch_redundancy()
+    w.watch_verification()
     return w.finish()
 
 
@@ -521,6 +594,9 @@ def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> flo
             times.append(u.retry_at)
         if spec.standby.cold and u.idle_since is not None:
             times.append(u.idle_since + spec.standby.release_after)
+        due = verify_deadline(spec, u, state.now)
+        if due is not None and not u.verify_stale:
+            times.append(due)
     future = [t for t in times if t > state.now]
     return min(future) if future else None
 
