@@ -374,7 +374,9 @@ class _Work:
                 if choice.override != cur.by_override:
                     self.classes[name] = replace(cur, by_override=choice.override)
                 continue
-            self.classes[name] = ClassState(choice.uplink, choice.route, self.now, choice.cause, choice.override)
+            self.classes[name] = ClassState(
+                choice.uplink, choice.route, self.now, choice.cause, choice.override, exposed=cur.exposed
+            )
             self.effects.append(SwitchClass(name, cur.uplink, choice.uplink, choice.route, choice.cause))
             if cur.uplink is not None and cur.route == "via":
                 # Also when the class now has no route at all: its flows keep the old uplink's NAT
@@ -473,7 +475,7 @@ class _Work:
                 cause = Cause("redundancy-lost", f"{last}; {r.describe()}", evidence)
                 self.alarm(severity, name, cause)
             else:
-                cause = Cause("redundancy-restored", f"redundancy restored: {r.describe()}", evidence)
+                cause = Cause("redundancy-restored", f"{r.describe()}", evidence)
                 self.alarm("info", name, cause)
 
     def watch_verification(self) -> None:
