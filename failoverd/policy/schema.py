@@ -238,7 +238,7 @@ class Conntrack(Strict):
 class Redundancy(Strict):
     """When the class is down to its last usable uplink: an alarm of this severity, and pre-warming."""
 
-    alarm: AlarmSeverity | Literal["off"] = "off"
+    alarm: Literal["off", "info", "warning", "critical"] = "off"
     # Start activating the path's cold standby as soon as one usable uplink is left, so that losing
     # it costs the detection time rather than the standby's whole activation time.
     prewarm: bool = False
