@@ -85,7 +85,19 @@ def known_good(spec: UplinkSpec, u: UplinkState, now: float) -> bool:
     last = last_verified(u, now)
     if last is None:
         return False
-    return spec.verify is None or now - last <= spec.verify.within
+    return spec.verify is None or now - last < spec.verify.within  # as verify_deadline: stale from then on
+
+
+def readiness_key(state: EngineState) -> tuple[object, ...]:
+    """Everything redundancy reads, but the clock: equal keys give equal redundancy for every class
+    (verify.within enters through the `verify_stale` flag, set before redundancy is read)."""
+    return (
+        tuple(
+            (u.health, u.lifecycle, u.suppressed, u.carrier, u.verify_stale, u.verified_at is None)
+            for u in state.uplinks.values()
+        ),
+        state.overrides,
+    )
 
 
 def redundancy(spec: ClassSpec, policy: Policy, state: EngineState) -> Redundancy:

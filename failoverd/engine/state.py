@@ -202,6 +202,8 @@ class EngineState:
     # When a Tick may next change something (a hold-down, preempt delay, TTL or damping decay ends);
     # step() computes it so that the runtime can sleep until then instead of polling.
     wake_at: float | None = None
+    # Cold uplinks pre-warmed for classes down to one usable uplink, and why (engine/redundancy.py).
+    prewarm: Mapping[str, str] = field(default_factory=dict)
 
     def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
         for o in self.overrides:

@@ -53,7 +53,13 @@ from failoverd.engine.events import (
     StandbyResult,
     Tick,
 )
-from failoverd.engine.redundancy import last_verified, prewarm_target, redundancy, verify_deadline
+from failoverd.engine.redundancy import (
+    last_verified,
+    prewarm_target,
+    readiness_key,
+    redundancy,
+    verify_deadline,
+)
 from failoverd.engine.state import (
     ClassState,
     ClockView,
@@ -87,6 +93,9 @@ class _Work:
         self.reply: CommandReply | None = None
         self.by = ""  # who sent the command being answered
         self.preempt_at: list[float] = []
+        self.prewarm: dict[str, str] = dict(state.prewarm)
+        self.reloaded = False
+        self._key_before: tuple[object, ...] | None = None
 
     def snapshot(self) -> EngineState:
         return EngineState(
@@ -96,7 +105,16 @@ class _Work:
             overrides=tuple(self.overrides),
             clock=self.clock,
             override_seq=self.seq,
+            prewarm=dict(self.prewarm),
         )
+
+    def readiness_moved(self, view: EngineState) -> bool:
+        """Could any class's redundancy differ from the last step's? (Most probe rounds change nothing.)"""
+        if self.reloaded:
+            return True
+        if self._key_before is None:
+            self._key_before = readiness_key(self.before)
+        return readiness_key(view) != self._key_before
 
     # -- events -----------------------------------------------------------------------------------
     def probes(self, results: Iterable[ProbeResult]) -> None:
@@ -183,6 +201,7 @@ class _Work:
 
     def policy_reloaded(self) -> None:
         pol = self.policy
+        self.reloaded = True
         for name in list(self.uplinks):
             if name not in pol.uplinks:
                 del self.uplinks[name]
@@ -395,17 +414,20 @@ class _Work:
             cur = self.classes[name]
             if cur.uplink is not None:
                 needed.add(cur.uplink)
-        prewarm: dict[str, list[str]] = {}  # cold uplink -> the classes warming it, with why
-        view: EngineState | None = None
-        for name, cs in self.policy.classes.items():
-            if not cs.redundancy.prewarm:
-                continue
-            view = view or self.snapshot()
-            r = redundancy(cs, self.policy, view)
-            target = prewarm_target(cs, self.policy, view, r)
-            if target is not None:
-                last = f"its last usable uplink {r.usable[0]}" if r.usable else "no usable uplink"
-                prewarm.setdefault(target, []).append(f"{name} is down to {last}")
+        if any(cs.redundancy.prewarm for cs in self.policy.classes.values()):
+            view = self.snapshot()
+            if self.readiness_moved(view):
+                warm: dict[str, list[str]] = {}  # cold uplink -> why each class warms it
+                for name, cs in self.policy.classes.items():
+                    r = redundancy(cs, self.policy, view)
+                    target = prewarm_target(cs, self.policy, view, r)
+                    if target is not None:
+                        last = f"its last usable uplink {r.usable[0]}" if r.usable else "no usable uplink"
+                        warm.setdefault(target, []).append(f"{name} is down to {last}")
+                self.prewarm = {n: "; ".join(why) for n, why in warm.items()}
+        elif self.prewarm:
+            self.prewarm = {}
+        prewarm = self.prewarm
         needed |= prewarm.keys()
         for name, spec in self.policy.uplinks.items():
             if not spec.standby.cold:
@@ -421,7 +443,7 @@ class _Work:
                     if users or name not in prewarm:
                         cause = Cause("standby-needed", f"needed by {', '.join(users) or 'an override'}")
                     else:
-                        why = "; ".join(prewarm[name])
+                        why = prewarm[name]
                         cause = Cause("prewarm", f"pre-warming: {why}", (("prewarm", why),))
                     self.effects.append(ActivateStandby(name, sb.activate, cause))
                     u = switch(u, Lifecycle.ACTIVATING, self.now, cause)
@@ -464,7 +486,10 @@ class _Work:
                     self.classes[name] = replace(c, exposed=False)
                     self.alarm("info", name, Cause("redundancy-unwatched", "the policy no longer asks"))
                 continue
-            view = view or self.snapshot()
+            if view is None:
+                view = self.snapshot()
+                if not self.readiness_moved(view):
+                    return
             r = redundancy(cs, self.policy, view)
             if not r.judged or r.exposed == c.exposed:
                 continue
@@ -568,9 +593,9 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
     w.expire_overrides()
     w.update_uplinks(only=_probed(event))
     choices = w.assign()
+    w.watch_verification()  # first: redundancy reads the staleness it sets
     w.plan_standby(choices)
     w.watch_redundancy()
-    w.watch_verification()
     return w.finish()
 
 
