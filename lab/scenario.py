@@ -474,7 +474,9 @@ class Run:
             }
         finals = {c["name"]: (c["uplink"] if c["route"] == "via" else c["route"]) for c in final.get("classes", [])}
         states = {u["name"]: u["state"] for u in final.get("uplinks", [])}
-        results = [self.measure(e, per_class, decisions, finals, states) for e in self.scenario.expect]
+        # The baseline run is measured by the main run's report (expectations `of: baseline`), not its own.
+        expect = [] if self.policy_file is not None else self.scenario.expect
+        results = [self.measure(e, per_class, decisions, finals, states) for e in expect]
         timeline = sorted(
             [{"t": round(e["t"] - self.t0, 3), "kind": "fault", "what": e["fault"]} for e in self.events]
             + [
