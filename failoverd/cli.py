@@ -152,6 +152,14 @@ def _simulated_line(r: dict[str, Any], verbose: bool) -> str | None:
         return f"{t}  class  {r['class']:<10} {r.get('from') or '-':>10} -> {to:<12} {why}"
     if kind == "command":
         return f"{t}  reply  {'ok' if r['ok'] else 'REFUSED':<10} {r['request']:>10}    {r['text']}"
+    if kind == "drill":
+        verdict = f" {r['verdict'].upper()}" if "verdict" in r else ""
+        return f"{t}  drill  {r['uplink']:<10} {r['from']:>10} -> {r['to']:<12} {why}{verdict}"
+    if kind == "drill-check":
+        value = "-" if r["value"] is None else f"{r['value']:g}{r['unit']}"
+        return f"{t}  check  {r['uplink']:<10} {r['check']:>10}    {value:<12} {'ok' if r['ok'] else 'FAILED'} ({why})"
+    if kind == "drill-postponed":
+        return f"{t}  drill  {r['uplink']:<10} {'postponed':>10}    {why}"
     if not verbose:
         return None
     if kind == "uplink":

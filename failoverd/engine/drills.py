@@ -221,6 +221,7 @@ def fold_probes(w: Desk, results: Iterable[ProbeResult]) -> None:
     if spec is None or u is None:
         return
     kinds = {p.key: p.kind for p in spec.probes}
+    timeouts = {p.key: p.timeout for p in spec.probes}
     counted = dict(run.results)
     lost, rtt_sum, rtt_count, spent, first = run.lost, run.rtt_sum, run.rtt_count, run.bytes, run.first_answer
     for r in results:
@@ -233,6 +234,9 @@ def fold_probes(w: Desk, results: Iterable[ProbeResult]) -> None:
             first = w.now if r.at is None else min(r.at, w.now)
         if run.phase is not DrillPhase.CHECKING:
             continue
+        at = w.now if r.at is None else min(r.at, w.now)
+        if not r.ok and run.active_at is not None and at < run.active_at + timeouts[r.probe]:
+            continue  # lost, but perhaps sent before the link passed traffic: not the link's fault
         counted[r.probe] = counted.get(r.probe, 0) + 1
         if r.ok:
             if r.rtt is not None:
