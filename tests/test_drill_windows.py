@@ -11,8 +11,8 @@ from failoverd.policy.compile import drill_offset, parse_window
 from failoverd.services.drills import DrillService
 
 
-def _ts(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()
+def _ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp()
 
 
 def test_next_opening_is_the_open_window_or_the_next() -> None:
