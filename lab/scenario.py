@@ -100,6 +100,7 @@ class Expect(Strict):
         "clock_state",
         "falseticker",
         "clock_steps",
+        "drill_verdict",
     ]
     any_of: list[str] | None = None
     server: str | None = None
@@ -200,6 +201,7 @@ class Run:
     t0: float = 0.0
     clock: dict[str, Any] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
+    drills: list[dict[str, Any]] = field(default_factory=list)  # drill records with a verdict
 
     @property
     def stamp(self) -> Path:
@@ -447,6 +449,9 @@ class Run:
             }
         finals = {c["name"]: (c["uplink"] if c["route"] == "via" else c["route"]) for c in final.get("classes", [])}
         states = {u["name"]: u["state"] for u in final.get("uplinks", [])}
+        self.drills = [
+            r for r in history if r.get("kind") == "drill" and "verdict" in r and r.get("mono", 0) >= self.t0
+        ]
         results = [self.measure(e, per_class, decisions, finals, states) for e in self.scenario.expect]
         timeline = sorted(
             [{"t": round(e["t"] - self.t0, 3), "kind": "fault", "what": e["fault"]} for e in self.events]
@@ -513,6 +518,8 @@ class Run:
                 value = sorted(s["server"] for s in self.clock.get("sources", []) if s.get("state") == "falseticker")
             case "clock_steps":
                 value = [round(s["delta_s"], 3) for s in self.clock.get("steps", []) if not s["explained"]]
+            case "drill_verdict":  # the last drill of the uplink: pass, fail, aborted, production
+                value = next((d["verdict"] for d in reversed(self.drills) if d["uplink"] == e.uplink), None)
         ok = value is not None
         numeric = isinstance(value, int | float)
         if ok and numeric and e.max is not None:
@@ -557,6 +564,11 @@ def _describe(r: dict[str, Any]) -> str:
             return f"{r['uplink']}: {r['action']}"
         case "clock":
             return f"clock {r['from']} -> {r['to']}"
+        case "drill":
+            verdict = f" {r['verdict']}" if "verdict" in r else ""
+            return f"drill {r['uplink']}: {r['from']} -> {r['to']}{verdict} ({r['cause']['code']})"
+        case "drill-check":
+            return f"drill {r['uplink']} {r['check']}: {r['value']}{r['unit']} {'ok' if r['ok'] else 'FAILED'}"
     return ""
 
 
