@@ -101,6 +101,7 @@ class Expect(Strict):
         "falseticker",
         "clock_steps",
         "drill_verdict",
+        "warning_lead_s",
     ]
     any_of: list[str] | None = None
     server: str | None = None
@@ -202,6 +203,7 @@ class Run:
     clock: dict[str, Any] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
     drills: list[dict[str, Any]] = field(default_factory=list)  # drill records with a verdict
+    alarms: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stamp(self) -> Path:
@@ -452,6 +454,7 @@ class Run:
         self.drills = [
             r for r in history if r.get("kind") == "drill" and "verdict" in r and r.get("mono", 0) >= self.t0
         ]
+        self.alarms = [r for r in history if r.get("kind") == "alarm" and r.get("mono", 0) >= self.t0]
         results = [self.measure(e, per_class, decisions, finals, states) for e in self.scenario.expect]
         timeline = sorted(
             [{"t": round(e["t"] - self.t0, 3), "kind": "fault", "what": e["fault"]} for e in self.events]
@@ -520,6 +523,18 @@ class Run:
                 value = [round(s["delta_s"], 3) for s in self.clock.get("steps", []) if not s["explained"]]
             case "drill_verdict":  # the last drill of the uplink: pass, fail, aborted, production
                 value = next((d["verdict"] for d in reversed(self.drills) if d["uplink"] == e.uplink), None)
+            case "warning_lead_s":
+                # How long before the class lost its last route the failed drill of the uplink warned.
+                warned = next((a["mono"] for a in self.alarms if a["cause"]["code"] == "drill-failed"), None)
+                lost = next(
+                    (
+                        d["mono"]
+                        for d in decisions
+                        if d["class"] == e.cls and d["route"] in ("unreachable", "blackhole")
+                    ),
+                    None,
+                )
+                value = None if warned is None or lost is None else round(lost - warned, 3)
         ok = value is not None
         numeric = isinstance(value, int | float)
         if ok and numeric and e.max is not None:
