@@ -156,6 +156,13 @@ def render_history(records: list[dict[str, Any]], tty: bool) -> str:
             what = _paint(r["severity"].upper(), r["severity"], tty) + f" {r['subject']}"
         elif kind == "command":
             what = f"{'ok' if r['ok'] else 'REFUSED'}: {r['text']}"
+        elif kind == "drill":
+            v = r.get("verdict")
+            verdict = " " + _paint(v.upper(), {"pass": "UP", "fail": "DOWN"}.get(v, ""), tty) if v else ""
+            what = f"{r['uplink']}: {r['from']} -> {r['to']}{verdict}"
+        elif kind == "drill-check":
+            value = "-" if r.get("value") is None else f"{r['value']:g}{r.get('unit', '')}"
+            what = f"{r['uplink']} {r['check']} {value} " + ("ok" if r["ok"] else _paint("FAILED", "DOWN", tty))
         elif kind == "remote-refused":
             what = f"REFUSED {r.get('cmd') or '?'} (key {r.get('key') or 'none'}): {r.get('reason')}"
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 from failoverd.drillwindows import next_opening, window_event
 from failoverd.policy import parse_policy_text
@@ -79,3 +80,23 @@ def test_drill_commands_through_the_table() -> None:
     assert status["ok"] and [r["uplink"] for r in status["drills"]] == ["mobile"]
     assert status["drills"][0]["verified"] is False
     assert "mobile" in render_drills(status["drills"], tty=False)
+
+
+def test_history_renders_drill_records() -> None:
+    from failoverd.ctl import render_history
+    from failoverd.policy import load_policy
+    from failoverd.simulate import Simulation, Timeline
+
+    timeline = Timeline.model_validate(
+        {
+            "duration": 560,
+            "wall_start": "2026-01-04T02:20:00Z",
+            "world": {"sat": {"rtt_ms": 600, "standby": {"activation": "ok", "delay": 20}}},
+            "events": [{"at": 0, "clock": "sane"}],
+        }
+    )
+    records = Simulation(
+        load_policy(Path(__file__).resolve().parent.parent / "policies" / "emergency.yaml"), timeline
+    ).run()
+    text = render_history([r for r in records if r["kind"].startswith("drill")], tty=False)
+    assert "sat: checking -> idle PASS" in text and "sat activation 21.307s ok" in text
