@@ -73,6 +73,15 @@ def summary(policy: Policy) -> str:
         back = f"revertive after {c.preempt_delay:g}s" if c.revertive else "non-revertive"
         lines.append(f"    {c.name:<10} {match}")
         lines.append(f"    {'':<10} path {' > '.join(c.path)}; {back}; all down: {c.when_all_down}")
+    if policy.drills:
+        lines.append(f"  drills ({len(policy.drills)}):")
+    for d in policy.drills.values():
+        when = f"every {d.every:g}s" if d.every is not None else f"window {d.window.text if d.window else '?'} UTC"
+        budget = f", at most {d.max_bytes} bytes" if d.max_bytes is not None else ""
+        lines.append(
+            f"    {d.uplink:<10} {when}, this site at +{d.offset:.0f}s; {d.rounds} rounds, "
+            f"loss <= {d.max_loss_percent:g}%, within {d.max_duration:g}s{budget}; verifies for {d.valid_for:g}s"
+        )
     return "\n".join(lines)
 
 
