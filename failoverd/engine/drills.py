@@ -28,6 +28,13 @@
 # hazard test, because the event that makes a class need the backup (the last terrestrial uplink
 # failing) is also a hazard. From then on the standby planner owns the link (release_after applies).
 #
+# The price of "abort at once": when the primary fails mid-drill and the remaining uplinks fail a
+# moment later (a fiber cut, then a regional mobile outage judged one probe round after), the abort
+# has already switched the backup off and the class that then needs it waits a whole activation
+# again. Keeping a drilled link warm on abort (handing it to the standby lifecycle, released after
+# release_after) would avoid that at the cost of a metered link left up; the issue asks for the
+# deactivation, and this follows it. See tests/test_drill_properties.py for both guarantees.
+#
 # A drill never moves a class: it changes no path and installs no route. The drilled uplink becomes
 # usable, but every class touching it sits on an earlier uplink of its path, so none chooses it unless
 # that earlier uplink fails, which is production (above). A drill never flushes conntrack, as it moves
