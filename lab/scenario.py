@@ -100,6 +100,8 @@ class Expect(Strict):
         "clock_state",
         "falseticker",
         "clock_steps",
+        "drill_verdict",
+        "warning_lead_s",
     ]
     any_of: list[str] | None = None
     server: str | None = None
@@ -200,6 +202,8 @@ class Run:
     t0: float = 0.0
     clock: dict[str, Any] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
+    drills: list[dict[str, Any]] = field(default_factory=list)  # drill records with a verdict
+    alarms: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stamp(self) -> Path:
@@ -447,6 +451,10 @@ class Run:
             }
         finals = {c["name"]: (c["uplink"] if c["route"] == "via" else c["route"]) for c in final.get("classes", [])}
         states = {u["name"]: u["state"] for u in final.get("uplinks", [])}
+        self.drills = [
+            r for r in history if r.get("kind") == "drill" and "verdict" in r and r.get("mono", 0) >= self.t0
+        ]
+        self.alarms = [r for r in history if r.get("kind") == "alarm" and r.get("mono", 0) >= self.t0]
         results = [self.measure(e, per_class, decisions, finals, states) for e in self.scenario.expect]
         timeline = sorted(
             [{"t": round(e["t"] - self.t0, 3), "kind": "fault", "what": e["fault"]} for e in self.events]
@@ -513,6 +521,20 @@ class Run:
                 value = sorted(s["server"] for s in self.clock.get("sources", []) if s.get("state") == "falseticker")
             case "clock_steps":
                 value = [round(s["delta_s"], 3) for s in self.clock.get("steps", []) if not s["explained"]]
+            case "drill_verdict":  # the last drill of the uplink: pass, fail, aborted, production
+                value = next((d["verdict"] for d in reversed(self.drills) if d["uplink"] == e.uplink), None)
+            case "warning_lead_s":
+                # How long before the class lost its last route the failed drill of the uplink warned.
+                warned = next((a["mono"] for a in self.alarms if a["cause"]["code"] == "drill-failed"), None)
+                lost = next(
+                    (
+                        d["mono"]
+                        for d in decisions
+                        if d["class"] == e.cls and d["route"] in ("unreachable", "blackhole")
+                    ),
+                    None,
+                )
+                value = None if warned is None or lost is None else round(lost - warned, 3)
         ok = value is not None
         numeric = isinstance(value, int | float)
         if ok and numeric and e.max is not None:
@@ -557,6 +579,11 @@ def _describe(r: dict[str, Any]) -> str:
             return f"{r['uplink']}: {r['action']}"
         case "clock":
             return f"clock {r['from']} -> {r['to']}"
+        case "drill":
+            verdict = f" {r['verdict']}" if "verdict" in r else ""
+            return f"drill {r['uplink']}: {r['from']} -> {r['to']}{verdict} ({r['cause']['code']})"
+        case "drill-check":
+            return f"drill {r['uplink']} {r['check']}: {r['value']}{r['unit']} {'ok' if r['ok'] else 'FAILED'}"
     return ""
 
 

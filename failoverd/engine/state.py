@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
 from failoverd.errors import EngineBug
 from failoverd.policy.model import Policy
+
+if TYPE_CHECKING:
+    from failoverd.engine.drillstate import DrillRun, DrillSchedule
 
 
 class Health(Enum):
@@ -181,6 +184,8 @@ class EngineState:
     # When a Tick may next change something (a hold-down, preempt delay, TTL or damping decay ends);
     # step() computes it so that the runtime can sleep until then instead of polling.
     wake_at: float | None = None
+    drill: DrillRun | None = None  # the backup drill in progress (engine/drills.py)
+    drills: Mapping[str, DrillSchedule] = field(default_factory=dict)  # per drilled uplink: when, last result
 
     def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
         for o in self.overrides:
