@@ -84,6 +84,15 @@ def summary(policy: Policy) -> str:
         if c.redundancy.prewarm:
             ready += "; pre-warms cold standby"
         lines.append(f"    {'':<10} path {' > '.join(c.path)}; {back}; all down: {c.when_all_down}{ready}")
+    if policy.drills:
+        lines.append(f"  drills ({len(policy.drills)}):")
+    for d in policy.drills.values():
+        when = f"every {d.every:g}s" if d.every is not None else f"window {d.window.text if d.window else '?'} UTC"
+        budget = f", at most {d.max_bytes} bytes" if d.max_bytes is not None else ""
+        lines.append(
+            f"    {d.uplink:<10} {when}, this site at +{d.offset:.0f}s; {d.rounds} rounds, "
+            f"loss <= {d.max_loss_percent:g}%, within {d.max_duration:g}s{budget}; verifies for {d.valid_for:g}s"
+        )
     return "\n".join(lines)
 
 
@@ -226,6 +235,14 @@ def _simulated_line(r: dict[str, Any], verbose: bool) -> str | None:
         return f"{t}  class  {r['class']:<10} {r.get('from') or '-':>10} -> {to:<12} {why}"
     if kind == "command":
         return f"{t}  reply  {'ok' if r['ok'] else 'REFUSED':<10} {r['request']:>10}    {r['text']}"
+    if kind == "drill":
+        verdict = f" {r['verdict'].upper()}" if "verdict" in r else ""
+        return f"{t}  drill  {r['uplink']:<10} {r['from']:>10} -> {r['to']:<12} {why}{verdict}"
+    if kind == "drill-check":
+        value = "-" if r["value"] is None else f"{r['value']:g}{r['unit']}"
+        return f"{t}  check  {r['uplink']:<10} {r['check']:>10}    {value:<12} {'ok' if r['ok'] else 'FAILED'} ({why})"
+    if kind == "drill-postponed":
+        return f"{t}  drill  {r['uplink']:<10} {'postponed':>10}    {why}"
     if not verbose:
         return None
     if kind == "uplink":

@@ -164,12 +164,51 @@ def render_history(records: list[dict[str, Any]], tty: bool) -> str:
             what = _paint(r["severity"].upper(), r["severity"], tty) + f" {r['subject']}"
         elif kind == "command":
             what = f"{'ok' if r['ok'] else 'REFUSED'}: {r['text']}"
+        elif kind == "drill":
+            v = r.get("verdict")
+            verdict = " " + _paint(v.upper(), {"pass": "UP", "fail": "DOWN"}.get(v, ""), tty) if v else ""
+            what = f"{r['uplink']}: {r['from']} -> {r['to']}{verdict}"
+        elif kind == "drill-check":
+            value = "-" if r.get("value") is None else f"{r['value']:g}{r.get('unit', '')}"
+            what = f"{r['uplink']} {r['check']} {value} " + ("ok" if r["ok"] else _paint("FAILED", "DOWN", tty))
         elif kind == "remote-refused":
             what = f"REFUSED {r.get('cmd') or '?'} (key {r.get('key') or 'none'}): {r.get('reason')}"
         else:
             what = json.dumps({k: v for k, v in r.items() if k not in ("wall", "mono", "kind", "cause")})
         out.append(_cut(f"{stamp} {kind:<9} {what}  {why}".rstrip(), WIDTH if not tty else 10 * WIDTH))
     return "\n".join(out)
+
+
+def render_drills(rows: list[dict[str, Any]], tty: bool) -> str:
+    if not rows:
+        return "no drills in the policy"
+    lines = [f"{'UPLINK':<10} {'SCHEDULE':<26} {'VERIFIED':<10} {'LAST':<11} {'NEXT':>7}  DETAIL"]
+    for r in rows:
+        last = r["last"]
+        verdict = last["verdict"] if last else "-"
+        verified = f"{_age(r['verified_age_s'])} ago" if r["verified_age_s"] is not None else "never"
+        nxt = _age(r["due_in_s"]) if r["due_in_s"] is not None else "window"
+        if r["running"]:
+            run = r["running"]
+            detail = f"RUNNING {run['phase']} for {_age(run['age_s'])}, {run['rounds']} rounds, {run['bytes']} bytes"
+        elif r["postponed"]:
+            detail = f"postponed: {r['postponed']}"
+        elif last:
+            detail = f"{last['cause']['code']}: {last['cause']['text']}"
+        else:
+            detail = ""
+        colour = {"pass": "UP", "fail": "DOWN", "aborted": "DEGRADED"}.get(verdict, "")
+        lines.append(
+            f"{r['uplink']:<10} {_cut(r['schedule'], 26):<26} {verified:<10} "
+            + _paint(f"{verdict:<11}", colour, tty)
+            + f" {nxt:>7}  "
+            + _cut(detail, WIDTH - 70)
+        )
+        checks = (r["running"] or {}).get("checks") or (last or {}).get("checks") or []
+        for c in checks:
+            value = "-" if c["value"] is None else f"{c['value']:g}{c['unit']}"
+            lines.append(f"{'':<10} {c['check']:<14} {value:>10}  {'ok' if c['ok'] else 'FAILED'}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,8 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--wait", type=float, default=5.0, help="seconds to wait for replies (default 5)")
     sub = p.add_subparsers(dest="cmd", required=True)
+    groups: dict[str, Any] = {}  # `drill-run` in the table is `failoverctl drill run`
     for cmd in COMMANDS.values():
-        _add_command(sub.add_parser(cmd.name, help=cmd.help), cmd)
+        group, _, leaf = cmd.name.partition("-")
+        if not leaf:
+            _add_command(sub.add_parser(cmd.name, help=cmd.help), cmd)
+            continue
+        if group not in groups:
+            groups[group] = sub.add_parser(group, help=f"{group} commands").add_subparsers(dest="subcmd", required=True)
+        parser = groups[group].add_parser(leaf, help=cmd.help)
+        parser.set_defaults(cmd=cmd.name)
+        _add_command(parser, cmd)
     keygen = sub.add_parser("keygen", help="make an operator's signing keypair (no daemon involved)")
     keygen.add_argument("name", metavar="NAME", help="the key's name, as gateways will know it")
     keygen.add_argument("--out", default=".", metavar="DIR", help="where NAME.key and NAME.pub go (default .)")
@@ -465,6 +513,8 @@ def show(args: argparse.Namespace, reply: dict[str, Any], tty: bool) -> None:
         print(render_clock(reply, tty))
     elif args.cmd == "explain":
         print("\n".join(reply["chain"]))
+    elif args.cmd == "drill-status":
+        print(render_drills(reply["drills"], tty))
     else:
         print(reply.get("text", "ok"))
         for change in reply.get("changes", []):

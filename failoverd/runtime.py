@@ -19,6 +19,7 @@ from failoverd.policy import load_policy
 from failoverd.policy.model import Policy
 from failoverd.services.base import Inbox, Service
 from failoverd.services.clock import ClockService
+from failoverd.services.drills import DrillService
 from failoverd.services.engine import EngineService
 from failoverd.services.gateway import LocalGateway
 from failoverd.services.history import History
@@ -59,6 +60,7 @@ async def serve(opts: Options, policy: Policy) -> None:
             LinkService(kernel, engine, inbox),
             probes,
             clock,
+            DrillService(engine, inbox),
             ControlSocket(gateway, opts.socket_path),
         ]
         if policy.control.mqtt.enabled:

@@ -14,12 +14,14 @@ import heapq
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from failoverd.control.commands import COMMANDS, BadRequest, to_event, validate
+from failoverd.drillwindows import window_event
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.records import effect_record, note_record, stamped
@@ -50,7 +52,7 @@ class Step(Condition):
     carrier_restored: str | None = None
     flap: Duration | None = None  # toggle the uplink's carrier with this period ...
     until: NonNegDuration | None = None  # ... until then
-    command: Literal["failover", "drain", "release"] | None = None
+    command: Literal["failover", "drain", "release", "drill-run"] | None = None
     class_: str | None = Field(default=None, alias="class")
     to: str | None = None
     for_: NonNegDuration | None = Field(default=None, alias="for")
@@ -73,11 +75,25 @@ class UplinkWorld(Condition):
     standby: Standby = Standby()
 
 
+def _wall_seconds(value: object) -> object:
+    """A UTC timestamp as YAML gives it (a datetime, naive meaning UTC) or as text: seconds since the epoch."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a time such as 2026-01-04T02:20:00Z") from exc
+    if isinstance(value, datetime):
+        return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
+    return value
+
+
 class Timeline(Strict):
     """a timeline: duration, events"""
 
     duration: Duration
     seed: int = 1
+    # The wall clock (UTC) at the start, for drills in a weekly window: 2026-01-04T01:50:00Z.
+    wall_start: Annotated[float, BeforeValidator(_wall_seconds)] | None = None
     world: dict[str, UplinkWorld] = Field(default_factory=dict)
     events: list[Step] = Field(default_factory=list)
 
@@ -180,6 +196,8 @@ class Simulation:
     def run(self) -> list[dict[str, Any]]:
         """The history of the run, record by record as `failoverctl history` shows the daemon's."""
         pol, tl = self.policy, self.timeline
+        if tl.wall_start is not None:
+            self.wall_epoch = tl.wall_start
         rng = random.Random(tl.seed)
         links = {name: _Link(powered=not u.standby.cold) for name, u in pol.uplinks.items()}
         for name, w in tl.world.items():
@@ -199,6 +217,7 @@ class Simulation:
             push(tick, "round", _Round(interval, tuple(probes), tick))
         state = initial_state(pol, 0.0)
         state = self._step(state, ev.Tick(), 0.0, links, push)
+        push(0.0, "windows", None)
         requests = 0
         deadline = next_deadline(state)
 
@@ -238,6 +257,14 @@ class Simulation:
                 if isinstance(payload, ev.StandbyResult) and payload.action == "activate" and payload.ok:
                     links[payload.uplink].powered = True  # the modem is up when it says so
                 state = self._step(state, payload, t, links, push)
+            elif kind == "windows":
+                # As the drill service: each window drill's next opening, in monotonic time, again
+                # after it closes (and after a clock event, below).
+                for name, drill in pol.drills.items():
+                    if drill.window is not None:
+                        opening = window_event(name, drill.window, self.wall(t), t)
+                        state = self._step(state, opening, t, links, push)
+                        push(opening.closes + 1.0, "windows", None)
             elif kind == "flap":
                 name, period, until = payload
                 link = links[name]
@@ -252,6 +279,8 @@ class Simulation:
                 for change in self._step_events(s, links, i, requests):
                     requests += 1
                     state = self._step(state, change, t, links, push)
+                if s.clock is not None and s.wall_shift:
+                    push(t, "windows", None)
                 if s.flap is not None and s.uplink is not None:
                     push(t, "flap", (s.uplink, s.flap, s.until or t))
             deadline = next_deadline(state)

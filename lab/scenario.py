@@ -102,6 +102,8 @@ class Expect(Strict):
         "clock_state",
         "falseticker",
         "clock_steps",
+        "drill_verdict",
+        "warning_lead_s",
     ]
     any_of: list[str] | None = None
     server: str | None = None
@@ -204,6 +206,8 @@ class Run:
     t0: float = 0.0
     clock: dict[str, Any] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
+    drills: list[dict[str, Any]] = field(default_factory=list)  # drill records with a verdict
+    alarms: list[dict[str, Any]] = field(default_factory=list)
     policy_file: str | None = None  # what the daemon runs: the scenario's policy unless this is the baseline run
     baseline: dict[str, Any] | None = None  # the baseline run's report
 
@@ -474,6 +478,10 @@ class Run:
             }
         finals = {c["name"]: (c["uplink"] if c["route"] == "via" else c["route"]) for c in final.get("classes", [])}
         states = {u["name"]: u["state"] for u in final.get("uplinks", [])}
+        self.drills = [
+            r for r in history if r.get("kind") == "drill" and "verdict" in r and r.get("mono", 0) >= self.t0
+        ]
+        self.alarms = [r for r in history if r.get("kind") == "alarm" and r.get("mono", 0) >= self.t0]
         # The baseline run is measured by the main run's report (expectations `of: baseline`), not its own.
         expect = [] if self.policy_file is not None else self.scenario.expect
         results = [self.measure(e, per_class, decisions, finals, states) for e in expect]
@@ -557,6 +565,20 @@ class Run:
                 value = sorted(s["server"] for s in self.clock.get("sources", []) if s.get("state") == "falseticker")
             case "clock_steps":
                 value = [round(s["delta_s"], 3) for s in self.clock.get("steps", []) if not s["explained"]]
+            case "drill_verdict":  # the last drill of the uplink: pass, fail, aborted, production
+                value = next((d["verdict"] for d in reversed(self.drills) if d["uplink"] == e.uplink), None)
+            case "warning_lead_s":
+                # How long before the class lost its last route the failed drill of the uplink warned.
+                warned = next((a["mono"] for a in self.alarms if a["cause"]["code"] == "drill-failed"), None)
+                lost = next(
+                    (
+                        d["mono"]
+                        for d in decisions
+                        if d["class"] == e.cls and d["route"] in ("unreachable", "blackhole")
+                    ),
+                    None,
+                )
+                value = None if warned is None or lost is None else round(lost - warned, 3)
         ok = value is not None
         numeric = isinstance(value, int | float)
         if ok and numeric and e.max is not None:
@@ -602,6 +624,11 @@ def _describe(r: dict[str, Any]) -> str:
             return f"{r['uplink']}: {r['action']}"
         case "clock":
             return f"clock {r['from']} -> {r['to']}"
+        case "drill":
+            verdict = f" {r['verdict']}" if "verdict" in r else ""
+            return f"drill {r['uplink']}: {r['from']} -> {r['to']}{verdict} ({r['cause']['code']})"
+        case "drill-check":
+            return f"drill {r['uplink']} {r['check']}: {r['value']}{r['unit']} {'ok' if r['ok'] else 'FAILED'}"
     return ""
 
 

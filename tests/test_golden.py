@@ -32,7 +32,7 @@ def _in(t: float, window: list[float]) -> bool:
 
 
 def _fmt(rows: list[dict[str, Any]]) -> str:
-    keep = ("mono", "class", "uplink", "route", "from", "to", "ok", "text", "action", "subject")
+    keep = ("mono", "class", "uplink", "route", "from", "to", "ok", "text", "action", "subject", "verdict", "check")
 
     def line(r: dict[str, Any]) -> str:
         shown = [f"{k}={r[k]}" for k in keep if k in r]
@@ -77,6 +77,10 @@ def test_golden(path: Path) -> None:
         _check_ordered("conntrack", expect["conntrack"], by_kind.get("conntrack", []))
     if "standby" in expect:
         _check_ordered("standby", expect["standby"], by_kind.get("standby", []))
+    if "drills" in expect:
+        _check_ordered("drills", expect["drills"], by_kind.get("drill", []))
+    if "drill_checks" in expect:
+        _check_ordered("drill_checks", expect["drill_checks"], by_kind.get("drill-check", []))
     if "uplinks" in expect:
         named = {e["uplink"] for e in expect["uplinks"]}
         actual = [r for r in by_kind.get("uplink", []) if r["uplink"] in named]

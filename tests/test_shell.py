@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import asyncio
 import contextlib
@@ -128,6 +129,10 @@ def test_one_kernel_writer() -> None:
 def test_failoverctl_is_built_from_the_command_table() -> None:
     parser = build_parser()
     help_text = parser.format_help()
+    # `drill-run` in the table is `failoverctl drill run`: its help is the drill group's
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for group in {c.name.partition("-")[0] for c in COMMANDS.values() if "-" in c.name}:
+        help_text += subcommands.choices[group].format_help()
     assert all(f"{c.name:<20}{c.help}" in help_text or c.help in help_text for c in COMMANDS.values())
     req = to_request(parser.parse_args(["failover", "dispatch", "--to", "mobile", "--for", "30m", "--reason", "x"]))
     assert req["cmd"] == "failover" and req["class"] == "dispatch" and req["to"] == "mobile" and req["for"] == "30m"
@@ -139,7 +144,15 @@ def test_failoverctl_is_built_from_the_command_table() -> None:
     with pytest.raises(SystemExit):
         parser.parse_args(["failover", "dispatch", "--to", "mobile"])  # a reason is required
     # whatever failoverctl builds, the table accepts as it is
-    for argv in (["status"], ["drain", "fiber", "--reason", "r", "--force"], ["explain", "dispatch"], ["clock"]):
+    assert to_request(parser.parse_args(["drill", "run", "sat"]))["cmd"] == "drill-run"
+    for argv in (
+        ["status"],
+        ["drain", "fiber", "--reason", "r", "--force"],
+        ["explain", "dispatch"],
+        ["clock"],
+        ["drill", "status"],
+        ["drill", "run", "sat"],
+    ):
         validate(to_request(parser.parse_args(argv)))
 
 

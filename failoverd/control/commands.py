@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from failoverd.control.api import Gateway, OperatorCommand
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.explain import UnknownClass, explain
+from failoverd.observe.status import drill_rows
 from failoverd.policy.durations import parse_duration
 
 
@@ -91,6 +93,8 @@ def to_event(name: str, args: dict[str, Any], request: str = "") -> OperatorComm
             return ev.DrainUplink(request, args["uplink"], args.get("reason", ""), ttl, force, by)
         case "release":
             return ev.Release(request, None if args.get("all") else str(args["override"]), by)
+        case "drill-run":
+            return ev.RunDrill(request, args["uplink"], by)
     raise BadRequest(f"{name} is not a command that the engine takes")
 
 
@@ -139,6 +143,14 @@ async def _history(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
 
 async def _clock(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, **g.clock_report()}
+
+
+async def _drill_status(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "drills": drill_rows(g.policy, g.state, time.monotonic())}
+
+
+async def _drill_run(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return await _to_engine(g, args, "drill-run")
 
 
 async def _reload(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
@@ -212,6 +224,18 @@ COMMANDS: dict[str, Command] = {
         ),
         Command("reload", "validate and load the policy file again", True, _reload),
         Command("clock", "the clock's verdict, each time source, recent steps", False, _clock),
+        # failoverctl shows these two as `drill status` and `drill run UPLINK` (the part before the dash)
+        Command("drill-status", "each drilled backup: schedule, running drill, last verdict", False, _drill_status),
+        Command(
+            "drill-run",
+            "drill a backup uplink now (refused when unsafe)",
+            True,
+            _drill_run,
+            (
+                Arg("uplink", "str", "the uplink to drill", required=True, cli="positional", metavar="UPLINK"),
+                _BY,
+            ),
+        ),
     )
 }
 

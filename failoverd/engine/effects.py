@@ -93,6 +93,42 @@ class Alarm:
     cause: Cause
 
 
+DrillVerdict = Literal["pass", "fail", "aborted", "production"]
+
+
+@dataclass(frozen=True, slots=True)
+class DrillChanged:
+    """A drill moved in its state machine (engine/drills.py); when it ends, with its verdict."""
+
+    uplink: str
+    old: str
+    new: str
+    cause: Cause
+    verdict: DrillVerdict | None = None
+    deactivated: bool = False  # the drill switched off what it had switched on
+
+
+@dataclass(frozen=True, slots=True)
+class DrillCheck:
+    """One thing a drill measured, and whether it passed."""
+
+    uplink: str
+    check: str  # activation, first-answer, rtt, loss, rounds
+    value: float | None
+    unit: str
+    ok: bool
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class DrillPostponed:
+    """A drill was due but it was not safe (or the clock not trusted) to run it."""
+
+    uplink: str
+    retry_at: float | None  # monotonic; None: at the next window
+    cause: Cause
+
+
 @dataclass(frozen=True, slots=True)
 class CommandReply:
     """The answer to an operator command: what changed, or why nothing did."""
@@ -115,4 +151,7 @@ Effect = (
     | ClockReaction
     | Alarm
     | CommandReply
+    | DrillChanged
+    | DrillCheck
+    | DrillPostponed
 )

@@ -105,11 +105,31 @@ class PolicyReloaded:
 
 
 @dataclass(frozen=True, slots=True)
+class RunDrill:
+    """Operator: drill a backup uplink now (refused, with the reason, when it is not safe)."""
+
+    request: str
+    uplink: str
+    by: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class DrillWindow:
+    """The next opening of an uplink's weekly drill window, converted by the shell from the wall clock
+    to monotonic time; `wall_opens` names the window, so that one opening is drilled once."""
+
+    uplink: str
+    opens: float  # monotonic
+    closes: float  # monotonic
+    wall_opens: float  # evidence and identity only, never a timer
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: timers (hold-down, preempt, damping, TTLs) may have expired."""
 
 
-Command = ForceClass | DrainUplink | Release
+Command = ForceClass | DrainUplink | Release | RunDrill
 Event = (
     ProbeResult
     | ProbeBatch
@@ -120,5 +140,7 @@ Event = (
     | Release
     | ClockChanged
     | PolicyReloaded
+    | RunDrill
+    | DrillWindow
     | Tick
 )

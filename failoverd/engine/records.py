@@ -45,6 +45,35 @@ def effect_record(e: fx.Effect) -> dict[str, Any] | None:
         case fx.ActivateStandby() | fx.DeactivateStandby():
             action = "activate" if isinstance(e, fx.ActivateStandby) else "deactivate"
             return {"kind": "standby", "uplink": e.uplink, "action": action, "cause": e.cause.as_dict()}
+        case fx.DrillChanged():
+            out: dict[str, Any] = {
+                "kind": "drill",
+                "uplink": e.uplink,
+                "from": e.old,
+                "to": e.new,
+                "cause": e.cause.as_dict(),
+            }
+            if e.verdict is not None:
+                out["verdict"] = e.verdict
+                out["deactivated"] = e.deactivated
+            return out
+        case fx.DrillCheck():
+            return {
+                "kind": "drill-check",
+                "uplink": e.uplink,
+                "check": e.check,
+                "value": None if e.value is None else round(e.value, 3),
+                "unit": e.unit,
+                "ok": e.ok,
+                "cause": e.cause.as_dict(),
+            }
+        case fx.DrillPostponed():
+            return {
+                "kind": "drill-postponed",
+                "uplink": e.uplink,
+                "retry_mono": None if e.retry_at is None else round(e.retry_at, 6),
+                "cause": e.cause.as_dict(),
+            }
         case fx.WithdrawClass():
             return {
                 "kind": "decision",

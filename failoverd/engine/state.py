@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
 from failoverd.errors import EngineBug
 from failoverd.policy.model import Policy
+
+if TYPE_CHECKING:
+    from failoverd.engine.drillstate import DrillRun, DrillSchedule
 
 
 class Health(Enum):
@@ -204,6 +207,8 @@ class EngineState:
     wake_at: float | None = None
     # Cold uplinks pre-warmed for classes down to one usable uplink, and why (engine/redundancy.py).
     prewarm: Mapping[str, str] = field(default_factory=dict)
+    drill: DrillRun | None = None  # the backup drill in progress (engine/drills.py)
+    drills: Mapping[str, DrillSchedule] = field(default_factory=dict)  # per drilled uplink: when, last result
 
     def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
         for o in self.overrides:

@@ -23,8 +23,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import assert_never
 
+from failoverd.engine import drills as dr
 from failoverd.engine import health as hl
 from failoverd.engine.decide import Choice, candidate, choose, is_failback, usable, why_unusable
+from failoverd.engine.drillstate import DrillSchedule
 from failoverd.engine.effects import (
     ActivateStandby,
     Alarm,
@@ -44,12 +46,14 @@ from failoverd.engine.events import (
     ClockChanged,
     ClockState,
     DrainUplink,
+    DrillWindow,
     Event,
     ForceClass,
     PolicyReloaded,
     ProbeBatch,
     ProbeResult,
     Release,
+    RunDrill,
     StandbyResult,
     Tick,
 )
@@ -96,6 +100,9 @@ class _Work:
         self.prewarm: dict[str, str] = dict(state.prewarm)
         self.reloaded = False
         self._key_before: tuple[object, ...] | None = None
+        self.drill = state.drill
+        self.drill_schedules: dict[str, DrillSchedule] = dict(state.drills)
+        self.needed: set[str] = set()  # cold uplinks some class needs, or uses (plan_standby)
 
     def snapshot(self) -> EngineState:
         return EngineState(
@@ -106,6 +113,8 @@ class _Work:
             clock=self.clock,
             override_seq=self.seq,
             prewarm=dict(self.prewarm),
+            drill=self.drill,
+            drills=dict(self.drill_schedules),
         )
 
     def readiness_moved(self, view: EngineState) -> bool:
@@ -167,7 +176,8 @@ class _Work:
         self.uplinks[name] = replace(
             u, activated=False, activation_deadline=None, retry_at=self.now + spec.standby.retry_after
         )
-        self.alarm("critical", name, cause)
+        if self.drill is None or self.drill.uplink != name:
+            self.alarm("critical", name, cause)  # (a drill's failure raises the drill's own alarm)
 
     def clock_changed(self, ev: ClockChanged) -> None:
         old = self.clock.state
@@ -429,6 +439,7 @@ class _Work:
             self.prewarm = {}
         prewarm = self.prewarm
         needed |= prewarm.keys()
+        self.needed = needed
         for name, spec in self.policy.uplinks.items():
             if not spec.standby.cold:
                 continue
@@ -436,7 +447,7 @@ class _Work:
             sb = spec.standby
             if name in needed:
                 if u.idle_since is not None:
-                    u = replace(u, idle_since=None)
+                    self.uplinks[name] = u = replace(u, idle_since=None)
                 retry = u.lifecycle is Lifecycle.FAILED and (u.retry_at is None or self.now >= u.retry_at)
                 if u.lifecycle is Lifecycle.STANDBY or retry:
                     users = sorted(c for c, ch in choices.items() if name in ch.needs)
@@ -445,35 +456,47 @@ class _Work:
                     else:
                         why = prewarm[name]
                         cause = Cause("prewarm", f"pre-warming: {why}", (("prewarm", why),))
-                    self.effects.append(ActivateStandby(name, sb.activate, cause))
-                    u = switch(u, Lifecycle.ACTIVATING, self.now, cause)
-                    u = replace(
-                        u,
-                        activated=False,
-                        activation_deadline=self.now + sb.activation_time,
-                        retry_at=None,
-                        targets={},
-                        fresh_successes=0,
-                    )
+                    self.activate_standby(name, cause)
+            elif self.drill is not None and self.drill.uplink == name:
+                continue  # up for a drill, which switches it off when it is done
             elif u.lifecycle is not Lifecycle.STANDBY:
                 idle = u.idle_since
                 if idle is None:
                     idle = self.now
-                    u = replace(u, idle_since=idle)
+                    self.uplinks[name] = u = replace(u, idle_since=idle)
                 if self.now - idle >= sb.release_after:
-                    cause = Cause("standby-release", f"no class needed it for {sb.release_after:g}s")
-                    self.effects.append(DeactivateStandby(name, sb.deactivate, cause))
-                    u = switch(u, Lifecycle.STANDBY, self.now, cause)
-                    u = replace(
-                        u,
-                        activated=False,
-                        activation_deadline=None,
-                        idle_since=None,
-                        targets={},
-                        clear_since=None,
-                        degraded_clear_since=None,
+                    self.release_standby(
+                        name, Cause("standby-release", f"no class needed it for {sb.release_after:g}s")
                     )
-            self.uplinks[name] = u
+
+    def activate_standby(self, name: str, cause: Cause) -> None:
+        """Switch a cold uplink on: the one way to, for a class that needs it and for a drill alike."""
+        sb = self.policy.uplinks[name].standby
+        self.effects.append(ActivateStandby(name, sb.activate, cause))
+        u = switch(self.uplinks[name], Lifecycle.ACTIVATING, self.now, cause)
+        self.uplinks[name] = replace(
+            u,
+            activated=False,
+            activation_deadline=self.now + sb.activation_time,
+            retry_at=None,
+            targets={},
+            fresh_successes=0,
+        )
+
+    def release_standby(self, name: str, cause: Cause) -> None:
+        """Switch a cold uplink off."""
+        sb = self.policy.uplinks[name].standby
+        self.effects.append(DeactivateStandby(name, sb.deactivate, cause))
+        u = switch(self.uplinks[name], Lifecycle.STANDBY, self.now, cause)
+        self.uplinks[name] = replace(
+            u,
+            activated=False,
+            activation_deadline=None,
+            idle_since=None,
+            targets={},
+            clear_since=None,
+            degraded_clear_since=None,
+        )
 
     def watch_redundancy(self) -> None:
         """Raise a class's alarm when it is down to its last usable uplink; clear it when one more is."""
@@ -567,8 +590,10 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
     match event:
         case ProbeResult():
             w.probes((event,))
+            dr.fold_probes(w, (event,))
         case ProbeBatch():
             w.probes(event.results)
+            dr.fold_probes(w, event.results)
         case CarrierChanged():
             w.carrier(event)
         case StandbyResult():
@@ -586,6 +611,11 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
             w.clock_changed(event)
         case PolicyReloaded():
             w.policy_reloaded()
+        case RunDrill():
+            w.by = event.by
+            dr.run_now(w, event)
+        case DrillWindow():
+            dr.window(w, event)
         case Tick():
             pass
         case _:
@@ -595,6 +625,7 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
     choices = w.assign()
     w.watch_verification()  # first: redundancy reads the staleness it sets
     w.plan_standby(choices)
+    dr.advance(w)
     w.watch_redundancy()
     return w.finish()
 
@@ -610,6 +641,7 @@ def _probed(event: Event) -> frozenset[str] | None:
 
 def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> float | None:
     times: list[float] = [o.expires for o in state.overrides] + preempt_at
+    times += dr.wake_times(state.drill, state.drills, policy)
     for name, spec in policy.uplinks.items():
         u = state.uplinks[name]
         t = hl.next_deadline(spec, u)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from failoverd.engine.decide import drained, usable
+from failoverd.engine.drillstate import Check
 from failoverd.engine.redundancy import last_verified, redundancy
 from failoverd.engine.state import EngineState, TargetState
 from failoverd.policy.model import Policy
@@ -108,3 +109,53 @@ def redundancy_summary(policy: Policy, state: EngineState) -> dict[str, dict[str
         c = state.classes.get(name)
         out[name] = {"usable": len(r.usable), "standby": len(r.standby), "alarm": c is not None and c.exposed}
     return out
+
+
+def drill_rows(policy: Policy, state: EngineState, now: float) -> list[dict[str, Any]]:
+    """`failoverctl drill status`: each drilled uplink's schedule, the running drill, the last result."""
+    rows = []
+    for name, spec in policy.drills.items():
+        sch = state.drills.get(name)
+        run = state.drill if state.drill is not None and state.drill.uplink == name else None
+        when = (
+            f"every {spec.every:g}s" if spec.every is not None else f"window {spec.window.text if spec.window else '?'}"
+        )
+        row: dict[str, Any] = {
+            "uplink": name,
+            "schedule": when,
+            "offset_s": round(spec.offset, 1),
+            "running": None,
+            "due_in_s": None,
+            "postponed": None,
+            "last": None,
+            "verified_age_s": None,
+            "verified": False,
+        }
+        if run is not None:
+            row["running"] = {
+                "phase": run.phase.value,
+                "by": run.by,
+                "age_s": round(now - run.started, 1),
+                "bytes": run.bytes,
+                "rounds": min((run.results.get(p.key, 0) for p in policy.uplinks[name].probes), default=0),
+                "checks": [_check(c) for c in run.checks],
+            }
+        if sch is not None:
+            row["due_in_s"] = None if sch.due_at is None else round(sch.due_at - now, 1)
+            row["postponed"] = sch.postponed
+            if sch.last is not None:
+                row["last"] = {
+                    "verdict": sch.last.verdict,
+                    "age_s": round(now - sch.last.at, 1),
+                    "cause": sch.last.cause.as_dict(),
+                    "checks": [_check(c) for c in sch.last.checks],
+                }
+            if sch.verified_at is not None:
+                row["verified_age_s"] = round(now - sch.verified_at, 1)
+                row["verified"] = now - sch.verified_at <= spec.valid_for
+        rows.append(row)
+    return rows
+
+
+def _check(c: Check) -> dict[str, Any]:
+    return {"check": c.name, "value": None if c.value is None else round(c.value, 3), "unit": c.unit, "ok": c.ok}

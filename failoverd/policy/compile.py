@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import replace
@@ -84,6 +85,42 @@ def _probe(p: s.Probe, next_hop: str | None) -> m.ProbeSpec:
         case s.ArpProbe():
             return replace(base, target=next_hop or "")
     raise AssertionError(p)
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_window(text: str) -> m.WindowSpec:
+    """`Sun 02:00-04:00`, `sat,sun 23:00-01:00` or `daily 03:00-05:00` (schema.WINDOW_PATTERN checked it)."""
+    days_text, span = text.strip().lower().split(None, 1)
+    days = range(7) if days_text == "daily" else (_DAYS.index(d.strip()) for d in days_text.split(","))
+    start, end = (int(h) * 60 + int(mm) for h, mm in (t.strip().split(":") for t in span.split("-")))
+    return m.WindowSpec(frozenset(days), start, end, text.strip())
+
+
+def drill_offset(site: str, uplink: str, jitter: float) -> float:
+    """Where in [0, jitter) this gateway's drill of `uplink` starts: the same every time for one site,
+    spread over the jitter across a fleet (a hash of the names, so the engine needs no randomness)."""
+    digest = hashlib.sha256(f"{site}/{uplink}".encode()).digest()
+    return jitter * int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _drill(d: s.Drill, site: str) -> m.DrillSpec:
+    default_valid = 1.5 * d.every if d.every is not None else 8 * 86400.0
+    valid = d.valid_for if d.valid_for is not None else default_valid
+    return m.DrillSpec(
+        uplink=d.uplink,
+        every=d.every,
+        window=parse_window(d.window) if d.window is not None else None,
+        offset=drill_offset(site, d.uplink, d.jitter),
+        rounds=d.rounds,
+        max_loss_percent=d.max_loss_percent,
+        max_bytes=d.max_bytes,
+        max_duration=d.max_duration,
+        valid_for=valid,
+        retry_after=d.retry_after,
+        severity=d.severity,
+    )
 
 
 def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
@@ -234,4 +271,5 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             ),
         ),
         source=source,
+        drills={d.uplink: _drill(d, doc.site) for d in doc.drills},
     )

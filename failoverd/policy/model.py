@@ -214,6 +214,39 @@ class OwnershipSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """A weekly maintenance window on the wall clock (UTC): days 0 (Monday) to 6, minutes after midnight.
+    A window whose end is not after its start runs past midnight into the next day."""
+
+    days: frozenset[int]
+    start: int
+    end: int
+    text: str
+
+    @property
+    def length(self) -> float:
+        """Seconds the window stays open."""
+        return float(((self.end - self.start) % 1440 or 1440) * 60)
+
+
+@dataclass(frozen=True, slots=True)
+class DrillSpec:
+    """A backup uplink proved on a schedule: brought up (if cold), probed through, and let go again."""
+
+    uplink: str
+    every: float | None  # an interval on the monotonic clock, or ...
+    window: WindowSpec | None  # ... a weekly window on the wall clock (postponed while the clock is not trusted)
+    offset: float  # within `jitter`: derived from the site's and uplink's names, so a fleet spreads out
+    rounds: int  # probe rounds through the uplink that the drill waits for
+    max_loss_percent: float
+    max_bytes: int | None  # failoverd's own probe traffic during the drill (an estimate)
+    max_duration: float
+    valid_for: float  # a pass verifies the uplink for this long
+    retry_after: float  # a drill postponed as unsafe is tried again this much later
+    severity: AlarmSeverity  # of the alarm when the uplink fails its drill
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     site: str
     ownership: OwnershipSpec
@@ -222,3 +255,4 @@ class Policy:
     clock: ClockSpec = field(hash=False)
     control: ControlSpec = field(hash=False)
     source: str = "<policy>"
+    drills: Mapping[str, DrillSpec] = field(default_factory=dict, hash=False)  # by uplink, in the file's order

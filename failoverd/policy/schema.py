@@ -320,6 +320,50 @@ class Control(Strict):
     mqtt: Mqtt = Mqtt()
 
 
+def _parse_bytes(value: object) -> object:
+    if isinstance(value, str):
+        mt = re.fullmatch(r"\s*(\d+)\s*(k|M|G)?B?\s*", value)
+        if mt is None:
+            raise ValueError(f"{value!r} is not a size: write bytes (250000) or a value such as 500kB, 2MB")
+        return int(mt.group(1)) * {None: 1, "k": 1000, "M": 1000**2, "G": 1000**3}[mt.group(2)]
+    return value
+
+
+Bytes = Annotated[int, BeforeValidator(_parse_bytes), Field(gt=0)]
+# "Sun 02:00-04:00", "Sat,Sun 23:30-01:00", "daily 03:00-04:00": days, then a span of UTC time.
+WINDOW_PATTERN = (
+    r"^\s*(daily|(mon|tue|wed|thu|fri|sat|sun)(\s*,\s*(mon|tue|wed|thu|fri|sat|sun))*)"
+    r"\s+([01]\d|2[0-3]):[0-5]\d\s*-\s*([01]\d|2[0-3]):[0-5]\d\s*$"
+)
+
+
+def _check_window(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(WINDOW_PATTERN, value, re.IGNORECASE):
+        raise ValueError(
+            f"{value!r} is not a window: write days and a UTC span, e.g. Sun 02:00-04:00 or daily 03:00-05:00"
+        )
+    return value
+
+
+class Drill(Strict):
+    """A backup proved on a schedule: activated (if cold), probed through, released."""
+
+    uplink: Name
+    every: Duration | None = None  # an interval, or ...
+    # ... a weekly maintenance window, UTC: "Sun 02:00-04:00"; postponed while the clock is not trusted.
+    window: Annotated[str, BeforeValidator(_check_window)] | None = None
+    # The drill starts up to this much after the interval or the window opens, at an offset derived
+    # from the site's name: a fleet of gateways on one policy does not drill at one instant.
+    jitter: NonNegDuration = 0.0
+    rounds: int = Field(default=5, ge=1, le=1000)  # probe rounds that must pass through the uplink
+    max_loss_percent: Percent = 20.0
+    max_bytes: Bytes | None = None  # required on a metered uplink
+    max_duration: Duration = 600.0
+    valid_for: Duration | None = None  # how long a pass verifies the uplink (default: 1.5 intervals, or 8 days)
+    retry_after: Duration = 900.0  # when it was not safe to drill
+    severity: AlarmSeverity = "critical"  # of the alarm when the uplink fails its drill
+
+
 class PolicyDocument(Strict):
     """a policy: site, uplinks, classes"""
 
@@ -329,3 +373,4 @@ class PolicyDocument(Strict):
     classes: list[TrafficClass] = Field(min_length=1)
     clock: Clock = Clock()
     control: Control = Control()
+    drills: list[Drill] = Field(default_factory=list)

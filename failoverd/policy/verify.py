@@ -12,6 +12,7 @@ from failoverd.policy.compile import (
     mark_values,
     parse_dscp,
     parse_ports,
+    parse_window,
     protocol_number,
 )
 
@@ -19,7 +20,7 @@ Finding = tuple[tuple[str | int, ...], str]
 
 
 def verify(doc: s.PolicyDocument) -> list[Finding]:
-    return [*_uplinks(doc), *_classes(doc), *_resources(doc), *_control(doc)]
+    return [*_uplinks(doc), *_classes(doc), *_resources(doc), *_control(doc), *_drills(doc)]
 
 
 def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
@@ -265,3 +266,46 @@ def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
         yield ("control", "mqtt", "cert_key_file"), "MQTT cert_key_file is the key of cert_file: give cert_file"
     if doc.clock.max_error >= doc.clock.panic:
         yield ("clock", "max_error"), "max_error must be below panic"
+
+
+def _drills(doc: s.PolicyDocument) -> Iterator[Finding]:
+    uplinks = {u.name: u for u in doc.uplinks}
+    seen: dict[str, int] = {}
+    for i, d in enumerate(doc.drills):
+        at = ("drills", i)
+        u = uplinks.get(d.uplink)
+        if u is None:
+            yield (*at, "uplink"), f'drill names unknown uplink "{d.uplink}" (uplinks: {", ".join(uplinks)})'
+            continue
+        if d.uplink in seen:
+            yield (*at, "uplink"), f'uplink "{d.uplink}" is drilled twice (first in drills.{seen[d.uplink]})'
+        seen.setdefault(d.uplink, i)
+        if (d.every is None) == (d.window is None):
+            yield at, f'drill of "{d.uplink}": give either every (an interval) or window (e.g. Sun 02:00-04:00)'
+        if not u.probes:
+            yield (*at, "uplink"), f'drill of "{d.uplink}": the uplink has no probes, so nothing can pass through it'
+        if u.metered and d.max_bytes is None:
+            yield (
+                (*at, "uplink"),
+                f'drill of "{d.uplink}": the uplink is metered: bound the drill with max_bytes',
+            )
+        if d.window is not None:
+            length = parse_window(d.window).length
+            if d.jitter + d.max_duration > length:
+                yield (
+                    (*at, "jitter"),
+                    (
+                        f'drill of "{d.uplink}": jitter ({d.jitter:g}s) plus max_duration ({d.max_duration:g}s) '
+                        f"does not fit in the {length:g}s window"
+                    ),
+                )
+        elif d.every is not None and d.jitter >= d.every:
+            yield (*at, "jitter"), f'drill of "{d.uplink}": jitter ({d.jitter:g}s) must be below every ({d.every:g}s)'
+        if u.standby.mode == "cold" and d.max_duration <= u.standby.activation_time:
+            yield (
+                (*at, "max_duration"),
+                (
+                    f'drill of "{d.uplink}": max_duration ({d.max_duration:g}s) leaves no time for probes after '
+                    f"the activation_time ({u.standby.activation_time:g}s)"
+                ),
+            )

@@ -10,7 +10,7 @@ from typing import Any
 from failoverd.control.api import Feed, OperatorCommand
 from failoverd.engine import effects as fx
 from failoverd.engine.state import EngineState
-from failoverd.observe.status import class_rows, override_rows, uplink_rows
+from failoverd.observe.status import class_rows, drill_rows, override_rows, uplink_rows
 from failoverd.policy.model import Policy
 from failoverd.services.clock import ClockService
 from failoverd.services.engine import EngineService
@@ -58,6 +58,7 @@ class LocalGateway:
             "uplinks": uplink_rows(policy, st, self.probes.stats),
             "classes": class_rows(policy, st),
             "overrides": override_rows(st, time.monotonic()),
+            "drills": drill_rows(policy, st, time.monotonic()),
             "clock": {"state": st.clock.state.value, "bound_s": st.clock.bound, "evidence": list(st.clock.evidence)},
             "services": self.supervisor.statuses(),
         }
