@@ -52,6 +52,8 @@ def _uplink_text(u: UplinkSpec) -> str:
     elif u.admit is not None:
         bits.append(f"admits {', '.join(sorted(u.admit))}")
     bits.append("cold standby" if u.standby.cold else "hot")
+    if u.verify is not None:
+        bits.append(f"verified within {u.verify.within:g}s ({u.verify.alarm})")
     if u.probes:
         fastest = min(p.interval for p in u.probes)
         bits.append(
@@ -76,7 +78,12 @@ def summary(policy: Policy) -> str:
         match = " | ".join(_match_text(m) for m in c.matches) or "everything else"
         back = f"revertive after {c.preempt_delay:g}s" if c.revertive else "non-revertive"
         lines.append(f"    {c.name:<10} {match}")
-        lines.append(f"    {'':<10} path {' > '.join(c.path)}; {back}; all down: {c.when_all_down}")
+        ready = ""
+        if c.redundancy.alarm is not None:
+            ready += f"; last uplink: {c.redundancy.alarm} alarm"
+        if c.redundancy.prewarm:
+            ready += "; pre-warms cold standby"
+        lines.append(f"    {'':<10} path {' > '.join(c.path)}; {back}; all down: {c.when_all_down}{ready}")
     if policy.drills:
         lines.append(f"  drills ({len(policy.drills)}):")
     for d in policy.drills.values():

@@ -96,12 +96,20 @@ def render_status(st: dict[str, Any], tty: bool) -> str:
         lines.append(
             head + _paint(f"{state:<10}", u["state"], tty) + tail + _cut(cause, WIDTH - len(head) - 10 - len(tail))
         )
-    lines += ["", f"{'CLASS':<10} {'ROUTE':<18} {'SINCE':>6}  CAUSE"]
+    lines += ["", f"{'CLASS':<10} {'ROUTE':<18} {'SINCE':>6} {'SPARE':>5}  CAUSE"]
     for c in st["classes"]:
         route = f"via {c['uplink']}" if c["route"] == "via" else c["route"]
         cause = f"{c['cause']['code']}: {c['cause']['text']}"
-        head = f"{c['name']:<10} {route:<18} {_age(c['age_s']):>6}  "
-        lines.append(head + _cut(cause, WIDTH - len(head)))
+        # SPARE: usable uplinks + known-good cold standby ("1+1"); "!" while the last-uplink alarm is up.
+        r = c.get("redundancy")
+        spare = "-" if r is None else f"{r['usable']}+{r['standby']}" + ("!" if r["alarm"] else "")
+        head = f"{c['name']:<10} {route:<18} {_age(c['age_s']):>6} "
+        lines.append(
+            head
+            + _paint(f"{spare:>5}", "DOWN" if r and r["alarm"] else "", tty)
+            + "  "
+            + _cut(cause, WIDTH - len(head) - 7)
+        )
     if st["overrides"]:
         lines += ["", "OVERRIDES"]
         for o in st["overrides"]:

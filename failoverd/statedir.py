@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from failoverd.engine.state import Override
+from failoverd.engine.state import Override, UplinkState
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -144,3 +144,58 @@ def load_overrides(state: StateDir) -> tuple[tuple[Override, ...], int, str]:
         return tuple(Override(**o) for o in saved), seq, ""
     except (TypeError, ValueError) as exc:
         return (), 0, f"ignored unreadable {state.path}/{OVERRIDES}: {exc}"
+
+
+# -- proofs that uplinks work (redundancy: verify.within) ----------------------------------------
+PROOFS = "proofs.json"
+
+
+def save_proofs(state: StateDir, uplinks: Mapping[str, UplinkState], mono: float, wall: float) -> None:
+    """When each uplink was last seen working, and watched since, on both clocks: the monotonic
+    instant holds within this boot; after a reboot only the wall clock can say how long ago it was."""
+
+    def both(t: float | None) -> dict[str, float] | None:
+        return None if t is None else {"mono": t, "wall": wall - (mono - t)}
+
+    doc = {
+        "boot_id": boot_id(),
+        "uplinks": {n: {"verified": both(u.verified_at), "since": both(u.tracked_since)} for n, u in uplinks.items()},
+    }
+    state.replace(PROOFS, doc)
+
+
+def load_proofs(state: StateDir, mono: float, wall: float) -> tuple[dict[str, tuple[float | None, float]], str]:
+    """The saved proofs on this run's monotonic clock (uplink -> verified_at, tracked_since), and a note.
+
+    Within one boot the monotonic instants are kept as they are. After a reboot the age comes from the
+    wall clock; a saved instant in the wall clock's future (a clock set back, or not yet set at boot)
+    proves nothing, so that proof is dropped and the uplink counts as never verified: the alarm may
+    come early, never late.
+    """
+    got = state.read(PROOFS)
+    doc = got.document
+    if not isinstance(doc, dict) or not isinstance(doc.get("uplinks"), dict):
+        return {}, got.note or ("" if doc is None else f"ignored {state.path}/{PROOFS}: not a proofs document")
+    same_boot = doc.get("boot_id") == boot_id()
+    out: dict[str, tuple[float | None, float]] = {}
+    dropped: list[str] = []
+
+    def restore(t: Any) -> float | None:
+        if not isinstance(t, dict):
+            return None
+        if same_boot:
+            return min(float(t["mono"]), mono)
+        age = wall - float(t["wall"])
+        return None if age < 0 else mono - age
+
+    try:
+        for name, entry in doc["uplinks"].items():
+            verified = restore(entry.get("verified"))
+            since = restore(entry.get("since"))
+            if entry.get("verified") is not None and verified is None:
+                dropped.append(name)
+            out[str(name)] = (verified, mono if since is None else since)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return {}, f"ignored unreadable {state.path}/{PROOFS}: {exc}"
+    note = f"dropped proofs of {', '.join(dropped)}: saved in the wall clock's future" if dropped else ""
+    return out, note

@@ -45,14 +45,23 @@ def run_scenarios(lab: Lab, names: list[str], out_dir: Path, plot: bool, quiet: 
         for e in report["expectations"]:
             mark = "ok " if e["passed"] else "FAIL"
             limits = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("max", "min", "equals", "uplinks", "uplink"))
+            run = f" [{e['of']}]" if "of" in e else ""
             print(
-                f"  [{mark}] {e['what']}{' of ' + e['class'] if e['class'] else ''}: measured {e['measured']}"
+                f"  [{mark}] {e['what']}{' of ' + e['class'] if e['class'] else ''}{run}: measured {e['measured']}"
                 f" ({limits})"
+            )
+        base = report.get("baseline")
+        if base:
+            print(
+                f"  critical's outage: {report['outage_ms']} ms under {report['policy']}, "
+                f"{base['outage_ms']} ms under {base['policy']} (baseline)"
             )
         if plot:
             from lab.plot import plot as draw  # noqa: PLC0415
 
             report["plot"] = str(draw(report, out / "plot.png"))
+            if base:
+                base["plot"] = str(draw(base["report"], out / "plot-baseline.png"))
         reports.append(report)
     return reports
 

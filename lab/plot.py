@@ -51,7 +51,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
                 ax.text(a + (b - a) / 2, i, st, ha="center", va="center", fontsize=7, color="white")
     ax.set_yticks(range(len(uplinks)), uplinks)
     ax.set_title(
-        f"{report['scenario']}: {report.get('title', '')} — {'PASSED' if report['passed'] else 'FAILED'}", loc="left"
+        f"{report['scenario']}{' under ' + report['policy'] if report.get('policy') else ''}: {report.get('title', '')}"
+        f" — {'PASSED' if report['passed'] else 'FAILED'}",
+        loc="left",
     )
     colour = {name: UPLINK_COLOURS[i % len(UPLINK_COLOURS)] for i, name in enumerate(uplinks)}
     for k, cls in enumerate(classes):

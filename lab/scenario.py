@@ -88,6 +88,8 @@ class Step(Strict):
 
 
 class Expect(Strict):
+    # Which run is measured: the scenario's policy, or its `baseline` policy (the same steps again).
+    of: Literal["policy", "baseline"] = "policy"
     what: Literal[
         "outage_ms",
         "lost_packets",
@@ -121,6 +123,8 @@ class ScenarioFile(BaseModel):
     title: str
     about: str = ""
     policy: str = "policies/lab.yaml"
+    # Play the same steps again under this policy first, for comparison (the report's `baseline`).
+    baseline: str | None = None
     duration: float = Field(gt=0, le=600)
     settle: float = Field(default=2.0, ge=0)
     # Run failoverd under libfaketime so that clock-step can move its wall clock (and only its own).
@@ -204,6 +208,12 @@ class Run:
     threads: list[threading.Thread] = field(default_factory=list)
     drills: list[dict[str, Any]] = field(default_factory=list)  # drill records with a verdict
     alarms: list[dict[str, Any]] = field(default_factory=list)
+    policy_file: str | None = None  # what the daemon runs: the scenario's policy unless this is the baseline run
+    baseline: dict[str, Any] | None = None  # the baseline run's report
+
+    @property
+    def policy_path(self) -> Path:
+        return ROOT / (self.policy_file or self.scenario.policy)
 
     @property
     def stamp(self) -> Path:
@@ -227,7 +237,7 @@ class Run:
                 FAKETIME_NO_CACHE="1",
                 FAKETIME_DONT_FAKE_MONOTONIC="1",
             )
-        self.daemon = launch_failoverd(self.lab.topo.ns("gw"), ROOT / self.scenario.policy, self.out, env)
+        self.daemon = launch_failoverd(self.lab.topo.ns("gw"), self.policy_path, self.out, env)
 
     def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
@@ -342,6 +352,23 @@ class Run:
 
     # -- the run ------------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
+        """The scenario's report; with a `baseline`, the same steps are first played under that policy."""
+        sc = self.scenario
+        if sc.baseline is not None and self.policy_file is None:
+            try:
+                policy = load_policy(ROOT / sc.baseline)
+            except PolicyError as exc:
+                raise LabError(str(exc)) from None
+            base = Run(self.lab, sc, policy, self.out / "baseline", self.progress, policy_file=sc.baseline)
+            self.say(f"baseline run under {sc.baseline}")
+            try:
+                self.baseline = base.execute()
+            finally:
+                base.kill_daemon(signal.SIGKILL)
+            self.say(f"the run under {sc.policy}")
+        return self.execute_once()
+
+    def execute_once(self) -> dict[str, Any]:
         sc = self.scenario
         self.out.mkdir(parents=True, exist_ok=True)
         self.stamp.write_text("+0\n")
@@ -351,7 +378,7 @@ class Run:
         # Every scenario starts from a clean gateway: no routes or overrides left by the one before.
         shutil.rmtree(self.out / "state", ignore_errors=True)
         subprocess.run(
-            [PY, "-m", "failoverd.cli", "purge", "--policy", str(ROOT / sc.policy), "--netns", self.lab.topo.ns("gw")],
+            [PY, "-m", "failoverd.cli", "purge", "--policy", str(self.policy_path), "--netns", self.lab.topo.ns("gw")],
             cwd=ROOT,
             capture_output=True,
             check=True,
@@ -455,7 +482,9 @@ class Run:
             r for r in history if r.get("kind") == "drill" and "verdict" in r and r.get("mono", 0) >= self.t0
         ]
         self.alarms = [r for r in history if r.get("kind") == "alarm" and r.get("mono", 0) >= self.t0]
-        results = [self.measure(e, per_class, decisions, finals, states) for e in self.scenario.expect]
+        # The baseline run is measured by the main run's report (expectations `of: baseline`), not its own.
+        expect = [] if self.policy_file is not None else self.scenario.expect
+        results = [self.measure(e, per_class, decisions, finals, states) for e in expect]
         timeline = sorted(
             [{"t": round(e["t"] - self.t0, 3), "kind": "fault", "what": e["fault"]} for e in self.events]
             + [
@@ -466,8 +495,19 @@ class Run:
             key=lambda x: x["t"],
         )
         critical = per_class.get("critical", {})
+        baseline = None
+        if self.baseline is not None:
+            base_critical = self.baseline["classes"].get("critical", {})
+            baseline = {
+                "policy": self.scenario.baseline,
+                "outage_ms": base_critical.get("outage_ms"),
+                "lost_packets": base_critical.get("lost_packets"),
+                "report": self.baseline,
+            }
         return {
             "scenario": self.scenario.name,
+            "policy": self.policy_file or self.scenario.policy,
+            "baseline": baseline,
             "title": self.scenario.title,
             "passed": all(r["passed"] for r in results),
             "expectations": results,
@@ -495,6 +535,10 @@ class Run:
         finals: dict[str, Any],
         states: dict[str, str],
     ) -> dict[str, Any]:
+        if e.of == "baseline":
+            if self.baseline is None:
+                raise LabError("an expectation of the baseline needs a scenario with baseline: POLICY")
+            per_class = self.baseline["classes"]
         c = per_class.get(e.cls or "", {})
         value: Any
         match e.what:
@@ -566,7 +610,8 @@ class Run:
             ok = value == ([e.server] if e.server else [])
         if e.what == "clock_steps":
             ok = len(value or []) >= 1
-        return {"what": e.what, "class": e.cls, **limit, "measured": value, "passed": bool(ok)}
+        of = {"of": e.of} if e.of != "policy" else {}
+        return {"what": e.what, "class": e.cls, **of, **limit, "measured": value, "passed": bool(ok)}
 
 
 def _describe(r: dict[str, Any]) -> str:

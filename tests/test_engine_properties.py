@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from failoverd.engine.state import EngineState, Health, Lifecycle, initial_state
 from failoverd.engine.step import step
 from failoverd.policy import parse_policy_text
 from failoverd.policy.model import Policy
+from failoverd.simulate import Simulation, Timeline
 
 POLICY = parse_policy_text(
     """
@@ -251,3 +253,66 @@ classes:
     assert len(moves) > 1 + 2 * math.ceil(bound)
     damped = [e for _, e in run(timeline, FLAPPY) if isinstance(e, fx.SwitchClass)]
     assert len(damped) <= 1 + 2 * math.ceil(bound)
+
+
+EMERGENCY = Path(__file__).resolve().parent.parent / "policies" / "emergency.yaml"
+
+
+def _dispatch_outage(prewarm: bool, fiber_at: float, carrier_a_after: float, last_after: float, delay: float) -> float:
+    """Seconds from mobile-b's death until dispatch is on the satellite, in the chain of issue 15."""
+    text = EMERGENCY.read_text()
+    if not prewarm:
+        text = text.replace("prewarm: true", "prewarm: false")
+    policy = parse_policy_text(text, "emergency.yaml")
+    t_a = fiber_at + carrier_a_after
+    t_b = t_a + last_after
+    timeline = Timeline.model_validate(
+        {
+            "duration": t_b + delay + 10,
+            "world": {"sat": {"rtt_ms": 600, "standby": {"activation": "ok", "delay": delay}}},
+            "events": [
+                {"at": fiber_at, "uplink": "fiber", "carrier": "down"},
+                {"at": t_a, "carrier_outage": "carrier-a"},
+                {"at": t_b, "uplink": "mobile-b", "loss": 100},
+            ],
+        }
+    )
+    on_sat = [
+        r["mono"]
+        for r in Simulation(policy, timeline).run()
+        if r["kind"] == "decision" and r["class"] == "dispatch" and r["uplink"] == "sat" and r["mono"] >= t_b
+    ]
+    assert on_sat, "dispatch never reached the satellite"
+    return float(on_sat[0] - t_b)
+
+
+def _detection_bound(policy: Policy, uplink: str) -> float:
+    """The longest the probes take to judge a dead uplink DOWN: the losses needed, one round of
+    grid alignment, and the last probe's timeout."""
+    spec = policy.uplinks[uplink]
+    interval = min(p.interval for p in spec.probes)
+    timeout = max(p.timeout for p in spec.probes)
+    return spec.health.down_losses * interval + timeout + 1e-6
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fiber_at=st.floats(1, 20),
+    carrier_a_after=st.floats(1, 30),
+    delay=st.floats(1, 60),  # within the satellite's activation_time (90 s): activation succeeds
+    slack=st.floats(5, 60),
+)
+def test_prewarm_bounds_the_last_uplink_outage_by_detection(
+    fiber_at: float, carrier_a_after: float, delay: float, slack: float
+) -> None:
+    """With pre-warm, losing the last usable terrestrial uplink costs its detection time, not the activation."""
+    outage = _dispatch_outage(True, fiber_at, carrier_a_after, delay + slack, delay)
+    bound = _detection_bound(parse_policy_text(EMERGENCY.read_text(), "emergency.yaml"), "mobile-b")
+    assert outage <= bound, f"outage {outage:.2f}s > detection bound {bound:.2f}s (activation {delay:.1f}s)"
+
+
+def test_without_prewarm_the_outage_includes_the_activation() -> None:
+    """The bound above is not vacuous: without pre-warm the same chain costs the whole activation."""
+    outage = _dispatch_outage(False, 10, 30, 60, 20)
+    assert outage > 20
+    assert _dispatch_outage(True, 10, 30, 60, 20) < 1.5

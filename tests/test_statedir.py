@@ -135,3 +135,30 @@ def test_a_journal_without_a_state_dir_keeps_history_in_memory(tmp_path: Path) -
     journal = Journal(StateDir(None))
     journal.add({"kind": "x"}, 1.0)
     assert journal.last(5)[0]["kind"] == "x"
+
+
+def test_proofs_survive_a_restart_and_a_reboot_by_the_wall_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from failoverd.engine.state import initial_uplink
+    from failoverd.statedir import load_proofs, save_proofs
+
+    state = StateDir(tmp_path)
+    sat = replace(initial_uplink(True, 100.0), verified_at=400.0)
+    never = initial_uplink(True, 100.0)
+    monkeypatch.setattr(statedir, "boot_id", lambda: "boot 1")
+    save_proofs(state, {"sat": sat, "lte": never}, mono=1000.0, wall=50_000.0)
+    # The same boot: the monotonic instants hold as they are.
+    got, note = load_proofs(state, mono=1200.0, wall=50_200.0)
+    assert got == {"sat": (400.0, 100.0), "lte": (None, 100.0)}
+    assert note == ""
+    # After a reboot the monotonic clock starts again: the age comes from the wall clock.
+    monkeypatch.setattr(statedir, "boot_id", lambda: "boot 2")
+    got, note = load_proofs(state, mono=30.0, wall=51_000.0)
+    assert got["sat"] == (30.0 - 1600.0, 30.0 - 1900.0)  # seen working 1600 s ago, watched for 1900 s
+    # A wall clock behind the saved proof (not set yet at boot) proves nothing: dropped, said so.
+    got, note = load_proofs(state, mono=30.0, wall=10.0)
+    assert got["sat"] == (None, 30.0)
+    assert "sat" in note

@@ -41,6 +41,7 @@ from failoverd.control.tls import client_context
 from failoverd.engine.decide import usable
 from failoverd.engine.events import ClockState
 from failoverd.observe.logging import get as get_logger
+from failoverd.observe.status import redundancy_summary
 from failoverd.policy.model import MqttSpec, Policy
 from failoverd.services.base import Applied, Failed, NeedsRestart, Reconfigured
 from failoverd.statedir import StateDir
@@ -319,6 +320,7 @@ class Fleet:
                 clock=st.clock.state.value,
                 classes={n: (f"via {c.uplink}" if c.route == "via" else c.route) for n, c in st.classes.items()},
                 uplinks={n: u.status for n, u in st.uplinks.items()},
+                redundancy=redundancy_summary(policy, st),
                 overrides=[o.describe() for o in st.overrides],
             )
         return out

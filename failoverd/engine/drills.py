@@ -77,7 +77,7 @@ from failoverd.engine.effects import (
     Effect,
 )
 from failoverd.engine.events import ClockState, DrillWindow, ProbeResult, RunDrill
-from failoverd.engine.state import ClassState, ClockView, Health, Lifecycle, Override, UplinkState
+from failoverd.engine.state import ClassState, ClockView, Health, Lifecycle, Override, UplinkState, mark_verified
 from failoverd.errors import EngineBug
 from failoverd.policy.model import DrillSpec, Policy, ProbeKind
 
@@ -441,6 +441,9 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
     sch = w.drill_schedules.get(name, DrillSchedule())
     result = DrillResult(verdict, w.now, cause, run.checks)
     verified = w.now if verdict == "pass" else sch.verified_at
+    if verdict == "pass" and name in w.uplinks:
+        # The uplink's own proof of working (redundancy: standby known good, verify.within).
+        w.uplinks[name] = mark_verified(w.uplinks[name], w.now)
     if spec is None:
         return
     if verdict in {"aborted", "production"}:

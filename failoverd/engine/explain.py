@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from failoverd.engine.decide import candidate, choose, drained
+from failoverd.engine.redundancy import last_verified, redundancy
 from failoverd.engine.state import EngineState, TargetState
 from failoverd.policy.model import Policy
 
@@ -46,6 +47,17 @@ def explain(policy: Policy, state: EngineState, cls: str) -> list[str]:
             t = u.targets.get(p.key, TargetState())
             verdict = f"FAILED ({t.failed_cause})" if t.failed else "ok"
             chain.append(f"    probe {p.key}: {verdict}, {t.losses} losses / {t.successes} successes in a row")
+    r = redundancy(spec, policy, state)
+    ask = spec.redundancy
+    line = f"redundancy: {r.describe()}"
+    if ask.alarm is not None:
+        line += f"; {ask.alarm} alarm on the last uplink" + (" (raised)" if c.exposed else "")
+    if ask.prewarm:
+        line += "; pre-warms cold standby"
+    chain.append(line)
+    for name in (*r.standby, *r.unproven):
+        seen = last_verified(state.uplinks[name], now)
+        chain.append(f"  {name} last seen working " + ("never" if seen is None else f"{round(now - seen)}s ago"))
     cand = candidate(spec, policy, state)
     choice, ready_at = choose(spec, policy, state, now)
     chain.append(f"now the first usable uplink is {cand.uplink or cand.route}: {cand.cause}")

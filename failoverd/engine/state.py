@@ -99,6 +99,12 @@ class UplinkState:
     activation_deadline: float | None = None
     retry_at: float | None = None
     idle_since: float | None = None  # a cold uplink no class needs, since
+    # The proof that the uplink works: the last monotonic instant it was seen UP (refreshed on every
+    # move into or out of UP, and by a drill through mark_verified); None: never, as far as this run
+    # and the state dir know. While it is UP, it is verified now (see redundancy.last_verified).
+    verified_at: float | None = None
+    tracked_since: float = 0.0  # the uplink has been watched since (ages a proof that never came)
+    verify_stale: bool = False  # the proof is older than the policy's verify.within: alarm raised
 
     @property
     def status(self) -> str:
@@ -115,9 +121,23 @@ def _enter(u: UplinkState, lifecycle: Lifecycle, health: Health, now: float, cau
     usable = health in USABLE
     usable_since = (u.usable_since if u.health in USABLE else now) if usable else None
     up_since = (u.up_since if u.health is Health.UP else now) if health is Health.UP else None
+    # Into UP, and out of it: either way the uplink was seen working at this instant.
+    verified_at = now if Health.UP in (health, u.health) else u.verified_at
     return replace(
-        u, health=health, lifecycle=lifecycle, since=now, cause=cause, usable_since=usable_since, up_since=up_since
+        u,
+        health=health,
+        lifecycle=lifecycle,
+        since=now,
+        cause=cause,
+        usable_since=usable_since,
+        up_since=up_since,
+        verified_at=verified_at,
     )
+
+
+def mark_verified(u: UplinkState, now: float) -> UplinkState:
+    """The uplink was proven to work at `now` by other means than its own probes (a drill's canary)."""
+    return replace(u, verified_at=now if u.verified_at is None else max(u.verified_at, now))
 
 
 def judge(u: UplinkState, new: Health, now: float, cause: Cause) -> UplinkState:
@@ -141,6 +161,7 @@ class ClassState:
     since: float
     cause: Cause
     by_override: str | None = None  # the override id that put it here
+    exposed: bool = False  # down to its last usable uplink, and its redundancy alarm is raised
 
 
 OverrideKind = Literal["force", "drain"]  # force: a class onto an uplink; drain: every class off an uplink
@@ -184,6 +205,8 @@ class EngineState:
     # When a Tick may next change something (a hold-down, preempt delay, TTL or damping decay ends);
     # step() computes it so that the runtime can sleep until then instead of polling.
     wake_at: float | None = None
+    # Cold uplinks pre-warmed for classes down to one usable uplink, and why (engine/redundancy.py).
+    prewarm: Mapping[str, str] = field(default_factory=dict)
     drill: DrillRun | None = None  # the backup drill in progress (engine/drills.py)
     drills: Mapping[str, DrillSchedule] = field(default_factory=dict)  # per drilled uplink: when, last result
 
@@ -202,8 +225,8 @@ _ADOPTABLE: Mapping[str, Route] = {"via": "via", "blackhole": "blackhole", "unre
 def initial_uplink(cold: bool, now: float) -> UplinkState:
     if cold:
         cause = Cause("cold-standby", "cold standby, off until a class needs it")
-        return UplinkState(Health.UNKNOWN, now, cause, Lifecycle.STANDBY)
-    return UplinkState(Health.UNKNOWN, now, _START)
+        return UplinkState(Health.UNKNOWN, now, cause, Lifecycle.STANDBY, tracked_since=now)
+    return UplinkState(Health.UNKNOWN, now, _START, tracked_since=now)
 
 
 def initial_state(policy: Policy, now: float) -> EngineState:
@@ -220,13 +243,22 @@ def restored_state(
     adopted: Mapping[str, tuple[str | None, str]],
     overrides: tuple[Override, ...] = (),
     override_seq: int = 0,
+    *,
+    proofs: Mapping[str, tuple[float | None, float]] | None = None,
 ) -> EngineState:
-    """The state after a restart: classes where the kernel still has them, overrides still in force.
+    """The state after a restart: classes where the kernel still has them, overrides still in force,
+    and each uplink's proof of working (`proofs`: verified_at, tracked_since, on this run's clock).
 
     Adopting what the kernel holds means a restart moves nothing by itself: the classes stay where
     the previous run left them until evidence (probes, carrier) says otherwise.
     """
     state = initial_state(policy, now)
+    if proofs:
+        uplinks = dict(state.uplinks)
+        for name, (verified_at, tracked_since) in proofs.items():
+            if name in uplinks:
+                uplinks[name] = replace(uplinks[name], verified_at=verified_at, tracked_since=min(tracked_since, now))
+        state = replace(state, uplinks=uplinks)
     classes = dict(state.classes)
     for name, (uplink, kind) in adopted.items():
         route = _ADOPTABLE.get(kind)

@@ -11,7 +11,9 @@
 #    a probe event only the uplinks it concerns and those with a timer due;
 # 4. every class is assigned its uplink (decide.py) from one snapshot of that state: switches,
 #    conntrack flushes and alarms follow;
-# 5. cold standby links are activated where a class needs them and released when none has for a while;
+# 5. cold standby links are activated where a class needs them (or pre-warms them: redundancy.py) and
+#    released when none has for a while; classes down to their last usable uplink, and uplinks whose
+#    proof of working is too old, raise (and clear) their alarms;
 # 6. uplink changes and the command's reply are added to the effects, the invariants are checked, and
 #    the time of the next timer (`wake_at`) is computed so that the runtime sleeps until then.
 
@@ -55,6 +57,13 @@ from failoverd.engine.events import (
     StandbyResult,
     Tick,
 )
+from failoverd.engine.redundancy import (
+    last_verified,
+    prewarm_target,
+    readiness_key,
+    redundancy,
+    verify_deadline,
+)
 from failoverd.engine.state import (
     ClassState,
     ClockView,
@@ -88,6 +97,9 @@ class _Work:
         self.reply: CommandReply | None = None
         self.by = ""  # who sent the command being answered
         self.preempt_at: list[float] = []
+        self.prewarm: dict[str, str] = dict(state.prewarm)
+        self.reloaded = False
+        self._key_before: tuple[object, ...] | None = None
         self.drill = state.drill
         self.drill_schedules: dict[str, DrillSchedule] = dict(state.drills)
         self.needed: set[str] = set()  # cold uplinks some class needs, or uses (plan_standby)
@@ -100,9 +112,18 @@ class _Work:
             overrides=tuple(self.overrides),
             clock=self.clock,
             override_seq=self.seq,
+            prewarm=dict(self.prewarm),
             drill=self.drill,
             drills=dict(self.drill_schedules),
         )
+
+    def readiness_moved(self, view: EngineState) -> bool:
+        """Could any class's redundancy differ from the last step's? (Most probe rounds change nothing.)"""
+        if self.reloaded:
+            return True
+        if self._key_before is None:
+            self._key_before = readiness_key(self.before)
+        return readiness_key(view) != self._key_before
 
     # -- events -----------------------------------------------------------------------------------
     def probes(self, results: Iterable[ProbeResult]) -> None:
@@ -190,13 +211,17 @@ class _Work:
 
     def policy_reloaded(self) -> None:
         pol = self.policy
+        self.reloaded = True
         for name in list(self.uplinks):
             if name not in pol.uplinks:
                 del self.uplinks[name]
         for name, spec in pol.uplinks.items():
             u = self.uplinks.get(name)
-            if u is None or (not spec.standby.cold and u.lifecycle is Lifecycle.STANDBY):
+            if u is None:
                 self.uplinks[name] = initial_uplink(spec.standby.cold, self.now)
+            elif not spec.standby.cold and u.lifecycle is Lifecycle.STANDBY:
+                fresh = initial_uplink(False, self.now)
+                self.uplinks[name] = replace(fresh, verified_at=u.verified_at, tracked_since=u.tracked_since)
             else:
                 keys = {p.key for p in spec.probes}
                 self.uplinks[name] = replace(u, targets={k: v for k, v in u.targets.items() if k in keys})
@@ -378,7 +403,9 @@ class _Work:
                 if choice.override != cur.by_override:
                     self.classes[name] = replace(cur, by_override=choice.override)
                 continue
-            self.classes[name] = ClassState(choice.uplink, choice.route, self.now, choice.cause, choice.override)
+            self.classes[name] = ClassState(
+                choice.uplink, choice.route, self.now, choice.cause, choice.override, exposed=cur.exposed
+            )
             self.effects.append(SwitchClass(name, cur.uplink, choice.uplink, choice.route, choice.cause))
             if cur.uplink is not None and cur.route == "via":
                 # Also when the class now has no route at all: its flows keep the old uplink's NAT
@@ -397,6 +424,21 @@ class _Work:
             cur = self.classes[name]
             if cur.uplink is not None:
                 needed.add(cur.uplink)
+        if any(cs.redundancy.prewarm for cs in self.policy.classes.values()):
+            view = self.snapshot()
+            if self.readiness_moved(view):
+                warm: dict[str, list[str]] = {}  # cold uplink -> why each class warms it
+                for name, cs in self.policy.classes.items():
+                    r = redundancy(cs, self.policy, view)
+                    target = prewarm_target(cs, self.policy, view, r)
+                    if target is not None:
+                        last = f"its last usable uplink {r.usable[0]}" if r.usable else "no usable uplink"
+                        warm.setdefault(target, []).append(f"{name} is down to {last}")
+                self.prewarm = {n: "; ".join(why) for n, why in warm.items()}
+        elif self.prewarm:
+            self.prewarm = {}
+        prewarm = self.prewarm
+        needed |= prewarm.keys()
         self.needed = needed
         for name, spec in self.policy.uplinks.items():
             if not spec.standby.cold:
@@ -409,9 +451,12 @@ class _Work:
                 retry = u.lifecycle is Lifecycle.FAILED and (u.retry_at is None or self.now >= u.retry_at)
                 if u.lifecycle is Lifecycle.STANDBY or retry:
                     users = sorted(c for c, ch in choices.items() if name in ch.needs)
-                    self.activate_standby(
-                        name, Cause("standby-needed", f"needed by {', '.join(users) or 'an override'}")
-                    )
+                    if users or name not in prewarm:
+                        cause = Cause("standby-needed", f"needed by {', '.join(users) or 'an override'}")
+                    else:
+                        why = prewarm[name]
+                        cause = Cause("prewarm", f"pre-warming: {why}", (("prewarm", why),))
+                    self.activate_standby(name, cause)
             elif self.drill is not None and self.drill.uplink == name:
                 continue  # up for a drill, which switches it off when it is done
             elif u.lifecycle is not Lifecycle.STANDBY:
@@ -452,6 +497,58 @@ class _Work:
             clear_since=None,
             degraded_clear_since=None,
         )
+
+    def watch_redundancy(self) -> None:
+        """Raise a class's alarm when it is down to its last usable uplink; clear it when one more is."""
+        view: EngineState | None = None
+        for name, cs in self.policy.classes.items():
+            c = self.classes[name]
+            severity = cs.redundancy.alarm
+            if severity is None:
+                if c.exposed:  # the policy stopped asking: say the alarm is over rather than leave it hanging
+                    self.classes[name] = replace(c, exposed=False)
+                    self.alarm("info", name, Cause("redundancy-unwatched", "the policy no longer asks"))
+                continue
+            if view is None:
+                view = self.snapshot()
+                if not self.readiness_moved(view):
+                    return
+            r = redundancy(cs, self.policy, view)
+            if not r.judged or r.exposed == c.exposed:
+                continue
+            self.classes[name] = replace(c, exposed=r.exposed)
+            evidence = (("usable", ",".join(r.usable)), ("standby", ",".join(r.standby)))
+            if r.exposed:
+                last = f"down to its last usable uplink {r.usable[0]}" if r.usable else "left with no usable uplink"
+                cause = Cause("redundancy-lost", f"{last}; {r.describe()}", evidence)
+                self.alarm(severity, name, cause)
+            else:
+                cause = Cause("redundancy-restored", f"{r.describe()}", evidence)
+                self.alarm("info", name, cause)
+
+    def watch_verification(self) -> None:
+        """Alarm when an uplink has not been seen working for longer than its verify.within allows."""
+        for name, spec in self.policy.uplinks.items():
+            if spec.verify is None:
+                continue
+            u = self.uplinks[name]
+            due = verify_deadline(spec, u, self.now)
+            stale = due is not None and self.now >= due
+            if stale == u.verify_stale:
+                continue
+            self.uplinks[name] = replace(u, verify_stale=stale)
+            last = last_verified(u, self.now)
+            within = spec.verify.within
+            if stale:
+                seen = "never seen working" if last is None else f"last seen working {self.now - last:.0f}s ago"
+                cause = Cause(
+                    "unverified",
+                    f"{name} {seen}: longer than verify.within {within:g}s",
+                    (("verified_at", "never" if last is None else f"{last:g}"),),
+                )
+                self.alarm(spec.verify.alarm, name, cause)
+            else:
+                self.alarm("info", name, Cause("verified", f"{name} seen working again ({u.status})"))
 
     def alarm(self, severity: Severity, subject: str, cause: Cause) -> None:
         self.effects.append(Alarm(severity, subject, cause))
@@ -526,8 +623,10 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
     w.expire_overrides()
     w.update_uplinks(only=_probed(event))
     choices = w.assign()
+    w.watch_verification()  # first: redundancy reads the staleness it sets
     w.plan_standby(choices)
     dr.advance(w)
+    w.watch_redundancy()
     return w.finish()
 
 
@@ -554,6 +653,9 @@ def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> flo
             times.append(u.retry_at)
         if spec.standby.cold and u.idle_since is not None:
             times.append(u.idle_since + spec.standby.release_after)
+        due = verify_deadline(spec, u, state.now)
+        if due is not None and not u.verify_stale:
+            times.append(due)
     future = [t for t in times if t > state.now]
     return min(future) if future else None
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from failoverd.engine.decide import drained, usable
 from failoverd.engine.drillstate import Check
+from failoverd.engine.redundancy import last_verified, redundancy
 from failoverd.engine.state import EngineState, TargetState
 from failoverd.policy.model import Policy
 from failoverd.probes.base import ProbeStats
@@ -43,6 +44,8 @@ def uplink_rows(
                 "since": _wall(u.since),
                 "age_s": round(state.now - u.since, 1),
                 "cause": u.cause.as_dict(),
+                "verified_age_s": _age(state.now, last_verified(u, state.now)),
+                "verify_stale": u.verify_stale,
                 "targets": [
                     {
                         "probe": p.key,
@@ -60,6 +63,10 @@ def uplink_rows(
     return rows
 
 
+def _age(now: float, then: float | None) -> float | None:
+    return None if then is None else round(now - then, 1)
+
+
 def class_rows(policy: Policy, state: EngineState) -> list[dict[str, Any]]:
     return [
         {
@@ -71,6 +78,7 @@ def class_rows(policy: Policy, state: EngineState) -> list[dict[str, Any]]:
             "age_s": round(state.now - c.since, 1),
             "cause": c.cause.as_dict(),
             "override": c.by_override,
+            "redundancy": redundancy(policy.classes[name], policy, state).as_dict() | {"alarm": c.exposed},
         }
         for name, c in state.classes.items()
         if name in policy.classes
@@ -91,6 +99,16 @@ def override_rows(state: EngineState, now: float) -> list[dict[str, Any]]:
         }
         for o in state.overrides
     ]
+
+
+def redundancy_summary(policy: Policy, state: EngineState) -> dict[str, dict[str, Any]]:
+    """Per class: usable uplinks, known-good cold standby, and whether the last-uplink alarm is up (MQTT)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in policy.classes.items():
+        r = redundancy(spec, policy, state)
+        c = state.classes.get(name)
+        out[name] = {"usable": len(r.usable), "standby": len(r.standby), "alarm": c is not None and c.exposed}
+    return out
 
 
 def drill_rows(policy: Policy, state: EngineState, now: float) -> list[dict[str, Any]]:

@@ -179,6 +179,7 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             ),
             table=u.table if u.table is not None else next(free_tables),
             fwmark=u.fwmark if u.fwmark is not None else next(free_marks),
+            verify=m.VerifySpec(u.verify.within, u.verify.alarm) if u.verify is not None else None,
         )
 
     classes: dict[str, m.ClassSpec] = {}
@@ -208,6 +209,9 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             flush_on_failback=c.conntrack.on_failback == "flush",
             table=c.table if c.table is not None else next(free_tables),
             fwmark=c.fwmark if c.fwmark is not None else next(free_marks),
+            redundancy=m.RedundancySpec(
+                alarm=None if c.redundancy.alarm == "off" else c.redundancy.alarm, prewarm=c.redundancy.prewarm
+            ),
         )
 
     def reaction(r: s.ClockReaction) -> m.ClockReactionSpec:

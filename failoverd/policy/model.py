@@ -82,6 +82,22 @@ class DampingSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifySpec:
+    """How fresh the proof that an uplink works must be: its last UP (or drill) within `within` seconds."""
+
+    within: float
+    alarm: AlarmSeverity
+
+
+@dataclass(frozen=True, slots=True)
+class RedundancySpec:
+    """What a class asks when it is down to its last usable uplink."""
+
+    alarm: AlarmSeverity | None = None  # None: no alarm
+    prewarm: bool = False  # activate the path's cold standby then, not only when the last uplink fails
+
+
+@dataclass(frozen=True, slots=True)
 class UplinkSpec:
     name: str
     interface: str
@@ -96,6 +112,7 @@ class UplinkSpec:
     damping: DampingSpec
     table: int
     fwmark: int
+    verify: VerifySpec | None = None
 
     def admits(self, cls: str) -> bool:
         return self.admit is None or cls in self.admit
@@ -126,6 +143,7 @@ class ClassSpec:
     flush_on_failback: bool
     table: int
     fwmark: int
+    redundancy: RedundancySpec = RedundancySpec()
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,6 +187,13 @@ class Damping(Strict):
     max_suppress: Duration = 300.0
 
 
+class Verify(Strict):
+    """The proof that a backup works expires: UP (hot, or cold after an activation or drill) within this long."""
+
+    within: Duration
+    alarm: AlarmSeverity = "warning"
+
+
 class Uplink(Strict):
     name: Name
     interface: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")
@@ -205,6 +212,8 @@ class Uplink(Strict):
     damping: Damping = Damping()
     table: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     fwmark: Mark | None = None
+    # Alarm when the uplink has not been seen working for longer than this (none: never asked).
+    verify: Verify | None = None
 
 
 PortSpec = Annotated[int | str, Field(union_mode="left_to_right")]
@@ -226,6 +235,15 @@ class Conntrack(Strict):
     on_failback: ConntrackAction = "flush"
 
 
+class Redundancy(Strict):
+    """When the class is down to its last usable uplink: an alarm of this severity, and pre-warming."""
+
+    alarm: Literal["off", "info", "warning", "critical"] = "off"
+    # Start activating the path's cold standby as soon as one usable uplink is left, so that losing
+    # it costs the detection time rather than the standby's whole activation time.
+    prewarm: bool = False
+
+
 class TrafficClass(Strict):
     name: Name
     # Selectors are OR-ed; the fields inside one selector are AND-ed. No match: the catch-all class.
@@ -236,6 +254,7 @@ class TrafficClass(Strict):
     on_degraded: OnDegraded = "avoid"
     when_all_down: WhenAllDown = "unreachable"
     conntrack: Conntrack = Conntrack()
+    redundancy: Redundancy = Redundancy()
     table: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     fwmark: Mark | None = None
 

@@ -148,6 +148,16 @@ def _classes(doc: s.PolicyDocument) -> Iterator[Finding]:
                 usable = True
         if not usable and all(n in uplinks for n in c.path):
             yield (*at, "path"), f'class "{c.name}": no uplink in its path admits it (see their admit lists)'
+        cold = [
+            n
+            for n in c.path
+            if n in uplinks and uplinks[n].standby.mode == "cold" and c.name in (uplinks[n].admit or [c.name])
+        ]
+        if c.redundancy.prewarm and not cold:
+            yield (
+                (*at, "redundancy", "prewarm"),
+                f'class "{c.name}": prewarm needs a cold standby uplink in its path that admits the class',
+            )
         for j, mt in enumerate(c.match):
             mat = (*at, "match", j)
             if mt == s.Match():

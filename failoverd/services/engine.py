@@ -28,7 +28,7 @@ from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, Inbox, Item, NewPolicy, Reconfigured
 from failoverd.services.history import History
-from failoverd.statedir import StateDir, load_overrides, save_overrides
+from failoverd.statedir import StateDir, load_overrides, load_proofs, save_overrides, save_proofs
 
 log = get_logger("failoverd")
 COMMAND_TIMEOUT = 10.0  # s: an operator waits this long at most for the engine's answer
@@ -71,11 +71,14 @@ class EngineService:
         overrides, seq, note = load_overrides(state_dir)
         if note:
             log.warning("state", note=note)
+        proofs, note = load_proofs(state_dir, now, time.time())
+        if note:
+            log.warning("state", note=note)
         if adopted:
             log.info("adopted", classes={k: v[0] or v[1] for k, v in adopted.items()})
         self = cls(
             policy,
-            restored_state(policy, now, adopted, overrides, seq),
+            restored_state(policy, now, adopted, overrides, seq, proofs=proofs),
             inbox=inbox,
             kernel=kernel,
             history=history,
@@ -233,6 +236,8 @@ class EngineService:
             log.info("kernel", changed=diff.changed, ms=round((time.monotonic() - t0) * 1000, 2))
         if before.overrides != self._state.overrides or before.override_seq != self._state.override_seq:
             save_overrides(self.state_dir, self._state.overrides, self._state.override_seq)
+        if _proofs(before) != _proofs(self._state):
+            save_proofs(self.state_dir, self._state.uplinks, now, time.time())
 
     @staticmethod
     def _spawn(tasks: asyncio.TaskGroup, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -283,3 +288,7 @@ class EngineService:
         want = plan.desired(self._policy, assignments, self.ruleset)
         reload_ruleset, self.reload_ruleset = self.reload_ruleset, False  # once per reload, not twice
         return await self.kernel.apply(want, full=full, reload_ruleset=reload_ruleset)
+
+
+def _proofs(state: EngineState) -> dict[str, tuple[float | None, float]]:
+    return {n: (u.verified_at, u.tracked_since) for n, u in state.uplinks.items()}
