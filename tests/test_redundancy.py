@@ -135,3 +135,38 @@ def test_status_explain_and_mqtt_show_redundancy() -> None:
     text = render_status(st, tty=False)
     assert "SPARE" in text
     assert "  1+0!" in text
+
+
+def test_a_backup_that_fails_its_drill_is_not_counted_as_known_good() -> None:
+    """Before, the satellite coming UP for a drill that then failed on loss refreshed its proof of
+    working: redundancy listed the broken backup as standby known good."""
+    from pathlib import Path
+
+    from failoverd.policy import load_policy
+    from failoverd.simulate import Simulation, Timeline
+
+    policy = load_policy(Path(__file__).resolve().parent.parent / "policies" / "emergency.yaml")
+    outcome = {}
+    for name, loss in (("broken", 50), ("good", 0)):
+        world = {"rtt_ms": 600, "loss": loss, "standby": {"activation": "ok", "delay": 20}}
+        timeline = Timeline.model_validate(
+            {
+                "duration": 700,
+                "wall_start": "2026-01-04T02:20:00Z",
+                "world": {"sat": world},
+                "events": [{"at": 0, "clock": "sane"}],
+            }
+        )
+        sim = Simulation(policy, timeline)
+        records = sim.run()
+        verdicts = [r.get("verdict") for r in records if r.get("kind") == "drill" and r.get("verdict")]
+        outcome[name] = (
+            verdicts,
+            sim.state.uplinks["sat"].verified_at,
+            redundancy(policy.classes["dispatch"], policy, sim.state),
+        )
+    broken_verdicts, broken_proof, broken_red = outcome["broken"]
+    assert broken_verdicts == ["fail"] and broken_proof is None
+    assert "sat" not in broken_red.standby and "sat" in broken_red.unproven
+    good_verdicts, good_proof, good_red = outcome["good"]
+    assert good_verdicts == ["pass"] and good_proof is not None and "sat" in good_red.standby

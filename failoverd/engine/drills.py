@@ -326,7 +326,7 @@ def _past(t: float, spec: DrillSpec, sch: DrillSchedule) -> bool:
 def _start(w: Desk, name: str, by: str, cause: Cause) -> None:
     spec = w.policy.uplinks[name]
     u = w.uplinks[name]
-    run = DrillRun(name, DrillPhase.IDLE, w.now, by, activated=False)
+    run = DrillRun(name, DrillPhase.IDLE, w.now, by, activated=False, verified_before=u.verified_at)
     sch = w.drill_schedules.get(name, DrillSchedule())
     w.drill_schedules[name] = replace(sch, postponed=None)
     if spec.standby.cold and u.lifecycle in (Lifecycle.STANDBY, Lifecycle.FAILED):
@@ -444,6 +444,10 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
     if verdict == "pass" and name in w.uplinks:
         # The uplink's own proof of working (redundancy: standby known good, verify.within).
         w.uplinks[name] = mark_verified(w.uplinks[name], w.now)
+    elif verdict in {"fail", "aborted"} and name in w.uplinks:
+        # Coming UP for a drill that then failed (or was cut short) proves nothing: the health moves
+        # refreshed verified_at on the way, so it goes back to what it was before the drill.
+        w.uplinks[name] = replace(w.uplinks[name], verified_at=run.verified_before)
     if spec is None:
         return
     if verdict in {"aborted", "production"}:
