@@ -51,7 +51,7 @@ def _uplink_text(u: UplinkSpec) -> str:
         bits.append(f"metered, admits {', '.join(sorted(u.admit or ()))}")
     elif u.admit is not None:
         bits.append(f"admits {', '.join(sorted(u.admit))}")
-    bits.append("cold standby" if u.standby.cold else "hot")
+    bits.append(("cold standby, pre-warmed" if u.standby.prewarm else "cold standby") if u.standby.cold else "hot")
     if u.verify is not None:
         bits.append(f"verified within {u.verify.within:g}s ({u.verify.alarm})")
     if u.probes:
