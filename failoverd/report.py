@@ -78,6 +78,7 @@ class Incident:
     records: list[dict[str, Any]] = field(default_factory=list)  # those in the period, in order
     wall_only: bool = False  # a duration had to be taken from the wall clock (a reboot in the period)
     first_record: float | None = None  # the oldest record the history still holds
+    at_since: dict[str, str] = field(default_factory=dict)  # class -> where it was forwarded when the period began
 
     def by_kind(self, *kinds: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("kind") in kinds]
@@ -151,6 +152,7 @@ def build(
     opened: dict[str, tuple[str, bool, float, dict[str, Any] | None]] = {
         c: (where, via, since, None) for c, (where, via, _) in current.items()
     }
+    inc.at_since = {c: where for c, (where, _, _) in current.items()}
     last: dict[str, Any] | None = None
     for r in ordered:
         if r["wall"] < since:
@@ -216,7 +218,8 @@ def _cause(r: Mapping[str, Any]) -> str:
     if not isinstance(c, dict) or not c:
         return ""
     text = f"`{c.get('code')}` {c.get('text', '')}".strip()
-    ev = c.get("evidence") or {}
+    # The evidence the text does not already spell out (it often does: "skipped fiber down").
+    ev = {k: v for k, v in (c.get("evidence") or {}).items() if str(v) not in text}
     if ev:
         text += " (" + ", ".join(f"{k} {v}" for k, v in ev.items()) + ")"
     return _cell(text)
@@ -278,10 +281,14 @@ def markdown(inc: Incident) -> str:
     lines += ["", "## Decisions", ""]
     decisions = inc.by_kind("decision")
     if decisions:
-        lines += _table(
-            ["time (UTC)", "class", "from → to", "why"],
-            [[utc(r["wall"]), r["class"], f"{r.get('from') or '-'} → {_where(r)[0]}", _cause(r)] for r in decisions],
-        )
+        # "from" as the class was forwarded before: the record names only an uplink it left, not a route.
+        was = dict(inc.at_since)
+        rows = []
+        for r in decisions:
+            where = _where(r)[0]
+            rows.append([utc(r["wall"]), r["class"], f"{was.get(r['class'], '-')} → {where}", _cause(r)])
+            was[r["class"]] = where
+        lines += _table(["time (UTC)", "class", "from → to", "why"], rows)
     else:
         lines.append("No class moved.")
     lines += ["", "## Alarms", ""]
