@@ -242,7 +242,7 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "report",
-            "the incident report of a period: faults, decisions, alarms, operators, clock (Markdown)",
+            "incident report of a period (Markdown; --plot PNG)",
             False,
             _report,
             (
