@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -79,6 +80,7 @@ class Incident:
     wall_only: bool = False  # a duration had to be taken from the wall clock (a reboot in the period)
     first_record: float | None = None  # the oldest record the history still holds
     at_since: dict[str, str] = field(default_factory=dict)  # class -> where it was forwarded when the period began
+    meters: list[dict[str, Any]] = field(default_factory=list)  # counter readings: the last before, those within
 
     def by_kind(self, *kinds: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("kind") in kinds]
@@ -89,6 +91,22 @@ class Incident:
         for s in self.spans:
             per = out.setdefault(s.cls, {})
             per[s.where] = per.get(s.where, 0.0) + s.seconds
+        return out
+
+    def metered_bytes(self) -> dict[str, tuple[int, int, float]]:
+        """Per metered uplink with readings: bytes received and sent between the readings of the period
+        (from the last one before it), and when the last was read. A counter below its predecessor was
+        reset (the interface was created again): it counts from zero."""
+        out: dict[str, tuple[int, int, float]] = {}
+        for name in self.metered:
+            mine = [m for m in self.meters if m.get("uplink") == name]
+            if len(mine) < 2:
+                continue
+            rx = tx = 0
+            for a, b in itertools.pairwise(mine):
+                rx += b["rx_bytes"] - a["rx_bytes"] if b["rx_bytes"] >= a["rx_bytes"] else b["rx_bytes"]
+                tx += b["tx_bytes"] - a["tx_bytes"] if b["tx_bytes"] >= a["tx_bytes"] else b["tx_bytes"]
+            out[name] = (rx, tx, float(mine[-1]["wall"]))
         return out
 
     def switches(self) -> dict[str, int]:
@@ -142,9 +160,12 @@ def build(
     inc.first_record = ordered[0]["wall"] if ordered else None
     clock = _Clock()
     current: dict[str, tuple[str, bool, dict[str, Any]]] = {}  # class -> where, via, the record it began at
+    meter_before: dict[str, dict[str, Any]] = {}
     for r in ordered:
         if r["wall"] >= since:
             break
+        if r.get("kind") == "meter":
+            meter_before[str(r.get("uplink"))] = r
         if r.get("kind") == "decision":
             where, via = _where(r)
             current[r["class"]] = (where, via, r)
@@ -153,6 +174,9 @@ def build(
         c: (where, via, since, None) for c, (where, via, _) in current.items()
     }
     inc.at_since = {c: where for c, (where, _, _) in current.items()}
+    inc.meters = list(meter_before.values()) + [
+        r for r in ordered if r.get("kind") == "meter" and since <= r["wall"] <= until
+    ]
     last: dict[str, Any] | None = None
     for r in ordered:
         if r["wall"] < since:
@@ -197,6 +221,8 @@ def select(records: Iterable[Mapping[str, Any]], since: float, until: float) -> 
                 before[("decision", str(r.get("class")))] = dict(r)
             elif r.get("kind") == "start":
                 before[("start", "")] = dict(r)
+            elif r.get("kind") == "meter":  # the reading the period's first use is counted from
+                before[("meter", str(r.get("uplink")))] = dict(r)
         elif wall <= until:
             within.append(dict(r))
     return sorted(before.values(), key=lambda r: r["wall"]) + within
@@ -269,6 +295,10 @@ def markdown(inc: Incident) -> str:
                 if w in inc.metered and s > 0:
                     used.append(f"{cls} {_dur(s)} on {w}")
         lines.append(("Time on them: " + "; ".join(used) + ".") if used else "No class used them.")
+        for name, (rx, tx, last) in inc.metered_bytes().items():
+            lines.append(
+                f"Bytes on {name}: {tx} sent, {rx} received (its interface's counters, read last at {utc(last)} UTC)."
+            )
     faults = inc.by_kind("uplink")
     lines += ["", "## Faults and recoveries seen", ""]
     if faults:

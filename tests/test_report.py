@@ -156,3 +156,24 @@ def test_failoverd_report_offline_tells_the_simulated_incident(tmp_path: Path) -
         check=False,
     )
     assert bad.returncode == 2 and "is not a time" in bad.stderr
+
+
+def meter(wall: float, mono: float, uplink: str, rx: int, tx: int) -> dict[str, Any]:
+    return rec("meter", wall, mono, uplink=uplink, interface="sat0", rx_bytes=rx, tx_bytes=tx)
+
+
+def test_bytes_on_a_metered_uplink_count_from_the_last_reading_before_the_period_and_survive_a_reset() -> None:
+    records = [
+        rec("start", T0 - 100, 1.0, boot="b1"),
+        meter(T0 - 50, 51.0, "sat", 1_000, 2_000),  # the baseline the period counts from
+        decision(T0 + 5, 106.0, "dispatch", "sat"),
+        meter(T0 + 5, 106.0, "sat", 1_500, 2_600),
+        meter(T0 + 20, 121.0, "sat", 300, 400),  # the terminal's interface was created again: from zero
+        meter(T0 + 30, 131.0, "sat", 900, 1_400),
+        meter(T0 + 90, 191.0, "sat", 99_999, 99_999),  # after the period
+    ]
+    inc = report.build(report.select(records, T0, T0 + 60), T0, T0 + 60, metered=("sat",))
+    rx, tx, last = inc.metered_bytes()["sat"]
+    assert (rx, tx) == (500 + 300 + 600, 600 + 400 + 1_000)
+    assert last == T0 + 30
+    assert "Bytes on sat: 2000 sent, 1400 received" in report.markdown(inc)

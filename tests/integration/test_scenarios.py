@@ -60,7 +60,8 @@ def incident_matches_the_run(out: Path, report: dict[str, Any]) -> None:
     """The incident report the run asked the daemon for (failoverctl report) tells what the run saw:
     every decision, and the critical stream's time on each uplink as its packets measured it."""
     reply = json.loads((out / "incident.json").read_text())
-    inc = incident.build(reply["records"], reply["since"], reply["until"], site=reply.get("site"))
+    metered = reply.get("metered", ())
+    inc = incident.build(reply["records"], reply["since"], reply["until"], site=reply.get("site"), metered=metered)
     text = (out / "incident.md").read_text()
     period = inc.until - inc.since
     for cls, per in inc.time_on().items():
@@ -76,7 +77,12 @@ def incident_matches_the_run(out: Path, report: dict[str, Any]) -> None:
         return
     spans = sorted((s for s in inc.spans if s.cls == "critical"), key=lambda s: s.start)
     first = spans[0].where if spans else None  # its time also holds the settling before the traffic
+    used = inc.metered_bytes()
     for uplink, packets in carried.items():
+        if uplink in metered and packets >= 1000:
+            # The meter service read the terminal's counters as the class moved onto and off it: at
+            # least an IP and UDP header's worth per packet the stream sent through it went out.
+            assert uplink in used and used[uplink][1] >= 28 * packets, (uplink, used, packets)
         seconds = packets / rate.rate
         if uplink == first or seconds < 2.0:
             continue
