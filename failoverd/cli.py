@@ -248,7 +248,8 @@ def _simulated_line(r: dict[str, Any], verbose: bool) -> str | None:
     if kind == "uplink":
         return f"{t}  uplink {r['uplink']:<10} {r['from']:>10} -> {r['to']:<12} {why}"
     if kind == "alarm":
-        return f"{t}  alarm  {r['severity']:<10} {r['subject']:>10}    {why}"
+        what = r.get("id") or r["subject"]
+        return f"{t}  alarm  {r.get('state', 'notice'):<8} {r['severity']:<8} {what:<24} {why}"
     rest = {k: v for k, v in r.items() if k not in ("wall", "mono", "kind", "cause")}
     if why:
         rest["cause"] = why

@@ -75,10 +75,24 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _alarm_line(alarms: list[dict[str, Any]], tty: bool) -> list[str]:
+    if not alarms:
+        return []
+    counts = {s: sum(1 for a in alarms if a["severity"] == s) for s in ("critical", "warning", "info")}
+    text = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    unacked = sum(1 for a in alarms if not a["acked"])
+    worst = next(s for s in ("critical", "warning", "info") if counts[s])
+    return [
+        _paint(f"ALARMS {text}", {"critical": "DOWN", "warning": "DEGRADED"}.get(worst, ""), tty)
+        + f" ({unacked} not acknowledged): failoverctl alarms"
+    ]
+
+
 def render_status(st: dict[str, Any], tty: bool) -> str:
     lines = [
         f"site {st['site']}   policy {st['policy']}   pid {st['pid']}   up {_age(st['uptime_s'])}   "
         f"clock {st['clock']['state'].upper()}",
+        *_alarm_line(st.get("alarms", []), tty),
         "",
         f"{'UPLINK':<10} {'IFACE':<8} {'KIND':<9} {'STATE':<10} {'RTT':>8} {'LOSS':>5} {'SINCE':>6}  CAUSE",
     ]
@@ -161,7 +175,10 @@ def render_history(records: list[dict[str, Any]], tty: bool) -> str:
         elif kind == "uplink":
             what = f"{r['uplink']}: {r['from']} -> " + _paint(r["to"], r["to"], tty)
         elif kind == "alarm":
-            what = _paint(r["severity"].upper(), r["severity"], tty) + f" {r['subject']}"
+            label = r["severity"].upper() if r.get("state", "raised") in ("raised", "notice") else r["state"].upper()
+            what = _paint(label, r["severity"], tty) + f" {r.get('id') or r['subject']}"
+            if r.get("by"):
+                what += f" by {r['by']}"
         elif kind == "command":
             what = f"{'ok' if r['ok'] else 'REFUSED'}: {r['text']}"
         elif kind == "drill":
@@ -177,6 +194,22 @@ def render_history(records: list[dict[str, Any]], tty: bool) -> str:
             what = json.dumps({k: v for k, v in r.items() if k not in ("wall", "mono", "kind", "cause")})
         out.append(_cut(f"{stamp} {kind:<9} {what}  {why}".rstrip(), WIDTH if not tty else 10 * WIDTH))
     return "\n".join(out)
+
+
+def render_alarms(rows: list[dict[str, Any]], tty: bool) -> str:
+    if not rows:
+        return "no active alarms"
+    colour = {"critical": "DOWN", "warning": "DEGRADED", "info": "UP"}
+    lines = [f"{'SEVERITY':<9} {'ID':<28} {'SINCE':>6}  {'ACK':<16} CAUSE"]
+    for r in rows:
+        ack = r["acked"]["by"] if r["acked"] else "-"
+        cause = f"{r['cause']['code']}: {r['cause']['text']}"
+        lines.append(
+            _paint(f"{r['severity']:<9}", colour.get(r["severity"], ""), tty)
+            + f" {_cut(r['id'], 28):<28} {_age(r['age_s']):>6}  {_cut(ack, 16):<16} "
+            + _cut(cause, WIDTH - 66)
+        )
+    return "\n".join(lines)
 
 
 def render_drills(rows: list[dict[str, Any]], tty: bool) -> str:
@@ -536,6 +569,8 @@ def show(args: argparse.Namespace, reply: dict[str, Any], tty: bool) -> None:
         print("\n".join(reply["chain"]))
     elif args.cmd == "drill-status":
         print(render_drills(reply["drills"], tty))
+    elif args.cmd == "alarms":
+        print(render_alarms(reply["alarms"], tty))
     elif args.cmd == "report":
         render_report(args, reply)
     else:

@@ -100,6 +100,8 @@ def test_golden(path: Path) -> None:
         moves = [d for d in by_kind.get("decision", []) if d["class"] == cls]
         assert len(moves) <= limit, f"{cls} switched {len(moves)} times (at most {limit}):\n{_fmt(moves)}"
     assert sim.state is not None
+    if "active_alarms" in expect:  # the alarms still raised when the timeline ends
+        assert sorted(sim.state.alarms) == sorted(expect["active_alarms"])
     final = {name: c.uplink for name, c in sim.state.classes.items()}
     assert final == expect["final"]
 

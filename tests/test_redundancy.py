@@ -51,7 +51,12 @@ def _run(events: list[tuple[float, ev.Event]]) -> tuple[EngineState, list[tuple[
 
 
 def _alarms(out: list[tuple[float, fx.Effect]], subject: str) -> list[tuple[float, str, str]]:
-    return [(t, e.severity, e.cause.code) for t, e in out if isinstance(e, fx.Alarm) and e.subject == subject]
+    """The redundancy and verification alarms of `subject` (not those of its uplinks' or its own moves)."""
+    return [
+        (t, e.severity, e.cause.code)
+        for t, e in out
+        if isinstance(e, fx.Alarm) and e.subject == subject and e.id.split(":")[0] in ("redundancy", "unverified", "")
+    ]
 
 
 def test_no_alarm_when_all_is_well() -> None:

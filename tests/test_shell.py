@@ -153,6 +153,8 @@ def test_failoverctl_is_built_from_the_command_table() -> None:
         ["drill", "status"],
         ["drill", "run", "sat"],
         ["report", "--since", "2h", "--plot", "x.png"],
+        ["alarms"],
+        ["ack", "uplink-down:fiber", "--reason", "crew on site"],
     ):
         validate(to_request(parser.parse_args(argv)))
 

@@ -97,6 +97,8 @@ def to_event(name: str, args: dict[str, Any], request: str = "") -> OperatorComm
             return ev.Release(request, None if args.get("all") else str(args["override"]), by)
         case "drill-run":
             return ev.RunDrill(request, args["uplink"], by)
+        case "ack":
+            return ev.AckAlarm(request, args["id"], args.get("reason", ""), by)
     raise BadRequest(f"{name} is not a command that the engine takes")
 
 
@@ -135,6 +137,17 @@ async def _explain(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
     except UnknownClass as exc:
         raise BadRequest(str(exc)) from None
     return {"ok": True, "class": args["class"], "chain": chain}
+
+
+async def _alarms(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    now = time.monotonic()
+    order = {"critical": 0, "warning": 1, "info": 2}
+    active = sorted(g.state.alarms.values(), key=lambda a: (order[a.severity], a.raised))  # worst, then oldest
+    return {"ok": True, "alarms": [a.as_dict(now) for a in active]}
+
+
+async def _ack(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return await _to_engine(g, args, "ack")
 
 
 async def _history(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +261,18 @@ COMMANDS: dict[str, Command] = {
             (
                 Arg("since", "str", "from: a span ago (2h), a Unix time or 2026-12-02T10:00 UTC", default="24h"),
                 Arg("until", "str", "to (default now)", default="now"),
+            ),
+        ),
+        Command("alarms", "active alarms and who acknowledged them", False, _alarms),
+        Command(
+            "ack",
+            "acknowledge an active alarm",
+            True,
+            _ack,
+            (
+                Arg("id", "str", "the alarm's id, as `alarms` lists it", required=True, cli="positional", metavar="ID"),
+                _REASON,
+                _BY,
             ),
         ),
         Command("reload", "validate and load the policy file again", True, _reload),

@@ -322,6 +322,7 @@ class Fleet:
                 uplinks={n: u.status for n, u in st.uplinks.items()},
                 redundancy=redundancy_summary(policy, st),
                 overrides=[o.describe() for o in st.overrides],
+                alarms={a.id: {"severity": a.severity, "acked_by": a.acked_by} for a in st.alarms.values()},
             )
         return out
 

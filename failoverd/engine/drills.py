@@ -67,7 +67,6 @@ from failoverd.engine.drillstate import (
     DrillSchedule,
 )
 from failoverd.engine.effects import (
-    Alarm,
     Cause,
     CommandReply,
     DrillChanged,
@@ -75,6 +74,7 @@ from failoverd.engine.effects import (
     DrillPostponed,
     DrillVerdict,
     Effect,
+    Severity,
 )
 from failoverd.engine.events import ClockState, DrillWindow, ProbeResult, RunDrill
 from failoverd.engine.state import ClassState, ClockView, Health, Lifecycle, Override, UplinkState, mark_verified
@@ -112,6 +112,12 @@ class Desk(Protocol):
     def activate_standby(self, name: str, cause: Cause) -> None: ...
 
     def release_standby(self, name: str, cause: Cause) -> None: ...
+
+    def raise_alarm(self, kind: str, subject: str, severity: Severity, cause: Cause) -> None: ...
+
+    def clear_alarm(self, kind: str, subject: str, cause: Cause) -> None: ...
+
+    def notice(self, severity: Severity, subject: str, cause: Cause) -> None: ...
 
 
 def _move(w: Desk, run: DrillRun, new: DrillPhase, cause: Cause) -> DrillRun:
@@ -433,11 +439,13 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
         w.release_standby(name, Cause("drill-release", f"drill of {name} over ({verdict})"))
     w.drill = None
     if verdict == "fail" and spec is not None:
-        w.effects.append(
-            Alarm(spec.severity, name, Cause("drill-failed", f"backup {name} failed its drill: {cause.text}"))
+        w.raise_alarm(
+            "drill-failed", name, spec.severity, Cause("drill-failed", f"backup {name} failed its drill: {cause.text}")
         )
+    elif verdict == "pass":
+        w.clear_alarm("drill-failed", name, Cause("drill-passed", f"backup {name} passed its drill: {cause.text}"))
     if verdict == "aborted" and cause.code == "drill-budget":
-        w.effects.append(Alarm("warning", name, cause))
+        w.notice("warning", name, cause)
     sch = w.drill_schedules.get(name, DrillSchedule())
     result = DrillResult(verdict, w.now, cause, run.checks)
     verified = w.now if verdict == "pass" else sch.verified_at

@@ -86,11 +86,20 @@ class ClockReaction:
     cause: Cause
 
 
+AlarmState = Literal["raised", "cleared", "acked", "notice"]
+
+
 @dataclass(frozen=True, slots=True)
 class Alarm:
+    """An alarm raised, cleared or acknowledged (engine/alarms.py), or a notice: a one-off event that
+    needs no clearing (an override expired, a deactivation failed), with no id."""
+
     severity: Severity
     subject: str
     cause: Cause
+    id: str = ""  # "<kind>:<subject>", stable while the condition lasts; "" for a notice
+    state: AlarmState = "notice"
+    by: str = ""  # who acknowledged it
 
 
 DrillVerdict = Literal["pass", "fail", "aborted", "production"]

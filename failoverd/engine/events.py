@@ -114,6 +114,16 @@ class RunDrill:
 
 
 @dataclass(frozen=True, slots=True)
+class AckAlarm:
+    """Operator: an active alarm has been seen and is being handled (it stays until its condition ends)."""
+
+    request: str
+    id: str
+    reason: str
+    by: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
 class DrillWindow:
     """The next opening of an uplink's weekly drill window, converted by the shell from the wall clock
     to monotonic time; `wall_opens` names the window, so that one opening is drilled once."""
@@ -141,6 +151,7 @@ Event = (
     | ClockChanged
     | PolicyReloaded
     | RunDrill
+    | AckAlarm
     | DrillWindow
     | Tick
 )

@@ -22,7 +22,12 @@ def effect_record(e: fx.Effect) -> dict[str, Any] | None:
         case fx.UplinkChanged():
             return {"kind": "uplink", "uplink": e.uplink, "from": e.old, "to": e.new, "cause": e.cause.as_dict()}
         case fx.Alarm():
-            return {"kind": "alarm", "severity": e.severity, "subject": e.subject, "cause": e.cause.as_dict()}
+            alarm: dict[str, Any] = {"kind": "alarm", "state": e.state, "severity": e.severity, "subject": e.subject}
+            if e.id:
+                alarm["id"] = e.id
+            if e.by:
+                alarm["by"] = e.by
+            return {**alarm, "cause": e.cause.as_dict()}
         case fx.CommandReply():
             return {
                 "kind": "command",

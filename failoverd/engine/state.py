@@ -20,6 +20,7 @@ from failoverd.errors import EngineBug
 from failoverd.policy.model import Policy
 
 if TYPE_CHECKING:
+    from failoverd.engine.alarms import ActiveAlarm
     from failoverd.engine.drillstate import DrillRun, DrillSchedule
 
 
@@ -209,6 +210,7 @@ class EngineState:
     prewarm: Mapping[str, str] = field(default_factory=dict)
     drill: DrillRun | None = None  # the backup drill in progress (engine/drills.py)
     drills: Mapping[str, DrillSchedule] = field(default_factory=dict)  # per drilled uplink: when, last result
+    alarms: Mapping[str, ActiveAlarm] = field(default_factory=dict)  # active alarms by id (engine/alarms.py)
 
     def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
         for o in self.overrides:

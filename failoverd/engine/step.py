@@ -19,12 +19,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import assert_never
 
 from failoverd.engine import drills as dr
 from failoverd.engine import health as hl
+from failoverd.engine.alarms import ALARM_KINDS, ActiveAlarm, alarm_id, primary_uplink
 from failoverd.engine.decide import Choice, candidate, choose, is_failback, usable, why_unusable
 from failoverd.engine.drillstate import DrillSchedule
 from failoverd.engine.effects import (
@@ -42,6 +43,7 @@ from failoverd.engine.effects import (
     WithdrawClass,
 )
 from failoverd.engine.events import (
+    AckAlarm,
     CarrierChanged,
     ClockChanged,
     ClockState,
@@ -69,6 +71,7 @@ from failoverd.engine.state import (
     ClassState,
     ClockView,
     EngineState,
+    Health,
     Lifecycle,
     Override,
     OverrideKind,
@@ -104,6 +107,7 @@ class _Work:
         self.drill = state.drill
         self.drill_schedules: dict[str, DrillSchedule] = dict(state.drills)
         self.needed: set[str] = set()  # cold uplinks some class needs, or uses (plan_standby)
+        self.alarms: dict[str, ActiveAlarm] = dict(state.alarms)
 
     def snapshot(self) -> EngineState:
         return EngineState(
@@ -116,6 +120,7 @@ class _Work:
             prewarm=dict(self.prewarm),
             drill=self.drill,
             drills=dict(self.drill_schedules),
+            alarms=dict(self.alarms),
         )
 
     def readiness_moved(self, view: EngineState) -> bool:
@@ -162,7 +167,7 @@ class _Work:
             return
         if ev.action == "deactivate":
             if not ev.ok:
-                self.alarm("warning", ev.uplink, Cause("deactivate-failed", f"deactivation failed: {ev.detail}"))
+                self.notice("warning", ev.uplink, Cause("deactivate-failed", f"deactivation failed: {ev.detail}"))
             return
         if u.lifecycle is not Lifecycle.ACTIVATING:
             return  # a late answer to an activation that already timed out or was cancelled
@@ -178,7 +183,7 @@ class _Work:
             u, activated=False, activation_deadline=None, retry_at=self.now + spec.standby.retry_after
         )
         if self.drill is None or self.drill.uplink != name:
-            self.alarm("critical", name, cause)  # (a drill's failure raises the drill's own alarm)
+            self.raise_alarm("standby-failed", name, "critical", cause)  # (a drill's failure: the drill's alarm)
 
     def clock_changed(self, ev: ClockChanged) -> None:
         old = self.clock.state
@@ -206,9 +211,9 @@ class _Work:
             ClockReaction(old.value, ev.state.value, reaction.distrust if reaction else frozenset(), cause)
         )
         if reaction is not None and reaction.alarm:
-            self.alarm(reaction.severity, "clock", cause)
-        elif old in (ClockState.SUSPECT, ClockState.INSANE):
-            self.alarm("info", "clock", cause)
+            self.raise_alarm("clock", "clock", reaction.severity, cause)
+        else:
+            self.clear_alarm("clock", "clock", cause)
 
     def policy_reloaded(self) -> None:
         pol = self.policy
@@ -235,7 +240,7 @@ class _Work:
         for o in list(self.overrides):
             if o.uplink not in pol.uplinks or (o.cls is not None and o.cls not in pol.classes):
                 self.overrides.remove(o)
-                self.alarm("info", o.id, Cause("override-dropped", f"{o.describe()} names what the policy lost"))
+                self.notice("info", o.id, Cause("override-dropped", f"{o.describe()} names what the policy lost"))
 
     # -- operator commands ------------------------------------------------------------------------
     def refuse(self, request: str, text: str) -> None:
@@ -348,7 +353,7 @@ class _Work:
     def expire_overrides(self) -> None:
         for o in [o for o in self.overrides if o.expires <= self.now]:
             self.overrides.remove(o)
-            self.alarm("info", o.id, Cause("override-expired", f"{o.describe()} expired"))
+            self.notice("info", o.id, Cause("override-expired", f"{o.describe()} expired"))
 
     def update_uplinks(self, only: frozenset[str] | None = None) -> None:
         """Re-judge uplinks; `only` limits it to those whose probes alone changed (and timers due)."""
@@ -366,13 +371,14 @@ class _Work:
                 continue
             u, lifted = hl.update_damping(spec, u, self.now)
             if lifted is not None:
-                self.alarm("info", name, lifted)
+                self.clear_alarm("damped", name, lifted)
             was_suppressed = u.suppressed
             u = hl.evaluate(spec, u, self.now)
             if u.suppressed and not was_suppressed:
-                self.alarm(
-                    "warning",
+                self.raise_alarm(
+                    "damped",
                     name,
+                    "warning",
                     Cause(
                         "damped",
                         f"flapping: penalty {u.penalty:.0f} > suppress {spec.damping.suppress:g}",
@@ -415,7 +421,14 @@ class _Work:
                 if spec.flush_on_failback if back else spec.flush_on_failover:
                     self.effects.append(FlushConntrack(name, cur.uplink, choice.cause))
             if choice.route in ("blackhole", "unreachable"):
-                self.alarm("critical", name, choice.cause)
+                self.raise_alarm("class-down", name, "critical", choice.cause)
+                self.clear_alarm("class-backup", name, choice.cause)
+            elif choice.uplink is not None and choice.uplink != primary_uplink(self.policy, name):
+                self.clear_alarm("class-down", name, choice.cause)
+                self.raise_alarm("class-backup", name, "warning", choice.cause)
+            else:
+                self.clear_alarm("class-down", name, choice.cause)
+                self.clear_alarm("class-backup", name, choice.cause)
         return choices
 
     def plan_standby(self, choices: dict[str, Choice]) -> None:
@@ -507,7 +520,7 @@ class _Work:
             if severity is None:
                 if c.exposed:  # the policy stopped asking: say the alarm is over rather than leave it hanging
                     self.classes[name] = replace(c, exposed=False)
-                    self.alarm("info", name, Cause("redundancy-unwatched", "the policy no longer asks"))
+                    self.clear_alarm("redundancy", name, Cause("redundancy-unwatched", "the policy no longer asks"))
                 continue
             if view is None:
                 view = self.snapshot()
@@ -521,10 +534,10 @@ class _Work:
             if r.exposed:
                 last = f"down to its last usable uplink {r.usable[0]}" if r.usable else "left with no usable uplink"
                 cause = Cause("redundancy-lost", f"{last}; {r.describe()}", evidence)
-                self.alarm(severity, name, cause)
+                self.raise_alarm("redundancy", name, severity, cause)
             else:
                 cause = Cause("redundancy-restored", f"{r.describe()}", evidence)
-                self.alarm("info", name, cause)
+                self.clear_alarm("redundancy", name, cause)
 
     def watch_verification(self) -> None:
         """Alarm when an uplink has not been seen working for longer than its verify.within allows."""
@@ -546,12 +559,69 @@ class _Work:
                     f"{name} {seen}: longer than verify.within {within:g}s",
                     (("verified_at", "never" if last is None else f"{last:g}"),),
                 )
-                self.alarm(spec.verify.alarm, name, cause)
+                self.raise_alarm("unverified", name, spec.verify.alarm, cause)
             else:
-                self.alarm("info", name, Cause("verified", f"{name} seen working again ({u.status})"))
+                self.clear_alarm("unverified", name, Cause("verified", f"{name} seen working again ({u.status})"))
 
-    def alarm(self, severity: Severity, subject: str, cause: Cause) -> None:
+    # -- alarms (engine/alarms.py) ----------------------------------------------------------------
+    def raise_alarm(self, kind: str, subject: str, severity: Severity, cause: Cause) -> None:
+        """Raise `kind` on `subject`; nothing if it is active already at this severity."""
+        aid = alarm_id(kind, subject)
+        cur = self.alarms.get(aid)
+        if cur is not None and cur.severity == severity:
+            return
+        # A new severity is news: raised again, and an acknowledgement of the old one no longer holds.
+        self.alarms[aid] = ActiveAlarm(aid, kind, subject, severity, self.now if cur is None else cur.raised, cause)
+        self.effects.append(Alarm(severity, subject, cause, aid, "raised"))
+
+    def clear_alarm(self, kind: str, subject: str, cause: Cause) -> None:
+        """The condition of `kind` on `subject` ended; nothing if it was not active."""
+        aid = alarm_id(kind, subject)
+        if self.alarms.pop(aid, None) is not None:
+            self.effects.append(Alarm("info", subject, cause, aid, "cleared"))
+
+    def notice(self, severity: Severity, subject: str, cause: Cause) -> None:
+        """A one-off event worth an operator's eye that has no condition to clear."""
         self.effects.append(Alarm(severity, subject, cause))
+
+    def ack_alarm(self, ev: AckAlarm) -> None:
+        cur = self.alarms.get(ev.id)
+        if cur is None:
+            active = ", ".join(sorted(self.alarms)) or "none"
+            self.reply = CommandReply(ev.request, False, f'no active alarm "{ev.id}" (active: {active})')
+            return
+        if not ev.reason.strip():
+            self.reply = CommandReply(ev.request, False, "an acknowledgement needs a reason")
+            return
+        self.alarms[ev.id] = replace(cur, acked_by=ev.by, acked_at=self.now, ack_reason=ev.reason)
+        text = f"{ev.id} acknowledged by {ev.by}: {ev.reason}"
+        self.effects.append(Alarm(cur.severity, cur.subject, Cause("acked", text), ev.id, "acked", ev.by))
+        self.reply = CommandReply(ev.request, True, text)
+
+    def watch_uplink_alarms(self, before: Mapping[str, UplinkState]) -> None:
+        """uplink-down and uplink-degraded follow the uplinks' health; alarms of what left the policy end."""
+        for name, u in self.uplinks.items():
+            b = before.get(name)
+            if b is not None and b.health is u.health and b.lifecycle is u.lifecycle:
+                continue
+            if u.lifecycle is Lifecycle.ACTIVE and u.health is Health.DOWN:
+                self.clear_alarm("uplink-degraded", name, u.cause)
+                self.raise_alarm("uplink-down", name, "warning", u.cause)
+            elif u.lifecycle is Lifecycle.ACTIVE and u.health is Health.DEGRADED:
+                self.clear_alarm("uplink-down", name, u.cause)
+                self.raise_alarm("uplink-degraded", name, "warning", u.cause)
+            else:
+                self.clear_alarm("uplink-down", name, u.cause)
+                self.clear_alarm("uplink-degraded", name, u.cause)
+            if u.lifecycle is not Lifecycle.FAILED:
+                self.clear_alarm("standby-failed", name, u.cause)
+        gone = Cause("policy-reload", "no longer in the policy")
+        for a in list(self.alarms.values()):
+            kind = ALARM_KINDS.get(a.kind, ("", None))[0]
+            if (kind == "uplink" and a.subject not in self.uplinks) or (
+                kind == "class" and a.subject not in self.classes
+            ):
+                self.clear_alarm(a.kind, a.subject, gone)
 
     def finish(self) -> tuple[EngineState, tuple[Effect, ...]]:
         before = self.before.uplinks
@@ -560,7 +630,9 @@ class _Work:
             for n, u in self.uplinks.items()
             if n in before and (before[n].health is not u.health or before[n].lifecycle is not u.lifecycle)
         ]
-        effects = changed + self.effects
+        self.effects = changed + self.effects
+        self.watch_uplink_alarms(before)
+        effects = self.effects
         if self.reply is not None:
             moves = tuple(
                 f"{e.cls}: {e.from_uplink or '-'} -> {e.to_uplink or e.route}"
@@ -614,6 +686,9 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
         case RunDrill():
             w.by = event.by
             dr.run_now(w, event)
+        case AckAlarm():
+            w.by = event.by
+            w.ack_alarm(event)
         case DrillWindow():
             dr.window(w, event)
         case Tick():

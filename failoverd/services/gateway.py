@@ -59,6 +59,7 @@ class LocalGateway:
             "classes": class_rows(policy, st),
             "overrides": override_rows(st, time.monotonic()),
             "drills": drill_rows(policy, st, time.monotonic()),
+            "alarms": [a.as_dict(time.monotonic()) for a in st.alarms.values()],
             "clock": {"state": st.clock.state.value, "bound_s": st.clock.bound, "evidence": list(st.clock.evidence)},
             "services": self.supervisor.statuses(),
         }

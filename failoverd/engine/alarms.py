@@ -1,0 +1,78 @@
+"""Alarms: conditions raised and cleared by the engine, each with an id, severity, cause and acknowledgement."""
+
+# Theory of operation
+# -------------------
+# An alarm is a condition that holds for a while: an uplink down, a class on a backup or without a
+# route, a class down to its last uplink, a cold standby that failed, the clock not trusted, a backup
+# not verified or that failed its drill, an uplink damped. Its id is `<kind>:<subject>` (e.g.
+# `uplink-down:fiber`), the same for as long as the condition lasts, so that everyone downstream (the
+# history, MQTT, notifiers, an operator's acknowledgement) names one thing. The engine keeps the table
+# of active alarms in its state: raising an id already active with the same severity does nothing
+# (deduplication at the source), clearing one that is not active does nothing, and an operator's
+# acknowledgement marks an active alarm (who, why, when) without clearing it: the condition still
+# holds, only the people have been told. A one-off event that needs no clearing (an override expired,
+# a deactivation command failed) is a *notice*: an Alarm effect with no id.
+#
+# The kinds, their subjects and default severities (ALARM_KINDS). Where the policy names a severity
+# (redundancy.alarm, verify.alarm, a drill's severity, the clock's on_suspect/on_insane) it wins.
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from failoverd.engine.effects import Cause, Severity
+from failoverd.policy.model import Policy
+
+ALARM_KINDS: Mapping[str, tuple[str, Severity | None]] = {
+    "uplink-down": ("uplink", "warning"),
+    "uplink-degraded": ("uplink", "warning"),
+    "damped": ("uplink", "warning"),
+    "standby-failed": ("uplink", "critical"),
+    "unverified": ("uplink", None),  # verify.alarm
+    "drill-failed": ("uplink", None),  # the drill's severity
+    "class-backup": ("class", "warning"),
+    "class-down": ("class", "critical"),
+    "redundancy": ("class", None),  # redundancy.alarm
+    "clock": ("clock", None),  # clock.on_suspect / on_insane
+}
+
+
+def alarm_id(kind: str, subject: str) -> str:
+    return f"{kind}:{subject}"
+
+
+def primary_uplink(policy: Policy, cls: str) -> str | None:
+    """The first uplink of a class's path that admits it: anywhere else, the class is on a backup."""
+    spec = policy.classes[cls]
+    return next((n for n in spec.path if n in policy.uplinks and policy.uplinks[n].admits(cls)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveAlarm:
+    id: str
+    kind: str
+    subject: str
+    severity: Severity
+    raised: float  # monotonic
+    cause: Cause
+    acked_by: str | None = None
+    acked_at: float | None = None
+    ack_reason: str | None = None
+
+    def as_dict(self, now: float) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "subject": self.subject,
+            "severity": self.severity,
+            "age_s": round(now - self.raised, 1),
+            "cause": self.cause.as_dict(),
+            "acked": None
+            if self.acked_by is None
+            else {
+                "by": self.acked_by,
+                "reason": self.ack_reason,
+                "age_s": None if self.acked_at is None else round(now - self.acked_at, 1),
+            },
+        }

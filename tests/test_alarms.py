@@ -1,0 +1,117 @@
+"""Alarms: raised and cleared by the engine with stable ids, deduplicated, acknowledged by operators."""
+
+from __future__ import annotations
+
+from failoverd.engine import effects as fx
+from failoverd.engine import events as ev
+from failoverd.engine.state import EngineState, initial_state
+from failoverd.engine.step import step
+from failoverd.policy import parse_policy_text
+from failoverd.policy.model import Policy
+
+TEXT = """
+site: alarms
+uplinks:
+  - {name: a, interface: a0, next_hop: 192.0.2.1, health: {up: {successes: 1, hold_down: 0}}}
+  - {name: b, interface: b0, next_hop: 192.0.2.5, health: {up: {successes: 1, hold_down: 0}}}
+classes:
+  - {name: vital, match: [{dscp: [EF]}], path: [a, b], preempt_delay: 0s, redundancy: {alarm: critical}}
+  - {name: rest, path: [a]}
+"""
+POLICY = parse_policy_text(TEXT, "alarms.yaml")
+
+
+def _run(
+    events: list[tuple[float, ev.Event]], policy: Policy = POLICY, state: EngineState | None = None
+) -> tuple[EngineState, list[fx.Alarm]]:
+    if state is None:
+        state, _ = step(initial_state(policy, 0.0), ev.Tick(), policy, 0.0)
+    alarms: list[fx.Alarm] = []
+    for t, event in events:
+        state, effects = step(state, event, policy, t)
+        alarms += [e for e in effects if isinstance(e, fx.Alarm)]
+        reply = next((e for e in effects if isinstance(e, fx.CommandReply)), None)
+        if reply is not None:
+            alarms.append(fx.Alarm("info", "reply", fx.Cause("ok" if reply.ok else "refused", reply.text)))
+    return state, alarms
+
+
+def _log(alarms: list[fx.Alarm]) -> list[tuple[str, str, str]]:
+    return [(a.state, a.id, a.severity) for a in alarms if a.id]
+
+
+def test_a_fiber_cut_raises_each_condition_once_and_the_repair_clears_them() -> None:
+    state, alarms = _run([(5.0, ev.CarrierChanged("a", False)), (6.0, ev.CarrierChanged("a", False)), (7.0, ev.Tick())])
+    assert sorted(_log(alarms)) == [  # each once, though the carrier was reported lost twice
+        ("raised", "class-backup:vital", "warning"),
+        ("raised", "class-down:rest", "critical"),
+        ("raised", "redundancy:vital", "critical"),
+        ("raised", "uplink-down:a", "warning"),
+    ]
+    by_id = {a.id: a for a in alarms}
+    assert by_id["uplink-down:a"].cause.code == "carrier-loss"  # the cause of the condition, as the uplink has it
+    assert by_id["class-down:rest"].cause.code == "all-down"
+    assert set(state.alarms) == set(by_id)
+    state, alarms = _run([(9.0, ev.CarrierChanged("a", True)), (9.5, ev.Tick())], state=state)
+    assert sorted(_log(alarms)) == sorted(
+        [
+            ("cleared", "uplink-down:a", "info"),
+            ("cleared", "class-backup:vital", "info"),
+            ("cleared", "class-down:rest", "info"),
+            ("cleared", "redundancy:vital", "info"),
+        ]
+    )
+    assert not state.alarms
+
+
+def test_an_acknowledgement_marks_the_alarm_without_clearing_it_and_is_refused_with_a_reason() -> None:
+    state, _ = _run([(5.0, ev.CarrierChanged("a", False))])
+    state, alarms = _run(
+        [
+            (6.0, ev.AckAlarm("r1", "uplink-down:a", "splice crew on site", "op/alice")),
+            (7.0, ev.AckAlarm("r2", "uplink-down:b", "typo", "op/alice")),
+            (8.0, ev.AckAlarm("r3", "class-down:rest", "  ", "op/alice")),
+        ],
+        state=state,
+    )
+    assert ("acked", "uplink-down:a", "warning") in _log(alarms)
+    acked = next(a for a in alarms if a.state == "acked")
+    assert acked.by == "op/alice" and "splice crew on site" in acked.cause.text
+    a = state.alarms["uplink-down:a"]
+    assert (a.acked_by, a.ack_reason, a.acked_at) == ("op/alice", "splice crew on site", 6.0)
+    replies = [x.cause for x in alarms if x.subject == "reply"]
+    assert replies[0].code == "ok"
+    assert replies[1].code == "refused" and 'no active alarm "uplink-down:b"' in replies[1].text
+    assert "uplink-down:a" in replies[1].text  # the refusal lists what is active
+    assert replies[2].code == "refused" and "needs a reason" in replies[2].text
+    # Acknowledged, the condition still holds; when it ends the alarm clears as any other.
+    state, alarms = _run([(9.0, ev.CarrierChanged("a", True))], state=state)
+    assert ("cleared", "uplink-down:a", "info") in _log(alarms)
+
+
+def test_alarms_of_what_leaves_the_policy_are_cleared_on_reload() -> None:
+    state, _ = _run([(5.0, ev.CarrierChanged("b", False))])
+    assert "uplink-down:b" in state.alarms
+    smaller = parse_policy_text(
+        TEXT.replace(
+            "  - {name: b, interface: b0, next_hop: 192.0.2.5, health: {up: {successes: 1, hold_down: 0}}}\n", ""
+        ).replace("path: [a, b]", "path: [a]"),
+        "alarms.yaml",
+    )
+    state, effects = step(state, ev.PolicyReloaded(), smaller, 6.0)
+    cleared = [e for e in effects if isinstance(e, fx.Alarm) and e.state == "cleared"]
+    assert [(e.id, e.cause.code) for e in cleared] == [("uplink-down:b", "policy-reload")]
+    assert "uplink-down:b" not in state.alarms
+
+
+def test_notices_have_no_id_and_leave_no_active_alarm() -> None:
+    state, alarms = _run(
+        [
+            (1.0, ev.DrainUplink("r1", "b", "maintenance", 5.0, False, "op")),
+            (7.0, ev.Tick()),
+        ]
+    )
+    notices = [a for a in alarms if a.state == "notice" and a.subject != "reply"]
+    assert [n.cause.code for n in notices] == ["override-expired"]
+    assert notices[0].id == ""
+    assert not any(a.startswith("o") for a in state.alarms)
