@@ -26,6 +26,8 @@ from typing import Any
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 FAULTS = frozenset({"DOWN", "DEGRADED", "FAILED"})
+NO_ROUTE = frozenset({"unreachable", "blackhole", "withdrawn", "pending"})  # forwarded nowhere
+UNKNOWN = "not known"  # before the first decision the history holds (a daemon starting)
 
 
 def parse_when(text: str, now: float) -> float:
@@ -192,6 +194,8 @@ def build(
             where, via, start, began = opened[cls]
             seconds = clock.between(began, r) if began is not None else max(0.0, r["wall"] - since)
             inc.spans.append(Span(cls, where, start, seconds, via))
+        elif r["wall"] > since:  # nothing in the history says where it was before: not known, not "no route"
+            inc.spans.append(Span(cls, UNKNOWN, since, r["wall"] - since, False))
         where, via = _where(r)
         opened[cls] = (where, via, r["wall"], r)
         last = r
@@ -281,7 +285,7 @@ def markdown(inc: Incident) -> str:
     switches = inc.switches()
     rows = []
     for cls, per in on.items():
-        no_route = sum(sp.seconds for sp in inc.spans if sp.cls == cls and not sp.via)
+        no_route = sum(sp.seconds for sp in inc.spans if sp.cls == cls and sp.where in NO_ROUTE)
         parts = ", ".join(
             f"{w} {_dur(s)} ({100 * s / period:.0f} %)" for w, s in sorted(per.items(), key=lambda x: -x[1])
         )
@@ -416,7 +420,8 @@ def markdown(inc: Incident) -> str:
 # -- the plot ------------------------------------------------------------------------------------------
 
 COLOURS = ["#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#8d6e63", "#9e9d24"]
-NO_ROUTE = "#c62828"
+NO_ROUTE_COLOUR = "#c62828"
+UNKNOWN_COLOUR = "#bdbdbd"
 
 
 def plot(inc: Incident, path: Any) -> None:
@@ -436,7 +441,11 @@ def plot(inc: Incident, path: Any) -> None:
         for s in inc.spans:
             if s.cls != cls:
                 continue
-            ax.broken_barh([(s.start - t0, s.seconds)], (i - 0.35, 0.7), color=colour.get(s.where, NO_ROUTE))
+            ax.broken_barh(
+                [(s.start - t0, s.seconds)],
+                (i - 0.35, 0.7),
+                color=colour.get(s.where, UNKNOWN_COLOUR if s.where == UNKNOWN else NO_ROUTE_COLOUR),
+            )
             if s.seconds > (inc.until - inc.since) / 20:
                 ax.text(s.start - t0 + s.seconds / 2, i, s.where, ha="center", va="center", fontsize=7, color="white")
     for r in inc.by_kind("uplink"):
@@ -452,8 +461,8 @@ def plot(inc: Incident, path: Any) -> None:
     ax.set_ylim(-0.9, len(classes) + 0.8)
     ax.set_xlabel(f"seconds after {utc(inc.since)} UTC (▼ alarms, dotted: faults)")
     ax.set_title(f"Incident{' at ' + inc.site if inc.site else ''}: where each class was forwarded", loc="left")
-    handles = [Rectangle((0, 0), 1, 1, color=c) for c in [*colour.values(), NO_ROUTE]]
-    ax.legend(handles, [*colour, "no route"], loc="upper right", fontsize=7, ncol=len(handles))
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in [*colour.values(), NO_ROUTE_COLOUR, UNKNOWN_COLOUR]]
+    ax.legend(handles, [*colour, "no route", UNKNOWN], loc="upper right", fontsize=7, ncol=len(handles))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -177,3 +177,10 @@ def test_bytes_on_a_metered_uplink_count_from_the_last_reading_before_the_period
     assert (rx, tx) == (500 + 300 + 600, 600 + 400 + 1_000)
     assert last == T0 + 30
     assert "Bytes on sat: 2000 sent, 1400 received" in report.markdown(inc)
+
+
+def test_before_the_first_decision_the_class_is_not_known_rather_than_without_a_route() -> None:
+    records = [rec("start", T0 + 1, 1.0, boot="b1"), decision(T0 + 2, 2.0, "dispatch", "fiber")]
+    inc = report.build(report.select(records, T0, T0 + 10), T0, T0 + 10)
+    assert inc.time_on()["dispatch"] == pytest.approx({report.UNKNOWN: 2.0, "fiber": 8.0})
+    assert "| dispatch | fiber 8.0 s (80 %), not known 2.0 s (20 %) | 0 | 1 |" in report.markdown(inc)
