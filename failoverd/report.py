@@ -328,10 +328,25 @@ def markdown(inc: Incident) -> str:
     lines += ["", "## Alarms", ""]
     alarms = inc.by_kind("alarm")
     if alarms:
-        lines += _table(
-            ["time (UTC)", "severity", "subject", "cause"],
-            [[utc(r["wall"]), r["severity"], r["subject"], _cause(r)] for r in alarms],
-        )
+        rows = []
+        raised: dict[str, float] = {}
+        for r in alarms:
+            state = r.get("state", "raised")
+            what = state
+            if state == "raised":
+                raised[r.get("id", "")] = r["wall"]
+            elif state == "acked":
+                since = raised.get(r.get("id", ""))
+                what = f"acknowledged by {r.get('by') or '?'}"
+                if since is not None:
+                    what += f", {_dur(r['wall'] - since)} after it was raised"
+            elif state == "cleared" and r.get("id") in raised:
+                what = f"cleared after {_dur(r['wall'] - raised.pop(r['id']))}"
+            rows.append([utc(r["wall"]), r.get("id") or r["subject"], r["severity"], _cell(what), _cause(r)])
+        lines += _table(["time (UTC)", "alarm", "severity", "what", "cause"], rows)
+        if raised:
+            lines.append("")
+            lines.append("Raised in the period and still raised at its end: " + ", ".join(sorted(raised)) + ".")
     else:
         lines.append("None.")
     lines += ["", "## Operators", ""]

@@ -52,7 +52,9 @@ class Step(Condition):
     carrier_restored: str | None = None
     flap: Duration | None = None  # toggle the uplink's carrier with this period ...
     until: NonNegDuration | None = None  # ... until then
-    command: Literal["failover", "drain", "release", "drill-run"] | None = None
+    command: Literal["failover", "drain", "release", "drill-run", "ack"] | None = None
+    id: str | None = None  # with ack: the alarm's id
+    by: str | None = None  # who sent the command (default "simulation")
     class_: str | None = Field(default=None, alias="class")
     to: str | None = None
     for_: NonNegDuration | None = Field(default=None, alias="for")
@@ -110,8 +112,9 @@ def command_request(s: Step) -> dict[str, Any]:
         "force": s.force or None,
         "override": s.override,
         "all": s.all or None,
+        "id": s.id,
     }
-    request: dict[str, Any] = {"cmd": s.command, "by": "simulation"}
+    request: dict[str, Any] = {"cmd": s.command, "by": s.by or "simulation"}
     for a in COMMANDS[s.command or ""].args:
         if given.get(a.key) is not None:
             request[a.key] = given[a.key]

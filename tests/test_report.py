@@ -94,6 +94,9 @@ def _simulated_history(tmp_path: Path) -> Path:
     """golden 18's chain of failures (fiber, carrier-a, mobile-b; the satellite pre-warmed), as a
     state dir's history file: the simulator's records, stamped as the daemon stamps them."""
     spec = YAML(typ="safe").load((ROOT / "tests/golden/18-prewarm.yaml").read_text())
+    # An operator acknowledges the fiber's alarm a minute after the cut.
+    ack = {"at": 70, "command": "ack", "id": "uplink-down:fiber", "reason": "splice crew called", "by": "op/alice"}
+    spec["timeline"]["events"].append(ack)
     sim = Simulation(load_policy(ROOT / spec["policy"]), Timeline.model_validate(spec["timeline"]))
     lines = [json.dumps(rec("start", T0, 0.0, boot="b1", pid=7, policy="emergency.yaml"))]
     for r in sim.run():
@@ -143,6 +146,8 @@ def test_failoverd_report_offline_tells_the_simulated_incident(tmp_path: Path) -
     assert "| bulk | blackhole → mobile-a |" in text  # where it was, though the record names no uplink left
     assert "| sat | activate | `prewarm`" in text
     assert "`redundancy-lost`" in text
+    assert "| uplink-down:fiber | warning | acknowledged by op/alice, 1.0 min after it was raised |" in text
+    assert "| uplink-down:fiber | info | cleared after 2.5 min |" in text  # the fiber proven again at ~161 s
     # dispatch: fiber 10 s, then mobile-a ~30 s, mobile-b ~60 s, the satellite ~120 s, fiber again from ~221 s.
     inc_line = next(line for line in text.splitlines() if line.startswith("| dispatch |"))
     assert "sat 2.0 min" in inc_line and "without a route" not in inc_line
