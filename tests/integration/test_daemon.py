@@ -38,7 +38,17 @@ def test_fiber_cut_moves_traffic_and_recovery_waits_for_preempt(gwlab: GatewayLa
     gwlab.carrier(False)
     gwlab.wait_class("critical", "mobile", timeout=5)
     assert gwlab.cls("bulk") == "mobile"
-    time.sleep(1)
+    # The alarms the cut raised, each once, and an operator's acknowledgement (failoverctl alarms / ack).
+    active = {a["id"]: a for a in gwlab.ctl("alarms")["alarms"]}
+    assert {"uplink-down:fiber", "class-backup:critical", "class-backup:bulk"} <= set(active), active
+    assert active["uplink-down:fiber"]["cause"]["code"] == "carrier-loss"
+    r = ctl_exit(gwlab, "ack", "uplink-down:fiber", "--reason", "splice crew called")
+    assert r.returncode == 0 and "acknowledged" in r.stdout, r.stderr
+    refused = ctl_exit(gwlab, "ack", "uplink-down:nowhere", "--reason", "typo")
+    assert refused.returncode == 1 and 'no active alarm "uplink-down:nowhere"' in refused.stderr
+    listing = ctl_exit(gwlab, "alarms")
+    assert "uplink-down:fiber" in listing.stdout and "failoverctl:" in listing.stdout  # who acknowledged
+    time.sleep(0.5)
     gwlab.carrier(True)
     wait_for(lambda: gwlab.uplink_state("fiber") == "UP", 10, what="fiber UP again")
     up_at = time.monotonic()
@@ -56,6 +66,9 @@ def test_fiber_cut_moves_traffic_and_recovery_waits_for_preempt(gwlab: GatewayLa
     decisions = [r for r in history(gwlab, "decision") if r["class"] == "critical"]
     assert [d["uplink"] for d in decisions][-3:] == ["fiber", "mobile", "fiber"]
     assert decisions[-1]["cause"]["code"] == "preempt"
+    fiber = [(a["state"], a.get("by")) for a in history(gwlab, "alarm") if a.get("id") == "uplink-down:fiber"]
+    assert [s for s, _ in fiber] == ["raised", "acked", "cleared"], fiber
+    assert not any(a["id"].endswith(":critical") for a in gwlab.ctl("alarms")["alarms"])
 
 
 def test_silent_blackhole_is_detected_by_probes(gwlab: GatewayLab) -> None:
