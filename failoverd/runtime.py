@@ -53,7 +53,7 @@ async def serve(opts: Options, policy: Policy) -> None:
         engine = await EngineService.start(policy, inbox=inbox, kernel=kernel, history=history, state_dir=state)
         probes = ProbeService(engine, inbox)
         clock = ClockService(engine, inbox, history, state)
-        supervisor = Supervisor(opts.policy_path, engine, history)
+        supervisor = Supervisor(opts.policy_path, engine, history, alarm=inbox.put_nowait)
         gateway = LocalGateway(engine=engine, probes=probes, clock=clock, history=history, supervisor=supervisor)
         # In this order a reload asks them: the engine first, as the others read the policy it holds.
         services: list[Service] = [

@@ -8,6 +8,7 @@ from typing import Any
 
 from failoverd.control.api import Feed, Gateway, OperatorCommand
 from failoverd.engine import effects as fx
+from failoverd.engine import events as ev
 from failoverd.engine.state import EngineState, initial_state
 from failoverd.engine.step import step
 from failoverd.policy.load import parse_policy_text
@@ -24,6 +25,7 @@ class FakeGateway:
         self.feeds: list[Feed] = []
         self.reloads = 0
         self.requests = 0
+        self.alarms: list[fx.Alarm] = []  # what the engine made of the shell's alarms
 
     @property
     def policy(self) -> Policy:
@@ -56,6 +58,10 @@ class FakeGateway:
         self.records.append(record)
         for feed in self.feeds:
             feed.put(record)
+
+    def alarm(self, event: ev.ServiceAlarm) -> None:
+        self._state, effects = step(self._state, event, self._policy, time.monotonic())
+        self.alarms.extend(e for e in effects if isinstance(e, fx.Alarm))
 
     def subscribe(self, keep: int) -> Feed:
         feed = Feed(keep)

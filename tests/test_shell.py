@@ -371,7 +371,7 @@ async def test_the_supervisor_answers_every_reload_even_when_one_raises(tmp_path
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     g = FakeGateway(POLICY)
-    supervisor = Supervisor(path, g, History(Journal(StateDir(None))))
+    supervisor = Supervisor(path, g, History(Journal(StateDir(None))), alarm=g.alarm)
 
     class Exploding(Recorder):
         name: ClassVar[str] = "exploding"
@@ -385,8 +385,14 @@ async def test_the_supervisor_answers_every_reload_even_when_one_raises(tmp_path
         assert supervisor.statuses() == {"exploding": {"fine": True}}
         path.unlink()  # not even readable now: refused, and the next reload is still heard
         assert not (await supervisor.ask())["ok"]
+        # While the file on disk is not the policy in force, an alarm says so; a good reload clears it.
+        assert [(a.id, a.state) for a in g.alarms] == [("reload-refused:policy", "raised")]
+        assert "policy refused" in g.alarms[0].cause.text
+        assert "reload-refused:policy" in g.state.alarms
         path.write_text(POLICY)
         assert (await supervisor.ask())["ok"]
+        assert [(a.id, a.state) for a in g.alarms][-1] == ("reload-refused:policy", "cleared")
+        assert not g.state.alarms
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -51,4 +51,7 @@ class Gateway(Protocol):
 
     def record(self, record: dict[str, Any]) -> None: ...
 
+    def alarm(self, event: ev.ServiceAlarm) -> None:
+        """A condition only the shell sees, for the engine to raise or clear (engine/alarms.py)."""
+
     def subscribe(self, keep: int) -> Feed: ...

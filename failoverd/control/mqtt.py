@@ -38,6 +38,7 @@ from failoverd.control.intake import BACKLOG, Intake
 from failoverd.control.intake import COMMANDS as COMMAND_RATE
 from failoverd.control.signing import Here, KeyFileError, for_others, load_keys, verify
 from failoverd.control.tls import client_context
+from failoverd.engine import events as ev
 from failoverd.engine.decide import usable
 from failoverd.engine.events import ClockState
 from failoverd.observe.logging import get as get_logger
@@ -77,6 +78,8 @@ class Fleet:
         self.spec = spec
         self.feed = gateway.subscribe(EVENTS_KEPT)
         self.connected = False
+        self.down_since: float | None = None  # monotonic: since when no session (the alarm's clock)
+        self.unreachable_raised = False
         self.site = site = gateway.policy.site  # its topics are chosen now: a new site takes a restart
         p = spec.topic_prefix.rstrip("/")
         self.status_topic = f"{p}/{site}/status"
@@ -169,13 +172,35 @@ class Fleet:
                     self.path_lost.set()
 
     # -- the session --------------------------------------------------------------------------------
+    def _reachable(self, yes: bool, why: str = "") -> None:
+        """The mqtt-unreachable alarm: raised after `unreachable_alarm` without a session, cleared on the next.
+        Judged at each attempt to connect, so raised within that plus the longest backoff: a broker
+        restart or a failover of the path to it stays below it."""
+        broker = f"{self.spec.host}:{self.spec.port}"
+        if yes:
+            self.down_since = None
+            if self.unreachable_raised:
+                self.unreachable_raised = False
+                self.g.alarm(ev.ServiceAlarm("mqtt-unreachable", "mqtt", "cleared", "info", f"connected to {broker}"))
+            return
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+        if not self.unreachable_raised and now - self.down_since >= self.spec.unreachable_alarm:
+            self.unreachable_raised = True
+            text = f"no session with the broker {broker} for {now - self.down_since:.0f}s: {why}"
+            self.g.alarm(ev.ServiceAlarm("mqtt-unreachable", "mqtt", "raised", "warning", text))
+
     async def _sessions(self) -> None:
         delay = BACKOFF[0]
+        why = "not connected yet"
         while True:
+            self._reachable(False, why)
             try:
                 async with self._client() as client:
                     delay = BACKOFF[0]
                     self.connected = True
+                    self._reachable(True)
                     broker = f"{self.spec.host}:{self.spec.port}"
                     log.info("mqtt-connected", broker=broker, via=self.via, status=self.status_topic)
                     try:
@@ -188,12 +213,15 @@ class Fleet:
                         raise
             except PathLost:
                 log.info("mqtt-rerouting", uplink=self.via, note="the uplink the session used is down")
+                why = "the uplink the session used went down"
                 delay = 0.0
             except aiomqtt.MqttError as exc:
                 broker = f"{self.spec.host}:{self.spec.port}"
                 log.warning("mqtt-unreachable", broker=broker, error=str(exc), retry_s=delay)
+                why = str(exc)
             except OSError as exc:  # a password, CA or certificate file that cannot be read or does not fit
                 log.error("mqtt-setup", error=str(exc), retry_s=delay)
+                why = f"setup: {exc}"
             except Exception:  # a bug here must not stop routing: the TaskGroup would end the daemon
                 log.exception("mqtt-failed", retry_s=delay)
             self.connected = False

@@ -35,6 +35,9 @@ ALARM_KINDS: Mapping[str, tuple[str, Severity | None]] = {
     "class-down": ("class", "critical"),
     "redundancy": ("class", None),  # redundancy.alarm
     "clock": ("clock", None),  # clock.on_suspect / on_insane
+    # From the shell (events.ServiceAlarm):
+    "mqtt-unreachable": ("service", "warning"),  # the broker out of reach for longer than mqtt.UNREACHABLE_AFTER
+    "reload-refused": ("service", "warning"),  # the file on disk is not the policy in force
 }
 
 

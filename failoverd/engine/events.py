@@ -124,6 +124,18 @@ class AckAlarm:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceAlarm:
+    """A condition only the shell can see (the MQTT broker out of reach, a reload refused, the previous
+    run's unclean end): raised, cleared, or a notice, as the engine's own alarms are."""
+
+    kind: str
+    subject: str
+    state: Literal["raised", "cleared", "notice"]
+    severity: Literal["info", "warning", "critical"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class DrillWindow:
     """The next opening of an uplink's weekly drill window, converted by the shell from the wall clock
     to monotonic time; `wall_opens` names the window, so that one opening is drilled once."""
@@ -152,6 +164,7 @@ Event = (
     | PolicyReloaded
     | RunDrill
     | AckAlarm
+    | ServiceAlarm
     | DrillWindow
     | Tick
 )

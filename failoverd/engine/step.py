@@ -56,6 +56,7 @@ from failoverd.engine.events import (
     ProbeResult,
     Release,
     RunDrill,
+    ServiceAlarm,
     StandbyResult,
     Tick,
 )
@@ -584,6 +585,14 @@ class _Work:
         """A one-off event worth an operator's eye that has no condition to clear."""
         self.effects.append(Alarm(severity, subject, cause))
 
+    def service_alarm(self, ev: ServiceAlarm) -> None:
+        if ev.state == "raised":
+            self.raise_alarm(ev.kind, ev.subject, ev.severity, Cause(ev.kind, ev.text))
+        elif ev.state == "cleared":
+            self.clear_alarm(ev.kind, ev.subject, Cause(f"{ev.kind}-ended", ev.text))
+        else:
+            self.notice(ev.severity, ev.subject, Cause(ev.kind, ev.text))
+
     def ack_alarm(self, ev: AckAlarm) -> None:
         cur = self.alarms.get(ev.id)
         if cur is None:
@@ -689,6 +698,8 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
         case AckAlarm():
             w.by = event.by
             w.ack_alarm(event)
+        case ServiceAlarm():
+            w.service_alarm(event)
         case DrillWindow():
             dr.window(w, event)
         case Tick():

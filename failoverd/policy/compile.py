@@ -269,6 +269,7 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
                 keys_file=mq.keys_file,
                 max_age=mq.max_age,
                 keepalive=max(1, math.ceil(mq.keepalive)),  # MQTT counts it in whole seconds
+                unreachable_alarm=mq.unreachable_alarm,
             ),
         ),
         source=source,

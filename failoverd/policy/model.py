@@ -195,6 +195,7 @@ class MqttSpec:
     keys_file: str | None
     max_age: float
     keepalive: int
+    unreachable_alarm: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

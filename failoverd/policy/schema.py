@@ -313,6 +313,7 @@ class Mqtt(Strict):
     keys_file: str | None = None  # NAME ed25519 PUBKEY per line: who may send signed commands (re-read on reload)
     max_age: Duration = 300.0  # a signed command older than this is refused (while the clock is trusted)
     keepalive: Duration = 15.0  # the broker publishes the last will 1.5 keepalives after the gateway vanishes
+    unreachable_alarm: Duration = 30.0  # without a session this long: the mqtt-unreachable alarm
 
 
 class Control(Strict):

@@ -9,6 +9,7 @@ from typing import Any
 
 from failoverd.control.api import Feed, OperatorCommand
 from failoverd.engine import effects as fx
+from failoverd.engine import events as ev
 from failoverd.engine.state import EngineState
 from failoverd.observe.status import class_rows, drill_rows, override_rows, uplink_rows
 from failoverd.policy.model import Policy
@@ -75,6 +76,9 @@ class LocalGateway:
 
     async def reload(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.supervisor.ask(), RELOAD_TIMEOUT)
+
+    def alarm(self, event: ev.ServiceAlarm) -> None:
+        self.engine.inbox.put_nowait(event)
 
     def record(self, record: dict[str, Any]) -> None:
         self._history.add(record, time.monotonic())

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from failoverd.engine import events as ev
 from failoverd.errors import PolicyError
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy import load_policy
@@ -26,10 +27,13 @@ log = get_logger("failoverd")
 class Supervisor:
     """Reload requests (failoverctl reload, MQTT, SIGHUP), taken one at a time by `run`."""
 
-    def __init__(self, path: Path, engine: EngineView, history: History) -> None:
+    def __init__(
+        self, path: Path, engine: EngineView, history: History, alarm: Callable[[ev.ServiceAlarm], None] | None = None
+    ) -> None:
         self.path = path
         self.engine = engine
         self.history = history
+        self.alarm = alarm  # the reload-refused alarm: raised while the file on disk is not in force
         self.queue: asyncio.Queue[asyncio.Future[dict[str, Any]]] = asyncio.Queue()
         self.services: tuple[Service, ...] = ()
 
@@ -51,6 +55,12 @@ class Supervisor:
             except Exception as exc:  # a bug in a reload must not end the daemon that routes 112
                 log.exception("reload-failed")
                 report = {"ok": False, "text": f"reload failed: {exc}", "problems": [repr(exc)]}
+            if self.alarm is not None:
+                if report.get("ok"):
+                    self.alarm(ev.ServiceAlarm("reload-refused", "policy", "cleared", "info", report["text"]))
+                else:
+                    why = "; ".join([str(report.get("text")), *map(str, report.get("problems", [])[:3])])
+                    self.alarm(ev.ServiceAlarm("reload-refused", "policy", "raised", "warning", why))
             if not done.done():
                 done.set_result(report)
 

@@ -21,18 +21,20 @@ BROKER = "198.19.2.1"
 SITE = "test-gw"
 
 
-def broker(lab: GatewayLab) -> None:
+def broker(lab: GatewayLab, again: bool = False) -> subprocess.Popen[bytes]:
     """mosquitto on the internet side: the gateway reaches it over whichever uplink carries its traffic."""
-    lab.topo.addr("inet", "lo", f"{BROKER}/32")
+    if not again:
+        lab.topo.addr("inet", "lo", f"{BROKER}/32")
     conf = lab.tmp / "mosquitto.conf"
     conf.write_text(f"listener 1883 {BROKER}\nallow_anonymous true\npersistence false\n")
-    lab.topo.spawn("inet", ["mosquitto", "-c", str(conf)], log=lab.tmp / "mosquitto.log")
+    proc = lab.topo.spawn("inet", ["mosquitto", "-c", str(conf)], log=lab.tmp / "mosquitto.log")
     wait_for(lambda: lab.topo.sh("inet", "ss", "-ltn").stdout.count(f"{BROKER}:1883") > 0, 10, what="mosquitto")
+    return proc
 
 
 def enable_mqtt(lab: GatewayLab | PeerGateway, keys_file: Path) -> None:
     text = lab.policy_path.read_text()
-    mqtt = f"  mqtt: {{enabled: true, host: {BROKER}, keys_file: {keys_file}, keepalive: 2s}}\n"
+    mqtt = f"  mqtt: {{enabled: true, host: {BROKER}, keys_file: {keys_file}, keepalive: 2s, unreachable_alarm: 2s}}\n"
     lab.policy_path.write_text(text.replace("control:\n", "control:\n" + mqtt, 1))
 
 
@@ -66,7 +68,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def test_fleet_control_over_mqtt(gwlab: GatewayLab) -> None:
-    broker(gwlab)
+    mosquitto = broker(gwlab)
     noc, keys_file = operator_keys(gwlab.tmp / "operators", "noc")
     enable_mqtt(gwlab, keys_file)
     events, replies = gwlab.tmp / "events.jsonl", gwlab.tmp / "replies.jsonl"
@@ -133,7 +135,22 @@ def test_fleet_control_over_mqtt(gwlab: GatewayLab) -> None:
     # (while the session moves, the retained status may briefly be the broker's will: offline, no classes)
     wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("classes", {}).get("critical") == "via mobile", 10)
     assert "mqtt-rerouting" in gwlab.log.read_text()
+    # An alarm acknowledged over MQTT, signed like every command: the ack names the key.
+    rc, reply = remote(gwlab, noc, "--site", SITE, "ack", "uplink-down:fiber", "--reason", "crew dispatched")
+    assert rc == 0 and reply["ok"], reply
+    fiber = next(a for a in gwlab.ctl("alarms")["alarms"] if a["id"] == "uplink-down:fiber")
+    assert fiber["acked"]["by"].startswith("mqtt:noc/"), fiber
     gwlab.carrier(True)
+
+    # The broker gone: after unreachable_alarm (2 s here) an alarm says so; back, the alarm clears.
+    def mqtt_alarm() -> bool:
+        return any(a["id"] == "mqtt-unreachable:mqtt" for a in gwlab.ctl("alarms")["alarms"])
+
+    gwlab.topo.stop(mosquitto)
+    wait_for(mqtt_alarm, 15, what="the mqtt-unreachable alarm")
+    mosquitto = broker(gwlab, again=True)
+    wait_for(lambda: not mqtt_alarm(), 20, what="the mqtt-unreachable alarm cleared")
+    wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("online") is True, 10, what="online again")
 
     # A clean stop says so; a gateway that vanishes is reported by the broker's last will.
     gwlab.kill(signal.SIGTERM)
