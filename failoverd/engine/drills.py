@@ -330,12 +330,13 @@ def _start(w: Desk, name: str, by: str, cause: Cause) -> None:
     sch = w.drill_schedules.get(name, DrillSchedule())
     w.drill_schedules[name] = replace(sch, postponed=None)
     if spec.standby.cold and u.lifecycle in (Lifecycle.STANDBY, Lifecycle.FAILED):
-        w.drill = _move(w, replace(run, activated=True), DrillPhase.ACTIVATING, cause)
+        w.drill = _move(w, replace(run, activated=True, activating_since=w.now), DrillPhase.ACTIVATING, cause)
         w.activate_standby(name, Cause("drill-activate", f"drill: activating {name}"))
         return
     if spec.standby.cold and u.lifecycle is Lifecycle.ACTIVATING:
-        # Already coming up (for a class that since let go): wait for it like a drill's own activation.
-        w.drill = _move(w, run, DrillPhase.ACTIVATING, cause)
+        # Already coming up (for a class that since let go): wait for it like a drill's own activation,
+        # timed from when it entered ACTIVATING (its health stays UNKNOWN there, so `since` is that).
+        w.drill = _move(w, replace(run, activating_since=u.since), DrillPhase.ACTIVATING, cause)
         return
     w.drill = _move(w, replace(run, active_at=w.now), DrillPhase.CHECKING, cause)
 
@@ -363,19 +364,31 @@ def _drive(w: Desk, run: DrillRun) -> None:
         _end(w, run, "fail", Cause("drill-timeout", text))
         return
     if run.phase is DrillPhase.ACTIVATING:
+        # The activation is timed on the uplink's lifecycle, from entering ACTIVATING to ACTIVE (or
+        # FAILED), not from the drill's start: a drill that found the uplink already coming up would
+        # otherwise be credited with the time it did not watch. The limit is the lifecycle's own
+        # activation deadline (activation_time after entering ACTIVATING, step.py update_uplinks),
+        # which turns a slower uplink FAILED (activate-timeout) in the very step the time runs out;
+        # there is no grace after it. So an uplink seen ACTIVE always came up in time, and the check
+        # cannot fail there: comparing its time with activation_time again was dead code. A slow
+        # activation fails the check in the FAILED branch, with the time it was given.
+        since = run.activating_since if run.activating_since is not None else run.started
         if u.lifecycle is Lifecycle.FAILED:
-            run = _check(w, run, Check("activation", None, "s", False), u.cause)
+            run = _check(w, run, Check("activation", u.since - since, "s", False), u.cause)
             _end(w, run, "fail", Cause("drill-activation-failed", f"{name} did not come up: {u.cause.text}"))
             return
         if u.lifecycle is Lifecycle.ACTIVE:
-            took = w.now - run.started
+            # Drills advance in every step, after the uplinks are judged: this is the step it turned ACTIVE.
+            took = u.since - since
             limit = up.standby.activation_time
-            ok = took <= limit
             run = _check(
-                w, run, Check("activation", took, "s", ok), Cause("drill-activation", f"{took:.1f}s (limit {limit:g}s)")
+                w,
+                run,
+                Check("activation", took, "s", True),
+                Cause("drill-activation", f"{took:.1f}s (limit {limit:g}s)"),
             )
             if run.first_answer is not None:
-                first = run.first_answer - run.started
+                first = run.first_answer - since
                 run = _check(
                     w, run, Check("first-answer", first, "s", True), Cause("drill-first-answer", f"{first:.1f}s")
                 )
