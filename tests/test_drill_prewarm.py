@@ -27,12 +27,22 @@ PREWARMED = replace(
 )
 
 
+# ... or the satellite asks it for itself (standby.prewarm): warmed for any class it serves.
+SELF_PREWARMED = replace(
+    DRILLED,
+    uplinks={
+        **DRILLED.uplinks,
+        "sat": replace(DRILLED.uplinks["sat"], standby=replace(DRILLED.uplinks["sat"].standby, prewarm=True)),
+    },
+)
+
+
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(timelines)
+@given(timelines, st.sampled_from([PREWARMED, SELF_PREWARMED]))
 def test_a_drill_never_switches_off_a_prewarmed_uplink_and_hands_it_over(
-    timeline: list[tuple[float, ev.Event]],
+    timeline: list[tuple[float, ev.Event]], policy: Policy
 ) -> None:
-    steps = run(timeline, PREWARMED)
+    steps = run(timeline, policy)
     verdicts(steps)
     for before, event, after, effects in steps:
         for e in effects:

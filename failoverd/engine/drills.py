@@ -33,7 +33,8 @@
 # has already switched the backup off and the class that then needs it waits a whole activation
 # again. Decided: an abort still switches off what the drill switched on, and keeps nothing warm.
 # "About to be needed" is what pre-warm already says, in policy terms: a class with
-# `redundancy.prewarm` that is down to its last usable hot uplink wants the backup, so the failure
+# `redundancy.prewarm` (or served by a backup with `standby.prewarm`) that is down to its last
+# usable hot uplink wants the backup, so the failure
 # that brings it there is production (above), not a hazard, and the drill hands the link over warm.
 # What aborts is a failure that leaves every class a second hot uplink, or one in a class that does
 # not pre-warm: that policy accepts an activation as the cost of losing the last uplink, and
