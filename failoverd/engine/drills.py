@@ -33,18 +33,17 @@
 # has already switched the backup off and the class that then needs it waits a whole activation
 # again. Decided: an abort still switches off what the drill switched on, and keeps nothing warm.
 # "About to be needed" is what pre-warm already says, in policy terms: a class with
-# `redundancy.prewarm` (or served by a backup with `standby.prewarm`) that is down to its last
-# usable hot uplink wants the backup, so the failure
-# that brings it there is production (above), not a hazard, and the drill hands the link over warm.
-# What aborts is a failure that leaves every class a second hot uplink, or one in a class that does
-# not pre-warm: that policy accepts an activation as the cost of losing the last uplink, and
-# keeping the link warm on every abort (a primary that merely degrades is the common one) would
-# leave a metered link up for release_after after most aborts to save it.
-# A drill that passes and lets go a moment before a loss is judged pays the same price once: the
-# engine cannot see the loss before its probes do, and pre-warm starts a new activation in the step
-# that judges it, as for a link never drilled. tests/test_drill_prewarm.py shows both
-# sides (with pre-warm: production, the class waits only for detection; without: the abort costs
-# the activation); tests/test_drill_properties.py that an abort always deactivates.
+# `redundancy.prewarm` (or served by a backup with `standby.prewarm`) that is down to its last usable
+# hot uplink wants the backup, so the failure that brings it there is production (above), not a
+# hazard, and the drill hands the link over warm. What aborts is a failure that leaves every class a
+# second hot uplink, or one in a class that does not pre-warm: that policy accepts an activation as
+# the cost of losing the last uplink, and keeping the link warm on every abort (a primary that merely
+# degrades is the common one) would leave a metered link up for release_after after most aborts to
+# save it. A drill that passes and lets go a moment before a loss is judged pays the same price once:
+# the engine cannot see the loss before its probes do, and pre-warm starts a new activation in the
+# step that judges it, as for a link never drilled. tests/test_drill_prewarm.py shows both sides
+# (with pre-warm: production, the class waits only for detection; without: the abort costs the
+# activation); tests/test_drill_properties.py that an abort always deactivates.
 #
 # A drill never moves a class: it changes no path and installs no route. The drilled uplink becomes
 # usable, but every class touching it sits on an earlier uplink of its path, so none chooses it unless
