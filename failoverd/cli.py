@@ -53,7 +53,7 @@ def _uplink_text(u: UplinkSpec) -> str:
         bits.append(f"admits {', '.join(sorted(u.admit))}")
     bits.append(("cold standby, pre-warmed" if u.standby.prewarm else "cold standby") if u.standby.cold else "hot")
     if u.verify is not None:
-        bits.append(f"verified within {u.verify.within:g}s ({u.verify.alarm})")
+        bits.append(f"verified within {u.verify.within:g}s ({u.verify.alarm or 'no alarm'})")
     if u.probes:
         fastest = min(p.interval for p in u.probes)
         bits.append(

@@ -71,6 +71,9 @@ class Step(Condition):
 class Standby(Strict):
     activation: Literal["ok", "fail", "hang"] = "ok"
     delay: NonNegDuration = 5.0
+    # The link passes traffic for this long after each successful activation, then nothing (a
+    # terminal that comes up and loses its lock): activation ok, probes failing. None: for good.
+    passes_for: NonNegDuration | None = None
 
 
 class UplinkWorld(Condition):
@@ -176,6 +179,8 @@ class _Link:
     powered: bool = True  # cold standby links are off until activated
     target_loss: dict[str, float] = field(default_factory=dict)
     outage: bool = False  # carrier-wide outage: link up, nothing passes
+    activations: int = 0  # successful activations so far: a fade belongs to one of them
+    faded: bool = False  # activated, passed traffic for the world's passes_for, and nothing since
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +249,13 @@ class Simulation:
                     link = links[name]
                     loss = max(link.loss, link.target_loss.get(p.target, 0.0))
                     rtt = max(0.0, link.rtt + rng.uniform(-link.jitter, link.jitter))
-                    passes = link.carrier and link.powered and not link.outage and rng.uniform(0, 100) >= loss
+                    passes = (
+                        link.carrier
+                        and link.powered
+                        and not link.outage
+                        and not link.faded
+                        and rng.uniform(0, 100) >= loss
+                    )
                     if passes and rtt <= p.timeout:
                         push(start + rtt, "result", ev.ProbeResult(name, p.key, True, rtt))
                     else:
@@ -258,7 +269,13 @@ class Simulation:
                 state = self._step(state, event, t, links, push)
             elif kind == "engine":
                 if isinstance(payload, ev.StandbyResult) and payload.action == "activate" and payload.ok:
-                    links[payload.uplink].powered = True  # the modem is up when it says so
+                    link = links[payload.uplink]
+                    link.powered = True  # the modem is up when it says so
+                    link.activations += 1
+                    link.faded = False
+                    lasts = tl.world.get(payload.uplink, UplinkWorld()).standby.passes_for
+                    if lasts is not None:
+                        push(t + lasts, "fade", (payload.uplink, link.activations))
                 state = self._step(state, payload, t, links, push)
             elif kind == "windows":
                 # As the drill service: each window drill's next opening, in monotonic time, again
@@ -268,6 +285,10 @@ class Simulation:
                         opening = window_event(name, drill.window, self.wall(t), t)
                         state = self._step(state, opening, t, links, push)
                         push(opening.closes + 1.0, "windows", None)
+            elif kind == "fade":
+                name, activation = payload
+                if links[name].activations == activation:  # not since switched off and on again
+                    links[name].faded = True
             elif kind == "flap":
                 name, period, until = payload
                 link = links[name]

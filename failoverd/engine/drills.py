@@ -31,9 +31,19 @@
 # The price of "abort at once": when the primary fails mid-drill and the remaining uplinks fail a
 # moment later (a fiber cut, then a regional mobile outage judged one probe round after), the abort
 # has already switched the backup off and the class that then needs it waits a whole activation
-# again. Keeping a drilled link warm on abort (handing it to the standby lifecycle, released after
-# release_after) would avoid that at the cost of a metered link left up; the issue asks for the
-# deactivation, and this follows it. See tests/test_drill_properties.py for both guarantees.
+# again. Decided: an abort still switches off what the drill switched on, and keeps nothing warm.
+# "About to be needed" is what pre-warm already says, in policy terms: a class with
+# `redundancy.prewarm` (or served by a backup with `standby.prewarm`) that is down to its last usable
+# hot uplink wants the backup, so the failure that brings it there is production (above), not a
+# hazard, and the drill hands the link over warm. What aborts is a failure that leaves every class a
+# second hot uplink, or one in a class that does not pre-warm: that policy accepts an activation as
+# the cost of losing the last uplink, and keeping the link warm on every abort (a primary that merely
+# degrades is the common one) would leave a metered link up for release_after after most aborts to
+# save it. A drill that passes and lets go a moment before a loss is judged pays the same price once:
+# the engine cannot see the loss before its probes do, and pre-warm starts a new activation in the
+# step that judges it, as for a link never drilled. tests/test_drill_prewarm.py shows both sides
+# (with pre-warm: production, the class waits only for detection; without: the abort costs the
+# activation); tests/test_drill_properties.py that an abort always deactivates.
 #
 # A drill never moves a class: it changes no path and installs no route. The drilled uplink becomes
 # usable, but every class touching it sits on an earlier uplink of its path, so none chooses it unless
@@ -336,12 +346,13 @@ def _start(w: Desk, name: str, by: str, cause: Cause) -> None:
     sch = w.drill_schedules.get(name, DrillSchedule())
     w.drill_schedules[name] = replace(sch, postponed=None)
     if spec.standby.cold and u.lifecycle in (Lifecycle.STANDBY, Lifecycle.FAILED):
-        w.drill = _move(w, replace(run, activated=True), DrillPhase.ACTIVATING, cause)
+        w.drill = _move(w, replace(run, activated=True, activating_since=w.now), DrillPhase.ACTIVATING, cause)
         w.activate_standby(name, Cause("drill-activate", f"drill: activating {name}"))
         return
     if spec.standby.cold and u.lifecycle is Lifecycle.ACTIVATING:
-        # Already coming up (for a class that since let go): wait for it like a drill's own activation.
-        w.drill = _move(w, run, DrillPhase.ACTIVATING, cause)
+        # Already coming up (for a class that since let go): wait for it like a drill's own activation,
+        # timed from when it entered ACTIVATING (its health stays UNKNOWN there, so `since` is that).
+        w.drill = _move(w, replace(run, activating_since=u.since), DrillPhase.ACTIVATING, cause)
         return
     w.drill = _move(w, replace(run, active_at=w.now), DrillPhase.CHECKING, cause)
 
@@ -369,19 +380,31 @@ def _drive(w: Desk, run: DrillRun) -> None:
         _end(w, run, "fail", Cause("drill-timeout", text))
         return
     if run.phase is DrillPhase.ACTIVATING:
+        # The activation is timed on the uplink's lifecycle, from entering ACTIVATING to ACTIVE (or
+        # FAILED), not from the drill's start: a drill that found the uplink already coming up would
+        # otherwise be credited with the time it did not watch. The limit is the lifecycle's own
+        # activation deadline (activation_time after entering ACTIVATING, step.py update_uplinks),
+        # which turns a slower uplink FAILED (activate-timeout) in the very step the time runs out;
+        # there is no grace after it. So an uplink seen ACTIVE always came up in time, and the check
+        # cannot fail there: comparing its time with activation_time again was dead code. A slow
+        # activation fails the check in the FAILED branch, with the time it was given.
+        since = run.activating_since if run.activating_since is not None else run.started
         if u.lifecycle is Lifecycle.FAILED:
-            run = _check(w, run, Check("activation", None, "s", False), u.cause)
+            run = _check(w, run, Check("activation", u.since - since, "s", False), u.cause)
             _end(w, run, "fail", Cause("drill-activation-failed", f"{name} did not come up: {u.cause.text}"))
             return
         if u.lifecycle is Lifecycle.ACTIVE:
-            took = w.now - run.started
+            # Drills advance in every step, after the uplinks are judged: this is the step it turned ACTIVE.
+            took = u.since - since
             limit = up.standby.activation_time
-            ok = took <= limit
             run = _check(
-                w, run, Check("activation", took, "s", ok), Cause("drill-activation", f"{took:.1f}s (limit {limit:g}s)")
+                w,
+                run,
+                Check("activation", took, "s", True),
+                Cause("drill-activation", f"{took:.1f}s (limit {limit:g}s)"),
             )
             if run.first_answer is not None:
-                first = run.first_answer - run.started
+                first = run.first_answer - since
                 run = _check(
                     w, run, Check("first-answer", first, "s", True), Cause("drill-first-answer", f"{first:.1f}s")
                 )

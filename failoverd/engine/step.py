@@ -541,7 +541,8 @@ class _Work:
                 self.clear_alarm("redundancy", name, cause)
 
     def watch_verification(self) -> None:
-        """Alarm when an uplink has not been seen working for longer than its verify.within allows."""
+        """Mark an uplink whose proof of working is older than its verify.within (a drilled uplink's
+        valid_for, compile.proof_lifetime) stale, and alarm if the policy asks for it."""
         for name, spec in self.policy.uplinks.items():
             if spec.verify is None:
                 continue
@@ -560,7 +561,8 @@ class _Work:
                     f"{name} {seen}: longer than verify.within {within:g}s",
                     (("verified_at", "never" if last is None else f"{last:g}"),),
                 )
-                self.raise_alarm("unverified", name, spec.verify.alarm, cause)
+                if spec.verify.alarm is not None:
+                    self.raise_alarm("unverified", name, spec.verify.alarm, cause)
             else:
                 self.clear_alarm("unverified", name, Cause("verified", f"{name} seen working again ({u.status})"))
 

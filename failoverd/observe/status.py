@@ -152,7 +152,7 @@ def drill_rows(policy: Policy, state: EngineState, now: float) -> list[dict[str,
                 }
             if sch.verified_at is not None:
                 row["verified_age_s"] = round(now - sch.verified_at, 1)
-                row["verified"] = now - sch.verified_at <= spec.valid_for
+                row["verified"] = now - sch.verified_at < spec.valid_for  # as redundancy.known_good
         rows.append(row)
     return rows
 

@@ -105,9 +105,32 @@ def drill_offset(site: str, uplink: str, jitter: float) -> float:
     return jitter * int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _drill(d: s.Drill, site: str) -> m.DrillSpec:
-    default_valid = 1.5 * d.every if d.every is not None else 8 * 86400.0
-    valid = d.valid_for if d.valid_for is not None else default_valid
+def proof_lifetime(u: s.Uplink, d: s.Drill | None) -> float | None:
+    """How long a proof that the uplink works lasts (None: for good). `verify.within` and a drill's
+    `valid_for` both say it, so they are one number: verify.within when given (valid_for then follows
+    it; verify.py rejects the two given and different), else the drill's valid_for, else the drill's
+    default (1.5 intervals, or 8 days for a weekly window)."""
+    if d is None:
+        return u.verify.within if u.verify is not None else None
+    return _valid_for(u, d)
+
+
+def _valid_for(u: s.Uplink | None, d: s.Drill) -> float:
+    if u is not None and u.verify is not None:
+        return u.verify.within
+    if d.valid_for is not None:
+        return d.valid_for
+    return 1.5 * d.every if d.every is not None else 8 * 86400.0
+
+
+def _verify(u: s.Uplink, d: s.Drill | None) -> m.VerifySpec | None:
+    if u.verify is not None:
+        return m.VerifySpec(u.verify.within, u.verify.alarm)
+    within = proof_lifetime(u, d)
+    return m.VerifySpec(within, None) if within is not None else None  # a drill's proof, with no alarm asked
+
+
+def _drill(d: s.Drill, site: str, valid: float) -> m.DrillSpec:
     return m.DrillSpec(
         uplink=d.uplink,
         every=d.every,
@@ -135,6 +158,8 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
         v for v in mark_values(own.fwmark_mask, len(doc.uplinks) + len(doc.classes) + 64) if v not in taken_marks
     )
 
+    by_name = {u.name: u for u in doc.uplinks}
+    drilled = {d.uplink: d for d in reversed(doc.drills)}  # an uplink's first drill (verify.py refuses a second)
     uplinks: dict[str, m.UplinkSpec] = {}
     for u in doc.uplinks:
         h = u.health
@@ -180,7 +205,7 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             ),
             table=u.table if u.table is not None else next(free_tables),
             fwmark=u.fwmark if u.fwmark is not None else next(free_marks),
-            verify=m.VerifySpec(u.verify.within, u.verify.alarm) if u.verify is not None else None,
+            verify=_verify(u, drilled.get(u.name)),
         )
 
     classes: dict[str, m.ClassSpec] = {}
@@ -273,5 +298,5 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             ),
         ),
         source=source,
-        drills={d.uplink: _drill(d, doc.site) for d in doc.drills},
+        drills={d.uplink: _drill(d, doc.site, _valid_for(by_name.get(d.uplink), d)) for d in doc.drills},
     )

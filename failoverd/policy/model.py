@@ -84,10 +84,13 @@ class DampingSpec:
 
 @dataclass(frozen=True, slots=True)
 class VerifySpec:
-    """How fresh the proof that an uplink works must be: its last UP (or drill) within `within` seconds."""
+    """How fresh the proof that an uplink works must be: its last UP (or drill) within `within` seconds.
+
+    One number for every proof: `verify.within`, or for a drilled uplink without it the drill's
+    `valid_for` (which otherwise follows verify.within; compile.proof_lifetime)."""
 
     within: float
-    alarm: AlarmSeverity
+    alarm: AlarmSeverity | None  # None: the proof expires (redundancy stops counting on it) silently
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +246,7 @@ class DrillSpec:
     max_loss_percent: float
     max_bytes: int | None  # failoverd's own probe traffic during the drill (an estimate)
     max_duration: float
-    valid_for: float  # a pass verifies the uplink for this long
+    valid_for: float  # a pass verifies the uplink for this long: its verify.within, the same number
     retry_after: float  # a drill postponed as unsafe is tried again this much later
     severity: AlarmSeverity  # of the alarm when the uplink fails its drill
 

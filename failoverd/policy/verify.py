@@ -288,6 +288,16 @@ def _drills(doc: s.PolicyDocument) -> Iterator[Finding]:
         if d.uplink in seen:
             yield (*at, "uplink"), f'uplink "{d.uplink}" is drilled twice (first in drills.{seen[d.uplink]})'
         seen.setdefault(d.uplink, i)
+        if d.valid_for is not None and u.verify is not None and d.valid_for != u.verify.within:
+            # Both say how long a proof of working lasts (compile.proof_lifetime): one number, or none.
+            yield (
+                (*at, "valid_for"),
+                (
+                    f'drill of "{d.uplink}": valid_for ({d.valid_for:g}s) contradicts the uplink\'s verify.within '
+                    f"({u.verify.within:g}s): both say how long a proof that it works lasts; drop valid_for "
+                    "(it follows verify.within) or make them equal"
+                ),
+            )
         if (d.every is None) == (d.window is None):
             yield at, f'drill of "{d.uplink}": give either every (an interval) or window (e.g. Sun 02:00-04:00)'
         if not u.probes:
