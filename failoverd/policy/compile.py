@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 
 from failoverd.policy import model as m
@@ -128,6 +129,23 @@ def _verify(u: s.Uplink, d: s.Drill | None) -> m.VerifySpec | None:
         return m.VerifySpec(u.verify.within, u.verify.alarm)
     within = proof_lifetime(u, d)
     return m.VerifySpec(within, None) if within is not None else None  # a drill's proof, with no alarm asked
+
+
+def _alarms(a: s.Alarms) -> m.AlarmsSpec:
+    def some(xs: Sequence[str] | None) -> frozenset[str] | None:
+        return None if xs is None else frozenset(xs)
+
+    return m.AlarmsSpec(
+        notifiers={
+            n.name: m.NotifierSpec(n.name, n.kind, n.url, n.format, n.ca_file, tuple(n.run or ()), n.socket, n.timeout)
+            for n in a.notifiers
+        },
+        route=tuple(
+            m.AlarmRouteSpec(some(r.severity), some(r.kind), some(r.subject), tuple(r.notify)) for r in a.route
+        ),
+        escalation=tuple(sorted((e.after, tuple(e.notify)) for e in a.escalation)),
+        repeat=a.repeat,
+    )
 
 
 def _drill(d: s.Drill, site: str, valid: float) -> m.DrillSpec:
@@ -299,4 +317,5 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
         ),
         source=source,
         drills={d.uplink: _drill(d, doc.site, _valid_for(by_name.get(d.uplink), d)) for d in doc.drills},
+        alarms=_alarms(doc.alarms),
     )

@@ -252,6 +252,45 @@ class DrillSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifierSpec:
+    name: str
+    kind: Literal["webhook", "exec", "journal"]
+    url: str | None
+    format: Literal["plain", "alertmanager"]
+    ca_file: str | None
+    argv: tuple[str, ...]
+    socket: str
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRouteSpec:
+    severity: frozenset[str] | None
+    kind: frozenset[str] | None
+    subject: frozenset[str] | None
+    notify: tuple[str, ...]
+
+    def matches(self, severity: str, kind: str, subject: str) -> bool:
+        return (
+            (self.severity is None or severity in self.severity)
+            and (self.kind is None or kind in self.kind)
+            and (self.subject is None or subject in self.subject)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmsSpec:
+    notifiers: Mapping[str, NotifierSpec] = field(default_factory=dict)
+    route: tuple[AlarmRouteSpec, ...] = ()
+    escalation: tuple[tuple[float, tuple[str, ...]], ...] = ()  # (after, notifiers), by `after`
+    repeat: float | None = None
+
+    def notify(self, severity: str, kind: str, subject: str) -> tuple[str, ...]:
+        """The notifiers of the first route that matches (none if no route does)."""
+        return next((r.notify for r in self.route if r.matches(severity, kind, subject)), ())
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     site: str
     ownership: OwnershipSpec
@@ -261,3 +300,4 @@ class Policy:
     control: ControlSpec = field(hash=False)
     source: str = "<policy>"
     drills: Mapping[str, DrillSpec] = field(default_factory=dict, hash=False)  # by uplink, in the file's order
+    alarms: AlarmsSpec = field(default_factory=AlarmsSpec, hash=False)

@@ -368,6 +368,42 @@ class Drill(Strict):
     severity: AlarmSeverity = "critical"  # of the alarm when the uplink fails its drill
 
 
+class Notifier(Strict):
+    """Where alarms are sent: an HTTP endpoint, a command, or the system journal."""
+
+    name: Name
+    kind: Literal["webhook", "exec", "journal"]
+    url: str | None = Field(default=None, pattern=r"^https?://")  # webhook
+    format: Literal["plain", "alertmanager"] = "plain"  # webhook: failoverd's record, or Alertmanager's v2 API
+    ca_file: str | None = None  # webhook over https: the CA of its certificate (default: the system's)
+    run: list[str] | None = Field(default=None, min_length=1)  # exec: argv; the alarm as JSON on stdin
+    socket: str = "/run/systemd/journal/socket"  # journal: journald's native socket
+    timeout: Duration = 10.0  # one delivery attempt
+
+
+class AlarmRoute(Strict):
+    """Alarms that match (every field given must: any listed value) go to `notify`."""
+
+    severity: list[AlarmSeverity] | None = None
+    kind: list[str] | None = None  # alarm kinds: uplink-down, class-down, redundancy, ...
+    subject: list[str] | None = None  # uplink, class, "clock", "mqtt", "policy"
+    notify: list[Name] = Field(min_length=1)
+
+
+class Escalation(Strict):
+    """An alarm still raised and not acknowledged this long after it was raised also goes to `notify`."""
+
+    after: Duration
+    notify: list[Name] = Field(min_length=1)
+
+
+class Alarms(Strict):
+    notifiers: list[Notifier] = Field(default_factory=list)
+    route: list[AlarmRoute] = Field(default_factory=list)  # the first rule that matches an alarm
+    escalation: list[Escalation] = Field(default_factory=list)  # in order of `after`
+    repeat: Duration | None = None  # sent again this often while raised and not acknowledged
+
+
 class PolicyDocument(Strict):
     """a policy: site, uplinks, classes"""
 
@@ -378,3 +414,4 @@ class PolicyDocument(Strict):
     clock: Clock = Clock()
     control: Control = Control()
     drills: list[Drill] = Field(default_factory=list)
+    alarms: Alarms = Alarms()
