@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.state import EngineState, initial_state
 from failoverd.engine.step import step
+from failoverd.errors import PolicyError
 from failoverd.policy import parse_policy_text
 from failoverd.policy.model import Policy
 
@@ -115,3 +118,64 @@ def test_notices_have_no_id_and_leave_no_active_alarm() -> None:
     assert [n.cause.code for n in notices] == ["override-expired"]
     assert notices[0].id == ""
     assert not any(a.startswith("o") for a in state.alarms)
+
+
+ESCALATING = (
+    TEXT
+    + """
+alarms:
+  notifiers:
+    - {name: noc, kind: webhook, url: "http://198.51.100.7/alerts"}
+    - {name: oncall, kind: exec, run: [/bin/true]}
+    - {name: duty, kind: journal}
+  route:
+    - {severity: [critical], notify: [noc]}
+  escalation:
+    - {after: 10m, notify: [oncall]}
+    - {after: 30m, notify: [duty]}
+  repeat: 15m
+"""
+)
+
+
+def _until(state: EngineState, policy: Policy, end: float) -> tuple[EngineState, list[fx.Alarm]]:
+    """Tick at each wake-up the engine asks for, as the daemon's loop does, until `end`."""
+    out: list[fx.Alarm] = []
+    while state.wake_at is not None and state.wake_at <= end:
+        state, effects = step(state, ev.Tick(), policy, state.wake_at)
+        out += [e for e in effects if isinstance(e, fx.Alarm)]
+    return state, out
+
+
+def test_an_unacknowledged_alarm_escalates_step_by_step_and_repeats_until_acknowledged() -> None:
+    policy = parse_policy_text(ESCALATING, "alarms.yaml")
+    state, _ = _run([(100.0, ev.CarrierChanged("b", False))], policy=policy)  # b: a backup, nothing moves
+    assert set(state.alarms) == {"uplink-down:b", "redundancy:vital"}
+    state, alarms = _until(state, policy, 100.0 + 3600)
+    down = [(a.state, a.level) for a in alarms if a.id == "uplink-down:b"]
+    # 10 min: step 1; 25 min: repeated (15 min after step 1); 30 min: step 2; then every 15 min.
+    assert down == [("escalated", 1), ("repeated", 1), ("escalated", 2), ("repeated", 2), ("repeated", 2)]
+    assert state.alarms["uplink-down:b"].level == 2
+    step1 = next(a for a in alarms if a.id == "uplink-down:b" and a.state == "escalated")
+    assert "to oncall" in step1.cause.text and dict(step1.cause.evidence)["level"] == "1"
+
+
+def test_an_acknowledged_alarm_neither_escalates_nor_repeats() -> None:
+    policy = parse_policy_text(ESCALATING, "alarms.yaml")
+    state, _ = _run(
+        [(100.0, ev.CarrierChanged("b", False)), (200.0, ev.AckAlarm("r", "uplink-down:b", "on it", "op"))],
+        policy=policy,
+    )
+    state, alarms = _until(state, policy, 100.0 + 7200)
+    assert not [a for a in alarms if a.id == "uplink-down:b"]
+    assert [a.state for a in alarms if a.id == "redundancy:vital"][:2] == ["escalated", "repeated"]  # not acked
+
+
+def test_notifier_names_and_kinds_are_checked_with_their_place_in_the_file() -> None:
+    bad = ESCALATING.replace("notify: [duty]", "notify: [dutty]").replace('url: "http://198.51.100.7/alerts"', "")
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(bad, "alarms.yaml")
+    text = str(info.value)
+    assert 'notifier "noc": a webhook needs url' in text
+    assert 'unknown notifier "dutty" (notifiers: noc, oncall, duty)' in text
+    assert "alarms.yaml:" in text

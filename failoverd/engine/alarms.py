@@ -15,6 +15,12 @@
 #
 # The kinds, their subjects and default severities (ALARM_KINDS). Where the policy names a severity
 # (redundancy.alarm, verify.alarm, a drill's severity, the clock's on_suspect/on_insane) it wins.
+#
+# Escalation and repeats are decisions in time, so they are the engine's too (and `simulate` shows
+# them): an alarm raised and not acknowledged `after` an escalation step's delay takes that step
+# (an Alarm effect in state "escalated", with its level), and while it stays raised and unacknowledged
+# it is "repeated" every `repeat`. An acknowledgement stops both. Who hears of which (routes,
+# escalation steps' notifiers, delivery over a working uplink, retries) is the notifier service's.
 
 from __future__ import annotations
 
@@ -45,6 +51,20 @@ def alarm_id(kind: str, subject: str) -> str:
     return f"{kind}:{subject}"
 
 
+def next_notification(
+    a: ActiveAlarm, escalation: tuple[tuple[float, tuple[str, ...]], ...], repeat: float | None
+) -> float | None:
+    """When an unacknowledged alarm next escalates or is repeated (None: acknowledged, or nothing asked)."""
+    if a.acked_by is not None:
+        return None
+    times = []
+    if a.level < len(escalation):
+        times.append(a.raised + escalation[a.level][0])
+    if repeat is not None:
+        times.append((a.notified_at if a.notified_at is not None else a.raised) + repeat)
+    return min(times) if times else None
+
+
 def primary_uplink(policy: Policy, cls: str) -> str | None:
     """The first uplink of a class's path that admits it: anywhere else, the class is on a backup."""
     spec = policy.classes[cls]
@@ -62,6 +82,8 @@ class ActiveAlarm:
     acked_by: str | None = None
     acked_at: float | None = None
     ack_reason: str | None = None
+    level: int = 0  # escalation steps taken (alarms.escalation), while not acknowledged
+    notified_at: float | None = None  # the last time people were told (raised, escalated, repeated)
 
     def as_dict(self, now: float) -> dict[str, object]:
         return {
@@ -71,6 +93,7 @@ class ActiveAlarm:
             "severity": self.severity,
             "age_s": round(now - self.raised, 1),
             "cause": self.cause.as_dict(),
+            "level": self.level,
             "acked": None
             if self.acked_by is None
             else {

@@ -86,7 +86,7 @@ class ClockReaction:
     cause: Cause
 
 
-AlarmState = Literal["raised", "cleared", "acked", "notice"]
+AlarmState = Literal["raised", "cleared", "acked", "escalated", "repeated", "notice"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +100,7 @@ class Alarm:
     id: str = ""  # "<kind>:<subject>", stable while the condition lasts; "" for a notice
     state: AlarmState = "notice"
     by: str = ""  # who acknowledged it
+    level: int = 0  # escalated: the escalation step reached (1 = the policy's first)
 
 
 DrillVerdict = Literal["pass", "fail", "aborted", "production"]

@@ -25,7 +25,7 @@ from typing import assert_never
 
 from failoverd.engine import drills as dr
 from failoverd.engine import health as hl
-from failoverd.engine.alarms import ALARM_KINDS, ActiveAlarm, alarm_id, primary_uplink
+from failoverd.engine.alarms import ALARM_KINDS, ActiveAlarm, alarm_id, next_notification, primary_uplink
 from failoverd.engine.decide import Choice, candidate, choose, is_failback, usable, why_unusable
 from failoverd.engine.drillstate import DrillSchedule
 from failoverd.engine.effects import (
@@ -574,7 +574,8 @@ class _Work:
         if cur is not None and cur.severity == severity:
             return
         # A new severity is news: raised again, and an acknowledgement of the old one no longer holds.
-        self.alarms[aid] = ActiveAlarm(aid, kind, subject, severity, self.now if cur is None else cur.raised, cause)
+        raised = self.now if cur is None else cur.raised
+        self.alarms[aid] = ActiveAlarm(aid, kind, subject, severity, raised, cause, notified_at=self.now)
         self.effects.append(Alarm(severity, subject, cause, aid, "raised"))
 
     def clear_alarm(self, kind: str, subject: str, cause: Cause) -> None:
@@ -608,6 +609,29 @@ class _Work:
         text = f"{ev.id} acknowledged by {ev.by}: {ev.reason}"
         self.effects.append(Alarm(cur.severity, cur.subject, Cause("acked", text), ev.id, "acked", ev.by))
         self.reply = CommandReply(ev.request, True, text)
+
+    def escalate(self) -> None:
+        """Unacknowledged alarms take the policy's escalation steps as their delays pass, and are repeated."""
+        spec = self.policy.alarms
+        if not spec.escalation and spec.repeat is None:
+            return
+        for aid, a in list(self.alarms.items()):
+            if a.acked_by is not None:
+                continue
+            level = sum(1 for after, _ in spec.escalation if self.now >= a.raised + after)
+            if level > a.level:
+                for k in range(a.level + 1, level + 1):
+                    after, notify = spec.escalation[k - 1]
+                    text = f"{aid} not acknowledged {after:g}s after it was raised: to {', '.join(notify)}"
+                    cause = Cause("escalated", text, (("level", str(k)),))
+                    self.effects.append(Alarm(a.severity, a.subject, cause, aid, "escalated", level=k))
+                self.alarms[aid] = replace(a, level=level, notified_at=self.now)
+            elif spec.repeat is not None and self.now >= (a.notified_at or a.raised) + spec.repeat:
+                text = f"{aid} still raised, not acknowledged, {self.now - a.raised:.0f}s after it was raised"
+                self.effects.append(
+                    Alarm(a.severity, a.subject, Cause("repeated", text), aid, "repeated", level=a.level)
+                )
+                self.alarms[aid] = replace(a, notified_at=self.now)
 
     def watch_uplink_alarms(self, before: Mapping[str, UplinkState]) -> None:
         """uplink-down and uplink-degraded follow the uplinks' health; alarms of what left the policy end."""
@@ -643,6 +667,7 @@ class _Work:
         ]
         self.effects = changed + self.effects
         self.watch_uplink_alarms(before)
+        self.escalate()
         effects = self.effects
         if self.reply is not None:
             moves = tuple(
@@ -744,6 +769,10 @@ def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> flo
         due = verify_deadline(spec, u, state.now)
         if due is not None and not u.verify_stale:
             times.append(due)
+    for a in state.alarms.values():
+        t = next_notification(a, policy.alarms.escalation, policy.alarms.repeat)
+        if t is not None:
+            times.append(t)
     future = [t for t in times if t > state.now]
     return min(future) if future else None
 

@@ -20,7 +20,39 @@ Finding = tuple[tuple[str | int, ...], str]
 
 
 def verify(doc: s.PolicyDocument) -> list[Finding]:
-    return [*_uplinks(doc), *_classes(doc), *_resources(doc), *_control(doc), *_drills(doc)]
+    return [*_uplinks(doc), *_classes(doc), *_resources(doc), *_control(doc), *_drills(doc), *_alarms(doc)]
+
+
+def _alarms(doc: s.PolicyDocument) -> Iterator[Finding]:
+    from failoverd.engine.alarms import ALARM_KINDS  # noqa: PLC0415 (the engine's table of kinds)
+
+    a = doc.alarms
+    names: dict[str, int] = {}
+    for i, n in enumerate(a.notifiers):
+        at = ("alarms", "notifiers", i)
+        if n.name in names:
+            yield (*at, "name"), f'notifier "{n.name}" is defined twice'
+        names.setdefault(n.name, i)
+        if n.kind == "webhook" and n.url is None:
+            yield (*at, "url"), f'notifier "{n.name}": a webhook needs url'
+        if n.kind == "exec" and not n.run:
+            yield (*at, "run"), f'notifier "{n.name}": exec needs run (the command, as a list)'
+        if n.kind != "webhook" and n.url is not None:
+            yield (*at, "url"), f'notifier "{n.name}": url is for webhooks'
+        if n.kind != "exec" and n.run is not None:
+            yield (*at, "run"), f'notifier "{n.name}": run is for exec notifiers'
+    known = ", ".join(names) or "none"
+    for i, r in enumerate(a.route):
+        for j, name in enumerate(r.notify):
+            if name not in names:
+                yield ("alarms", "route", i, "notify", j), f'unknown notifier "{name}" (notifiers: {known})'
+        for j, kind in enumerate(r.kind or ()):
+            if kind not in ALARM_KINDS:
+                yield ("alarms", "route", i, "kind", j), f'unknown alarm kind "{kind}" ({", ".join(ALARM_KINDS)})'
+    for i, e in enumerate(a.escalation):
+        for j, name in enumerate(e.notify):
+            if name not in names:
+                yield ("alarms", "escalation", i, "notify", j), f'unknown notifier "{name}" (notifiers: {known})'
 
 
 def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
