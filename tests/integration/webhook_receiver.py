@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 def main() -> None:
@@ -16,10 +17,10 @@ def main() -> None:
     args = ap.parse_args()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             line = {"from": self.client_address[0], "at": time.time(), "path": self.path, "body": json.loads(body)}
-            with open(args.out, "a") as f:
+            with Path(args.out).open("a") as f:
                 f.write(json.dumps(line) + "\n")
             self.send_response(200)
             self.send_header("Content-Length", "0")
