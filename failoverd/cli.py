@@ -93,6 +93,12 @@ def summary(policy: Policy) -> str:
             f"    {d.uplink:<10} {when}, this site at +{d.offset:.0f}s; {d.rounds} rounds, "
             f"loss <= {d.max_loss_percent:g}%, within {d.max_duration:g}s{budget}; verifies for {d.valid_for:g}s"
         )
+    a = policy.alarms
+    if a.notifiers:
+        kinds = ", ".join(f"{n.name} ({n.kind})" for n in a.notifiers.values())
+        steps = "; ".join(f"after {after:g}s to {', '.join(to)}" for after, to in a.escalation) or "no escalation"
+        repeat = f"; repeated every {a.repeat:g}s" if a.repeat is not None else ""
+        lines.append(f"  alarms: notifiers {kinds}; {len(a.route)} route rules; {steps}{repeat}")
     return "\n".join(lines)
 
 
