@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -107,7 +108,7 @@ class ProbeService:
             target = self._canary_due()
             if target is None:
                 idle = min(d.canary.probe.interval for d in self.view.policy.drills.values() if d.canary is not None)
-                await asyncio.sleep(idle)
+                await self._nap(gen, idle)
                 continue
             uplink, canary = target
             # The uplink's spec with the canary's mark: a probe session takes its mark from it.
@@ -116,19 +117,25 @@ class ProbeService:
                 session = open_session(canary.probe, marked)
             except OSError as exc:
                 log.error("probe-unavailable", uplink=uplink, probe=canary.key, error=exc.strerror or str(exc))
-                await asyncio.sleep(canary.probe.interval)
+                await self._nap(gen, canary.probe.interval)
                 continue
             try:
                 interval = canary.probe.interval
                 tick = schedule.first_tick(interval, time.monotonic())
                 while self.generation == gen and self._canary_due() == target:
-                    await asyncio.sleep(max(0.0, tick - time.monotonic()))
-                    if self._canary_due() != target:
+                    await self._nap(gen, max(0.0, tick - time.monotonic()))
+                    if self.generation != gen or self._canary_due() != target:
                         break
                     self.probed([((uplink, canary.key), await session.probe())])
                     tick = max(tick + interval, schedule.first_tick(interval, time.monotonic()))
             finally:
                 session.close()
+
+    async def _nap(self, gen: int, seconds: float) -> None:
+        """Sleep, but not past a reload: the round loops of the next policy wait for this task to end."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wait_generation(gen)
 
     def _canary_due(self) -> tuple[str, CanarySpec] | None:
         """The drilled uplink and its canary while a drill with one is CHECKING."""
