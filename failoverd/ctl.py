@@ -221,6 +221,23 @@ def render_drills(rows: list[dict[str, Any]], tty: bool) -> str:
     return "\n".join(lines)
 
 
+def render_report(args: argparse.Namespace, reply: dict[str, Any]) -> None:
+    from failoverd import report  # noqa: PLC0415
+
+    inc = report.build(
+        reply["records"], reply["since"], reply["until"], site=reply.get("site"), metered=reply.get("metered", ())
+    )
+    text = report.markdown(inc)
+    if getattr(args, "out", None):
+        Path(args.out).write_text(text)
+        print(f"report written to {args.out}")
+    else:
+        print(text, end="")
+    if getattr(args, "plot", None):
+        report.plot(inc, args.plot)
+        print(f"plot written to {args.plot}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="failoverctl", description=__doc__)
     p.add_argument("--socket", default=os.environ.get("FAILOVERD_SOCKET", DEFAULT_SOCKET))
@@ -271,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in COMMANDS.values():
         group, _, leaf = cmd.name.partition("-")
         if not leaf:
-            _add_command(sub.add_parser(cmd.name, help=cmd.help), cmd)
+            parser = sub.add_parser(cmd.name, help=cmd.help)
+            _add_command(parser, cmd)
+            if cmd.name == "report":  # rendered here, from the records the daemon sends
+                parser.add_argument("--out", metavar="FILE", help="write the Markdown here (default: print it)")
+                parser.add_argument("--plot", metavar="FILE.png", help="also draw the period as a PNG")
             continue
         if group not in groups:
             groups[group] = sub.add_parser(group, help=f"{group} commands").add_subparsers(dest="subcmd", required=True)
@@ -525,6 +546,8 @@ def show(args: argparse.Namespace, reply: dict[str, Any], tty: bool) -> None:
         print("\n".join(reply["chain"]))
     elif args.cmd == "drill-status":
         print(render_drills(reply["drills"], tty))
+    elif args.cmd == "report":
+        render_report(args, reply)
     else:
         print(reply.get("text", "ok"))
         for change in reply.get("changes", []):

@@ -24,6 +24,7 @@ from failoverd.services.engine import EngineService
 from failoverd.services.gateway import LocalGateway
 from failoverd.services.history import History
 from failoverd.services.links import AUDIT_INTERVAL, LinkService
+from failoverd.services.meter import MeterService
 from failoverd.services.probes import ProbeService
 from failoverd.services.supervisor import Supervisor
 from failoverd.statedir import StateDir
@@ -61,6 +62,7 @@ async def serve(opts: Options, policy: Policy) -> None:
             probes,
             clock,
             DrillService(engine, inbox),
+            MeterService(engine, history),
             ControlSocket(gateway, opts.socket_path),
         ]
         if policy.control.mqtt.enabled:

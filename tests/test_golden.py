@@ -106,3 +106,13 @@ def test_golden(path: Path) -> None:
 
 def test_every_golden_file_is_run() -> None:
     assert len(GOLDEN) >= 11
+
+
+def test_the_no_prewarm_baseline_is_the_emergency_policy_with_prewarm_off() -> None:
+    """Golden 19 measures 18's chain without pre-warm: its policy must not drift from emergency.yaml."""
+    baseline = (ROOT / "tests/golden/policies/emergency-no-prewarm.yaml").read_text().splitlines()
+    emergency = (ROOT / "policies/emergency.yaml").read_text().splitlines()
+    body = baseline[2:]  # after its own two-line header
+    differ = [(a, b) for a, b in zip(emergency, body, strict=True) if a != b]
+    assert differ == [(a, a.replace("prewarm: true", "prewarm: false")) for a, _ in differ]
+    assert len(differ) == 1, differ

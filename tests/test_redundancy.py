@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from failoverd.ctl import render_status
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
@@ -9,6 +11,7 @@ from failoverd.engine.explain import explain
 from failoverd.engine.redundancy import last_verified, redundancy
 from failoverd.engine.state import EngineState, Health, Lifecycle, initial_state, mark_verified
 from failoverd.engine.step import step
+from failoverd.errors import PolicyError
 from failoverd.observe.status import class_rows, redundancy_summary
 from failoverd.policy import parse_policy_text
 
@@ -170,3 +173,55 @@ def test_a_backup_that_fails_its_drill_is_not_counted_as_known_good() -> None:
     assert "sat" not in broken_red.standby and "sat" in broken_red.unproven
     good_verdicts, good_proof, good_red = outcome["good"]
     assert good_verdicts == ["pass"] and good_proof is not None and "sat" in good_red.standby
+
+
+TWO_COLD = """
+site: ready
+uplinks:
+  - {name: a, interface: a0, next_hop: 192.0.2.1, health: {up: {successes: 1, hold_down: 0}}}
+  - {name: b, interface: b0, next_hop: 192.0.2.5, health: {up: {successes: 1, hold_down: 0}}}
+  - name: sat
+    interface: sat0
+    next_hop: 192.0.2.9
+    standby: {mode: cold, activate: {run: [/bin/true]}, activation_time: 30s}
+  - name: sat2
+    interface: sat1
+    next_hop: 192.0.2.13
+    standby: {mode: cold, activate: {run: [/bin/true]}, activation_time: 30s, prewarm: PREWARM}
+classes:
+  - {name: vital, match: [{dscp: [EF]}], path: [a, b, sat, sat2]}
+  - {name: rest, path: [a, b]}
+"""
+
+
+def _activations(policy_text: str) -> list[tuple[float, str, str]]:
+    policy = parse_policy_text(policy_text, "two-cold.yaml")
+    state, effects = step(initial_state(policy, 0.0), ev.Tick(), policy, 0.0)
+    out = [(0.0, e) for e in effects]
+    for t, event in [(5.0, ev.CarrierChanged("a", False)), (6.0, ev.Tick())]:
+        state, effects = step(state, event, policy, t)
+        out += [(t, e) for e in effects]
+    return [(t, e.uplink, e.cause.code) for t, e in out if isinstance(e, fx.ActivateStandby)]
+
+
+def test_an_uplink_that_prewarms_itself_is_warmed_when_a_class_it_serves_is_down_to_one() -> None:
+    # sat2 is not the first cold uplink of vital's path, and vital asks for no pre-warm: sat2 asks.
+    assert _activations(TWO_COLD.replace("PREWARM", "true")) == [(5.0, "sat2", "prewarm")]
+    assert _activations(TWO_COLD.replace("PREWARM", "false")) == []
+    # A class's own pre-warm wakes the first cold uplink of its path; both ask: both are woken.
+    both = TWO_COLD.replace("PREWARM", "true").replace(
+        "path: [a, b, sat, sat2]}", "path: [a, b, sat, sat2],\n     redundancy: {prewarm: true}}"
+    )
+    assert sorted(_activations(both)) == [(5.0, "sat", "prewarm"), (5.0, "sat2", "prewarm")]
+
+
+def test_prewarm_on_an_uplink_that_serves_no_class_or_is_hot_is_refused() -> None:
+    unserved = TWO_COLD.replace("PREWARM", "true").replace("path: [a, b, sat, sat2]", "path: [a, b, sat]")
+    with pytest.raises(PolicyError, match=r'two-cold.yaml:\d+:\d+: .*uplink "sat2": prewarm, but no class'):
+        parse_policy_text(unserved, "two-cold.yaml")
+    hot = TWO_COLD.replace("PREWARM", "false").replace(
+        "- {name: b, interface: b0, next_hop: 192.0.2.5,",
+        "- {name: b, interface: b0, next_hop: 192.0.2.5, standby: {prewarm: true},",
+    )
+    with pytest.raises(PolicyError, match=r'uplink "b": prewarm is for cold standby'):
+        parse_policy_text(hot, "two-cold.yaml")

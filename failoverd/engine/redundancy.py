@@ -12,8 +12,11 @@
 # A class whose policy asks for it raises an alarm when one usable uplink (or none) is left, and clears
 # it when a second is usable again; a class that pre-warms has its path's first unproven-or-standby cold
 # uplink activated as soon as one *terrestrial* (hot) usable uplink is left: counting the pre-warmed
-# link itself would release it and warm it again in a loop. While a hot uplink of the path has no
-# evidence yet (after a start), neither is judged: the first probe round must not ring an alarm.
+# link itself would release it and warm it again in a loop. An uplink can ask the same for itself
+# (`standby.prewarm`): it is warmed when any class it serves is down to one terrestrial uplink, whether
+# or not it is the first cold one of that class's path (a second satellite, a modem of a third carrier).
+# While a hot uplink of the path has no evidence yet (after a start), neither is judged: the first
+# probe round must not ring an alarm.
 
 from __future__ import annotations
 
@@ -119,16 +122,28 @@ def redundancy(spec: ClassSpec, policy: Policy, state: EngineState) -> Redundanc
     return Redundancy(tuple(usable_), tuple(standby), tuple(unproven), tuple(unknown))
 
 
-def prewarm_target(spec: ClassSpec, policy: Policy, state: EngineState, r: Redundancy) -> str | None:
-    """The cold uplink to warm for a pre-warming class down to one usable hot uplink; None if none is to be."""
-    if not spec.redundancy.prewarm or not r.judged:
-        return None
+def prewarms(policy: Policy) -> bool:
+    """Whether anything in the policy pre-warms (a class or an uplink asks for it)."""
+    return any(c.redundancy.prewarm for c in policy.classes.values()) or any(
+        u.standby.cold and u.standby.prewarm for u in policy.uplinks.values()
+    )
+
+
+def prewarm_targets(spec: ClassSpec, policy: Policy, state: EngineState, r: Redundancy) -> tuple[str, ...]:
+    """The cold uplinks to warm for a class down to one usable hot uplink: the first cold one of its path
+    if the class pre-warms, and every cold one of its path that pre-warms itself."""
+    if not r.judged:
+        return ()
     hot = [n for n in r.usable if not policy.uplinks[n].standby.cold]
     if len(hot) > 1:
-        return None
+        return ()
+    out: list[str] = []
+    first = spec.redundancy.prewarm
     for name in spec.path:
         up = policy.uplinks.get(name)
         if up is None or not up.standby.cold or not up.admits(spec.name) or drained(state, name):
             continue
-        return name
-    return None
+        if first or up.standby.prewarm:
+            out.append(name)
+        first = False
+    return tuple(out)

@@ -59,7 +59,8 @@ from failoverd.engine.events import (
 )
 from failoverd.engine.redundancy import (
     last_verified,
-    prewarm_target,
+    prewarm_targets,
+    prewarms,
     readiness_key,
     redundancy,
     verify_deadline,
@@ -424,14 +425,13 @@ class _Work:
             cur = self.classes[name]
             if cur.uplink is not None:
                 needed.add(cur.uplink)
-        if any(cs.redundancy.prewarm for cs in self.policy.classes.values()):
+        if prewarms(self.policy):
             view = self.snapshot()
             if self.readiness_moved(view):
                 warm: dict[str, list[str]] = {}  # cold uplink -> why each class warms it
                 for name, cs in self.policy.classes.items():
                     r = redundancy(cs, self.policy, view)
-                    target = prewarm_target(cs, self.policy, view, r)
-                    if target is not None:
+                    for target in prewarm_targets(cs, self.policy, view, r):
                         last = f"its last usable uplink {r.usable[0]}" if r.usable else "no usable uplink"
                         warm.setdefault(target, []).append(f"{name} is down to {last}")
                 self.prewarm = {n: "; ".join(why) for n, why in warm.items()}

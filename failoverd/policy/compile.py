@@ -168,6 +168,7 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
                 activation_time=u.standby.activation_time,
                 release_after=u.standby.release_after,
                 retry_after=u.standby.retry_after,
+                prewarm=u.standby.prewarm,
             ),
             probes=probes,
             health=m.HealthSpec(

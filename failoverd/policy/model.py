@@ -33,6 +33,7 @@ class StandbySpec:
     activation_time: float
     release_after: float
     retry_after: float
+    prewarm: bool = False  # warm it whenever a class it serves is down to one usable hot uplink
 
 
 @dataclass(frozen=True, slots=True)

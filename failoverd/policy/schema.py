@@ -103,6 +103,9 @@ class Standby(Strict):
     release_after: NonNegDuration = 120.0
     # After a failed activation, try again this much later if the plan still needs the link.
     retry_after: Duration = 60.0
+    # Activate this cold link as soon as any class it serves is down to one usable terrestrial uplink
+    # (as a class's redundancy.prewarm does for the first cold uplink of its path).
+    prewarm: bool = False
 
 
 class ProbeBase(Strict):

@@ -58,6 +58,14 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
             yield (*at, "standby", "mode"), f'uplink "{u.name}": a cold standby needs standby.activate'
         if sb.mode == "hot" and (sb.activate or sb.deactivate):
             yield (*at, "standby", "mode"), f'uplink "{u.name}": activate/deactivate need standby mode: cold'
+        if sb.prewarm and sb.mode == "hot":
+            yield (*at, "standby", "prewarm"), f'uplink "{u.name}": prewarm is for cold standby (a hot link is up)'
+        served = [c.name for c in doc.classes if u.name in c.path and (u.admit is None or c.name in u.admit)]
+        if sb.prewarm and sb.mode == "cold" and not served:
+            yield (
+                (*at, "standby", "prewarm"),
+                f'uplink "{u.name}": prewarm, but no class it admits has it in its path: nothing to warm it for',
+            )
         if sb.activate is not None and sb.activate.timeout > sb.activation_time:
             yield (
                 (*at, "standby", "activate", "timeout"),

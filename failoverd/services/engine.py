@@ -8,6 +8,7 @@ order the engine decided it.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Coroutine
 from dataclasses import replace
@@ -29,7 +30,7 @@ from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, Inbox, Item, NewPolicy, Reconfigured
 from failoverd.services.history import History
-from failoverd.statedir import StateDir, load_overrides, load_proofs, save_overrides, save_proofs
+from failoverd.statedir import StateDir, boot_id, load_overrides, load_proofs, save_overrides, save_proofs
 
 log = get_logger("failoverd")
 COMMAND_TIMEOUT = 10.0  # s: an operator waits this long at most for the engine's answer
@@ -85,6 +86,9 @@ class EngineService:
             history=history,
             state_dir=state_dir,
         )
+        # The report's marker of a (re)start; its boot id tells whether the monotonic clock went on.
+        start = {"kind": "start", "pid": os.getpid(), "policy": policy.source, "boot": boot_id()}
+        history.add({**start, "adopted": {k: v[0] or v[1] for k, v in adopted.items()}}, now)
         diff = await self._program(full=True)
         if diff.removed:
             log.info("purged-stale", removed=diff.removed)
