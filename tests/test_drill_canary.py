@@ -9,11 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from failoverd.ctl import render_drills, render_history
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.drills import canary_routes
 from failoverd.engine.drillstate import DrillPhase
 from failoverd.engine.explain import explain
+from failoverd.engine.records import effect_record
 from failoverd.engine.state import EngineState, Health, initial_state
 from failoverd.engine.step import step
 from failoverd.errors import PolicyError
@@ -218,6 +220,8 @@ def test_a_drill_routes_its_canary_via_the_backup_only_while_checking_and_passes
     assert canary_routes(d.policy, d.state.drill) == {"sat": "sat"}
     row = drill_rows(d.policy, d.state, d.t)[0]
     assert row["canary"]["route"] == "via sat" and row["canary"]["target"] == "203.0.113.10"
+    shown = render_drills(drill_rows(d.policy, d.state, d.t), tty=False)
+    assert f"canary udp-echo 203.0.113.10:7 (table {row['canary']['table']}" in shown and "via sat, 0 of 4" in shown
     lines = explain(d.policy, d.state, "critical")
     assert any("canary udp-echo to 203.0.113.10" in ln and "routed via sat" in ln for ln in lines), lines
     # The uplink's own rounds are done first: the drill waits for the canary's.
@@ -235,6 +239,8 @@ def test_a_drill_routes_its_canary_via_the_backup_only_while_checking_and_passes
     off = d.of(fx.RouteCanary)[-1]
     assert isinstance(off, fx.RouteCanary) and off.via is None
     assert canary_routes(d.policy, d.state.drill) == {"sat": None}
+    history = render_history([{"wall": 0, **r} for r in map(effect_record, d.of(fx.RouteCanary)) if r], tty=False)
+    assert "sat canary -> via sat" in history and "sat canary -> unreachable" in history
     # Canary results are the drill's, never the uplink's health evidence.
     assert set(sat_targets) == {"icmp:198.51.100.1"}
     assert d.state.uplinks["a"].health is Health.UP
