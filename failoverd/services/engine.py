@@ -18,6 +18,7 @@ from failoverd.actions import run_command
 from failoverd.control.api import OperatorCommand
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
+from failoverd.engine.drills import canary_routes
 from failoverd.engine.records import effect_record
 from failoverd.engine.state import EngineState, restored_state
 from failoverd.engine.step import step
@@ -219,6 +220,9 @@ class EngineService:
                     )
                 case fx.WithdrawClass():
                     routes_changed = True
+                case fx.RouteCanary():
+                    routes_changed = True
+                    log.info("canary", uplink=e.uplink, to=e.via or "unreachable", text=e.cause.text)
                 case fx.UplinkChanged():
                     log.info("uplink", uplink=e.uplink, frm=e.old, to=e.new, cause=e.cause.code, text=e.cause.text)
                 case fx.Alarm():
@@ -289,7 +293,8 @@ class EngineService:
     async def _program(self, *, full: bool = False) -> Programmed:
         """Routes, rules and classification for where the classes are now: the only kernel write."""
         assignments = {n: (c.uplink, c.route) for n, c in self._state.classes.items()}
-        want = plan.desired(self._policy, assignments, self.ruleset)
+        canary = canary_routes(self._policy, self._state.drill)
+        want = plan.desired(self._policy, assignments, self.ruleset, canary)
         reload_ruleset, self.reload_ruleset = self.reload_ruleset, False  # once per reload, not twice
         return await self.kernel.apply(want, full=full, reload_ruleset=reload_ruleset)
 
