@@ -432,13 +432,19 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
     if deactivate:
         w.release_standby(name, Cause("drill-release", f"drill of {name} over ({verdict})"))
     w.drill = None
+    sch = w.drill_schedules.get(name, DrillSchedule())
+    alarmed = sch.alarmed
     if verdict == "fail" and spec is not None:
         w.effects.append(
             Alarm(spec.severity, name, Cause("drill-failed", f"backup {name} failed its drill: {cause.text}"))
         )
+        alarmed = True
+    elif verdict == "pass" and alarmed:
+        # The drill-failed alarm is cleared as redundancy-lost and unverified are: an info alarm.
+        w.effects.append(Alarm("info", name, Cause("drill-passed", f"backup {name} passed its drill: {cause.text}")))
+        alarmed = False
     if verdict == "aborted" and cause.code == "drill-budget":
         w.effects.append(Alarm("warning", name, cause))
-    sch = w.drill_schedules.get(name, DrillSchedule())
     result = DrillResult(verdict, w.now, cause, run.checks)
     verified = w.now if verdict == "pass" else sch.verified_at
     if verdict == "pass" and name in w.uplinks:
@@ -454,11 +460,17 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
         retry: float | None = w.now + spec.retry_after
         if retry is not None and spec.window is not None and _past(retry, spec, sch):
             retry = None
-        w.drill_schedules[name] = replace(sch, due_at=retry, last=result, verified_at=verified)
+        w.drill_schedules[name] = replace(sch, due_at=retry, last=result, verified_at=verified, alarmed=alarmed)
         return
     due = w.now + spec.every if spec.every is not None else None
     w.drill_schedules[name] = replace(
-        sch, due_at=due, last=result, verified_at=verified, window_done=spec.window is not None, postponed=None
+        sch,
+        due_at=due,
+        last=result,
+        verified_at=verified,
+        window_done=spec.window is not None,
+        postponed=None,
+        alarmed=alarmed,
     )
 
 
