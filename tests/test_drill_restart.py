@@ -157,6 +157,19 @@ def test_an_interval_drill_keeps_its_due_time_across_restarts() -> None:
     assert state.drills["sat"].due_at == 100.0 + spec.offset + spec.every  # type: ignore[operator]
 
 
+def test_a_window_drilled_before_a_restart_is_not_drilled_again_in_the_same_window() -> None:
+    opens_wall = 1_767_492_000.0  # Sun 2026-01-04 02:00 UTC
+    passed = DrillResult("pass", 40.0, fx.Cause("drill-pass", "sat came up"))
+    saved = {"sat": DrillSchedule(due_at=None, window=opens_wall, window_done=True, last=passed, verified_at=40.0)}
+    window = ev.DrillWindow("sat", opens=10.0, closes=10.0 + 7200, wall_opens=opens_wall)
+    state = restored_state(EMERGENCY, 100.0, {}, drills=saved)
+    state, _ = step(state, window, EMERGENCY, 100.0)
+    assert state.drills["sat"].due_at is None and state.drills["sat"].window_done
+    # Without the saved timetable, the same window would be drilled again.
+    fresh, _ = step(restored_state(EMERGENCY, 100.0, {}), window, EMERGENCY, 100.0)
+    assert fresh.drills["sat"].due_at is not None
+
+
 def test_drill_status_shows_the_last_result_after_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(statedir, "boot_id", lambda: "boot 1")
     result = DrillResult("pass", 900.0, fx.Cause("drill-pass", "sat came up and carried 40 probes (0.0% loss)"))

@@ -40,8 +40,9 @@
 # that earlier uplink fails, which is production (above). A drill never flushes conntrack, as it moves
 # nothing.
 #
-# Time. Interval drills (`every`) run on the monotonic clock: first at the policy's offset after start
-# (nothing is verified after a restart), then every interval. Window drills run in a weekly window on
+# Time. Interval drills (`every`) run on the monotonic clock: first at the policy's offset after the
+# first start, then every interval; a restart keeps the due time and the last result (state.py:
+# restored_state, from the state dir's drills.json), and ends a drill it cut short as aborted. Window drills run in a weekly window on
 # the wall clock, which the engine never reads: the shell converts the next opening to monotonic time
 # and sends it as a DrillWindow event, and the engine starts the drill at the opening plus the offset,
 # only while the clock is trusted (SANE or HOLDOVER); otherwise it is postponed. The offset (within
