@@ -42,10 +42,11 @@
 #
 # Time. Interval drills (`every`) run on the monotonic clock: first at the policy's offset after the
 # first start, then every interval; a restart keeps the due time and the last result (state.py:
-# restored_state, from the state dir's drills.json), and ends a drill it cut short as aborted. Window drills run in a weekly window on
-# the wall clock, which the engine never reads: the shell converts the next opening to monotonic time
-# and sends it as a DrillWindow event, and the engine starts the drill at the opening plus the offset,
-# only while the clock is trusted (SANE or HOLDOVER); otherwise it is postponed. The offset (within
+# restored_state, from the state dir's drills.json), and ends a drill it cut short as aborted.
+# Window drills run in a weekly window on the wall clock, which the engine never reads: the shell
+# converts the next opening to monotonic time and sends it as a DrillWindow event, and the engine
+# starts the drill at the opening plus the offset, only while the clock is trusted (SANE or
+# HOLDOVER); otherwise it is postponed. The offset (within
 # `jitter`) is data compiled into the policy from the site's name, not a random number drawn here.
 #
 # Budgets. A drill ends at `max_duration` (a fail: the uplink did not prove itself in time) and when its
