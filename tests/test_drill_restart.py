@@ -170,6 +170,18 @@ def test_a_window_drilled_before_a_restart_is_not_drilled_again_in_the_same_wind
     assert fresh.drills["sat"].due_at is not None
 
 
+def test_a_window_drill_cut_short_by_a_restart_is_retried_retry_after_later() -> None:
+    opens_wall = 1_767_492_000.0  # Sun 2026-01-04 02:00 UTC
+    spec = EMERGENCY.drills["sat"]
+    saved = {"sat": DrillSchedule(due_at=10.0 + spec.offset, window=opens_wall)}
+    run = DrillRun("sat", DrillPhase.ACTIVATING, 90.0, "schedule", activated=True)
+    state = restored_state(EMERGENCY, 100.0, {}, drill=run, drills=saved)
+    window = ev.DrillWindow("sat", opens=10.0, closes=10.0 + 7200, wall_opens=opens_wall)
+    state, _ = step(state, window, EMERGENCY, 100.0)
+    assert state.drills["sat"].due_at == 100.0 + spec.retry_after
+    assert state.drills["sat"].postponed is not None and "restarted mid-drill" in state.drills["sat"].postponed
+
+
 def test_drill_status_shows_the_last_result_after_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(statedir, "boot_id", lambda: "boot 1")
     result = DrillResult("pass", 900.0, fx.Cause("drill-pass", "sat came up and carried 40 probes (0.0% loss)"))

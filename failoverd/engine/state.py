@@ -315,7 +315,10 @@ def restored_state(
         spec = policy.drills.get(drill.uplink)
         sch = schedules.get(drill.uplink, DrillSchedule())
         due = sch.due_at if spec is None else now + spec.retry_after
-        schedules[drill.uplink] = replace(sch, due_at=due, last=DrillResult("aborted", now, cause))
+        # A window drill's retry is held as a postponement, or the window (sent again at every start)
+        # would make the drill due at the window's opening again, at once.
+        held = cause.text if spec is not None and spec.window is not None else sch.postponed
+        schedules[drill.uplink] = replace(sch, due_at=due, last=DrillResult("aborted", now, cause), postponed=held)
         uplinks[drill.uplink] = replace(uplinks[drill.uplink], verified_at=drill.verified_before)
     else:
         drill = None
