@@ -93,6 +93,13 @@ def summary(policy: Policy) -> str:
             f"    {d.uplink:<10} {when}, this site at +{d.offset:.0f}s; {d.rounds} rounds, "
             f"loss <= {d.max_loss_percent:g}%, within {d.max_duration:g}s{budget}; verifies for {d.valid_for:g}s"
         )
+        if d.canary is not None:
+            cy = d.canary
+            port = f":{cy.probe.port}" if cy.probe.port is not None else ""
+            lines.append(
+                f"    {'':<10} canary {cy.probe.kind} to {cy.probe.target}{port} every {cy.probe.interval:g}s, "
+                f"{cy.rounds} rounds, loss <= {cy.max_loss_percent:g}%; table {cy.table}, mark {cy.fwmark:#x}"
+            )
     a = policy.alarms
     if a.notifiers:
         kinds = ", ".join(f"{n.name} ({n.kind})" for n in a.notifiers.values())
@@ -249,6 +256,8 @@ def _simulated_line(r: dict[str, Any], verbose: bool) -> str | None:
         return f"{t}  check  {r['uplink']:<10} {r['check']:>10}    {value:<12} {'ok' if r['ok'] else 'FAILED'} ({why})"
     if kind == "drill-postponed":
         return f"{t}  drill  {r['uplink']:<10} {'postponed':>10}    {why}"
+    if kind == "canary":
+        return f"{t}  canary {r['uplink']:<10} {'':>10} -> {r['to'] or 'unreachable':<12} {why}"
     if not verbose:
         return None
     if kind == "uplink":

@@ -188,6 +188,8 @@ def render_history(records: list[dict[str, Any]], tty: bool) -> str:
         elif kind == "drill-check":
             value = "-" if r.get("value") is None else f"{r['value']:g}{r.get('unit', '')}"
             what = f"{r['uplink']} {r['check']} {value} " + ("ok" if r["ok"] else _paint("FAILED", "DOWN", tty))
+        elif kind == "canary":
+            what = f"{r['uplink']} canary -> " + (f"via {r['to']}" if r.get("to") else "unreachable")
         elif kind == "remote-refused":
             what = f"REFUSED {r.get('cmd') or '?'} (key {r.get('key') or 'none'}): {r.get('reason')}"
         else:
@@ -237,6 +239,14 @@ def render_drills(rows: list[dict[str, Any]], tty: bool) -> str:
             + f" {nxt:>7}  "
             + _cut(detail, WIDTH - 70)
         )
+        canary = r.get("canary")
+        if canary:
+            port = f":{canary['port']}" if canary.get("port") else ""
+            done = f", {r['running']['canary_rounds']} of {canary['rounds']} rounds" if r["running"] else ""
+            lines.append(
+                f"{'':<10} canary {canary['kind']} {canary['target']}{port} (table {canary['table']}, "
+                f"mark {canary['fwmark']}) {canary['route']}{done}"
+            )
         checks = (r["running"] or {}).get("checks") or (last or {}).get("checks") or []
         for c in checks:
             value = "-" if c["value"] is None else f"{c['value']:g}{c['unit']}"

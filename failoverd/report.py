@@ -394,7 +394,7 @@ def markdown(inc: Incident) -> str:
         lines += _table(["time (UTC)", "verdict", "evidence"], rows)
     else:
         lines.append("No clock verdict changed.")
-    backup = inc.by_kind("standby", "drill", "drill-check")
+    backup = inc.by_kind("standby", "drill", "drill-check", "canary")
     if backup:
         lines += ["", "## Standby and drills", ""]
         rows = []
@@ -404,6 +404,9 @@ def markdown(inc: Incident) -> str:
             elif r["kind"] == "drill":
                 verdict = f" **{r['verdict']}**" if r.get("verdict") else ""
                 rows.append([utc(r["wall"]), r["uplink"], f"drill {r['from']} → {r['to']}{verdict}", _cause(r)])
+            elif r["kind"] == "canary":
+                where = f"via {r['to']}" if r.get("to") else "unreachable"
+                rows.append([utc(r["wall"]), r["uplink"], f"drill canary {where}", _cause(r)])
             else:
                 value = "-" if r.get("value") is None else f"{r['value']:g} {r.get('unit', '')}".strip()
                 rows.append(

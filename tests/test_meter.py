@@ -39,12 +39,12 @@ def _send_some(n: int = 20) -> None:
 
 
 def test_counters_of_a_real_interface_and_none_for_a_missing_one() -> None:
-    before = counters("lo")
+    before = asyncio.run(counters("lo"))
     assert before is not None
     _send_some()
-    after = counters("lo")
+    after = asyncio.run(counters("lo"))
     assert after is not None and after[1] >= before[1] + 20 * 200
-    assert counters("fo-nonexistent0") is None
+    assert asyncio.run(counters("fo-nonexistent0")) is None
 
 
 def test_which_records_concern_a_metered_uplink() -> None:
@@ -56,30 +56,30 @@ def test_which_records_concern_a_metered_uplink() -> None:
     assert concerns({"kind": "alarm", "subject": "sat"}, metered) == set()
 
 
-def _sysfs(root: Path, rx: int, tx: int) -> None:
-    stats = root / "lo" / "statistics"
-    stats.mkdir(parents=True, exist_ok=True)
-    (stats / "rx_bytes").write_text(f"{rx}\n")
-    (stats / "tx_bytes").write_text(f"{tx}\n")
+class Counters:
+    """Counters this test moves (the host's own lo moves with every other process's traffic)."""
+
+    def __init__(self) -> None:
+        self.now = (100, 200)
+
+    async def __call__(self, interface: str) -> tuple[int, int] | None:
+        return self.now if interface == "lo" else None
 
 
 def test_a_reading_when_a_class_moves_onto_the_metered_uplink_and_only_when_counters_moved(tmp_path: Path) -> None:
-    # Counters in sysfs's layout under tmp_path (the host's own lo moves with every other process's
-    # traffic): the test decides when they move.
-    root = tmp_path / "sys"
-    _sysfs(root, 100, 200)
+    fake = Counters()
     history = History(Journal(StateDir.create(tmp_path / "state")))
-    service = MeterService(View(), history, root=root)
+    service = MeterService(View(), history, read=fake)
 
     async def scenario() -> list[dict[str, object]]:
         task = asyncio.create_task(service.run())
         await asyncio.sleep(0.05)  # the start reading
-        _sysfs(root, 5_100, 90_200)
+        fake.now = (5_100, 90_200)
         history.add({"kind": "decision", "class": "vital", "from": "fiber", "uplink": "sat"}, 1.0)
         await asyncio.sleep(0.05)
         history.add({"kind": "decision", "class": "vital", "from": "sat", "uplink": "fiber"}, 2.0)
         await asyncio.sleep(0.05)  # the counters did not move: no reading
-        _sysfs(root, 6_000, 91_000)
+        fake.now = (6_000, 91_000)
         history.add({"kind": "alarm", "subject": "fiber"}, 3.0)  # not about sat: no reading
         await asyncio.sleep(0.05)
         history.add({"kind": "uplink", "uplink": "sat", "from": "UP", "to": "STANDBY"}, 4.0)

@@ -50,11 +50,24 @@
 # that earlier uplink fails, which is production (above). A drill never flushes conntrack, as it moves
 # nothing.
 #
-# Time. Interval drills (`every`) run on the monotonic clock: first at the policy's offset after start
-# (nothing is verified after a restart), then every interval. Window drills run in a weekly window on
-# the wall clock, which the engine never reads: the shell converts the next opening to monotonic time
-# and sends it as a DrillWindow event, and the engine starts the drill at the opening plus the offset,
-# only while the clock is trusted (SANE or HOLDOVER); otherwise it is postponed. The offset (within
+# The canary. A drill may name an end-to-end test flow (`canary:`): probes to a service production
+# uses (the dispatch centre's), marked into a drill-only class with a fwmark and table of their own
+# (no user class, so no production flow can ever match it). Its table is routed via the drilled uplink
+# exactly while the drill is CHECKING and is unreachable otherwise (`canary_routes`, a RouteCanary
+# effect at each change); the shell sends the canary probes with that mark, so they cross the real
+# policy routing and NAT as a class's traffic would, not the uplink's own table as its probes do. Their
+# results come back as probe results of the drilled uplink under the canary's key: they never count
+# for the uplink's health, only for the drill, which then waits for the canary's rounds too and fails
+# when the canary loses more than its max_loss_percent (the cause names the target). The canary moves
+# no production class: it adds a table and a rule no class uses, and changes no class's route.
+#
+# Time. Interval drills (`every`) run on the monotonic clock: first at the policy's offset after the
+# first start, then every interval; a restart keeps the due time and the last result (state.py:
+# restored_state, from the state dir's drills.json), and ends a drill it cut short as aborted.
+# Window drills run in a weekly window on the wall clock, which the engine never reads: the shell
+# converts the next opening to monotonic time and sends it as a DrillWindow event, and the engine
+# starts the drill at the opening plus the offset, only while the clock is trusted (SANE or
+# HOLDOVER); otherwise it is postponed. The offset (within
 # `jitter`) is data compiled into the policy from the site's name, not a random number drawn here.
 #
 # Budgets. A drill ends at `max_duration` (a fail: the uplink did not prove itself in time) and when its
@@ -84,12 +97,13 @@ from failoverd.engine.effects import (
     DrillPostponed,
     DrillVerdict,
     Effect,
+    RouteCanary,
     Severity,
 )
 from failoverd.engine.events import ClockState, DrillWindow, ProbeResult, RunDrill
 from failoverd.engine.state import ClassState, ClockView, Health, Lifecycle, Override, UplinkState, mark_verified
 from failoverd.errors import EngineBug
-from failoverd.policy.model import DrillSpec, Policy, ProbeKind
+from failoverd.policy.model import CanarySpec, DrillSpec, Policy, ProbeKind
 
 # Estimated bytes on the wire per probe and answer (IPv4 and transport headers, the payload failoverd
 # sends): what a drill's probes cost on a metered link.
@@ -134,7 +148,30 @@ def _move(w: Desk, run: DrillRun, new: DrillPhase, cause: Cause) -> DrillRun:
     if new not in DRILL_TRANSITIONS[run.phase]:
         raise EngineBug(f"illegal drill transition {run.phase.value} -> {new.value} on {run.uplink} ({cause})")
     w.effects.append(DrillChanged(run.uplink, run.phase.value, new.value, cause))
+    canary = _canary(w.policy, run.uplink)
+    if new is DrillPhase.CHECKING and canary is not None:
+        w.effects.append(RouteCanary(run.uplink, run.uplink, Cause("drill-canary", _canary_text(canary, run.uplink))))
     return replace(run, phase=new)
+
+
+def _canary(policy: Policy, uplink: str) -> CanarySpec | None:
+    spec = policy.drills.get(uplink)
+    return spec.canary if spec is not None else None
+
+
+def _canary_text(c: CanarySpec, uplink: str) -> str:
+    port = f" port {c.probe.port}" if c.probe.port is not None else ""
+    return f"canary {c.probe.kind} to {c.probe.target}{port} via {uplink} (table {c.table}, mark {c.fwmark:#x})"
+
+
+def canary_routes(policy: Policy, drill: DrillRun | None) -> dict[str, str | None]:
+    """Each canary's table, by drilled uplink: via that uplink while its drill is CHECKING, else None
+    (unreachable). What the kernel plan installs; read from the state, so a restart or reload agrees."""
+    return {
+        name: name if drill is not None and drill.uplink == name and drill.phase is DrillPhase.CHECKING else None
+        for name, spec in policy.drills.items()
+        if spec.canary is not None
+    }
 
 
 # -- safety ------------------------------------------------------------------------------------------
@@ -247,7 +284,29 @@ def fold_probes(w: Desk, results: Iterable[ProbeResult]) -> None:
     timeouts = {p.key: p.timeout for p in spec.probes}
     counted = dict(run.results)
     lost, rtt_sum, rtt_count, spent, first = run.lost, run.rtt_sum, run.rtt_count, run.bytes, run.first_answer
+    canary = _canary(w.policy, run.uplink)
+    c_done, c_lost, c_rtt_sum, c_rtt_count = (
+        run.canary_results,
+        run.canary_lost,
+        run.canary_rtt_sum,
+        run.canary_rtt_count,
+    )
     for r in results:
+        if canary is not None and r.probe == canary.key and r.uplink == run.uplink:
+            if run.phase is not DrillPhase.CHECKING:
+                continue  # late: its table was unreachable, the probe never left
+            at = w.now if r.at is None else min(r.at, w.now)
+            spent += PROBE_BYTES[canary.probe.kind]
+            if not r.ok and run.active_at is not None and at < run.active_at + canary.probe.timeout:
+                continue  # perhaps sent before the kernel had the canary's route: not the path's fault
+            c_done += 1
+            if r.ok:
+                if r.rtt is not None:
+                    c_rtt_sum += r.rtt
+                    c_rtt_count += 1
+            else:
+                c_lost += 1
+            continue
         if r.uplink != run.uplink or r.probe not in kinds:
             continue
         if u.lifecycle is Lifecycle.ACTIVATING and not u.activated:
@@ -268,7 +327,17 @@ def fold_probes(w: Desk, results: Iterable[ProbeResult]) -> None:
         else:
             lost += 1
     w.drill = replace(
-        run, results=counted, lost=lost, rtt_sum=rtt_sum, rtt_count=rtt_count, bytes=spent, first_answer=first
+        run,
+        results=counted,
+        lost=lost,
+        rtt_sum=rtt_sum,
+        rtt_count=rtt_count,
+        bytes=spent,
+        first_answer=first,
+        canary_results=c_done,
+        canary_lost=c_lost,
+        canary_rtt_sum=c_rtt_sum,
+        canary_rtt_count=c_rtt_count,
     )
 
 
@@ -376,7 +445,10 @@ def _drive(w: Desk, run: DrillRun) -> None:
         return
     if w.now - run.started >= spec.max_duration:
         done = min(run.results.values(), default=0)
-        text = f"not proven within max_duration {spec.max_duration:g}s ({done} of {spec.rounds} rounds)"
+        text = f"not proven within max_duration {spec.max_duration:g}s ({done} of {spec.rounds} rounds"
+        if spec.canary is not None:
+            text += f"; canary to {spec.canary.probe.target}: {run.canary_results} of {spec.canary.rounds}"
+        text += ")"
         _end(w, run, "fail", Cause("drill-timeout", text))
         return
     if run.phase is DrillPhase.ACTIVATING:
@@ -422,6 +494,8 @@ def _drive(w: Desk, run: DrillRun) -> None:
     keys = [p.key for p in up.probes]
     if any(run.results.get(k, 0) < spec.rounds for k in keys):
         return
+    if spec.canary is not None and run.canary_results < spec.canary.rounds:
+        return
     total = sum(run.results.get(k, 0) for k in keys)
     loss = 100.0 * run.lost / total if total else 100.0
     rtt = run.rtt_sum / run.rtt_count * 1000 if run.rtt_count else None
@@ -438,10 +512,42 @@ def _drive(w: Desk, run: DrillRun) -> None:
         Check("loss", loss, "%", loss_ok),
         Cause("drill-loss", f"{loss:.1f}% (limit {spec.max_loss_percent:g}%)"),
     )
-    if loss_ok:
-        _end(w, run, "pass", Cause("drill-pass", f"{name} came up and carried {total} probes ({loss:.1f}% loss)"))
-    else:
+    canary_fail: Cause | None = None
+    if spec.canary is not None:
+        run, canary_fail = _canary_check(w, run, spec.canary)
+    if not loss_ok:
         _end(w, run, "fail", Cause("drill-loss", f"{name} lost {loss:.1f}% of its probes"))
+    elif canary_fail is not None:
+        _end(w, run, "fail", canary_fail)
+    else:
+        text = f"{name} came up and carried {total} probes ({loss:.1f}% loss)"
+        if spec.canary is not None:
+            text += f"; its canary reached {spec.canary.probe.target}"
+        _end(w, run, "pass", Cause("drill-pass", text))
+
+
+def _canary_check(w: Desk, run: DrillRun, c: CanarySpec) -> tuple[DrillRun, Cause | None]:
+    """The canary's check: loss (its value) and RTT through the backup; the cause of the fail, if it failed."""
+    done = run.canary_results
+    loss = 100.0 * run.canary_lost / done if done else 100.0
+    rtt = run.canary_rtt_sum / run.canary_rtt_count * 1000 if run.canary_rtt_count else None
+    ok = loss <= c.max_loss_percent
+    port = f":{c.probe.port}" if c.probe.port is not None else ""
+    where = f"{c.probe.kind} {c.probe.target}{port} via {run.uplink}"
+    rtt_text = f", rtt {rtt:.1f}ms average" if rtt is not None else ", no answer"
+    evidence = (
+        ("target", f"{c.probe.target}{port}"),
+        ("kind", c.probe.kind),
+        ("probes", str(done)),
+        ("loss_percent", f"{loss:.1f}"),
+        ("rtt_ms", "-" if rtt is None else f"{rtt:.1f}"),
+    )
+    text = f"{where}: {loss:.1f}% of {done} lost (limit {c.max_loss_percent:g}%){rtt_text}"
+    run = _check(w, run, Check("canary", loss, "%", ok), Cause("drill-canary", text, evidence))
+    if ok:
+        return run, None
+    fail = f"the canary to {c.probe.target}{port} lost {loss:.1f}% of {done} probes through {run.uplink}{rtt_text}"
+    return run, Cause("drill-canary-failed", fail, evidence)
 
 
 def _check(w: Desk, run: DrillRun, check: Check, cause: Cause) -> DrillRun:
@@ -458,18 +564,23 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
     # Production keeps what it found; any other end switches off what the drill switched on.
     deactivate = verdict != "production" and run.activated and u is not None and u.lifecycle is not Lifecycle.STANDBY
     w.effects.append(DrillChanged(name, run.phase.value, DrillPhase.IDLE.value, cause, verdict, deactivate))
+    if run.phase is DrillPhase.CHECKING and spec is not None and spec.canary is not None:
+        w.effects.append(RouteCanary(name, None, Cause("drill-canary-off", f"drill of {name} over ({verdict})")))
     if deactivate:
         w.release_standby(name, Cause("drill-release", f"drill of {name} over ({verdict})"))
     w.drill = None
+    sch = w.drill_schedules.get(name, DrillSchedule())
+    alarmed = sch.alarmed
     if verdict == "fail" and spec is not None:
         w.raise_alarm(
             "drill-failed", name, spec.severity, Cause("drill-failed", f"backup {name} failed its drill: {cause.text}")
         )
+        alarmed = True
     elif verdict == "pass":
         w.clear_alarm("drill-failed", name, Cause("drill-passed", f"backup {name} passed its drill: {cause.text}"))
+        alarmed = False
     if verdict == "aborted" and cause.code == "drill-budget":
         w.notice("warning", name, cause)
-    sch = w.drill_schedules.get(name, DrillSchedule())
     result = DrillResult(verdict, w.now, cause, run.checks)
     verified = w.now if verdict == "pass" else sch.verified_at
     if verdict == "pass" and name in w.uplinks:
@@ -485,11 +596,17 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
         retry: float | None = w.now + spec.retry_after
         if retry is not None and spec.window is not None and _past(retry, spec, sch):
             retry = None
-        w.drill_schedules[name] = replace(sch, due_at=retry, last=result, verified_at=verified)
+        w.drill_schedules[name] = replace(sch, due_at=retry, last=result, verified_at=verified, alarmed=alarmed)
         return
     due = w.now + spec.every if spec.every is not None else None
     w.drill_schedules[name] = replace(
-        sch, due_at=due, last=result, verified_at=verified, window_done=spec.window is not None, postponed=None
+        sch,
+        due_at=due,
+        last=result,
+        verified_at=verified,
+        window_done=spec.window is not None,
+        postponed=None,
+        alarmed=alarmed,
     )
 
 

@@ -50,6 +50,11 @@ class DrillRun:
     rtt_count: int = 0
     bytes: int = 0
     checks: tuple[Check, ...] = ()
+    # The canary's probes (DrillSpec.canary), counted apart from the uplink's own while CHECKING.
+    canary_results: int = 0
+    canary_lost: int = 0
+    canary_rtt_sum: float = 0.0
+    canary_rtt_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +76,4 @@ class DrillSchedule:
     last: DrillResult | None = None
     verified_at: float | None = None  # last pass: the uplink was proven good then
     postponed: str | None = None  # why the due drill waits, while it does
+    alarmed: bool = False  # the drill-failed alarm is raised: the next pass clears it (drill-passed)

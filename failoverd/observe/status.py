@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from failoverd.engine.decide import drained, usable
+from failoverd.engine.drills import canary_routes
 from failoverd.engine.drillstate import Check
 from failoverd.engine.redundancy import last_verified, redundancy
 from failoverd.engine.state import EngineState, TargetState
@@ -139,6 +140,21 @@ def drill_rows(policy: Policy, state: EngineState, now: float) -> list[dict[str,
                 "bytes": run.bytes,
                 "rounds": min((run.results.get(p.key, 0) for p in policy.uplinks[name].probes), default=0),
                 "checks": [_check(c) for c in run.checks],
+            }
+            if spec.canary is not None:
+                row["running"]["canary_rounds"] = run.canary_results
+                row["running"]["canary_lost"] = run.canary_lost
+        if spec.canary is not None:
+            c = spec.canary
+            via = canary_routes(policy, state.drill).get(name)
+            row["canary"] = {
+                "kind": c.probe.kind,
+                "target": c.probe.target,
+                "port": c.probe.port,
+                "rounds": c.rounds,
+                "table": c.table,
+                "fwmark": f"{c.fwmark:#x}",
+                "route": f"via {via}" if via is not None else "unreachable",
             }
         if sch is not None:
             row["due_in_s"] = None if sch.due_at is None else round(sch.due_at - now, 1)

@@ -148,7 +148,22 @@ def _alarms(a: s.Alarms) -> m.AlarmsSpec:
     )
 
 
-def _drill(d: s.Drill, site: str, valid: float) -> m.DrillSpec:
+def _canary(d: s.Drill, table: int, fwmark: int) -> m.CanarySpec | None:
+    c = d.canary
+    if c is None:
+        return None
+    port = c.port if c.port is not None or c.kind != "udp-echo" else 7
+    probe = m.ProbeSpec(kind=c.kind, target=str(c.target), interval=c.interval, timeout=c.timeout, port=port)
+    return m.CanarySpec(
+        probe=probe,
+        rounds=c.rounds if c.rounds is not None else d.rounds,
+        max_loss_percent=c.max_loss_percent if c.max_loss_percent is not None else d.max_loss_percent,
+        table=table,
+        fwmark=fwmark,
+    )
+
+
+def _drill(d: s.Drill, site: str, valid: float, canary: m.CanarySpec | None = None) -> m.DrillSpec:
     return m.DrillSpec(
         uplink=d.uplink,
         every=d.every,
@@ -161,20 +176,18 @@ def _drill(d: s.Drill, site: str, valid: float) -> m.DrillSpec:
         valid_for=valid,
         retry_after=d.retry_after,
         severity=d.severity,
+        canary=canary,
     )
 
 
 def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
     own = doc.ownership
-    free_tables = iter(
-        t
-        for t in range(own.tables.first, own.tables.last + 1)
-        if t not in {u.table for u in doc.uplinks} | {c.table for c in doc.classes}
-    )
-    taken_marks = {u.fwmark for u in doc.uplinks} | {c.fwmark for c in doc.classes}
-    free_marks = iter(
-        v for v in mark_values(own.fwmark_mask, len(doc.uplinks) + len(doc.classes) + 64) if v not in taken_marks
-    )
+    canaries = [d.canary for d in doc.drills if d.canary is not None]
+    taken_tables = {u.table for u in doc.uplinks} | {c.table for c in doc.classes} | {c.table for c in canaries}
+    free_tables = iter(t for t in range(own.tables.first, own.tables.last + 1) if t not in taken_tables)
+    taken_marks = {u.fwmark for u in doc.uplinks} | {c.fwmark for c in doc.classes} | {c.fwmark for c in canaries}
+    needed = len(doc.uplinks) + len(doc.classes) + len(canaries)
+    free_marks = iter(v for v in mark_values(own.fwmark_mask, needed + 64) if v not in taken_marks)
 
     by_name = {u.name: u for u in doc.uplinks}
     drilled = {d.uplink: d for d in reversed(doc.drills)}  # an uplink's first drill (verify.py refuses a second)
@@ -258,6 +271,14 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             ),
         )
 
+    def canary_of(d: s.Drill) -> m.CanarySpec | None:
+        # After the classes: a canary takes the next free table and mark, so adding one to a drill
+        # moves no uplink's or class's table.
+        if d.canary is None:
+            return None
+        table = d.canary.table if d.canary.table is not None else next(free_tables)
+        return _canary(d, table, d.canary.fwmark if d.canary.fwmark is not None else next(free_marks))
+
     def reaction(r: s.ClockReaction) -> m.ClockReactionSpec:
         return m.ClockReactionSpec(
             alarm=r.alarm, severity=r.severity, distrust=frozenset(r.distrust), avoid_uplinks=r.avoid_uplinks
@@ -316,6 +337,6 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             ),
         ),
         source=source,
-        drills={d.uplink: _drill(d, doc.site, _valid_for(by_name.get(d.uplink), d)) for d in doc.drills},
+        drills={d.uplink: _drill(d, doc.site, _valid_for(by_name.get(d.uplink), d), canary_of(d)) for d in doc.drills},
         alarms=_alarms(doc.alarms),
     )

@@ -18,6 +18,7 @@ from failoverd.actions import run_command
 from failoverd.control.api import OperatorCommand
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
+from failoverd.engine.drills import canary_routes
 from failoverd.engine.records import effect_record
 from failoverd.engine.state import EngineState, restored_state
 from failoverd.engine.step import step
@@ -29,7 +30,16 @@ from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, Inbox, Item, NewPolicy, Reconfigured
 from failoverd.services.history import History
-from failoverd.statedir import StateDir, boot_id, load_overrides, load_proofs, save_overrides, save_proofs
+from failoverd.statedir import (
+    StateDir,
+    boot_id,
+    load_drills,
+    load_overrides,
+    load_proofs,
+    save_drills,
+    save_overrides,
+    save_proofs,
+)
 
 log = get_logger("failoverd")
 COMMAND_TIMEOUT = 10.0  # s: an operator waits this long at most for the engine's answer
@@ -60,6 +70,7 @@ class EngineService:
         self.requests = 0
         self.ruleset = plan.ruleset(policy)  # built once per policy, not per failover
         self.reload_ruleset = False  # the next kernel write loads the ruleset even if unchanged (a reload)
+        self.standby_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     async def start(
@@ -75,11 +86,16 @@ class EngineService:
         proofs, note = load_proofs(state_dir, now, time.time())
         if note:
             log.warning("state", note=note)
+        drill, drills, note = load_drills(state_dir, now, time.time())
+        if note:
+            log.warning("state", note=note)
+        if drill is not None:
+            log.warning("drill-interrupted", uplink=drill.uplink, phase=drill.phase.value, by=drill.by)
         if adopted:
             log.info("adopted", classes={k: v[0] or v[1] for k, v in adopted.items()})
         self = cls(
             policy,
-            restored_state(policy, now, adopted, overrides, seq, proofs=proofs),
+            restored_state(policy, now, adopted, overrides, seq, proofs=proofs, drill=drill, drills=drills),
             inbox=inbox,
             kernel=kernel,
             history=history,
@@ -219,6 +235,9 @@ class EngineService:
                     )
                 case fx.WithdrawClass():
                     routes_changed = True
+                case fx.RouteCanary():
+                    routes_changed = True
+                    log.info("canary", uplink=e.uplink, to=e.via or "unreachable", text=e.cause.text)
                 case fx.UplinkChanged():
                     log.info("uplink", uplink=e.uplink, frm=e.old, to=e.new, cause=e.cause.code, text=e.cause.text)
                 case fx.Alarm():
@@ -242,6 +261,9 @@ class EngineService:
             save_overrides(self.state_dir, self._state.overrides, self._state.override_seq)
         if _proofs(before) != _proofs(self._state):
             save_proofs(self.state_dir, self._state.uplinks, now, time.time())
+        # After the first step too: the drill the last run died in is over, and must not be again.
+        if before.restart is not None or _drills(before) != _drills(self._state):
+            save_drills(self.state_dir, self._state.drill, self._state.drills, now, time.time())
 
     @staticmethod
     def _spawn(tasks: asyncio.TaskGroup, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -260,8 +282,12 @@ class EngineService:
         if e.command is None:
             ok, text = True, "no command configured"
         else:
-            log.info("standby-run", uplink=e.uplink, action=action, argv=list(e.command.argv))
-            ok, text = await run_command(e.command)
+            # One uplink's commands run one after the other, in the order the engine gave them (an
+            # asyncio.Lock is first come, first served): an activation soon after a release (the one
+            # at start, say) must not overtake it and be undone by it.
+            async with self.standby_locks.setdefault(e.uplink, asyncio.Lock()):
+                log.info("standby-run", uplink=e.uplink, action=action, argv=list(e.command.argv))
+                ok, text = await run_command(e.command)
         await self.inbox.put(ev.StandbyResult(e.uplink, "activate" if activate else "deactivate", ok, text))
 
     async def _switch_policy(self, item: NewPolicy, tasks: asyncio.TaskGroup) -> None:
@@ -289,10 +315,19 @@ class EngineService:
     async def _program(self, *, full: bool = False) -> Programmed:
         """Routes, rules and classification for where the classes are now: the only kernel write."""
         assignments = {n: (c.uplink, c.route) for n, c in self._state.classes.items()}
-        want = plan.desired(self._policy, assignments, self.ruleset)
+        canary = canary_routes(self._policy, self._state.drill)
+        want = plan.desired(self._policy, assignments, self.ruleset, canary)
         reload_ruleset, self.reload_ruleset = self.reload_ruleset, False  # once per reload, not twice
         return await self.kernel.apply(want, full=full, reload_ruleset=reload_ruleset)
 
 
 def _proofs(state: EngineState) -> dict[str, tuple[float | None, float]]:
     return {n: (u.verified_at, u.tracked_since) for n, u in state.uplinks.items()}
+
+
+def _drills(state: EngineState) -> tuple[object, ...]:
+    """What drills.json holds: the running drill's identity (not its counters, which move every probe
+    round) and the timetables; compared each step, so the common case (no drill) is cheap."""
+    run = state.drill
+    key = None if run is None else (run.uplink, run.phase, run.started, run.by, run.activated, run.verified_before)
+    return key, state.drills

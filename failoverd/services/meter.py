@@ -4,7 +4,8 @@
 # -------------------
 # A metered link (a satellite terminal, a data-capped SIM) is paid per byte, and the incident report
 # says how many it carried. failoverd keeps no per-packet counters of its own; the kernel counts
-# every byte an interface sends and receives. So the service reads those counters (sysfs) into the
+# every byte an interface sends and receives. So the service reads those counters (netlink's
+# IFLA_STATS64, in the daemon's own network namespace: sysfs would show the host's) into the
 # history as `meter` records at the moments that bound a use of the link: at start, whenever a
 # decision, an uplink change or a standby action names a metered uplink, and every READ_EVERY while
 # they keep changing. The report sums the differences between consecutive readings in its period.
@@ -19,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
@@ -29,16 +33,20 @@ from failoverd.services.history import History
 
 log = get_logger("failoverd")
 READ_EVERY = 3600.0  # s: a reading while a metered link's counters keep moving
-SYSFS = Path("/sys/class/net")
 FEED_KEPT = 256  # records waiting for the service: it reads them as fast as they come
 
 
-def counters(interface: str, root: Path = SYSFS) -> tuple[int, int] | None:
+Counters = Callable[[str], Awaitable[tuple[int, int] | None]]
+
+
+async def counters(interface: str) -> tuple[int, int] | None:
     """The interface's (rx_bytes, tx_bytes), or None when it does not exist (a terminal switched off)."""
     try:
-        stats = root / interface / "statistics"
-        return int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text())
-    except (OSError, ValueError):
+        async with AsyncIPRoute() as ipr:
+            (msg,) = await ipr.link("get", ifname=interface)
+            stats = msg.get_attr("IFLA_STATS64")
+            return int(stats["rx_bytes"]), int(stats["tx_bytes"])
+    except (NetlinkError, OSError, ValueError, TypeError):
         return None
 
 
@@ -55,10 +63,10 @@ def concerns(record: dict[str, Any], metered: set[str]) -> set[str]:
 class MeterService:
     name: ClassVar[str] = "meter"
 
-    def __init__(self, view: EngineView, history: History, root: Path = SYSFS) -> None:
+    def __init__(self, view: EngineView, history: History, read: Counters = counters) -> None:
         self.view = view
         self.history = history
-        self.root = root
+        self.counters = read
         self.feed = history.subscribe(FEED_KEPT)
         self.last: dict[str, tuple[int, int]] = {}  # uplink -> the counters last written
         self.readings = 0
@@ -66,12 +74,12 @@ class MeterService:
     def metered(self, policy: Policy) -> dict[str, str]:
         return {n: u.interface for n, u in policy.uplinks.items() if u.metered}
 
-    def read(self, names: set[str] | None = None) -> None:
+    async def read(self, names: set[str] | None = None) -> None:
         """Write a reading of each metered uplink in `names` (all if None) whose counters moved."""
         for name, interface in self.metered(self.view.policy).items():
             if names is not None and name not in names:
                 continue
-            got = counters(interface, self.root)
+            got = await self.counters(interface)
             if got is None or got == self.last.get(name):
                 continue
             self.last[name] = got
@@ -80,7 +88,7 @@ class MeterService:
             self.history.add(record, time.monotonic())
 
     async def run(self) -> None:
-        self.read()
+        await self.read()
         due = time.monotonic() + READ_EVERY
         while True:
             with contextlib.suppress(TimeoutError):
@@ -97,7 +105,7 @@ class MeterService:
                 due = time.monotonic() + READ_EVERY
                 wanted = metered
             if wanted:
-                self.read(wanted)
+                await self.read(wanted)
 
     async def reconfigure(self, policy: Policy) -> Reconfigured:
         for name in set(self.last) - set(self.metered(policy)):
