@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from failoverd.control.unix import ControlSocket
+from failoverd.engine import events as ev
 from failoverd.errors import FailoverdError, PolicyError
 from failoverd.kernel.writer import KernelWriter
 from failoverd.observe import systemd
@@ -28,7 +29,7 @@ from failoverd.services.meter import MeterService
 from failoverd.services.notify import NotifierService
 from failoverd.services.probes import ProbeService
 from failoverd.services.supervisor import Supervisor
-from failoverd.statedir import StateDir
+from failoverd.statedir import StateDir, boot_id
 
 log = get_logger("failoverd")
 SHUTDOWN_GRACE = 6.0  # s: then the daemon leaves, fail-static, whatever task is still winding down
@@ -46,9 +47,29 @@ class Shutdown(Exception):
     """Raised inside the TaskGroup to stop every task (SIGTERM, SIGINT)."""
 
 
+RUNNING = "running.json"  # in the state dir while the daemon runs; a clean stop removes it
+
+
+def _last_run(state: StateDir) -> ev.ServiceAlarm | None:
+    """A notice when the previous run did not stop cleanly (killed, crashed, or ended by the watchdog)."""
+    prev = state.read(RUNNING).document
+    if not isinstance(prev, dict):
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(prev.get("started", 0))))
+    reboot = " and the machine restarted since" if prev.get("boot") != boot_id() else ""
+    text = (
+        f"the previous run (pid {prev.get('pid')}, started {when}) ended without a clean stop{reboot}: "
+        "killed, crashed, or stopped by the systemd watchdog; forwarding was left as it was (fail-static)"
+    )
+    return ev.ServiceAlarm("unclean-exit", "daemon", "notice", "warning", text)
+
+
 async def serve(opts: Options, policy: Policy) -> None:
     state = StateDir.create(opts.state_dir)
     inbox: Inbox = asyncio.Queue()
+    if (notice := _last_run(state)) is not None:
+        inbox.put_nowait(notice)  # the engine's first step says so, in the history and to the notifiers
+    state.replace(RUNNING, {"pid": os.getpid(), "started": time.time(), "boot": boot_id()})
     history = History(Journal(state))
     async with KernelWriter(policy.ownership) as kernel:
         engine = await EngineService.start(policy, inbox=inbox, kernel=kernel, history=history, state_dir=state)
@@ -84,6 +105,7 @@ async def serve(opts: Options, policy: Policy) -> None:
         except* Shutdown:
             pass
         systemd.notify("STOPPING=1")
+        state.remove(RUNNING)
         if opts.restore_on_exit:
             diff = await kernel.purge()
             log.info("restored-on-exit", removed=len(diff.removed), nftables=diff.ruleset)

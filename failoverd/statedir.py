@@ -53,6 +53,11 @@ class StateDir:
         """
         self.write_text(name, json.dumps(document, indent=1) + "\n")
 
+    def remove(self, name: str) -> None:
+        """Delete `name` if it is there."""
+        if self.path is not None:
+            (self.path / name).unlink(missing_ok=True)
+
     def write_text(self, name: str, text: str) -> None:
         """`replace` for text that is already serialised (the history's compaction)."""
         if self.path is None:

@@ -177,6 +177,9 @@ def test_kill9_keeps_forwarding_and_restart_converges(gwlab: GatewayLab) -> None
     # Forwarding never stopped: the daemon was dead for over a second.
     assert traffic["max_gap_ms"] < 500, traffic["gaps"]
     assert set(traffic["by_source"]) == {MOBILE_NAT}, traffic["by_source"]
+    # The restarted daemon says the previous run did not stop cleanly (a notice to the notifiers too).
+    notices = [a for a in history(gwlab, "alarm") if a["cause"]["code"] == "unclean-exit"]
+    assert len(notices) == 1 and "ended without a clean stop" in notices[0]["cause"]["text"], notices
 
 
 def test_broken_policy_on_reload_is_refused_and_the_old_one_stays(gwlab: GatewayLab) -> None:

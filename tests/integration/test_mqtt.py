@@ -158,6 +158,8 @@ def test_fleet_control_over_mqtt(gwlab: GatewayLab) -> None:
     assert stopped["online"] is False and stopped["why"] == "stopped", stopped
     gwlab.start()
     wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("online") is True, 10, what="online again")
+    records = gwlab.ctl("history", "--last", "500")["records"]
+    assert not [r for r in records if r["kind"] == "alarm" and r["cause"]["code"] == "unclean-exit"]  # it was clean
     gwlab.kill(signal.SIGKILL)
     wait_for(lambda: retained(gwlab, f"failoverd/{SITE}/status").get("why") == "connection lost", 10, what="last will")
 
