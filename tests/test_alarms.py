@@ -179,3 +179,13 @@ def test_notifier_names_and_kinds_are_checked_with_their_place_in_the_file() -> 
     assert 'notifier "noc": a webhook needs url' in text
     assert 'unknown notifier "dutty" (notifiers: noc, oncall, duty)' in text
     assert "alarms.yaml:" in text
+
+
+def test_the_history_record_of_an_escalation_names_its_level() -> None:
+    from failoverd.engine.records import effect_record
+
+    policy = parse_policy_text(ESCALATING, "alarms.yaml")
+    state, _ = _run([(100.0, ev.CarrierChanged("b", False))], policy=policy)
+    _, alarms = _until(state, policy, 100.0 + 600)
+    record = effect_record(next(a for a in alarms if a.state == "escalated"))
+    assert record is not None and record["level"] == 1 and record["state"] == "escalated"

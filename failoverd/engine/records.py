@@ -27,6 +27,8 @@ def effect_record(e: fx.Effect) -> dict[str, Any] | None:
                 alarm["id"] = e.id
             if e.by:
                 alarm["by"] = e.by
+            if e.level:
+                alarm["level"] = e.level
             return {**alarm, "cause": e.cause.as_dict()}
         case fx.CommandReply():
             return {
