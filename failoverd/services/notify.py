@@ -203,7 +203,13 @@ class NotifierService:
                 return
             record = box.items[0]
             try:
-                await self.deliver(spec, record)
+                try:
+                    await self.deliver(spec, record)
+                except DeliveryError:
+                    raise
+                except Exception as exc:  # a bug met by one record must not silence the notifier for good
+                    log.exception("notify-bug", notifier=name, alarm=record.get("id"))
+                    raise DeliveryError(f"internal error: {exc!r}") from exc
             except DeliveryError as exc:
                 box.failed += 1
                 if box.last_error != str(exc):
