@@ -76,7 +76,10 @@ async def serve(opts: Options, policy: Policy) -> None:
         probes = ProbeService(engine, inbox)
         clock = ClockService(engine, inbox, history, state)
         supervisor = Supervisor(opts.policy_path, engine, history, alarm=inbox.put_nowait)
-        gateway = LocalGateway(engine=engine, probes=probes, clock=clock, history=history, supervisor=supervisor)
+        meter = MeterService(engine, history)
+        gateway = LocalGateway(
+            engine=engine, probes=probes, clock=clock, history=history, supervisor=supervisor, meter=meter
+        )
         # In this order a reload asks them: the engine first, as the others read the policy it holds.
         services: list[Service] = [
             engine,
@@ -84,7 +87,7 @@ async def serve(opts: Options, policy: Policy) -> None:
             probes,
             clock,
             DrillService(engine, inbox),
-            MeterService(engine, history),
+            meter,
             NotifierService(engine, history),
             ControlSocket(gateway, opts.socket_path),
         ]

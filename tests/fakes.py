@@ -59,6 +59,9 @@ class FakeGateway:
         for feed in self.feeds:
             feed.put(record)
 
+    async def read_meters(self) -> None:
+        pass  # no interfaces here
+
     def alarm(self, event: ev.ServiceAlarm) -> None:
         self._state, effects = step(self._state, event, self._policy, time.monotonic())
         self.alarms.extend(e for e in effects if isinstance(e, fx.Alarm))

@@ -130,6 +130,7 @@ alarms:
     - {name: duty, kind: journal}
   route:
     - {severity: [critical], notify: [noc]}
+    - {kind: [uplink-down], notify: [duty]}
   escalation:
     - {after: 10m, notify: [oncall]}
     - {after: 30m, notify: [duty]}

@@ -51,6 +51,9 @@ class Gateway(Protocol):
 
     def record(self, record: dict[str, Any]) -> None: ...
 
+    async def read_meters(self) -> None:
+        """Read the metered uplinks' counters into the history now (a report's period ends now)."""
+
     def alarm(self, event: ev.ServiceAlarm) -> None:
         """A condition only the shell sees, for the engine to raise or clear (engine/alarms.py)."""
 

@@ -168,6 +168,9 @@ async def _report(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
     if until <= since:
         raise BadRequest("the period is empty: --until must be after --since")
     metered = [n for n, u in g.policy.uplinks.items() if u.metered]
+    if until >= now - 1.0:  # the period ends now: the bytes up to now, not up to the last reading
+        await g.read_meters()
+        until = max(until, time.time())
     records = report.select(g.history(HISTORY_ALL), since, until)
     return {"ok": True, "site": g.policy.site, "since": since, "until": until, "metered": metered, "records": records}
 

@@ -17,9 +17,9 @@
 # (redundancy.alarm, verify.alarm, a drill's severity, the clock's on_suspect/on_insane) it wins.
 #
 # Escalation and repeats are decisions in time, so they are the engine's too (and `simulate` shows
-# them): an alarm raised and not acknowledged `after` an escalation step's delay takes that step
-# (an Alarm effect in state "escalated", with its level), and while it stays raised and unacknowledged
-# it is "repeated" every `repeat`. An acknowledgement stops both. Who hears of which (routes,
+# them): an alarm a route sent to someone, raised and not acknowledged `after` an escalation step's
+# delay, takes that step (an Alarm effect in state "escalated", with its level), and while it stays
+# raised and unacknowledged it is "repeated" every `repeat`. An acknowledgement stops both. Who hears of which (routes,
 # escalation steps' notifiers, delivery over a working uplink, retries) is the notifier service's.
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from failoverd.engine.effects import Cause, Severity
-from failoverd.policy.model import Policy
+from failoverd.policy.model import AlarmsSpec, Policy
 
 ALARM_KINDS: Mapping[str, tuple[str, Severity | None]] = {
     "uplink-down": ("uplink", "warning"),
@@ -51,11 +51,10 @@ def alarm_id(kind: str, subject: str) -> str:
     return f"{kind}:{subject}"
 
 
-def next_notification(
-    a: ActiveAlarm, escalation: tuple[tuple[float, tuple[str, ...]], ...], repeat: float | None
-) -> float | None:
-    """When an unacknowledged alarm next escalates or is repeated (None: acknowledged, or nothing asked)."""
-    if a.acked_by is not None:
+def next_notification(a: ActiveAlarm, spec: AlarmsSpec) -> float | None:
+    """When an unacknowledged alarm someone was told of next escalates or is repeated (None: not at all)."""
+    escalation, repeat = spec.escalation, spec.repeat
+    if a.acked_by is not None or not spec.notify(a.severity, a.kind, a.subject):
         return None
     times = []
     if a.level < len(escalation):

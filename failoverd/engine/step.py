@@ -651,8 +651,8 @@ class _Work:
         if not spec.escalation and spec.repeat is None:
             return
         for aid, a in list(self.alarms.items()):
-            if a.acked_by is not None:
-                continue
+            if a.acked_by is not None or not spec.notify(a.severity, a.kind, a.subject):
+                continue  # handled, or no one was told of it: nothing to escalate
             level = sum(1 for after, _ in spec.escalation if self.now >= a.raised + after)
             if level > a.level:
                 for k in range(a.level + 1, level + 1):
@@ -807,7 +807,7 @@ def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> flo
         if due is not None and not u.verify_stale:
             times.append(due)
     for a in state.alarms.values():
-        t = next_notification(a, policy.alarms.escalation, policy.alarms.repeat)
+        t = next_notification(a, policy.alarms)
         if t is not None:
             times.append(t)
     future = [t for t in times if t > state.now]

@@ -16,6 +16,7 @@ from failoverd.policy.model import Policy
 from failoverd.services.clock import ClockService
 from failoverd.services.engine import EngineService
 from failoverd.services.history import History
+from failoverd.services.meter import MeterService
 from failoverd.services.probes import ProbeService
 from failoverd.services.supervisor import Supervisor
 
@@ -33,7 +34,9 @@ class LocalGateway:
         clock: ClockService,
         history: History,
         supervisor: Supervisor,
+        meter: MeterService | None = None,
     ) -> None:
+        self.meter = meter
         self.engine = engine
         self.probes = probes
         self.clock = clock
@@ -76,6 +79,10 @@ class LocalGateway:
 
     async def reload(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.supervisor.ask(), RELOAD_TIMEOUT)
+
+    async def read_meters(self) -> None:
+        if self.meter is not None:
+            await self.meter.read()
 
     def alarm(self, event: ev.ServiceAlarm) -> None:
         self.engine.inbox.put_nowait(event)
