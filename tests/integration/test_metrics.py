@@ -1,0 +1,96 @@
+"""The metrics endpoint of a real daemon, scraped over HTTP from the LAN while the fiber is cut."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+from netlab import PY, GatewayLab
+from prometheus_client.parser import text_string_to_metric_families
+
+from lab.netns import wait_for
+
+LISTEN = "198.18.10.1:9469"  # the gateway's LAN address: a monitoring host on the LAN scrapes it
+FETCH = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_text(lab: GatewayLab) -> str:
+    return lab.topo.sh("lan", PY, "-c", FETCH, f"http://{LISTEN}/metrics").stdout
+
+
+def parse(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def cls(name: str, **labels: str) -> dict[str, str]:
+    return {"class": name, **labels}
+
+
+def test_metrics_follow_a_fiber_cut_and_pass_promtool(gwlab: GatewayLab) -> None:
+    text = gwlab.policy_path.read_text()
+    assert "control:\n  max_override: 1h\n" in text
+    gwlab.policy_path.write_text(
+        text.replace(
+            "control:\n  max_override: 1h\n", f'control:\n  max_override: 1h\n  metrics: {{listen: "{LISTEN}"}}\n'
+        )
+    )
+    gwlab.start()
+    gwlab.wait_class("critical", "fiber")
+    wait_for(lambda: gwlab.uplink_state("mobile") == "UP", 10, what="mobile UP")
+    time.sleep(0.5)
+    before = parse(scrape_text(gwlab))
+    assert value(before, "failoverd_uplink_state", uplink="fiber", state="UP") == 1
+    assert value(before, "failoverd_uplink_carrier", uplink="fiber") == 1
+    assert value(before, "failoverd_class_uplink", **cls("critical", uplink="fiber")) == 1
+    assert value(before, "failoverd_class_path_index", **cls("critical")) == 0
+    assert value(before, "failoverd_class_usable_uplinks", **cls("bulk")) == 2
+    assert value(before, "failoverd_class_switches_total", **cls("critical")) == 0
+    assert value(before, "failoverd_uplink_state", uplink="sat", state="STANDBY") == 1
+    rtt = value(before, "failoverd_uplink_rtt_seconds", uplink="fiber")
+    assert rtt is not None and 0 < rtt < 0.1, rtt  # veth and a responder: well under 100 ms
+    assert value(before, "failoverd_uplink_loss_ratio", uplink="fiber") == 0
+    probe = "udp-echo:198.19.0.1:7"
+    sent = value(before, "failoverd_probes_total", uplink="fiber", probe=probe) or 0
+    assert sent > 10  # 50 ms probes, seconds after the start
+    assert (value(before, "process_resident_memory_bytes") or 0) > 0
+    assert (value(before, "failoverd_engine_steps_total") or 0) > 0
+
+    gwlab.carrier(False)
+    gwlab.wait_class("critical", "mobile", timeout=5)
+    time.sleep(0.5)
+    text = scrape_text(gwlab)
+    after = parse(text)
+    assert value(after, "failoverd_uplink_state", uplink="fiber", state="DOWN") == 1
+    assert value(after, "failoverd_uplink_state", uplink="fiber", state="UP") == 0
+    assert value(after, "failoverd_uplink_carrier", uplink="fiber") == 0
+    assert value(after, "failoverd_uplink_usable", uplink="fiber") == 0
+    assert value(after, "failoverd_class_uplink", **cls("critical", uplink="mobile")) == 1
+    assert value(after, "failoverd_class_uplink", **cls("critical", uplink="fiber")) == 0
+    assert value(after, "failoverd_class_path_index", **cls("critical")) == 1
+    assert value(after, "failoverd_class_switches_total", **cls("critical")) == 1
+    assert value(after, "failoverd_class_switches_total", **cls("bulk")) == 1
+    assert value(after, "failoverd_class_usable_uplinks", **cls("bulk")) == 1
+    assert (value(after, "failoverd_uplink_state_age_seconds", uplink="fiber") or 99) < 5
+    assert (value(after, "failoverd_probes_total", uplink="fiber", probe=probe) or 0) > sent
+    # The failover's kernel write was timed: from the carrier event to the routes in place.
+    assert (value(after, "failoverd_effect_latency_seconds_count") or 0) >= 2  # the start's placement, the cut
+    assert (value(after, "failoverd_effect_latency_seconds_bucket", le="0.25") or 0) >= 2
+
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool (Debian's prometheus package, installed by scripts/bootstrap) is missing")
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and not r.stdout and not r.stderr, (r.stdout, r.stderr)
+    status = gwlab.ctl("status")["services"]["metrics"]
+    assert status["listen"] == LISTEN and status["serving"] and status["scrapes"] == 2
