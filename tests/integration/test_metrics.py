@@ -18,8 +18,8 @@ FETCH = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape_text(lab: GatewayLab) -> str:
-    return lab.topo.sh("lan", PY, "-c", FETCH, f"http://{LISTEN}/metrics").stdout
+def scrape_text(lab: GatewayLab, listen: str = LISTEN) -> str:
+    return lab.topo.sh("lan", PY, "-c", FETCH, f"http://{listen}/metrics").stdout
 
 
 def parse(text: str) -> Samples:
@@ -94,3 +94,31 @@ def test_metrics_follow_a_fiber_cut_and_pass_promtool(gwlab: GatewayLab) -> None
     assert r.returncode == 0 and not r.stdout and not r.stderr, (r.stdout, r.stderr)
     status = gwlab.ctl("status")["services"]["metrics"]
     assert status["listen"] == LISTEN and status["serving"] and status["scrapes"] == 2
+
+
+def test_a_reload_moves_the_endpoint_and_a_bad_address_is_refused_with_its_place(gwlab: GatewayLab) -> None:
+    original = gwlab.policy_path.read_text()
+    gwlab.start()  # metrics off: nothing listens
+    gwlab.wait_class("critical", "fiber")
+    assert gwlab.ctl("status")["services"]["metrics"] == {"listen": None, "serving": False, "scrapes": 0, "error": None}
+    moved = "198.18.10.1:9470"
+    gwlab.policy_path.write_text(original.replace("control:\n", f'control:\n  metrics: {{listen: "{moved}"}}\n'))
+    reply = gwlab.ctl("reload")
+    assert reply["ok"] and reply["services"]["metrics"] == f"applied: listening on {moved}", reply
+    assert value(parse(scrape_text(gwlab, moved)), "failoverd_class_uplink", **cls("critical", uplink="fiber")) == 1
+    # A name where an address belongs: refused with file:line:col, the endpoint stays.
+    gwlab.policy_path.write_text(original.replace("control:\n", 'control:\n  metrics: {listen: "gw.lan:9469"}\n'))
+    reply = gwlab.ctl("reload")
+    line = 1 + original.split("\n").index("control:") + 1
+    assert not reply["ok"]
+    assert any(
+        p.startswith(f"{gwlab.policy_path}:{line}:") and "control.metrics.listen" in p and "'gw.lan'" in p
+        for p in reply["problems"]
+    ), reply
+    assert scrape_text(gwlab, moved).startswith("# HELP")
+    # Off again.
+    gwlab.policy_path.write_text(original)
+    reply = gwlab.ctl("reload")
+    assert reply["services"]["metrics"] == "applied: endpoint off", reply
+    r = gwlab.topo.sh("lan", PY, "-c", FETCH, f"http://{moved}/metrics", check=False)
+    assert r.returncode != 0 and "Connection refused" in r.stderr
