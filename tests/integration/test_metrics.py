@@ -5,15 +5,26 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from netlab import PY, GatewayLab
+from netlab import MOBILE_NAT, PY, GatewayLab
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab.netns import wait_for
 
 LISTEN = "198.18.10.1:9469"  # the gateway's LAN address: a monitoring host on the LAN scrapes it
 FETCH = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+# Scrapes back to back for argv[2] seconds; prints how many succeeded.
+HAMMER = (
+    "import sys, time, urllib.request\n"
+    "n, end = 0, time.monotonic() + float(sys.argv[2])\n"
+    "while time.monotonic() < end:\n"
+    "    urllib.request.urlopen(sys.argv[1], timeout=5).read()\n"
+    "    n += 1\n"
+    "print(n)\n"
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -122,3 +133,29 @@ def test_a_reload_moves_the_endpoint_and_a_bad_address_is_refused_with_its_place
     assert reply["services"]["metrics"] == "applied: endpoint off", reply
     r = gwlab.topo.sh("lan", PY, "-c", FETCH, f"http://{moved}/metrics", check=False)
     assert r.returncode != 0 and "Connection refused" in r.stderr
+
+
+def test_scrapes_back_to_back_do_not_hold_up_a_failover(gwlab: GatewayLab, tmp_path: Path) -> None:
+    """Two clients scrape as fast as they can while the fiber goes silent: probes still judge it and
+    the class moves within the bound of the same test without scrapes (test_daemon's blackhole test)."""
+    text = gwlab.policy_path.read_text()
+    gwlab.policy_path.write_text(text.replace("control:\n", f'control:\n  metrics: {{listen: "{LISTEN}"}}\n'))
+    gwlab.start()
+    gwlab.wait_class("critical", "fiber")
+    gwlab.start_traffic()
+    outs = [tmp_path / f"hammer{i}.out" for i in range(2)]
+    hammers = [gwlab.topo.spawn("lan", [PY, "-c", HAMMER, f"http://{LISTEN}/metrics", "4"], log=o) for o in outs]
+    time.sleep(1)
+    cut = time.monotonic()
+    gwlab.blackhole(True)
+    gwlab.wait_class("critical", "mobile", timeout=5)
+    moved = time.monotonic() - cut
+    for h in hammers:
+        assert h.wait(timeout=20) == 0
+    scrapes = [int(o.read_text().split()[-1]) for o in outs]
+    time.sleep(0.3)
+    traffic = gwlab.stop_traffic()
+    assert sum(scrapes) > 40, scrapes  # the endpoint kept answering through the failover
+    assert traffic["switches"] and traffic["switches"][-1]["to"] == MOBILE_NAT
+    assert traffic["max_gap_ms"] < 3000, (traffic["gaps"], moved, scrapes)
+    print(f"moved after {moved:.3f}s, max gap {traffic['max_gap_ms']} ms, scrapes {scrapes}")
