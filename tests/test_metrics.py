@@ -314,3 +314,37 @@ async def test_endpoint_serves_turns_off_moves_and_keeps_the_old_address_when_th
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_an_address_taken_at_start_is_retried_until_it_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("failoverd.services.metrics.RETRY", 0.05)
+    state, _ = cut_fiber()
+    engine = StandIn(state)
+    port = free_port()
+    engine.policy = with_metrics(MetricsSpec("127.0.0.1", port))
+    svc = MetricsService(engine, engine, History())  # type: ignore[arg-type]
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind(("127.0.0.1", port))
+    taken.listen()
+    task = asyncio.create_task(svc.run())
+    try:
+        await asyncio.sleep(0.2)
+        st = svc.status()
+        assert not st["serving"] and "address already in use" in st["error"], st
+        # A reload of the same policy, still taken: refused, and said so.
+        result = await svc.reconfigure(engine.policy)
+        assert isinstance(result, Failed) and result.why.endswith("retried every 0.05s"), result
+        taken.close()
+        for _ in range(50):
+            if svc.server is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert (await get(port))[0] == "HTTP/1.1 200 OK"
+        assert svc.status()["error"] is None
+        assert await svc.reconfigure(engine.policy) == Applied(f"listening on 127.0.0.1:{port}")
+    finally:
+        taken.close()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

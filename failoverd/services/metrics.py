@@ -102,7 +102,7 @@ class MetricsService:
     async def _rebind(self, new: MetricsSpec | None) -> Reconfigured:
         old = self.spec
         if new == old and (new is None or self.server is not None):
-            return Applied("unchanged" if new is not None else "off")
+            return Applied("off" if new is None else f"listening on {listen_text(new)}")
         # Close first: the new address may overlap the old one (127.0.0.1:9469 -> 0.0.0.0:9469).
         self._close()
         self.spec = new
@@ -111,10 +111,11 @@ class MetricsService:
             return Applied("endpoint off")
         if await self._open(new):
             return Applied(f"listening on {listen_text(new)}")
+        why = f"cannot listen on {listen_text(new)}: {self.error}"
         if old is not None and old != new and await self._open(old):
             self.spec = old
-            return Failed(f"cannot listen on {listen_text(new)}: {self.error}; still on {listen_text(old)}")
-        return Failed(f"cannot listen on {listen_text(new)}: {self.error}; retried every {RETRY:g}s")
+            return Failed(f"{why}; still on {listen_text(old)}")
+        return Failed(f"{why}; retried every {RETRY:g}s")
 
     def status(self) -> dict[str, Any]:
         return {
