@@ -18,12 +18,13 @@ from failoverd.engine.drillstate import DrillResult, DrillSchedule
 from failoverd.engine.records import effect_record
 from failoverd.engine.state import EngineState, Override, initial_state
 from failoverd.engine.step import step
+from failoverd.errors import PolicyError
 from failoverd.observe.latency import Latency
 from failoverd.observe.metrics import EngineCounters, ProbeCount, Snapshot, render
 from failoverd.policy import parse_policy_text
 from failoverd.policy.model import MetricsSpec
 from failoverd.services.base import Applied, Failed
-from failoverd.services.metrics import MetricsService, SwitchCount
+from failoverd.services.metrics import MetricsService, SwitchCount, listen_text
 
 POLICY = parse_policy_text(
     """
@@ -286,6 +287,10 @@ async def test_endpoint_serves_turns_off_moves_and_keeps_the_old_address_when_th
         assert (await get(port, b"GET / HTTP/1.1\r\n\r\n"))[0] == "HTTP/1.1 404 Not Found"
         assert (await get(port, b"POST /metrics HTTP/1.1\r\n\r\n"))[0] == "HTTP/1.1 405 Method Not Allowed"
         assert (await get(port, b"nonsense\r\n\r\n"))[0] == "HTTP/1.1 400 Bad Request"
+        # A metric that fails to render costs its scrape, not the service.
+        engine.state = None  # type: ignore[assignment]
+        assert (await get(port))[0] == "HTTP/1.1 500 Internal Server Error"
+        engine.state = state
         # A client that never finishes its request does not hold up a scrape.
         _, idle = await asyncio.open_connection("127.0.0.1", port)
         assert (await get(port))[0] == "HTTP/1.1 200 OK"
@@ -348,3 +353,40 @@ async def test_an_address_taken_at_start_is_retried_until_it_is_free(monkeypatch
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+SMALL = "site: s\nuplinks: [{name: a, interface: a0, next_hop: 192.0.2.1}]\nclasses: [{name: c, path: [a]}]\n"
+
+
+@pytest.mark.parametrize(
+    ("listen", "spec"),
+    [
+        ("127.0.0.1:9469", MetricsSpec("127.0.0.1", 9469)),
+        ("[::1]:9469", MetricsSpec("::1", 9469)),
+        ("[::]:80", MetricsSpec("::", 80)),
+    ],
+)
+def test_listen_addresses_compile_and_print_as_written(listen: str, spec: MetricsSpec) -> None:
+    text = f'{SMALL}control: {{metrics: {{listen: "{listen}"}}}}\n'
+    policy = parse_policy_text(text, "p.yaml")
+    assert policy.control.metrics == spec
+    assert listen_text(spec) == listen
+    assert parse_policy_text(text.replace("control: ", "#"), "p.yaml").control.metrics is None  # off by default
+
+
+@pytest.mark.parametrize(
+    ("listen", "why"),
+    [
+        ("127.0.0.1", "is not ADDRESS:PORT"),
+        ("::1:9469", "is not ADDRESS:PORT"),
+        ("[127.0.0.1]:9469", "write an IPv6 address in brackets"),
+        ("127.0.0.1:0", "port 0 is not between 1 and 65535"),
+        ("gw.lan:9469", "'gw.lan' is not an IPv4 or IPv6 address (names are not resolved)"),
+    ],
+)
+def test_a_bad_listen_address_is_refused_at_its_place(listen: str, why: str) -> None:
+    text = f'{SMALL}control:\n  metrics: {{listen: "{listen}"}}\n'
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(text, "p.yaml")
+    [problem] = [str(p) for p in info.value.problems]
+    assert problem.startswith("p.yaml:5:21: control.metrics.listen: ") and why in problem, problem

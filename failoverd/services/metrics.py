@@ -175,7 +175,11 @@ class MetricsService:
             return "405 Method Not Allowed", "text/plain", b"GET /metrics\n"
         if target != b"/metrics":
             return "404 Not Found", "text/plain", b"failoverd: metrics are at /metrics\n"
-        body = await asyncio.to_thread(render, self.snapshot())
+        try:
+            body = await asyncio.to_thread(render, self.snapshot())
+        except Exception:  # a bug in a metric must cost the scrape, never the daemon that routes 112
+            log.exception("metrics-failed")
+            return "500 Internal Server Error", "text/plain", b"failoverd: rendering the metrics failed; see the log\n"
         self.scrapes += 1
         return "200 OK", CONTENT_TYPE, body
 
