@@ -24,6 +24,7 @@ USAGE = """usage: python -m bench COMMAND [options]
   cost       failoverd's RSS and CPU at 4 uplinks x 2 targets x 20 probes/s, idle and in a failover (root)
   reconcile  time to reconcile 1,000 and 10,000 owned routes (root)
   engine     the pure engine's decisions per second
+  intake     what a request on the MQTT command topic costs before it is refused or run
   report     re-render the markdown of a results file (default bench/results/latest.json -> latest.md)
 """
 
@@ -57,7 +58,7 @@ def meta(argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("all", "failover", "cost", "reconcile", "engine", "report"):
+    if not argv or argv[0] not in ("all", "failover", "cost", "reconcile", "engine", "intake", "report"):
         print(USAGE, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import engine  # noqa: PLC0415
 
         return engine.main(rest)
+    if cmd == "intake":
+        from bench import intake  # noqa: PLC0415
+
+        return intake.main(rest)
     ap = argparse.ArgumentParser(prog=f"python -m bench {cmd}")
     if cmd in ("all", "failover"):
         ap.add_argument("--runs", type=int, default=5, help="runs per peer and fault (default 5)")

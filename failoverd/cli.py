@@ -53,7 +53,7 @@ def _uplink_text(u: UplinkSpec) -> str:
         bits.append(f"admits {', '.join(sorted(u.admit))}")
     bits.append(("cold standby, pre-warmed" if u.standby.prewarm else "cold standby") if u.standby.cold else "hot")
     if u.verify is not None:
-        bits.append(f"verified within {u.verify.within:g}s ({u.verify.alarm})")
+        bits.append(f"verified within {u.verify.within:g}s ({u.verify.alarm or 'no alarm'})")
     if u.probes:
         fastest = min(p.interval for p in u.probes)
         bits.append(
@@ -93,6 +93,13 @@ def summary(policy: Policy) -> str:
             f"    {d.uplink:<10} {when}, this site at +{d.offset:.0f}s; {d.rounds} rounds, "
             f"loss <= {d.max_loss_percent:g}%, within {d.max_duration:g}s{budget}; verifies for {d.valid_for:g}s"
         )
+        if d.canary is not None:
+            cy = d.canary
+            port = f":{cy.probe.port}" if cy.probe.port is not None else ""
+            lines.append(
+                f"    {'':<10} canary {cy.probe.kind} to {cy.probe.target}{port} every {cy.probe.interval:g}s, "
+                f"{cy.rounds} rounds, loss <= {cy.max_loss_percent:g}%; table {cy.table}, mark {cy.fwmark:#x}"
+            )
     return "\n".join(lines)
 
 
@@ -243,6 +250,8 @@ def _simulated_line(r: dict[str, Any], verbose: bool) -> str | None:
         return f"{t}  check  {r['uplink']:<10} {r['check']:>10}    {value:<12} {'ok' if r['ok'] else 'FAILED'} ({why})"
     if kind == "drill-postponed":
         return f"{t}  drill  {r['uplink']:<10} {'postponed':>10}    {why}"
+    if kind == "canary":
+        return f"{t}  canary {r['uplink']:<10} {'':>10} -> {r['to'] or 'unreachable':<12} {why}"
     if not verbose:
         return None
     if kind == "uplink":
@@ -428,6 +437,50 @@ def cmd_clock(args: argparse.Namespace) -> int:
     return {ClockState.SANE: 0, ClockState.SUSPECT: 1, ClockState.HOLDOVER: 1}.get(verdict.state, 2)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The incident report from a state dir's history file, with no daemon (a gateway back on the bench)."""
+    import time  # noqa: PLC0415
+
+    from failoverd import report  # noqa: PLC0415
+    from failoverd.observe.journal import Journal  # noqa: PLC0415
+
+    path = Path(args.state_dir) / Journal.FILE
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        print(f"failoverd report: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    now = time.time()
+    try:
+        since, until = report.parse_when(args.since, now), report.parse_when(args.until, now)
+        metered: tuple[str, ...] = ()
+        site = None
+        if args.policy:
+            policy = load_policy(Path(args.policy))
+            metered, site = tuple(n for n, u in policy.uplinks.items() if u.metered), policy.site
+        inc = report.build(report.select(records, since, until), since, until, site=site, metered=metered)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as exc:
+        print(f"failoverd report: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    text = report.markdown(inc)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
+    if args.plot:
+        report.plot(inc, args.plot)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="failoverd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -479,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-classes", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_clock)
+    p = sub.add_parser("report", help="the incident report of a period, from a state dir's history (no daemon)")
+    p.add_argument("state_dir", metavar="STATE_DIR", help="the daemon's --state-dir (history.jsonl)")
+    p.add_argument("--since", default="24h", help="a span ago (2h), a Unix time or 2026-12-02T10:00 (UTC)")
+    p.add_argument("--until", default="now")
+    p.add_argument("--policy", help="the gateway's policy: its site and metered uplinks")
+    p.add_argument("--out", metavar="FILE", help="write the Markdown here (default: print it)")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the period as a PNG")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -171,6 +171,8 @@ def render_history(records: list[dict[str, Any]], tty: bool) -> str:
         elif kind == "drill-check":
             value = "-" if r.get("value") is None else f"{r['value']:g}{r.get('unit', '')}"
             what = f"{r['uplink']} {r['check']} {value} " + ("ok" if r["ok"] else _paint("FAILED", "DOWN", tty))
+        elif kind == "canary":
+            what = f"{r['uplink']} canary -> " + (f"via {r['to']}" if r.get("to") else "unreachable")
         elif kind == "remote-refused":
             what = f"REFUSED {r.get('cmd') or '?'} (key {r.get('key') or 'none'}): {r.get('reason')}"
         else:
@@ -204,11 +206,36 @@ def render_drills(rows: list[dict[str, Any]], tty: bool) -> str:
             + f" {nxt:>7}  "
             + _cut(detail, WIDTH - 70)
         )
+        canary = r.get("canary")
+        if canary:
+            port = f":{canary['port']}" if canary.get("port") else ""
+            done = f", {r['running']['canary_rounds']} of {canary['rounds']} rounds" if r["running"] else ""
+            lines.append(
+                f"{'':<10} canary {canary['kind']} {canary['target']}{port} (table {canary['table']}, "
+                f"mark {canary['fwmark']}) {canary['route']}{done}"
+            )
         checks = (r["running"] or {}).get("checks") or (last or {}).get("checks") or []
         for c in checks:
             value = "-" if c["value"] is None else f"{c['value']:g}{c['unit']}"
             lines.append(f"{'':<10} {c['check']:<14} {value:>10}  {'ok' if c['ok'] else 'FAILED'}")
     return "\n".join(lines)
+
+
+def render_report(args: argparse.Namespace, reply: dict[str, Any]) -> None:
+    from failoverd import report  # noqa: PLC0415
+
+    inc = report.build(
+        reply["records"], reply["since"], reply["until"], site=reply.get("site"), metered=reply.get("metered", ())
+    )
+    text = report.markdown(inc)
+    if getattr(args, "out", None):
+        Path(args.out).write_text(text)
+        print(f"report written to {args.out}")
+    else:
+        print(text, end="")
+    if getattr(args, "plot", None):
+        report.plot(inc, args.plot)
+        print(f"plot written to {args.plot}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in COMMANDS.values():
         group, _, leaf = cmd.name.partition("-")
         if not leaf:
-            _add_command(sub.add_parser(cmd.name, help=cmd.help), cmd)
+            parser = sub.add_parser(cmd.name, help=cmd.help)
+            _add_command(parser, cmd)
+            if cmd.name == "report":  # rendered here, from the records the daemon sends
+                parser.add_argument("--out", metavar="FILE", help="write the Markdown here (default: print it)")
+                parser.add_argument("--plot", metavar="FILE.png", help="also draw the period as a PNG")
             continue
         if group not in groups:
             groups[group] = sub.add_parser(group, help=f"{group} commands").add_subparsers(dest="subcmd", required=True)
@@ -515,6 +546,8 @@ def show(args: argparse.Namespace, reply: dict[str, Any], tty: bool) -> None:
         print("\n".join(reply["chain"]))
     elif args.cmd == "drill-status":
         print(render_drills(reply["drills"], tty))
+    elif args.cmd == "report":
+        render_report(args, reply)
     else:
         print(reply.get("text", "ok"))
         for change in reply.get("changes", []):

@@ -24,6 +24,7 @@ from failoverd.services.engine import EngineService
 from failoverd.services.gateway import LocalGateway
 from failoverd.services.history import History
 from failoverd.services.links import AUDIT_INTERVAL, LinkService
+from failoverd.services.meter import MeterService
 from failoverd.services.metrics import MetricsService
 from failoverd.services.probes import ProbeService
 from failoverd.services.supervisor import Supervisor
@@ -62,6 +63,7 @@ async def serve(opts: Options, policy: Policy) -> None:
             probes,
             clock,
             DrillService(engine, inbox),
+            MeterService(engine, history),
             ControlSocket(gateway, opts.socket_path),
             MetricsService(engine, probes, history),  # idle until the policy gives control.metrics
         ]

@@ -24,12 +24,13 @@ from failoverd.control.commands import COMMANDS, BadRequest, to_event, validate
 from failoverd.drillwindows import window_event
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
+from failoverd.engine.drillstate import DrillPhase
 from failoverd.engine.records import effect_record, note_record, stamped
 from failoverd.engine.state import EngineState, initial_state
 from failoverd.engine.step import next_deadline, step
 from failoverd.errors import PolicyError
 from failoverd.policy.load import locate, parse_document
-from failoverd.policy.model import Policy, ProbeSpec
+from failoverd.policy.model import CanarySpec, Policy, ProbeSpec
 from failoverd.policy.schema import Duration, NonNegDuration, Strict
 from failoverd.probes.schedule import first_tick, next_tick, probed, round_start, rounds
 
@@ -69,6 +70,9 @@ class Step(Condition):
 class Standby(Strict):
     activation: Literal["ok", "fail", "hang"] = "ok"
     delay: NonNegDuration = 5.0
+    # The link passes traffic for this long after each successful activation, then nothing (a
+    # terminal that comes up and loses its lock): activation ok, probes failing. None: for good.
+    passes_for: NonNegDuration | None = None
 
 
 class UplinkWorld(Condition):
@@ -130,6 +134,9 @@ def _check(t: Timeline, policy: Policy) -> list[tuple[tuple[str | int, ...], str
             bad.append(((*at, "uplink"), f'unknown uplink "{s.uplink}" (uplinks: {", ".join(policy.uplinks)})'))
         elif s.target is not None:
             targets = {p.target for p in policy.uplinks[s.uplink].probes} if s.uplink else set()
+            drill = policy.drills.get(s.uplink or "")
+            if drill is not None and drill.canary is not None:
+                targets.add(drill.canary.probe.target)  # the service the drill's canary reaches through it
             if s.target not in targets:
                 bad.append(((*at, "target"), f'uplink "{s.uplink}" has no probe target "{s.target}"'))
         for key in ("carrier_outage", "carrier_restored"):
@@ -173,6 +180,8 @@ class _Link:
     powered: bool = True  # cold standby links are off until activated
     target_loss: dict[str, float] = field(default_factory=dict)
     outage: bool = False  # carrier-wide outage: link up, nothing passes
+    activations: int = 0  # successful activations so far: a fade belongs to one of them
+    faded: bool = False  # activated, passed traffic for the world's passes_for, and nothing since
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +201,7 @@ class Simulation:
     records: list[dict[str, Any]] = field(default_factory=list)
     state: EngineState | None = None
     wall_shift: float = 0.0  # how far the wall clock is off, since the timeline's last clock event
+    canary_probing: bool = False  # a canary round is queued (while a drill with a canary is CHECKING)
 
     def run(self) -> list[dict[str, Any]]:
         """The history of the run, record by record as `failoverctl history` shows the daemon's."""
@@ -241,11 +251,35 @@ class Simulation:
                     link = links[name]
                     loss = max(link.loss, link.target_loss.get(p.target, 0.0))
                     rtt = max(0.0, link.rtt + rng.uniform(-link.jitter, link.jitter))
-                    passes = link.carrier and link.powered and not link.outage and rng.uniform(0, 100) >= loss
+                    passes = (
+                        link.carrier
+                        and link.powered
+                        and not link.outage
+                        and not link.faded
+                        and rng.uniform(0, 100) >= loss
+                    )
                     if passes and rtt <= p.timeout:
                         push(start + rtt, "result", ev.ProbeResult(name, p.key, True, rtt))
                     else:
                         push(start + p.timeout, "result", ev.ProbeResult(name, p.key, False, None))
+            elif kind == "canary":
+                # As the probe service: one canary probe per interval while the drill is CHECKING, its
+                # fate that of any packet through the drilled uplink (and of its target there).
+                due = _canary_due(pol, state)
+                if due is None or due[0] != payload:
+                    self.canary_probing = False
+                else:
+                    name, canary = due
+                    p = canary.probe
+                    push(t + p.interval, "canary", name)
+                    link = links[name]
+                    loss = max(link.loss, link.target_loss.get(p.target, 0.0))
+                    rtt = max(0.0, link.rtt + rng.uniform(-link.jitter, link.jitter))
+                    passes = link.carrier and link.powered and not link.outage and rng.uniform(0, 100) >= loss
+                    if passes and rtt <= p.timeout:
+                        push(t + rtt, "result", ev.ProbeResult(name, canary.key, True, rtt))
+                    else:
+                        push(t + p.timeout, "result", ev.ProbeResult(name, canary.key, False, None))
             elif kind == "result":
                 # Results due at one moment reach the engine in one step, as the daemon hands them over.
                 results = [payload]
@@ -255,7 +289,13 @@ class Simulation:
                 state = self._step(state, event, t, links, push)
             elif kind == "engine":
                 if isinstance(payload, ev.StandbyResult) and payload.action == "activate" and payload.ok:
-                    links[payload.uplink].powered = True  # the modem is up when it says so
+                    link = links[payload.uplink]
+                    link.powered = True  # the modem is up when it says so
+                    link.activations += 1
+                    link.faded = False
+                    lasts = tl.world.get(payload.uplink, UplinkWorld()).standby.passes_for
+                    if lasts is not None:
+                        push(t + lasts, "fade", (payload.uplink, link.activations))
                 state = self._step(state, payload, t, links, push)
             elif kind == "windows":
                 # As the drill service: each window drill's next opening, in monotonic time, again
@@ -265,6 +305,10 @@ class Simulation:
                         opening = window_event(name, drill.window, self.wall(t), t)
                         state = self._step(state, opening, t, links, push)
                         push(opening.closes + 1.0, "windows", None)
+            elif kind == "fade":
+                name, activation = payload
+                if links[name].activations == activation:  # not since switched off and on again
+                    links[name].faded = True
             elif kind == "flap":
                 name, period, until = payload
                 link = links[name]
@@ -336,6 +380,10 @@ class Simulation:
         state, effects = step(state, event, self.policy, t)
         for e in effects:
             self._record(t, e, links, push)
+        due = _canary_due(self.policy, state)
+        if due is not None and not self.canary_probing:
+            self.canary_probing = True
+            push(first_tick(due[1].probe.interval, t), "canary", due[0])
         return state
 
     def _record(self, t: float, e: fx.Effect, links: dict[str, _Link], push: Any) -> None:
@@ -352,6 +400,15 @@ class Simulation:
             case fx.DeactivateStandby():
                 links[e.uplink].powered = False
                 push(t, "engine", ev.StandbyResult(e.uplink, "deactivate", True))
+
+
+def _canary_due(policy: Policy, state: EngineState) -> tuple[str, CanarySpec] | None:
+    """The drilled uplink and its canary while a drill with one is CHECKING (as services/probes.py)."""
+    run = state.drill
+    spec = policy.drills.get(run.uplink) if run is not None else None
+    if run is None or spec is None or spec.canary is None or run.phase is not DrillPhase.CHECKING:
+        return None
+    return run.uplink, spec.canary
 
 
 def simulate(policy: Policy, timeline: Timeline, wall_epoch: float | None = None) -> list[dict[str, Any]]:

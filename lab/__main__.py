@@ -60,6 +60,13 @@ def run_scenarios(lab: Lab, names: list[str], out_dir: Path, plot: bool, quiet: 
             from lab.plot import plot as draw  # noqa: PLC0415
 
             report["plot"] = str(draw(report, out / "plot.png"))
+            if (out / "incident.json").exists():  # the incident report's own picture of the period
+                from failoverd import report as incident  # noqa: PLC0415
+
+                reply = json.loads((out / "incident.json").read_text())
+                inc = incident.build(reply["records"], reply["since"], reply["until"], site=reply.get("site"))
+                incident.plot(inc, out / "incident.png")
+                print(f"  incident report: {out / 'incident.md'} and incident.png")
             if base:
                 base["plot"] = str(draw(base["report"], out / "plot-baseline.png"))
         reports.append(report)

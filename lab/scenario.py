@@ -384,6 +384,7 @@ class Run:
             check=True,
             timeout=30,
         )
+        self.wall0 = time.time()  # the incident report's period begins as the daemon starts
         self.start_daemon()
         time.sleep(sc.settle)
         streams: dict[str, tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], Path]] = {}
@@ -443,6 +444,10 @@ class Run:
             final = Client(self.socket).request({"cmd": "status"})
             history = Client(self.socket).request({"cmd": "history", "last": 2000})["records"]
             self.clock = Client(self.socket).request({"cmd": "clock"})
+            # The incident report, as an operator would ask for it after the event (failoverctl report).
+            incident = Client(self.socket).request({"cmd": "report", "since": f"{self.wall0:.6f}", "until": "now"})
+            if incident.get("ok"):
+                self.write_incident(incident)
         except OSError:
             final, history = {}, []
         self.kill_daemon(signal.SIGTERM)
@@ -458,6 +463,16 @@ class Run:
                 if "/" in word and word[0].isdigit():
                     names[word.split("/")[0]] = name
         return names
+
+    def write_incident(self, reply: dict[str, Any]) -> None:
+        """incident.md (and incident.json, the records it was made from, for its plot) in the run's directory."""
+        from failoverd import report  # noqa: PLC0415
+
+        inc = report.build(
+            reply["records"], reply["since"], reply["until"], site=reply.get("site"), metered=reply.get("metered", ())
+        )
+        (self.out / "incident.md").write_text(report.markdown(inc))
+        (self.out / "incident.json").write_text(json.dumps(reply))
 
     def report(
         self, traffic: dict[str, Any], final: dict[str, Any], history: list[dict[str, Any]], observer: Observer

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
-from hypothesis import HealthCheck, given, settings
+import hypothesis
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from test_engine_properties import POLICY, PROBES, UPLINKS, check_invariants, clock_states, commands
 
@@ -54,7 +56,50 @@ events = st.one_of(
     clock_states,
     st.just(ev.Tick()),
 )
-timelines = st.lists(st.tuples(st.floats(0, 6), events), min_size=1, max_size=120).map(lambda t: HEALTHY + t)
+
+
+def _round(sat_ok: bool) -> ev.ProbeBatch:
+    """One probe round: a and b answer; the satellite (if it is up at all) answers or loses it."""
+    return ev.ProbeBatch(tuple(ev.ProbeResult(u, p, u != "sat" or sat_ok, 0.03) for u in UPLINKS for p in PROBES[u]))
+
+
+# Random events alone almost never let a drill pass: that takes the terminal's "activated" answer and
+# several clean probe rounds through it while a and b stay UP. So half the timelines are built from
+# calm stretches (everything answers, carriers come back, the terminal says it is up, overrides are
+# released) broken by a few random events; every verdict is then reached in a good share of examples
+# (test_the_timelines_reach_every_verdict says how good).
+CALM_START: list[tuple[float, ev.Event]] = [
+    (0.0, ev.CarrierChanged("a", True)),
+    (0.0, ev.CarrierChanged("b", True)),
+    (0.0, ev.Release("r", None)),
+    (0.0, ev.StandbyResult("sat", "activate", True)),
+]
+# Mostly clean rounds; now and then the satellite loses one (a fail on loss, or on probes after activation).
+sat_answers = st.lists(st.sampled_from([True] * 9 + [False]), min_size=1, max_size=12)
+calm = sat_answers.map(lambda oks: CALM_START + [(1.0, _round(ok)) for ok in oks])
+# Both terrestrial uplinks lost at once: what makes a class need the drilled satellite.
+DISASTER: list[tuple[float, ev.Event]] = [(0.1, ev.CarrierChanged("a", False)), (0.1, ev.CarrierChanged("b", False))]
+# An operator putting a class on the satellite: production needs it (the only way a drill of the
+# satellite can end "production" without pre-warm: losing a and b takes two steps, and the first
+# one already aborts the drill).
+FORCE_SAT: list[tuple[float, ev.Event]] = [(0.1, ev.ForceClass("r", "critical", "sat", "real calls", 60.0, False))]
+# ... either of them now and then while a drill runs (started by hand, in any phase when it comes).
+interrupted = st.tuples(sat_answers, st.sampled_from([DISASTER, FORCE_SAT])).map(
+    lambda t: (
+        [(0.0, ev.RunDrill("r", "sat")), (0.5, ev.StandbyResult("sat", "activate", True))]
+        + [(1.0, _round(ok)) for ok in t[0][:3]]
+        + t[1]
+    )
+)
+storm = st.one_of(
+    st.lists(st.tuples(st.floats(0, 6), events), min_size=1, max_size=4), st.just(DISASTER), interrupted, interrupted
+)
+weather = st.lists(st.one_of(calm, calm, storm), min_size=1, max_size=16).map(
+    lambda parts: [e for part in parts for e in part]
+)
+random_events = st.lists(st.tuples(st.floats(0, 6), events), min_size=1, max_size=120)
+timelines = st.one_of(random_events, weather).map(lambda t: HEALTHY + t)
+VERDICTS = ("pass", "fail", "aborted", "production")
 
 Steps = list[tuple[EngineState, ev.Event, EngineState, tuple[fx.Effect, ...]]]
 
@@ -81,6 +126,14 @@ def run(timeline: Sequence[tuple[float, ev.Event]], policy: Policy) -> Steps:
     return out
 
 
+def verdicts(steps: Steps) -> set[str]:
+    """The verdicts the drills of a run reached, each noted as a hypothesis event (--hypothesis-show-statistics)."""
+    found = {e.verdict for _, _, _, effects in steps for e in effects if isinstance(e, fx.DrillChanged) and e.verdict}
+    for v in sorted(found):
+        hypothesis.event(f"verdict {v}")
+    return found
+
+
 def _production_needs(effects: tuple[fx.Effect, ...], uplink: str) -> bool:
     """Production asks for the uplink in this step (the drill then hands it over)."""
     for e in effects:
@@ -104,6 +157,7 @@ def test_a_drill_never_moves_a_production_class(timeline: list[tuple[float, ev.E
     exactly as it would on the same events without drills."""
     uplink = next(iter(policy.drills))
     with_drill = run(timeline, policy)
+    verdicts(with_drill)
     without = run(timeline, POLICY)
     # A drill adds timer steps of its own: compare what moved, and when, up to the first moment
     # production asks for the drilled uplink in either run.
@@ -126,7 +180,9 @@ def test_a_drill_never_moves_a_production_class(timeline: list[tuple[float, ev.E
 @given(timelines)
 def test_an_abort_always_deactivates_what_the_drill_activated(timeline: list[tuple[float, ev.Event]]) -> None:
     started = 0
-    for before, event, after, effects in run(timeline, DRILLED):
+    steps = run(timeline, DRILLED)
+    verdicts(steps)
+    for before, event, after, effects in steps:
         ended = [e for e in effects if isinstance(e, fx.DrillChanged) and e.verdict is not None]
         started += sum(1 for e in effects if isinstance(e, fx.DrillChanged) and e.old == "idle")
         for e in ended:
@@ -146,6 +202,39 @@ def test_an_abort_always_deactivates_what_the_drill_activated(timeline: list[tup
             # While a drill runs, what it measures is the drilled uplink only, and it is in the policy.
             assert after.drill.uplink in DRILLED.drills
     assert started >= 1  # HEALTHY makes the first drill safe: the property is exercised
+
+
+def test_the_timelines_reach_every_verdict() -> None:
+    """The properties above say little if the drills they watch never pass or hand over (before the
+    calm stretches, no example reached "pass"): over a fixed, seeded run of the same generators, every
+    verdict is reached in at least a tenth of the examples."""
+    examples = 0
+    reached: Counter[tuple[str, str]] = Counter()
+
+    @seed(20261202)
+    @settings(
+        max_examples=120,
+        database=None,
+        derandomize=False,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(timelines)
+    def collect(timeline: list[tuple[float, ev.Event]]) -> None:
+        nonlocal examples
+        examples += 1
+        for policy in (DRILLED, HOT_DRILLED):
+            reached.update((next(iter(policy.drills)), v) for v in verdicts(run(timeline, policy)))
+
+    collect()
+    assert examples == 120
+    for v in VERDICTS:
+        # The satellite (cold) reaches every verdict. A drill of the hot b is rarely aborted or failed
+        # (a failing a puts the classes on b: production), but it must pass and hand over.
+        assert reached["sat", v] >= examples // 10, f"sat {v!r} in {reached['sat', v]} of {examples}: {dict(reached)}"
+        if v in ("pass", "production"):
+            assert reached["b", v] >= examples // 10, f"b {v!r} in {reached['b', v]} of {examples}: {dict(reached)}"
 
 
 def test_a_window_drill_waits_for_a_trusted_clock() -> None:

@@ -152,6 +152,7 @@ def test_failoverctl_is_built_from_the_command_table() -> None:
         ["clock"],
         ["drill", "status"],
         ["drill", "run", "sat"],
+        ["report", "--since", "2h", "--plot", "x.png"],
     ):
         validate(to_request(parser.parse_args(argv)))
 

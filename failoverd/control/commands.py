@@ -23,6 +23,8 @@ from failoverd.engine.explain import UnknownClass, explain
 from failoverd.observe.status import drill_rows
 from failoverd.policy.durations import parse_duration
 
+HISTORY_ALL = 1_000_000  # every record the history holds (it keeps a bounded number)
+
 
 class BadRequest(Exception):
     """A malformed or impossible request; the message is the reason given to the operator."""
@@ -141,6 +143,22 @@ async def _history(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "records": g.history(args["last"])}
 
 
+async def _report(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    from failoverd import report  # noqa: PLC0415
+
+    now = time.time()
+    try:
+        since = report.parse_when(args["since"], now)
+        until = report.parse_when(args["until"], now)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if until <= since:
+        raise BadRequest("the period is empty: --until must be after --since")
+    metered = [n for n, u in g.policy.uplinks.items() if u.metered]
+    records = report.select(g.history(HISTORY_ALL), since, until)
+    return {"ok": True, "site": g.policy.site, "since": since, "until": until, "metered": metered, "records": records}
+
+
 async def _clock(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, **g.clock_report()}
 
@@ -221,6 +239,16 @@ COMMANDS: dict[str, Command] = {
             False,
             _history,
             (Arg("last", "int", "how many records (default 20)", default=20, metavar="N"),),
+        ),
+        Command(
+            "report",
+            "incident report of a period (Markdown; --plot PNG)",
+            False,
+            _report,
+            (
+                Arg("since", "str", "from: a span ago (2h), a Unix time or 2026-12-02T10:00 UTC", default="24h"),
+                Arg("until", "str", "to (default now)", default="now"),
+            ),
         ),
         Command("reload", "validate and load the policy file again", True, _reload),
         Command("clock", "the clock's verdict, each time source, recent steps", False, _clock),

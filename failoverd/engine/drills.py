@@ -31,14 +31,35 @@
 # The price of "abort at once": when the primary fails mid-drill and the remaining uplinks fail a
 # moment later (a fiber cut, then a regional mobile outage judged one probe round after), the abort
 # has already switched the backup off and the class that then needs it waits a whole activation
-# again. Keeping a drilled link warm on abort (handing it to the standby lifecycle, released after
-# release_after) would avoid that at the cost of a metered link left up; the issue asks for the
-# deactivation, and this follows it. See tests/test_drill_properties.py for both guarantees.
+# again. Decided: an abort still switches off what the drill switched on, and keeps nothing warm.
+# "About to be needed" is what pre-warm already says, in policy terms: a class with
+# `redundancy.prewarm` (or served by a backup with `standby.prewarm`) that is down to its last usable
+# hot uplink wants the backup, so the failure that brings it there is production (above), not a
+# hazard, and the drill hands the link over warm. What aborts is a failure that leaves every class a
+# second hot uplink, or one in a class that does not pre-warm: that policy accepts an activation as
+# the cost of losing the last uplink, and keeping the link warm on every abort (a primary that merely
+# degrades is the common one) would leave a metered link up for release_after after most aborts to
+# save it. A drill that passes and lets go a moment before a loss is judged pays the same price once:
+# the engine cannot see the loss before its probes do, and pre-warm starts a new activation in the
+# step that judges it, as for a link never drilled. tests/test_drill_prewarm.py shows both sides
+# (with pre-warm: production, the class waits only for detection; without: the abort costs the
+# activation); tests/test_drill_properties.py that an abort always deactivates.
 #
 # A drill never moves a class: it changes no path and installs no route. The drilled uplink becomes
 # usable, but every class touching it sits on an earlier uplink of its path, so none chooses it unless
 # that earlier uplink fails, which is production (above). A drill never flushes conntrack, as it moves
 # nothing.
+#
+# The canary. A drill may name an end-to-end test flow (`canary:`): probes to a service production
+# uses (the dispatch centre's), marked into a drill-only class with a fwmark and table of their own
+# (no user class, so no production flow can ever match it). Its table is routed via the drilled uplink
+# exactly while the drill is CHECKING and is unreachable otherwise (`canary_routes`, a RouteCanary
+# effect at each change); the shell sends the canary probes with that mark, so they cross the real
+# policy routing and NAT as a class's traffic would, not the uplink's own table as its probes do. Their
+# results come back as probe results of the drilled uplink under the canary's key: they never count
+# for the uplink's health, only for the drill, which then waits for the canary's rounds too and fails
+# when the canary loses more than its max_loss_percent (the cause names the target). The canary moves
+# no production class: it adds a table and a rule no class uses, and changes no class's route.
 #
 # Time. Interval drills (`every`) run on the monotonic clock: first at the policy's offset after start
 # (nothing is verified after a restart), then every interval. Window drills run in a weekly window on
@@ -75,11 +96,12 @@ from failoverd.engine.effects import (
     DrillPostponed,
     DrillVerdict,
     Effect,
+    RouteCanary,
 )
 from failoverd.engine.events import ClockState, DrillWindow, ProbeResult, RunDrill
 from failoverd.engine.state import ClassState, ClockView, Health, Lifecycle, Override, UplinkState, mark_verified
 from failoverd.errors import EngineBug
-from failoverd.policy.model import DrillSpec, Policy, ProbeKind
+from failoverd.policy.model import CanarySpec, DrillSpec, Policy, ProbeKind
 
 # Estimated bytes on the wire per probe and answer (IPv4 and transport headers, the payload failoverd
 # sends): what a drill's probes cost on a metered link.
@@ -118,7 +140,30 @@ def _move(w: Desk, run: DrillRun, new: DrillPhase, cause: Cause) -> DrillRun:
     if new not in DRILL_TRANSITIONS[run.phase]:
         raise EngineBug(f"illegal drill transition {run.phase.value} -> {new.value} on {run.uplink} ({cause})")
     w.effects.append(DrillChanged(run.uplink, run.phase.value, new.value, cause))
+    canary = _canary(w.policy, run.uplink)
+    if new is DrillPhase.CHECKING and canary is not None:
+        w.effects.append(RouteCanary(run.uplink, run.uplink, Cause("drill-canary", _canary_text(canary, run.uplink))))
     return replace(run, phase=new)
+
+
+def _canary(policy: Policy, uplink: str) -> CanarySpec | None:
+    spec = policy.drills.get(uplink)
+    return spec.canary if spec is not None else None
+
+
+def _canary_text(c: CanarySpec, uplink: str) -> str:
+    port = f" port {c.probe.port}" if c.probe.port is not None else ""
+    return f"canary {c.probe.kind} to {c.probe.target}{port} via {uplink} (table {c.table}, mark {c.fwmark:#x})"
+
+
+def canary_routes(policy: Policy, drill: DrillRun | None) -> dict[str, str | None]:
+    """Each canary's table, by drilled uplink: via that uplink while its drill is CHECKING, else None
+    (unreachable). What the kernel plan installs; read from the state, so a restart or reload agrees."""
+    return {
+        name: name if drill is not None and drill.uplink == name and drill.phase is DrillPhase.CHECKING else None
+        for name, spec in policy.drills.items()
+        if spec.canary is not None
+    }
 
 
 # -- safety ------------------------------------------------------------------------------------------
@@ -231,7 +276,29 @@ def fold_probes(w: Desk, results: Iterable[ProbeResult]) -> None:
     timeouts = {p.key: p.timeout for p in spec.probes}
     counted = dict(run.results)
     lost, rtt_sum, rtt_count, spent, first = run.lost, run.rtt_sum, run.rtt_count, run.bytes, run.first_answer
+    canary = _canary(w.policy, run.uplink)
+    c_done, c_lost, c_rtt_sum, c_rtt_count = (
+        run.canary_results,
+        run.canary_lost,
+        run.canary_rtt_sum,
+        run.canary_rtt_count,
+    )
     for r in results:
+        if canary is not None and r.probe == canary.key and r.uplink == run.uplink:
+            if run.phase is not DrillPhase.CHECKING:
+                continue  # late: its table was unreachable, the probe never left
+            at = w.now if r.at is None else min(r.at, w.now)
+            spent += PROBE_BYTES[canary.probe.kind]
+            if not r.ok and run.active_at is not None and at < run.active_at + canary.probe.timeout:
+                continue  # perhaps sent before the kernel had the canary's route: not the path's fault
+            c_done += 1
+            if r.ok:
+                if r.rtt is not None:
+                    c_rtt_sum += r.rtt
+                    c_rtt_count += 1
+            else:
+                c_lost += 1
+            continue
         if r.uplink != run.uplink or r.probe not in kinds:
             continue
         if u.lifecycle is Lifecycle.ACTIVATING and not u.activated:
@@ -252,7 +319,17 @@ def fold_probes(w: Desk, results: Iterable[ProbeResult]) -> None:
         else:
             lost += 1
     w.drill = replace(
-        run, results=counted, lost=lost, rtt_sum=rtt_sum, rtt_count=rtt_count, bytes=spent, first_answer=first
+        run,
+        results=counted,
+        lost=lost,
+        rtt_sum=rtt_sum,
+        rtt_count=rtt_count,
+        bytes=spent,
+        first_answer=first,
+        canary_results=c_done,
+        canary_lost=c_lost,
+        canary_rtt_sum=c_rtt_sum,
+        canary_rtt_count=c_rtt_count,
     )
 
 
@@ -330,12 +407,13 @@ def _start(w: Desk, name: str, by: str, cause: Cause) -> None:
     sch = w.drill_schedules.get(name, DrillSchedule())
     w.drill_schedules[name] = replace(sch, postponed=None)
     if spec.standby.cold and u.lifecycle in (Lifecycle.STANDBY, Lifecycle.FAILED):
-        w.drill = _move(w, replace(run, activated=True), DrillPhase.ACTIVATING, cause)
+        w.drill = _move(w, replace(run, activated=True, activating_since=w.now), DrillPhase.ACTIVATING, cause)
         w.activate_standby(name, Cause("drill-activate", f"drill: activating {name}"))
         return
     if spec.standby.cold and u.lifecycle is Lifecycle.ACTIVATING:
-        # Already coming up (for a class that since let go): wait for it like a drill's own activation.
-        w.drill = _move(w, run, DrillPhase.ACTIVATING, cause)
+        # Already coming up (for a class that since let go): wait for it like a drill's own activation,
+        # timed from when it entered ACTIVATING (its health stays UNKNOWN there, so `since` is that).
+        w.drill = _move(w, replace(run, activating_since=u.since), DrillPhase.ACTIVATING, cause)
         return
     w.drill = _move(w, replace(run, active_at=w.now), DrillPhase.CHECKING, cause)
 
@@ -359,23 +437,38 @@ def _drive(w: Desk, run: DrillRun) -> None:
         return
     if w.now - run.started >= spec.max_duration:
         done = min(run.results.values(), default=0)
-        text = f"not proven within max_duration {spec.max_duration:g}s ({done} of {spec.rounds} rounds)"
+        text = f"not proven within max_duration {spec.max_duration:g}s ({done} of {spec.rounds} rounds"
+        if spec.canary is not None:
+            text += f"; canary to {spec.canary.probe.target}: {run.canary_results} of {spec.canary.rounds}"
+        text += ")"
         _end(w, run, "fail", Cause("drill-timeout", text))
         return
     if run.phase is DrillPhase.ACTIVATING:
+        # The activation is timed on the uplink's lifecycle, from entering ACTIVATING to ACTIVE (or
+        # FAILED), not from the drill's start: a drill that found the uplink already coming up would
+        # otherwise be credited with the time it did not watch. The limit is the lifecycle's own
+        # activation deadline (activation_time after entering ACTIVATING, step.py update_uplinks),
+        # which turns a slower uplink FAILED (activate-timeout) in the very step the time runs out;
+        # there is no grace after it. So an uplink seen ACTIVE always came up in time, and the check
+        # cannot fail there: comparing its time with activation_time again was dead code. A slow
+        # activation fails the check in the FAILED branch, with the time it was given.
+        since = run.activating_since if run.activating_since is not None else run.started
         if u.lifecycle is Lifecycle.FAILED:
-            run = _check(w, run, Check("activation", None, "s", False), u.cause)
+            run = _check(w, run, Check("activation", u.since - since, "s", False), u.cause)
             _end(w, run, "fail", Cause("drill-activation-failed", f"{name} did not come up: {u.cause.text}"))
             return
         if u.lifecycle is Lifecycle.ACTIVE:
-            took = w.now - run.started
+            # Drills advance in every step, after the uplinks are judged: this is the step it turned ACTIVE.
+            took = u.since - since
             limit = up.standby.activation_time
-            ok = took <= limit
             run = _check(
-                w, run, Check("activation", took, "s", ok), Cause("drill-activation", f"{took:.1f}s (limit {limit:g}s)")
+                w,
+                run,
+                Check("activation", took, "s", True),
+                Cause("drill-activation", f"{took:.1f}s (limit {limit:g}s)"),
             )
             if run.first_answer is not None:
-                first = run.first_answer - run.started
+                first = run.first_answer - since
                 run = _check(
                     w, run, Check("first-answer", first, "s", True), Cause("drill-first-answer", f"{first:.1f}s")
                 )
@@ -393,6 +486,8 @@ def _drive(w: Desk, run: DrillRun) -> None:
     keys = [p.key for p in up.probes]
     if any(run.results.get(k, 0) < spec.rounds for k in keys):
         return
+    if spec.canary is not None and run.canary_results < spec.canary.rounds:
+        return
     total = sum(run.results.get(k, 0) for k in keys)
     loss = 100.0 * run.lost / total if total else 100.0
     rtt = run.rtt_sum / run.rtt_count * 1000 if run.rtt_count else None
@@ -409,10 +504,42 @@ def _drive(w: Desk, run: DrillRun) -> None:
         Check("loss", loss, "%", loss_ok),
         Cause("drill-loss", f"{loss:.1f}% (limit {spec.max_loss_percent:g}%)"),
     )
-    if loss_ok:
-        _end(w, run, "pass", Cause("drill-pass", f"{name} came up and carried {total} probes ({loss:.1f}% loss)"))
-    else:
+    canary_fail: Cause | None = None
+    if spec.canary is not None:
+        run, canary_fail = _canary_check(w, run, spec.canary)
+    if not loss_ok:
         _end(w, run, "fail", Cause("drill-loss", f"{name} lost {loss:.1f}% of its probes"))
+    elif canary_fail is not None:
+        _end(w, run, "fail", canary_fail)
+    else:
+        text = f"{name} came up and carried {total} probes ({loss:.1f}% loss)"
+        if spec.canary is not None:
+            text += f"; its canary reached {spec.canary.probe.target}"
+        _end(w, run, "pass", Cause("drill-pass", text))
+
+
+def _canary_check(w: Desk, run: DrillRun, c: CanarySpec) -> tuple[DrillRun, Cause | None]:
+    """The canary's check: loss (its value) and RTT through the backup; the cause of the fail, if it failed."""
+    done = run.canary_results
+    loss = 100.0 * run.canary_lost / done if done else 100.0
+    rtt = run.canary_rtt_sum / run.canary_rtt_count * 1000 if run.canary_rtt_count else None
+    ok = loss <= c.max_loss_percent
+    port = f":{c.probe.port}" if c.probe.port is not None else ""
+    where = f"{c.probe.kind} {c.probe.target}{port} via {run.uplink}"
+    rtt_text = f", rtt {rtt:.1f}ms average" if rtt is not None else ", no answer"
+    evidence = (
+        ("target", f"{c.probe.target}{port}"),
+        ("kind", c.probe.kind),
+        ("probes", str(done)),
+        ("loss_percent", f"{loss:.1f}"),
+        ("rtt_ms", "-" if rtt is None else f"{rtt:.1f}"),
+    )
+    text = f"{where}: {loss:.1f}% of {done} lost (limit {c.max_loss_percent:g}%){rtt_text}"
+    run = _check(w, run, Check("canary", loss, "%", ok), Cause("drill-canary", text, evidence))
+    if ok:
+        return run, None
+    fail = f"the canary to {c.probe.target}{port} lost {loss:.1f}% of {done} probes through {run.uplink}{rtt_text}"
+    return run, Cause("drill-canary-failed", fail, evidence)
 
 
 def _check(w: Desk, run: DrillRun, check: Check, cause: Cause) -> DrillRun:
@@ -429,6 +556,8 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
     # Production keeps what it found; any other end switches off what the drill switched on.
     deactivate = verdict != "production" and run.activated and u is not None and u.lifecycle is not Lifecycle.STANDBY
     w.effects.append(DrillChanged(name, run.phase.value, DrillPhase.IDLE.value, cause, verdict, deactivate))
+    if run.phase is DrillPhase.CHECKING and spec is not None and spec.canary is not None:
+        w.effects.append(RouteCanary(name, None, Cause("drill-canary-off", f"drill of {name} over ({verdict})")))
     if deactivate:
         w.release_standby(name, Cause("drill-release", f"drill of {name} over ({verdict})"))
     w.drill = None

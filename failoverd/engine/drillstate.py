@@ -41,6 +41,7 @@ class DrillRun:
     by: str  # "schedule" or who asked
     activated: bool  # the drill switched the uplink on, so it switches it off
     verified_before: float | None = None  # the uplink's proof of working when the drill began
+    activating_since: float | None = None  # when the uplink entered ACTIVATING: its activation is timed from here
     active_at: float | None = None  # when the uplink passed traffic
     first_answer: float | None = None
     results: Mapping[str, int] = field(default_factory=dict)  # per probe, while CHECKING
@@ -49,6 +50,11 @@ class DrillRun:
     rtt_count: int = 0
     bytes: int = 0
     checks: tuple[Check, ...] = ()
+    # The canary's probes (DrillSpec.canary), counted apart from the uplink's own while CHECKING.
+    canary_results: int = 0
+    canary_lost: int = 0
+    canary_rtt_sum: float = 0.0
+    canary_rtt_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)

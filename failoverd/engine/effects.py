@@ -130,6 +130,16 @@ class DrillPostponed:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteCanary:
+    """A drill's canary table changed: via the drilled uplink while the drill checks it, unreachable
+    otherwise. No class's route: the canary's drill-only mark selects the table (kernel/plan.py)."""
+
+    uplink: str  # the drilled uplink, whose drill the canary belongs to
+    via: str | None  # None: unreachable
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
 class CommandReply:
     """The answer to an operator command: what changed, or why nothing did."""
 
@@ -154,4 +164,5 @@ Effect = (
     | DrillChanged
     | DrillCheck
     | DrillPostponed
+    | RouteCanary
 )

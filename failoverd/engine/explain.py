@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from failoverd.engine.decide import candidate, choose, drained
+from failoverd.engine.drills import canary_routes
 from failoverd.engine.redundancy import last_verified, redundancy
 from failoverd.engine.state import EngineState, TargetState
 from failoverd.policy.model import Policy
@@ -58,6 +59,20 @@ def explain(policy: Policy, state: EngineState, cls: str) -> list[str]:
     for name in (*r.standby, *r.unproven):
         seen = last_verified(state.uplinks[name], now)
         chain.append(f"  {name} last seen working " + ("never" if seen is None else f"{round(now - seen)}s ago"))
+    run = state.drill
+    if run is not None and run.uplink in spec.path:
+        line = f"drill of {run.uplink} is {run.phase.value}: it moves no class"
+        drill = policy.drills.get(run.uplink)
+        if drill is not None and drill.canary is not None:
+            canary = drill.canary
+            via = canary_routes(policy, run).get(run.uplink)
+            line += (
+                f"; its canary {canary.probe.kind} to {canary.probe.target} "
+                f"(table {canary.table}, mark {canary.fwmark:#x}) is "
+                + (f"routed via {via}" if via is not None else "unreachable")
+                + f", {run.canary_results} of {canary.rounds} probes"
+            )
+        chain.append(line)
     cand = candidate(spec, policy, state)
     choice, ready_at = choose(spec, policy, state, now)
     chain.append(f"now the first usable uplink is {cand.uplink or cand.route}: {cand.cause}")

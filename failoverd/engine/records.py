@@ -74,6 +74,14 @@ def effect_record(e: fx.Effect) -> dict[str, Any] | None:
                 "retry_mono": None if e.retry_at is None else round(e.retry_at, 6),
                 "cause": e.cause.as_dict(),
             }
+        case fx.RouteCanary():
+            return {
+                "kind": "canary",
+                "uplink": e.uplink,
+                "route": "via" if e.via is not None else "unreachable",
+                "to": e.via,
+                "cause": e.cause.as_dict(),
+            }
         case fx.WithdrawClass():
             return {
                 "kind": "decision",

@@ -7,7 +7,10 @@
 # now. *Standby* uplinks are the cold ones of the path that are not usable yet but are known good: not
 # FAILED, not seen DOWN since their activation, and verified — seen UP (after an activation, or in a
 # drill) recently enough for the uplink's `verify.within`. A cold uplink that is not known good is
-# *unproven*: counting on it is what the 2019 outage did.
+# *unproven*: counting on it is what the 2019 outage did. How long a proof lasts is one number per
+# uplink: `verify.within`, or for a drilled uplink without it its drill's `valid_for` (compiled into
+# `verify` with no alarm, policy/compile.py proof_lifetime), so a drill's status and redundancy
+# never disagree on whether the backup is still proven.
 #
 # A class whose policy asks for it raises an alarm when one usable uplink (or none) is left, and clears
 # it when a second is usable again; a class that pre-warms has its path's first unproven-or-standby cold

@@ -527,7 +527,8 @@ class _Work:
                 self.alarm("info", name, cause)
 
     def watch_verification(self) -> None:
-        """Alarm when an uplink has not been seen working for longer than its verify.within allows."""
+        """Mark an uplink whose proof of working is older than its verify.within (a drilled uplink's
+        valid_for, compile.proof_lifetime) stale, and alarm if the policy asks for it."""
         for name, spec in self.policy.uplinks.items():
             if spec.verify is None:
                 continue
@@ -546,8 +547,9 @@ class _Work:
                     f"{name} {seen}: longer than verify.within {within:g}s",
                     (("verified_at", "never" if last is None else f"{last:g}"),),
                 )
-                self.alarm(spec.verify.alarm, name, cause)
-            else:
+                if spec.verify.alarm is not None:
+                    self.alarm(spec.verify.alarm, name, cause)
+            elif spec.verify.alarm is not None:
                 self.alarm("info", name, Cause("verified", f"{name} seen working again ({u.status})"))
 
     def alarm(self, severity: Severity, subject: str, cause: Cause) -> None:

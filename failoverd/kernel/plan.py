@@ -6,9 +6,14 @@ Rule priorities, lowest first, inside failoverd's range P..:
   P+i      fwmark <uplink i mark>/mask  lookup <uplink i table>   probes and the router's own traffic
   P+U      lookup main suppress_prefixlength 0                     local and LAN routes win over classes
   P+U+1+j  fwmark <class j mark>/mask   lookup <class j table>     forwarded and local class traffic
+  P+U+1+C+k fwmark <canary k mark>/mask lookup <canary k table>    a drill's canary probes (C classes)
 Packets get their class mark from nftables (see nft.py). Each uplink table holds one default route via
 that uplink; each class table holds the route of the uplink the engine chose for it, or a blackhole or
 unreachable default. Switching a class is one atomic `route replace` in its table.
+
+A drill's canary (engine/drills.py) is a drill-only class: the shell marks its probes itself (SO_MARK,
+so nftables leaves them alone), its rule comes after the main table's like a class's, and its table is
+routed via the drilled uplink while the drill checks it, unreachable otherwise. No class uses it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 
 from failoverd.kernel import nft
-from failoverd.policy.model import Policy, UplinkSpec
+from failoverd.policy.model import CanarySpec, Policy, UplinkSpec
 
 MAIN_TABLE = 254
 
@@ -81,7 +86,27 @@ def desired_rules(policy: Policy) -> set[Rule]:
     rules |= {Rule(suppress, f, MAIN_TABLE, suppress_prefixlen=0) for f in families}
     for j, c in enumerate(policy.classes.values()):
         rules |= {Rule(suppress + 1 + j, f, c.table, c.fwmark, mask) for f in families}
+    after = suppress + 1 + len(policy.classes)
+    for k, canary in enumerate(canaries(policy).values()):
+        rules |= {Rule(after + k, f, canary.table, canary.fwmark, mask) for f in families}
     return rules
+
+
+def canaries(policy: Policy) -> dict[str, CanarySpec]:
+    """The drills' canaries, by drilled uplink, in the file's order."""
+    return {name: d.canary for name, d in policy.drills.items() if d.canary is not None}
+
+
+def canary_routes(policy: Policy, via: Mapping[str, str | None]) -> set[Route]:
+    """`via`: drilled uplink → the uplink its canary's table routes through now, or None (unreachable)."""
+    routes: set[Route] = set()
+    for name, canary in canaries(policy).items():
+        uplink = via.get(name)
+        if uplink is not None and uplink in policy.uplinks:
+            routes |= set(uplink_routes(policy.uplinks[uplink], canary.table))
+        else:
+            routes.add(Route(canary.table, ip_address(canary.probe.target).version, "unreachable"))
+    return routes
 
 
 def desired_routes(policy: Policy, assignments: Mapping[str, tuple[str | None, str]]) -> set[Route]:
@@ -109,13 +134,20 @@ class Desired:
     ruleset: str  # the nftables table that classifies packets (nft.render)
 
 
-def desired(policy: Policy, assignments: Mapping[str, tuple[str | None, str]], ruleset: str | None = None) -> Desired:
+def desired(
+    policy: Policy,
+    assignments: Mapping[str, tuple[str | None, str]],
+    ruleset: str | None = None,
+    canary_via: Mapping[str, str | None] | None = None,
+) -> Desired:
     """The kernel state for this policy with each class on its assigned route (see desired_routes).
 
     `ruleset`: the policy's nftables text if the caller keeps it (`ruleset(policy)`): it changes only
-    with the policy, and a failover should not build it again."""
+    with the policy, and a failover should not build it again. `canary_via`: where each drill's canary
+    goes now (engine.drills.canary_routes; none given: every canary table unreachable)."""
     text = nft.render(policy) if ruleset is None else ruleset
-    return Desired(frozenset(desired_routes(policy, assignments)), frozenset(desired_rules(policy)), text)
+    routes = desired_routes(policy, assignments) | canary_routes(policy, canary_via or {})
+    return Desired(frozenset(routes), frozenset(desired_rules(policy)), text)
 
 
 def ruleset(policy: Policy) -> str:
@@ -124,7 +156,11 @@ def ruleset(policy: Policy) -> str:
 
 
 def owned_tables(policy: Policy) -> set[int]:
-    return {u.table for u in policy.uplinks.values()} | {c.table for c in policy.classes.values()}
+    return (
+        {u.table for u in policy.uplinks.values()}
+        | {c.table for c in policy.classes.values()}
+        | {c.table for c in canaries(policy).values()}
+    )
 
 
 def adopt(policy: Policy, routes: Iterable[Route]) -> dict[str, tuple[str | None, str]]:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from failoverd.engine.decide import drained, usable
+from failoverd.engine.drills import canary_routes
 from failoverd.engine.drillstate import Check
 from failoverd.engine.redundancy import last_verified, redundancy
 from failoverd.engine.state import EngineState, TargetState
@@ -140,6 +141,21 @@ def drill_rows(policy: Policy, state: EngineState, now: float) -> list[dict[str,
                 "rounds": min((run.results.get(p.key, 0) for p in policy.uplinks[name].probes), default=0),
                 "checks": [_check(c) for c in run.checks],
             }
+            if spec.canary is not None:
+                row["running"]["canary_rounds"] = run.canary_results
+                row["running"]["canary_lost"] = run.canary_lost
+        if spec.canary is not None:
+            c = spec.canary
+            via = canary_routes(policy, state.drill).get(name)
+            row["canary"] = {
+                "kind": c.probe.kind,
+                "target": c.probe.target,
+                "port": c.probe.port,
+                "rounds": c.rounds,
+                "table": c.table,
+                "fwmark": f"{c.fwmark:#x}",
+                "route": f"via {via}" if via is not None else "unreachable",
+            }
         if sch is not None:
             row["due_in_s"] = None if sch.due_at is None else round(sch.due_at - now, 1)
             row["postponed"] = sch.postponed
@@ -152,7 +168,7 @@ def drill_rows(policy: Policy, state: EngineState, now: float) -> list[dict[str,
                 }
             if sch.verified_at is not None:
                 row["verified_age_s"] = round(now - sch.verified_at, 1)
-                row["verified"] = now - sch.verified_at <= spec.valid_for
+                row["verified"] = now - sch.verified_at < spec.valid_for  # as redundancy.known_good
         rows.append(row)
     return rows
 

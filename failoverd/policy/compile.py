@@ -112,9 +112,47 @@ def drill_offset(site: str, uplink: str, jitter: float) -> float:
     return jitter * int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _drill(d: s.Drill, site: str) -> m.DrillSpec:
-    default_valid = 1.5 * d.every if d.every is not None else 8 * 86400.0
-    valid = d.valid_for if d.valid_for is not None else default_valid
+def proof_lifetime(u: s.Uplink, d: s.Drill | None) -> float | None:
+    """How long a proof that the uplink works lasts (None: for good). `verify.within` and a drill's
+    `valid_for` both say it, so they are one number: verify.within when given (valid_for then follows
+    it; verify.py rejects the two given and different), else the drill's valid_for, else the drill's
+    default (1.5 intervals, or 8 days for a weekly window)."""
+    if d is None:
+        return u.verify.within if u.verify is not None else None
+    return _valid_for(u, d)
+
+
+def _valid_for(u: s.Uplink | None, d: s.Drill) -> float:
+    if u is not None and u.verify is not None:
+        return u.verify.within
+    if d.valid_for is not None:
+        return d.valid_for
+    return 1.5 * d.every if d.every is not None else 8 * 86400.0
+
+
+def _verify(u: s.Uplink, d: s.Drill | None) -> m.VerifySpec | None:
+    if u.verify is not None:
+        return m.VerifySpec(u.verify.within, u.verify.alarm)
+    within = proof_lifetime(u, d)
+    return m.VerifySpec(within, None) if within is not None else None  # a drill's proof, with no alarm asked
+
+
+def _canary(d: s.Drill, table: int, fwmark: int) -> m.CanarySpec | None:
+    c = d.canary
+    if c is None:
+        return None
+    port = c.port if c.port is not None or c.kind != "udp-echo" else 7
+    probe = m.ProbeSpec(kind=c.kind, target=str(c.target), interval=c.interval, timeout=c.timeout, port=port)
+    return m.CanarySpec(
+        probe=probe,
+        rounds=c.rounds if c.rounds is not None else d.rounds,
+        max_loss_percent=c.max_loss_percent if c.max_loss_percent is not None else d.max_loss_percent,
+        table=table,
+        fwmark=fwmark,
+    )
+
+
+def _drill(d: s.Drill, site: str, valid: float, canary: m.CanarySpec | None = None) -> m.DrillSpec:
     return m.DrillSpec(
         uplink=d.uplink,
         every=d.every,
@@ -127,21 +165,21 @@ def _drill(d: s.Drill, site: str) -> m.DrillSpec:
         valid_for=valid,
         retry_after=d.retry_after,
         severity=d.severity,
+        canary=canary,
     )
 
 
 def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
     own = doc.ownership
-    free_tables = iter(
-        t
-        for t in range(own.tables.first, own.tables.last + 1)
-        if t not in {u.table for u in doc.uplinks} | {c.table for c in doc.classes}
-    )
-    taken_marks = {u.fwmark for u in doc.uplinks} | {c.fwmark for c in doc.classes}
-    free_marks = iter(
-        v for v in mark_values(own.fwmark_mask, len(doc.uplinks) + len(doc.classes) + 64) if v not in taken_marks
-    )
+    canaries = [d.canary for d in doc.drills if d.canary is not None]
+    taken_tables = {u.table for u in doc.uplinks} | {c.table for c in doc.classes} | {c.table for c in canaries}
+    free_tables = iter(t for t in range(own.tables.first, own.tables.last + 1) if t not in taken_tables)
+    taken_marks = {u.fwmark for u in doc.uplinks} | {c.fwmark for c in doc.classes} | {c.fwmark for c in canaries}
+    needed = len(doc.uplinks) + len(doc.classes) + len(canaries)
+    free_marks = iter(v for v in mark_values(own.fwmark_mask, needed + 64) if v not in taken_marks)
 
+    by_name = {u.name: u for u in doc.uplinks}
+    drilled = {d.uplink: d for d in reversed(doc.drills)}  # an uplink's first drill (verify.py refuses a second)
     uplinks: dict[str, m.UplinkSpec] = {}
     for u in doc.uplinks:
         h = u.health
@@ -187,7 +225,7 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             ),
             table=u.table if u.table is not None else next(free_tables),
             fwmark=u.fwmark if u.fwmark is not None else next(free_marks),
-            verify=m.VerifySpec(u.verify.within, u.verify.alarm) if u.verify is not None else None,
+            verify=_verify(u, drilled.get(u.name)),
         )
 
     classes: dict[str, m.ClassSpec] = {}
@@ -221,6 +259,14 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
                 alarm=None if c.redundancy.alarm == "off" else c.redundancy.alarm, prewarm=c.redundancy.prewarm
             ),
         )
+
+    def canary_of(d: s.Drill) -> m.CanarySpec | None:
+        # After the classes: a canary takes the next free table and mark, so adding one to a drill
+        # moves no uplink's or class's table.
+        if d.canary is None:
+            return None
+        table = d.canary.table if d.canary.table is not None else next(free_tables)
+        return _canary(d, table, d.canary.fwmark if d.canary.fwmark is not None else next(free_marks))
 
     def reaction(r: s.ClockReaction) -> m.ClockReactionSpec:
         return m.ClockReactionSpec(
@@ -280,5 +326,5 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             metrics=_metrics(doc.control.metrics),
         ),
         source=source,
-        drills={d.uplink: _drill(d, doc.site) for d in doc.drills},
+        drills={d.uplink: _drill(d, doc.site, _valid_for(by_name.get(d.uplink), d), canary_of(d)) for d in doc.drills},
     )

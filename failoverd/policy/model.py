@@ -84,10 +84,13 @@ class DampingSpec:
 
 @dataclass(frozen=True, slots=True)
 class VerifySpec:
-    """How fresh the proof that an uplink works must be: its last UP (or drill) within `within` seconds."""
+    """How fresh the proof that an uplink works must be: its last UP (or drill) within `within` seconds.
+
+    One number for every proof: `verify.within`, or for a drilled uplink without it the drill's
+    `valid_for` (which otherwise follows verify.within; compile.proof_lifetime)."""
 
     within: float
-    alarm: AlarmSeverity
+    alarm: AlarmSeverity | None  # None: the proof expires (redundancy stops counting on it) silently
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +242,25 @@ class WindowSpec:
         return float(((self.end - self.start) % 1440 or 1440) * 60)
 
 
+CanaryKind = Literal["icmp", "udp-echo", "tcp"]
+
+
+@dataclass(frozen=True, slots=True)
+class CanarySpec:
+    """A drill's end-to-end test flow: probes marked into a drill-only class (its own fwmark and table,
+    no user class) that cross the drilled backup to a service production uses, NAT and all."""
+
+    probe: ProbeSpec  # kind icmp, udp-echo or tcp; target, port, interval, timeout
+    rounds: int  # canary probes the drill waits for
+    max_loss_percent: float
+    table: int  # routed via the drilled uplink while the drill is CHECKING, unreachable otherwise
+    fwmark: int  # the canary probes' SO_MARK; its rule sends them to `table`
+    key: str = field(init=False, compare=False)  # what its probe results name (never an uplink probe's key)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"canary:{self.probe.key}")
+
+
 @dataclass(frozen=True, slots=True)
 class DrillSpec:
     """A backup uplink proved on a schedule: brought up (if cold), probed through, and let go again."""
@@ -251,9 +273,10 @@ class DrillSpec:
     max_loss_percent: float
     max_bytes: int | None  # failoverd's own probe traffic during the drill (an estimate)
     max_duration: float
-    valid_for: float  # a pass verifies the uplink for this long
+    valid_for: float  # a pass verifies the uplink for this long: its verify.within, the same number
     retry_after: float  # a drill postponed as unsafe is tried again this much later
     severity: AlarmSeverity  # of the alarm when the uplink fails its drill
+    canary: CanarySpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -381,6 +381,22 @@ def _check_window(value: object) -> object:
     return value
 
 
+class Canary(Strict):
+    """A drill's end-to-end test flow: probes to a service (the dispatch centre's, say) that cross the
+    drilled backup in a drill-only class of their own, while production traffic stays where it is."""
+
+    target: Address
+    kind: Literal["icmp", "udp-echo", "tcp"]
+    port: int | None = Field(default=None, ge=1, le=65535)  # udp-echo: 7 unless given; tcp: required
+    interval: Duration = 1.0
+    timeout: Duration = 1.0  # at most the interval: one canary probe is in flight at a time
+    rounds: int | None = Field(default=None, ge=1, le=1000)  # default: the drill's rounds
+    max_loss_percent: Percent | None = None  # default: the drill's
+    # The drill-only class's routing table and mark (default: the next free ones after the classes').
+    table: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
+    fwmark: Mark | None = None
+
+
 class Drill(Strict):
     """A backup proved on a schedule: activated (if cold), probed through, released."""
 
@@ -398,6 +414,7 @@ class Drill(Strict):
     valid_for: Duration | None = None  # how long a pass verifies the uplink (default: 1.5 intervals, or 8 days)
     retry_after: Duration = 900.0  # when it was not safe to drill
     severity: AlarmSeverity = "critical"  # of the alarm when the uplink fails its drill
+    canary: Canary | None = None  # an end-to-end flow through the backup, checked with the uplink's probes
 
 
 class PolicyDocument(Strict):

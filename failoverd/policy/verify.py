@@ -209,7 +209,8 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
     for t in (253, 254, 255):
         if own.tables.first <= t <= own.tables.last:
             yield ("ownership", "tables"), f"table range includes {t}, a table the kernel owns"
-    needed = len(doc.uplinks) + len(doc.classes)
+    canaries = [(i, d) for i, d in enumerate(doc.drills) if d.canary is not None]
+    needed = len(doc.uplinks) + len(doc.classes) + len(canaries)
     if own.tables.last - own.tables.first + 1 < needed:
         yield ("ownership", "tables"), f"table range holds fewer than the {needed} tables this policy needs"
     if len(mark_values(own.fwmark_mask, needed)) < needed:
@@ -217,7 +218,7 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
             ("ownership", "fwmark_mask"),
             f"fwmark_mask has room for fewer than the {needed} marks this policy needs",
         )
-    rules = len(doc.uplinks) + sum(max(1, len(c.match)) for c in doc.classes)
+    rules = len(doc.uplinks) + sum(max(1, len(c.match)) for c in doc.classes) + len(canaries)
     if own.rule_priorities.last - own.rule_priorities.first + 1 < 2 * rules:
         yield (
             ("ownership", "rule_priorities"),
@@ -229,6 +230,11 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
     items: list[tuple[tuple[str | int, ...], str, int | None, int | None]] = []
     items += [(("uplinks", i), f'uplink "{u.name}"', u.table, u.fwmark) for i, u in enumerate(doc.uplinks)]
     items += [(("classes", i), f'class "{c.name}"', c.table, c.fwmark) for i, c in enumerate(doc.classes)]
+    items += [
+        (("drills", i, "canary"), f'the canary of drill "{d.uplink}"', d.canary.table, d.canary.fwmark)
+        for i, d in canaries
+        if d.canary is not None
+    ]
     for at, who, table, mark in items:
         if table is not None:
             if not own.tables.first <= table <= own.tables.last:
@@ -288,6 +294,16 @@ def _drills(doc: s.PolicyDocument) -> Iterator[Finding]:
         if d.uplink in seen:
             yield (*at, "uplink"), f'uplink "{d.uplink}" is drilled twice (first in drills.{seen[d.uplink]})'
         seen.setdefault(d.uplink, i)
+        if d.valid_for is not None and u.verify is not None and d.valid_for != u.verify.within:
+            # Both say how long a proof of working lasts (compile.proof_lifetime): one number, or none.
+            yield (
+                (*at, "valid_for"),
+                (
+                    f'drill of "{d.uplink}": valid_for ({d.valid_for:g}s) contradicts the uplink\'s verify.within '
+                    f"({u.verify.within:g}s): both say how long a proof that it works lasts; drop valid_for "
+                    "(it follows verify.within) or make them equal"
+                ),
+            )
         if (d.every is None) == (d.window is None):
             yield at, f'drill of "{d.uplink}": give either every (an interval) or window (e.g. Sun 02:00-04:00)'
         if not u.probes:
@@ -309,6 +325,8 @@ def _drills(doc: s.PolicyDocument) -> Iterator[Finding]:
                 )
         elif d.every is not None and d.jitter >= d.every:
             yield (*at, "jitter"), f'drill of "{d.uplink}": jitter ({d.jitter:g}s) must be below every ({d.every:g}s)'
+        if d.canary is not None:
+            yield from _canary(d, d.canary, u, at)
         if u.standby.mode == "cold" and d.max_duration <= u.standby.activation_time:
             yield (
                 (*at, "max_duration"),
@@ -317,3 +335,33 @@ def _drills(doc: s.PolicyDocument) -> Iterator[Finding]:
                     f"the activation_time ({u.standby.activation_time:g}s)"
                 ),
             )
+
+
+def _canary(d: s.Drill, c: s.Canary, u: s.Uplink, drill_at: tuple[str | int, ...]) -> Iterator[Finding]:
+    at = (*drill_at, "canary")
+    who = f'the canary of drill "{d.uplink}"'
+    if c.kind == "tcp" and c.port is None:
+        yield (*at, "port"), f"{who}: a tcp canary needs the port of the service it connects to"
+    if c.kind == "icmp" and c.port is not None:
+        yield (*at, "port"), f"{who}: an icmp canary takes no port"
+    if c.timeout > c.interval:
+        yield (
+            (*at, "timeout"),
+            f"{who}: timeout ({c.timeout:g}s) exceeds interval ({c.interval:g}s): one canary probe is sent at a time",
+        )
+    if u.next_hop is not None and u.next_hop.version != c.target.version:
+        yield (
+            (*at, "target"),
+            f'{who}: target {c.target} is IPv{c.target.version} but uplink "{u.name}" routes IPv{u.next_hop.version}',
+        )
+    rounds = c.rounds if c.rounds is not None else d.rounds
+    needs = rounds * c.interval + (u.standby.activation_time if u.standby.mode == "cold" else 0.0)
+    if needs > d.max_duration:
+        yield (
+            (*at, "rounds"),
+            (
+                f"{who}: {rounds} rounds every {c.interval:g}s"
+                + (f" after the activation_time ({u.standby.activation_time:g}s)" if u.standby.mode == "cold" else "")
+                + f" take {needs:g}s, more than the drill's max_duration ({d.max_duration:g}s)"
+            ),
+        )

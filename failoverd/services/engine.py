@@ -8,6 +8,7 @@ order the engine decided it.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Coroutine
 from dataclasses import replace
@@ -17,6 +18,7 @@ from failoverd.actions import run_command
 from failoverd.control.api import OperatorCommand
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
+from failoverd.engine.drills import canary_routes
 from failoverd.engine.records import effect_record
 from failoverd.engine.state import EngineState, restored_state
 from failoverd.engine.step import step
@@ -29,7 +31,7 @@ from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, Inbox, Item, NewPolicy, Reconfigured
 from failoverd.services.history import History
-from failoverd.statedir import StateDir, load_overrides, load_proofs, save_overrides, save_proofs
+from failoverd.statedir import StateDir, boot_id, load_overrides, load_proofs, save_overrides, save_proofs
 
 log = get_logger("failoverd")
 COMMAND_TIMEOUT = 10.0  # s: an operator waits this long at most for the engine's answer
@@ -87,6 +89,9 @@ class EngineService:
             history=history,
             state_dir=state_dir,
         )
+        # The report's marker of a (re)start; its boot id tells whether the monotonic clock went on.
+        start = {"kind": "start", "pid": os.getpid(), "policy": policy.source, "boot": boot_id()}
+        history.add({**start, "adopted": {k: v[0] or v[1] for k, v in adopted.items()}}, now)
         diff = await self._program(full=True)
         if diff.removed:
             log.info("purged-stale", removed=diff.removed)
@@ -219,6 +224,9 @@ class EngineService:
                     )
                 case fx.WithdrawClass():
                     routes_changed = True
+                case fx.RouteCanary():
+                    routes_changed = True
+                    log.info("canary", uplink=e.uplink, to=e.via or "unreachable", text=e.cause.text)
                 case fx.UplinkChanged():
                     log.info("uplink", uplink=e.uplink, frm=e.old, to=e.new, cause=e.cause.code, text=e.cause.text)
                 case fx.Alarm():
@@ -291,7 +299,8 @@ class EngineService:
     async def _program(self, *, full: bool = False) -> Programmed:
         """Routes, rules and classification for where the classes are now: the only kernel write."""
         assignments = {n: (c.uplink, c.route) for n, c in self._state.classes.items()}
-        want = plan.desired(self._policy, assignments, self.ruleset)
+        canary = canary_routes(self._policy, self._state.drill)
+        want = plan.desired(self._policy, assignments, self.ruleset, canary)
         reload_ruleset, self.reload_ruleset = self.reload_ruleset, False  # once per reload, not twice
         return await self.kernel.apply(want, full=full, reload_ruleset=reload_ruleset)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from failoverd.engine import events as ev
+from failoverd.engine.drillstate import DrillPhase
 from failoverd.observe.logging import get as get_logger
-from failoverd.policy.model import Policy, ProbeSpec
+from failoverd.policy.model import CanarySpec, Policy, ProbeSpec
 from failoverd.probes import schedule
 from failoverd.probes.base import DatagramSession, ProbeOutcome, ProbeStats, Session
 from failoverd.probes.kinds import open_session
@@ -40,6 +43,8 @@ class ProbeService:
                 for interval, probes in schedule.rounds(self.view.policy.uplinks).items():
                     tg.create_task(self._rounds(gen, interval, probes), name=f"probes-{interval:g}s")
                 tg.create_task(self._wait_generation(gen), name="probe-generation")
+                if any(d.canary is not None for d in self.view.policy.drills.values()):
+                    tg.create_task(self._canary(gen), name="probe-canary")
 
     async def reconfigure(self, policy: Policy) -> Reconfigured:
         self.generation += 1
@@ -93,6 +98,54 @@ class ProbeService:
                 session.close()
             for _, _, session in others:
                 session.close()
+
+    async def _canary(self, gen: int) -> None:
+        """A running drill's canary (engine/drills.py): one probe per interval while the drill is
+        CHECKING, sent with the canary's own mark so that it crosses the policy routing (its table is
+        routed via the drilled uplink then) rather than the uplink's table, as the uplink's probes do.
+        Its results are the drilled uplink's probe results under the canary's key."""
+        while self.generation == gen:
+            target = self._canary_due()
+            if target is None:
+                idle = min(d.canary.probe.interval for d in self.view.policy.drills.values() if d.canary is not None)
+                await self._nap(gen, idle)
+                continue
+            uplink, canary = target
+            # The uplink's spec with the canary's mark: a probe session takes its mark from it.
+            marked = replace(self.view.policy.uplinks[uplink], fwmark=canary.fwmark)
+            try:
+                session = open_session(canary.probe, marked)
+            except OSError as exc:
+                log.error("probe-unavailable", uplink=uplink, probe=canary.key, error=exc.strerror or str(exc))
+                await self._nap(gen, canary.probe.interval)
+                continue
+            try:
+                interval = canary.probe.interval
+                tick = schedule.first_tick(interval, time.monotonic())
+                while self.generation == gen and self._canary_due() == target:
+                    await self._nap(gen, max(0.0, tick - time.monotonic()))
+                    if self.generation != gen or self._canary_due() != target:
+                        break
+                    self.probed([((uplink, canary.key), await session.probe())])
+                    tick = max(tick + interval, schedule.first_tick(interval, time.monotonic()))
+            finally:
+                session.close()
+
+    async def _nap(self, gen: int, seconds: float) -> None:
+        """Sleep, but not past a reload: the round loops of the next policy wait for this task to end."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wait_generation(gen)
+
+    def _canary_due(self) -> tuple[str, CanarySpec] | None:
+        """The drilled uplink and its canary while a drill with one is CHECKING."""
+        run = self.view.state.drill
+        if run is None or run.phase is not DrillPhase.CHECKING:
+            return None
+        spec = self.view.policy.drills.get(run.uplink)
+        if spec is None or spec.canary is None or run.uplink not in self.view.policy.uplinks:
+            return None
+        return run.uplink, spec.canary
 
     async def _attempt(self, session: Session, uplink: str, spec: ProbeSpec) -> None:
         self.probed([((uplink, spec.key), await session.probe())])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import simcheck
 
+from failoverd import report as incident
 from failoverd.policy import load_policy
 from lab import scenario as sc
 from lab.topology import ROOT, Lab, load
@@ -50,6 +53,40 @@ def test_scenario(lab: Lab, name: str, tmp_path: Path) -> None:
     assert report["outage_ms"] is not None and report["timeline"]
     if name in simcheck.CHECKED:
         simcheck.daemon_detects_as_simulated(name, run, policy)
+    incident_matches_the_run(tmp_path, report)
+
+
+def incident_matches_the_run(out: Path, report: dict[str, Any]) -> None:
+    """The incident report the run asked the daemon for (failoverctl report) tells what the run saw:
+    every decision, and the critical stream's time on each uplink as its packets measured it."""
+    reply = json.loads((out / "incident.json").read_text())
+    metered = reply.get("metered", ())
+    inc = incident.build(reply["records"], reply["since"], reply["until"], site=reply.get("site"), metered=metered)
+    text = (out / "incident.md").read_text()
+    period = inc.until - inc.since
+    for cls, per in inc.time_on().items():
+        # A restart in the run (daemon-crash) leaves no gap: the class stays where the kernel had it.
+        assert sum(per.values()) == pytest.approx(period, rel=0.02), (cls, per, period)
+    for d in inc.by_kind("decision"):
+        where = d.get("uplink") or d.get("route")
+        assert any(f"| {d['class']} | " in line and f"→ {where} |" in line for line in text.splitlines()), (d, text)
+    on = inc.time_on().get("critical", {})
+    carried = report["classes"].get("critical", {}).get("carried_by", {})
+    rate = sc.load_scenario(report["scenario"]).traffic.critical
+    if rate is None or not carried:
+        return
+    spans = sorted((s for s in inc.spans if s.cls == "critical"), key=lambda s: s.start)
+    first = spans[0].where if spans else None  # its time also holds the settling before the traffic
+    used = inc.metered_bytes()
+    for uplink, packets in carried.items():
+        if uplink in metered and packets >= 1000:
+            # The meter service read the terminal's counters as the class moved onto and off it: at
+            # least an IP and UDP header's worth per packet the stream sent through it went out.
+            assert uplink in used and used[uplink][1] >= 28 * packets, (uplink, used, packets)
+        seconds = packets / rate.rate
+        if uplink == first or seconds < 2.0:
+            continue
+        assert on.get(uplink, 0.0) == pytest.approx(seconds, abs=max(1.5, 0.25 * seconds)), (uplink, on, carried)
 
 
 def test_lab_down_leaves_nothing(lab: Lab) -> None:
