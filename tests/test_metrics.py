@@ -6,7 +6,9 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -390,3 +392,19 @@ def test_a_bad_listen_address_is_refused_at_its_place(listen: str, why: str) -> 
         parse_policy_text(text, "p.yaml")
     [problem] = [str(p) for p in info.value.problems]
     assert problem.startswith("p.yaml:5:21: control.metrics.listen: ") and why in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("listen", "warned"), [("0.0.0.0:9469", True), ("[::]:9469", True), ("198.18.10.1:9469", False)]
+)
+def test_check_warns_of_an_endpoint_on_every_interface(tmp_path: Path, listen: str, warned: bool) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(f'{SMALL}control: {{metrics: {{listen: "{listen}"}}}}\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "failoverd.cli", "check", "--quiet", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert ("answers on every interface, the uplinks' too" in r.stderr) is warned, r.stderr
