@@ -22,7 +22,8 @@ from failoverd.engine.state import EngineState, Override, initial_state
 from failoverd.engine.step import step
 from failoverd.errors import PolicyError
 from failoverd.observe.latency import Latency
-from failoverd.observe.metrics import EngineCounters, ProbeCount, Snapshot, render
+from failoverd.observe.metrics import render
+from failoverd.observe.snapshot import CONTENT_TYPE, EngineCounters, ProbeCount, Snapshot
 from failoverd.policy import parse_policy_text
 from failoverd.policy.model import MetricsSpec
 from failoverd.services.base import Applied, Failed
@@ -408,3 +409,15 @@ def test_check_warns_of_an_endpoint_on_every_interface(tmp_path: Path, listen: s
     )
     assert r.returncode == 0, r.stderr
     assert ("answers on every interface, the uplinks' too" in r.stderr) is warned, r.stderr
+
+
+def test_the_daemon_imports_prometheus_client_only_when_it_serves_metrics() -> None:
+    code = "import sys, failoverd.runtime, failoverd.cli; print('prometheus_client' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+
+
+def test_the_content_type_is_the_one_the_text_is_rendered_in() -> None:
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+    assert CONTENT_TYPE == CONTENT_TYPE_PLAIN_0_0_4

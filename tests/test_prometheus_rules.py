@@ -11,7 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import POLICY, cut_fiber
 
-from failoverd.observe.metrics import Snapshot, render
+from failoverd.observe.metrics import render
+from failoverd.observe.snapshot import Snapshot
 
 RULES = Path(__file__).resolve().parent.parent / "contrib" / "prometheus"
 promtool = pytest.mark.skipif(

@@ -17,13 +17,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import get_args
 
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from failoverd import __version__
@@ -31,11 +30,9 @@ from failoverd.engine.decide import drained, usable
 from failoverd.engine.effects import DrillVerdict, Route
 from failoverd.engine.events import ClockState
 from failoverd.engine.redundancy import last_verified, redundancy
-from failoverd.engine.state import EngineState, Health, Lifecycle, TargetState
-from failoverd.observe.latency import Histogram
-from failoverd.policy.model import Policy
+from failoverd.engine.state import Health, Lifecycle, TargetState
+from failoverd.observe.snapshot import ProbeCount, Snapshot
 
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
 # Every word `failoverctl status` can show for an uplink: health in service, else its lifecycle.
 UPLINK_STATES: tuple[str, ...] = (
     *(h.value for h in Health),
@@ -44,35 +41,6 @@ UPLINK_STATES: tuple[str, ...] = (
 ROUTES: tuple[str, ...] = get_args(Route)
 VERDICTS: tuple[str, ...] = get_args(DrillVerdict)
 OVERRIDE_KINDS = ("force", "drain")
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeCount:
-    done: int  # probes completed (answered or lost)
-    lost: int
-
-
-@dataclass(frozen=True, slots=True)
-class EngineCounters:
-    """What the engine service counts in place, copied at the scrape."""
-
-    steps: int = 0
-    queued: int = 0
-    last_step: float = 0.0  # monotonic
-    step_time: Histogram = field(default_factory=Histogram)
-    effect_latency: Histogram = field(default_factory=Histogram)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything one scrape reports, taken at one instant on the event loop."""
-
-    policy: Policy
-    state: EngineState
-    mono: float  # the monotonic clock at the scrape: ages are measured to it
-    probes: Mapping[tuple[str, str], ProbeCount] = field(default_factory=dict)  # by (uplink, probe)
-    switches: Mapping[str, int] = field(default_factory=dict)  # by class
-    engine: EngineCounters = field(default_factory=EngineCounters)
 
 
 class EngineCollector(Collector):

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from failoverd.control.api import Feed
 from failoverd.engine.state import EngineState
 from failoverd.observe.logging import get as get_logger
-from failoverd.observe.metrics import CONTENT_TYPE, EngineCounters, ProbeCount, Snapshot, render
+from failoverd.observe.snapshot import CONTENT_TYPE, EngineCounters, ProbeCount, Snapshot
 from failoverd.policy.model import MetricsSpec, Policy
 from failoverd.services.base import Applied, Failed, Reconfigured
 from failoverd.services.engine import EngineService
@@ -176,7 +176,7 @@ class MetricsService:
         if target != b"/metrics":
             return "404 Not Found", "text/plain", b"failoverd: metrics are at /metrics\n"
         try:
-            body = await asyncio.to_thread(render, self.snapshot())
+            body = await asyncio.to_thread(_render, self.snapshot())
         except Exception:  # a bug in a metric must cost the scrape, never the daemon that routes 112
             log.exception("metrics-failed")
             return "500 Internal Server Error", "text/plain", b"failoverd: rendering the metrics failed; see the log\n"
@@ -200,3 +200,10 @@ class MetricsService:
                 effect_latency=e.effect_latency.view(),
             ),
         )
+
+
+def _render(snapshot: Snapshot) -> bytes:
+    """In the worker thread: the first scrape imports prometheus_client there, not on the loop."""
+    from failoverd.observe.metrics import render  # noqa: PLC0415 (prometheus_client only with an endpoint)
+
+    return render(snapshot)
