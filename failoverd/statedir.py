@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from failoverd.engine.drillstate import Check, DrillPhase, DrillResult, DrillRun, DrillSchedule
+from failoverd.engine.effects import Cause
 from failoverd.engine.state import Override, UplinkState
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -24,7 +26,7 @@ class Read:
 
 
 class StateDir:
-    """Files that survive a restart (overrides, history, clock floor, MQTT counters), in one directory.
+    """Files that survive a restart (overrides, history, clock floor, MQTT counters, proofs, drills), in one directory.
 
     With no directory (`StateDir(None)`) nothing is written and every read finds nothing: a daemon run
     without --state-dir keeps its state in memory only.
@@ -199,3 +201,147 @@ def load_proofs(state: StateDir, mono: float, wall: float) -> tuple[dict[str, tu
         return {}, f"ignored unreadable {state.path}/{PROOFS}: {exc}"
     note = f"dropped proofs of {', '.join(dropped)}: saved in the wall clock's future" if dropped else ""
     return out, note
+
+
+# -- backup drills: the one running, and each drilled uplink's timetable and last result ----------
+DRILLS = "drills.json"
+# s: a saved instant this far in the wall clock's future (after a reboot) still counts as now: the
+# clock read at save and the one read at start may differ by that much without anyone stepping it.
+FUTURE_TOLERANCE = 1.0
+
+
+def save_drills(
+    state: StateDir, drill: DrillRun | None, schedules: Mapping[str, DrillSchedule], mono: float, wall: float
+) -> None:
+    """The drill in progress (so that the next start can end it and switch off what it switched on)
+    and, per drilled uplink, when the next drill is due and how the last one went, on both clocks."""
+
+    def both(t: float | None) -> dict[str, float] | None:
+        return None if t is None else {"mono": t, "wall": wall - (mono - t)}
+
+    def result(r: DrillResult | None) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        return {
+            "verdict": r.verdict,
+            "at": both(r.at),
+            "cause": r.cause.as_dict(),
+            "checks": [asdict(c) for c in r.checks],
+        }
+
+    running = None
+    if drill is not None:
+        running = {
+            "uplink": drill.uplink,
+            "phase": drill.phase.value,
+            "by": drill.by,
+            "activated": drill.activated,
+            "started": both(drill.started),
+            "verified_before": both(drill.verified_before),
+        }
+    doc = {
+        "boot_id": boot_id(),
+        "running": running,
+        "uplinks": {
+            name: {
+                "due": both(s.due_at),
+                "window": s.window,
+                "window_done": s.window_done,
+                "postponed": s.postponed,
+                "verified": both(s.verified_at),
+                "alarmed": s.alarmed,
+                "last": result(s.last),
+            }
+            for name, s in schedules.items()
+        },
+    }
+    state.replace(DRILLS, doc)
+
+
+def load_drills(state: StateDir, mono: float, wall: float) -> tuple[DrillRun | None, dict[str, DrillSchedule], str]:
+    """The saved drill state on this run's monotonic clock: the drill that was running (to be ended as
+    aborted), each drilled uplink's timetable and last result, and a note for the log.
+
+    As `load_proofs`: within one boot the monotonic instants hold; after a reboot they come from the
+    wall clock, and a past instant the wall clock puts in its future (beyond FUTURE_TOLERANCE) is
+    dropped (a result without its time, a proof never made). A due time is kept as the wall clock
+    says; the engine caps it at one interval from now (engine/state.py: restored_state).
+    """
+    got = state.read(DRILLS)
+    doc = got.document
+    if not isinstance(doc, dict) or not isinstance(doc.get("uplinks"), dict):
+        return None, {}, got.note or ("" if doc is None else f"ignored {state.path}/{DRILLS}: not a drills document")
+    same_boot = doc.get("boot_id") == boot_id()
+    dropped: list[str] = []
+
+    def past(t: Any, name: str) -> float | None:
+        if t is None:
+            return None
+        if same_boot:
+            return min(float(t["mono"]), mono)
+        age = wall - float(t["wall"])
+        if age < -FUTURE_TOLERANCE:
+            dropped.append(name)
+            return None
+        return mono - max(age, 0.0)
+
+    def future(t: Any) -> float | None:
+        if t is None:
+            return None
+        return float(t["mono"]) if same_boot else mono + (float(t["wall"]) - wall)
+
+    def result(r: Any, name: str) -> DrillResult | None:
+        if r is None:
+            return None
+        at = past(r["at"], name)
+        if at is None:
+            return None
+        c = r["cause"]
+        evidence = tuple((str(k), str(v)) for k, v in c.get("evidence", {}).items())
+        checks = tuple(
+            Check(str(k["name"]), None if k["value"] is None else float(k["value"]), str(k["unit"]), bool(k["ok"]))
+            for k in r.get("checks", [])
+        )
+        verdict = r["verdict"]
+        if verdict not in ("pass", "fail", "aborted", "production"):
+            raise ValueError(f"unknown verdict {verdict!r}")
+        return DrillResult(verdict, at, Cause(str(c["code"]), str(c["text"]), evidence), checks)
+
+    def running(r: Any) -> DrillRun | None:
+        if r is None:
+            return None
+        name = r["uplink"]
+        if not isinstance(name, str):
+            raise TypeError(f"running drill of {name!r}")
+        phase = DrillPhase(r["phase"])
+        if phase is DrillPhase.IDLE:
+            raise ValueError("a running drill in phase idle")
+        started = past(r["started"], name)
+        return DrillRun(
+            name,
+            phase,
+            mono if started is None else started,
+            str(r["by"]),
+            activated=bool(r["activated"]),
+            verified_before=past(r.get("verified_before"), name),
+        )
+
+    try:
+        schedules: dict[str, DrillSchedule] = {}
+        for name, e in doc["uplinks"].items():
+            window = e.get("window")
+            schedules[str(name)] = DrillSchedule(
+                due_at=future(e.get("due")),
+                window=None if window is None else float(window),
+                window_done=bool(e.get("window_done", False)),
+                postponed=None if e.get("postponed") is None else str(e["postponed"]),
+                last=result(e.get("last"), str(name)),
+                verified_at=past(e.get("verified"), str(name)),
+                alarmed=bool(e.get("alarmed", False)),
+            )
+        run = running(doc.get("running"))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return None, {}, f"ignored unreadable {state.path}/{DRILLS}: {exc}"
+    names = ", ".join(dict.fromkeys(dropped))
+    note = f"dropped drill times of {names}: saved in the wall clock's future" if dropped else ""
+    return run, schedules, note

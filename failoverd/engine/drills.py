@@ -61,11 +61,13 @@
 # when the canary loses more than its max_loss_percent (the cause names the target). The canary moves
 # no production class: it adds a table and a rule no class uses, and changes no class's route.
 #
-# Time. Interval drills (`every`) run on the monotonic clock: first at the policy's offset after start
-# (nothing is verified after a restart), then every interval. Window drills run in a weekly window on
-# the wall clock, which the engine never reads: the shell converts the next opening to monotonic time
-# and sends it as a DrillWindow event, and the engine starts the drill at the opening plus the offset,
-# only while the clock is trusted (SANE or HOLDOVER); otherwise it is postponed. The offset (within
+# Time. Interval drills (`every`) run on the monotonic clock: first at the policy's offset after the
+# first start, then every interval; a restart keeps the due time and the last result (state.py:
+# restored_state, from the state dir's drills.json), and ends a drill it cut short as aborted.
+# Window drills run in a weekly window on the wall clock, which the engine never reads: the shell
+# converts the next opening to monotonic time and sends it as a DrillWindow event, and the engine
+# starts the drill at the opening plus the offset, only while the clock is trusted (SANE or
+# HOLDOVER); otherwise it is postponed. The offset (within
 # `jitter`) is data compiled into the policy from the site's name, not a random number drawn here.
 #
 # Budgets. A drill ends at `max_duration` (a fail: the uplink did not prove itself in time) and when its
@@ -561,13 +563,19 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
     if deactivate:
         w.release_standby(name, Cause("drill-release", f"drill of {name} over ({verdict})"))
     w.drill = None
+    sch = w.drill_schedules.get(name, DrillSchedule())
+    alarmed = sch.alarmed
     if verdict == "fail" and spec is not None:
         w.effects.append(
             Alarm(spec.severity, name, Cause("drill-failed", f"backup {name} failed its drill: {cause.text}"))
         )
+        alarmed = True
+    elif verdict == "pass" and alarmed:
+        # The drill-failed alarm is cleared as redundancy-lost and unverified are: an info alarm.
+        w.effects.append(Alarm("info", name, Cause("drill-passed", f"backup {name} passed its drill: {cause.text}")))
+        alarmed = False
     if verdict == "aborted" and cause.code == "drill-budget":
         w.effects.append(Alarm("warning", name, cause))
-    sch = w.drill_schedules.get(name, DrillSchedule())
     result = DrillResult(verdict, w.now, cause, run.checks)
     verified = w.now if verdict == "pass" else sch.verified_at
     if verdict == "pass" and name in w.uplinks:
@@ -583,11 +591,17 @@ def _end(w: Desk, run: DrillRun, verdict: DrillVerdict, cause: Cause) -> None:
         retry: float | None = w.now + spec.retry_after
         if retry is not None and spec.window is not None and _past(retry, spec, sch):
             retry = None
-        w.drill_schedules[name] = replace(sch, due_at=retry, last=result, verified_at=verified)
+        w.drill_schedules[name] = replace(sch, due_at=retry, last=result, verified_at=verified, alarmed=alarmed)
         return
     due = w.now + spec.every if spec.every is not None else None
     w.drill_schedules[name] = replace(
-        sch, due_at=due, last=result, verified_at=verified, window_done=spec.window is not None, postponed=None
+        sch,
+        due_at=due,
+        last=result,
+        verified_at=verified,
+        window_done=spec.window is not None,
+        postponed=None,
+        alarmed=alarmed,
     )
 
 

@@ -76,3 +76,4 @@ class DrillSchedule:
     last: DrillResult | None = None
     verified_at: float | None = None  # last pass: the uplink was proven good then
     postponed: str | None = None  # why the due drill waits, while it does
+    alarmed: bool = False  # the drill-failed alarm is raised: the next pass clears it (drill-passed)

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from failoverd.engine.drillstate import DrillResult, DrillSchedule
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
 from failoverd.errors import EngineBug
 from failoverd.policy.model import Policy
 
 if TYPE_CHECKING:
-    from failoverd.engine.drillstate import DrillRun, DrillSchedule
+    from failoverd.engine.drillstate import DrillRun
 
 
 class Health(Enum):
@@ -195,6 +196,15 @@ class ClockView:
 
 
 @dataclass(frozen=True, slots=True)
+class Restart:
+    """What a start leaves for its first step to settle (step.py: `settle_restart`): the previous run
+    may have died with a cold uplink switched on, or in the middle of a drill."""
+
+    drill: DrillRun | None = None  # the drill the previous run was in, ended as aborted
+    cause: Cause | None = None  # why it ended (with `drill`)
+
+
+@dataclass(frozen=True, slots=True)
 class EngineState:
     now: float
     uplinks: Mapping[str, UplinkState]
@@ -209,6 +219,7 @@ class EngineState:
     prewarm: Mapping[str, str] = field(default_factory=dict)
     drill: DrillRun | None = None  # the backup drill in progress (engine/drills.py)
     drills: Mapping[str, DrillSchedule] = field(default_factory=dict)  # per drilled uplink: when, last result
+    restart: Restart | None = None  # set by restored_state, settled (and cleared) by the first step
 
     def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
         for o in self.overrides:
@@ -245,12 +256,19 @@ def restored_state(
     override_seq: int = 0,
     *,
     proofs: Mapping[str, tuple[float | None, float]] | None = None,
+    drill: DrillRun | None = None,
+    drills: Mapping[str, DrillSchedule] | None = None,
 ) -> EngineState:
     """The state after a restart: classes where the kernel still has them, overrides still in force,
-    and each uplink's proof of working (`proofs`: verified_at, tracked_since, on this run's clock).
+    each uplink's proof of working (`proofs`: verified_at, tracked_since, on this run's clock), and
+    each drilled uplink's timetable and last result (`drills`), all on this run's monotonic clock.
 
     Adopting what the kernel holds means a restart moves nothing by itself: the classes stay where
-    the previous run left them until evidence (probes, carrier) says otherwise.
+    the previous run left them until evidence (probes, carrier) says otherwise. A cold uplink a class
+    is routed via is in service (ACTIVE, activated, not yet judged); every other cold uplink is
+    STANDBY, and the first step sends it the standby 'off' command, as the previous run may have
+    died with it on (pre-warm, production, a drill). `drill`, the drill the previous run was in, ends
+    as aborted in that step; the proof of working it may have refreshed goes back to what it was.
     """
     state = initial_state(policy, now)
     if proofs:
@@ -275,4 +293,60 @@ def restored_state(
         for o in overrides
         if o.expires > now and o.uplink in policy.uplinks and (o.cls is None or o.cls in policy.classes)
     )
-    return replace(state, classes=classes, overrides=kept, override_seq=override_seq)
+    uplinks = dict(state.uplinks)
+    carrying: dict[str, list[str]] = {}
+    for name, c in classes.items():
+        if c.route == "via" and c.uplink is not None and policy.uplinks[c.uplink].standby.cold:
+            carrying.setdefault(c.uplink, []).append(name)
+    for name, users in carrying.items():
+        # The previous run had it up (a class is routed only via an uplink in service): it still is,
+        # and its probes judge it; re-activating it would void the evidence and start a deadline.
+        text = f"class {', '.join(users)} routed via {name} in the kernel at start: kept in service"
+        uplinks[name] = replace(uplinks[name], lifecycle=Lifecycle.ACTIVE, activated=True, cause=Cause("adopted", text))
+    schedules = _restored_drills(policy, now, drills or {})
+    cause = None
+    if drill is not None and drill.uplink in policy.uplinks:
+        cause = Cause(
+            "drill-restart",
+            f"failoverd restarted mid-drill ({drill.phase.value}, begun {now - drill.started:.0f}s before by "
+            f"{drill.by}): drill of {drill.uplink} aborted",
+            (("phase", drill.phase.value), ("by", drill.by)),
+        )
+        spec = policy.drills.get(drill.uplink)
+        sch = schedules.get(drill.uplink, DrillSchedule())
+        due = sch.due_at if spec is None else now + spec.retry_after
+        # A window drill's retry is held as a postponement, or the window (sent again at every start)
+        # would make the drill due at the window's opening again, at once.
+        held = cause.text if spec is not None and spec.window is not None else sch.postponed
+        schedules[drill.uplink] = replace(sch, due_at=due, last=DrillResult("aborted", now, cause), postponed=held)
+        uplinks[drill.uplink] = replace(uplinks[drill.uplink], verified_at=drill.verified_before)
+    else:
+        drill = None
+    return replace(
+        state,
+        uplinks=uplinks,
+        classes=classes,
+        overrides=kept,
+        override_seq=override_seq,
+        drills=schedules,
+        restart=Restart(drill, cause),
+    )
+
+
+def _restored_drills(policy: Policy, now: float, saved: Mapping[str, DrillSchedule]) -> dict[str, DrillSchedule]:
+    """The saved timetables of the drills the policy still has: an interval drill keeps its due time,
+    but never further than one interval (and its offset) away, and is due at its offset if none was
+    saved; a window drill keeps its window's identity, done or not, and a retry within it."""
+    out: dict[str, DrillSchedule] = {}
+    for name, spec in policy.drills.items():
+        sch = saved.get(name)
+        if sch is None:
+            continue  # drills.advance starts its timetable, as on a first start
+        if spec.every is not None:
+            latest = now + spec.offset + spec.every
+            every = now + spec.offset if sch.due_at is None else min(sch.due_at, latest)
+            out[name] = replace(sch, due_at=every, closes=None, window=None, window_done=False)
+        else:
+            opening = sch.due_at if sch.window is not None else None
+            out[name] = replace(sch, due_at=opening, closes=None)
+    return out

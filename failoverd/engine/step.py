@@ -13,7 +13,8 @@
 #    conntrack flushes and alarms follow;
 # 5. cold standby links are activated where a class needs them (or pre-warms them: redundancy.py) and
 #    released when none has for a while; classes down to their last usable uplink, and uplinks whose
-#    proof of working is too old, raise (and clear) their alarms;
+#    proof of working is too old, raise (and clear) their alarms; a backup drill moves on (drills.py),
+#    and the first step after a start switches off the cold uplinks it found off (settle_restart);
 # 6. uplink changes and the command's reply are added to the effects, the invariants are checked, and
 #    the time of the next timer (`wake_at`) is computed so that the runtime sleeps until then.
 
@@ -34,6 +35,7 @@ from failoverd.engine.effects import (
     ClockReaction,
     CommandReply,
     DeactivateStandby,
+    DrillChanged,
     Effect,
     FlushConntrack,
     Severity,
@@ -72,6 +74,7 @@ from failoverd.engine.state import (
     Lifecycle,
     Override,
     OverrideKind,
+    Restart,
     UplinkState,
     initial_uplink,
     switch,
@@ -552,6 +555,31 @@ class _Work:
             elif spec.verify.alarm is not None:
                 self.alarm("info", name, Cause("verified", f"{name} seen working again ({u.status})"))
 
+    def settle_restart(self, restart: Restart) -> None:
+        """The first step after a start: switch off every cold uplink that is off as far as this run
+        knows (STANDBY once this step planned standby, so never one it activates), as the previous run
+        may have died with it on; and record the drill it died in as aborted (restored_state has set
+        its result). The standby 'off' command is idempotent, so sending it to an uplink that is off
+        costs nothing."""
+        released = []
+        for name, spec in self.policy.uplinks.items():
+            u = self.uplinks.get(name)
+            if spec.standby.cold and u is not None and u.lifecycle is Lifecycle.STANDBY:
+                released.append(name)
+        run = restart.drill
+        if run is not None and restart.cause is not None:
+            deactivated = run.uplink in released
+            self.effects.append(
+                DrillChanged(run.uplink, run.phase.value, "idle", restart.cause, "aborted", deactivated)
+            )
+        for name in released:
+            why = f"failoverd started and no class is routed via {name}: switched off in case the last run left it on"
+            if run is not None and run.uplink == name:
+                why += " (it was drilling it)"
+            self.effects.append(
+                DeactivateStandby(name, self.policy.uplinks[name].standby.deactivate, Cause("restart-release", why))
+            )
+
     def alarm(self, severity: Severity, subject: str, cause: Cause) -> None:
         self.effects.append(Alarm(severity, subject, cause))
 
@@ -628,6 +656,8 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
     w.watch_verification()  # first: redundancy reads the staleness it sets
     w.plan_standby(choices)
     dr.advance(w)
+    if state.restart is not None:
+        w.settle_restart(state.restart)
     w.watch_redundancy()
     return w.finish()
 

@@ -96,6 +96,8 @@ class Command(Strict):
 class Standby(Strict):
     mode: StandbyMode = "hot"
     activate: Command | None = None
+    # Also run at every start for a cold uplink no class is routed via (a crash may have left it on),
+    # so it must be idempotent: `ip link set dev X down` and `systemctl stop UNIT` are.
     deactivate: Command | None = None
     # How long the link may take from the activate command to passing traffic.
     activation_time: Duration = 60.0

@@ -31,7 +31,16 @@ from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, Inbox, Item, NewPolicy, Reconfigured
 from failoverd.services.history import History
-from failoverd.statedir import StateDir, boot_id, load_overrides, load_proofs, save_overrides, save_proofs
+from failoverd.statedir import (
+    StateDir,
+    boot_id,
+    load_drills,
+    load_overrides,
+    load_proofs,
+    save_drills,
+    save_overrides,
+    save_proofs,
+)
 
 log = get_logger("failoverd")
 COMMAND_TIMEOUT = 10.0  # s: an operator waits this long at most for the engine's answer
@@ -64,6 +73,7 @@ class EngineService:
         self.requests = 0
         self.ruleset = plan.ruleset(policy)  # built once per policy, not per failover
         self.reload_ruleset = False  # the next kernel write loads the ruleset even if unchanged (a reload)
+        self.standby_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     async def start(
@@ -79,11 +89,16 @@ class EngineService:
         proofs, note = load_proofs(state_dir, now, time.time())
         if note:
             log.warning("state", note=note)
+        drill, drills, note = load_drills(state_dir, now, time.time())
+        if note:
+            log.warning("state", note=note)
+        if drill is not None:
+            log.warning("drill-interrupted", uplink=drill.uplink, phase=drill.phase.value, by=drill.by)
         if adopted:
             log.info("adopted", classes={k: v[0] or v[1] for k, v in adopted.items()})
         self = cls(
             policy,
-            restored_state(policy, now, adopted, overrides, seq, proofs=proofs),
+            restored_state(policy, now, adopted, overrides, seq, proofs=proofs, drill=drill, drills=drills),
             inbox=inbox,
             kernel=kernel,
             history=history,
@@ -252,6 +267,9 @@ class EngineService:
             save_overrides(self.state_dir, self._state.overrides, self._state.override_seq)
         if _proofs(before) != _proofs(self._state):
             save_proofs(self.state_dir, self._state.uplinks, now, time.time())
+        # After the first step too: the drill the last run died in is over, and must not be again.
+        if before.restart is not None or _drills(before) != _drills(self._state):
+            save_drills(self.state_dir, self._state.drill, self._state.drills, now, time.time())
 
     @staticmethod
     def _spawn(tasks: asyncio.TaskGroup, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -270,8 +288,12 @@ class EngineService:
         if e.command is None:
             ok, text = True, "no command configured"
         else:
-            log.info("standby-run", uplink=e.uplink, action=action, argv=list(e.command.argv))
-            ok, text = await run_command(e.command)
+            # One uplink's commands run one after the other, in the order the engine gave them (an
+            # asyncio.Lock is first come, first served): an activation soon after a release (the one
+            # at start, say) must not overtake it and be undone by it.
+            async with self.standby_locks.setdefault(e.uplink, asyncio.Lock()):
+                log.info("standby-run", uplink=e.uplink, action=action, argv=list(e.command.argv))
+                ok, text = await run_command(e.command)
         await self.inbox.put(ev.StandbyResult(e.uplink, "activate" if activate else "deactivate", ok, text))
 
     async def _switch_policy(self, item: NewPolicy, tasks: asyncio.TaskGroup) -> None:
@@ -307,3 +329,11 @@ class EngineService:
 
 def _proofs(state: EngineState) -> dict[str, tuple[float | None, float]]:
     return {n: (u.verified_at, u.tracked_since) for n, u in state.uplinks.items()}
+
+
+def _drills(state: EngineState) -> tuple[object, ...]:
+    """What drills.json holds: the running drill's identity (not its counters, which move every probe
+    round) and the timetables; compared each step, so the common case (no drill) is cheap."""
+    run = state.drill
+    key = None if run is None else (run.uplink, run.phase, run.started, run.by, run.activated, run.verified_before)
+    return key, state.drills

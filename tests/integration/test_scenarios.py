@@ -76,7 +76,8 @@ def incident_matches_the_run(out: Path, report: dict[str, Any]) -> None:
     if rate is None or not carried:
         return
     spans = sorted((s for s in inc.spans if s.cls == "critical"), key=lambda s: s.start)
-    first = spans[0].where if spans else None  # its time also holds the settling before the traffic
+    # Where the stream began: its time also holds the settling before the traffic.
+    first = next((s.where for s in spans if s.via), None)
     used = inc.metered_bytes()
     for uplink, packets in carried.items():
         if uplink in metered and packets >= 1000:
