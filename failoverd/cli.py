@@ -119,12 +119,23 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(p, file=sys.stderr)
             status = EXIT_INVALID
             continue
-        warnings = [*deployment_warnings(policy), *tls_warnings(policy.control.mqtt)]
+        warnings = [*deployment_warnings(policy), *tls_warnings(policy.control.mqtt), *metrics_warnings(policy)]
         for warning in [*warnings, *user_warnings(policy, Path(path), args.user)]:
             print(f"{path}: warning: {warning}", file=sys.stderr)
         if not args.quiet:
             print(summary(policy))
     return status
+
+
+def metrics_warnings(policy: Policy) -> list[str]:
+    """A metrics endpoint on every address answers on the uplinks too: the internet would read it."""
+    m = policy.control.metrics
+    if m is None or m.address not in ("0.0.0.0", "::"):
+        return []
+    return [
+        f"control.metrics.listen {m.address} answers on every interface, the uplinks' too (no authentication): "
+        "bind a LAN or management address, or filter the port"
+    ]
 
 
 def tls_warnings(mq: MqttSpec) -> list[str]:

@@ -26,6 +26,7 @@ from failoverd.services.gateway import LocalGateway
 from failoverd.services.history import History
 from failoverd.services.links import AUDIT_INTERVAL, LinkService
 from failoverd.services.meter import MeterService
+from failoverd.services.metrics import MetricsService
 from failoverd.services.notify import NotifierService
 from failoverd.services.probes import ProbeService
 from failoverd.services.supervisor import Supervisor
@@ -90,6 +91,7 @@ async def serve(opts: Options, policy: Policy) -> None:
             meter,
             NotifierService(engine, history),
             ControlSocket(gateway, opts.socket_path),
+            MetricsService(engine, probes, history),  # idle until the policy gives control.metrics
         ]
         if policy.control.mqtt.enabled:
             from failoverd.control.mqtt import Fleet  # noqa: PLC0415 (aiomqtt only when it is used)

@@ -99,6 +99,13 @@ def parse_window(text: str) -> m.WindowSpec:
     return m.WindowSpec(frozenset(days), start, end, text.strip())
 
 
+def _metrics(spec: s.Metrics | None) -> m.MetricsSpec | None:
+    if spec is None:
+        return None
+    address, port = s.parse_listen(spec.listen)
+    return m.MetricsSpec(address=address, port=port)
+
+
 def drill_offset(site: str, uplink: str, jitter: float) -> float:
     """Where in [0, jitter) this gateway's drill of `uplink` starts: the same every time for one site,
     spread over the jitter across a fleet (a hash of the names, so the engine needs no randomness)."""
@@ -335,6 +342,7 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
                 keepalive=max(1, math.ceil(mq.keepalive)),  # MQTT counts it in whole seconds
                 unreachable_alarm=mq.unreachable_alarm,
             ),
+            metrics=_metrics(doc.control.metrics),
         ),
         source=source,
         drills={d.uplink: _drill(d, doc.site, _valid_for(by_name.get(d.uplink), d), canary_of(d)) for d in doc.drills},

@@ -202,12 +202,21 @@ class MqttSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSpec:
+    """The Prometheus endpoint: where it listens."""
+
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class ControlSpec:
     socket: str
     socket_mode: int
     socket_group: str | None
     max_override: float
     mqtt: MqttSpec
+    metrics: MetricsSpec | None = None  # None: no endpoint
 
 
 @dataclass(frozen=True, slots=True)

@@ -318,12 +318,45 @@ class Mqtt(Strict):
     unreachable_alarm: Duration = 30.0  # without a session this long: the mqtt-unreachable alarm
 
 
+def _check_listen(value: object) -> object:
+    if isinstance(value, str):
+        parse_listen(value)  # raises ValueError, which pydantic locates at the key
+    return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """ADDRESS:PORT ("127.0.0.1:9469", "[::1]:9469") as (address, port). An address, not a name: binding must not wait
+    for DNS, which may be reachable only over the uplink that just failed."""
+    mt = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*):(\d{1,5})", value.strip())
+    if mt is None:
+        raise ValueError(f'{value!r} is not ADDRESS:PORT: write e.g. "127.0.0.1:9469" or "[::1]:9469"')
+    host, port = mt.group(1), mt.group(2)
+    bracketed = host.startswith("[")
+    try:
+        address = ip_address(host.strip("[]"))
+    except ValueError as exc:
+        bare = host.strip("[]")
+        raise ValueError(f"{value!r}: {bare!r} is not an IPv4 or IPv6 address (names are not resolved)") from exc
+    if (address.version == 6) != bracketed:
+        raise ValueError(f'{value!r}: write an IPv6 address in brackets ("[::1]:9469"), an IPv4 one without')
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: port {port} is not between 1 and 65535")
+    return str(address), int(port)
+
+
+class Metrics(Strict):
+    """The Prometheus endpoint (off unless this section is given)."""
+
+    listen: Annotated[str, BeforeValidator(_check_listen)]  # ADDRESS:PORT, e.g. "127.0.0.1:9469"
+
+
 class Control(Strict):
     socket: str = "/run/failoverd/control.sock"
     socket_mode: Annotated[int, BeforeValidator(_parse_mode), Field(ge=0, le=0o777)] = 0o660
     socket_group: str | None = None
     max_override: Duration = 86400.0
     mqtt: Mqtt = Mqtt()
+    metrics: Metrics | None = None
 
 
 def _parse_bytes(value: object) -> object:

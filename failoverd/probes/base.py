@@ -40,6 +40,7 @@ class ProbeStats:
 
     detail: str = ""
     done: int = 0
+    lost: int = 0  # of `done`: timed out or refused
 
 
 class Session(Protocol):

@@ -26,6 +26,7 @@ from failoverd.errors import EngineBug
 from failoverd.kernel import plan
 from failoverd.kernel.writer import Applied as Programmed
 from failoverd.kernel.writer import KernelWriter
+from failoverd.observe.latency import Latency
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import Policy
 from failoverd.services.base import Applied, Audit, Inbox, Item, NewPolicy, Reconfigured
@@ -66,6 +67,8 @@ class EngineService:
         self.state_dir = state_dir
         self.last_step = time.monotonic()
         self.steps = 0
+        self.step_time = Latency()  # of the pure step() alone
+        self.effect_latency = Latency()  # from taking an event to the kernel holding the decision it led to
         self.replies: dict[str, asyncio.Future[fx.CommandReply]] = {}
         self.requests = 0
         self.ruleset = plan.ruleset(policy)  # built once per policy, not per failover
@@ -205,6 +208,7 @@ class EngineService:
         before = self._state
         try:
             self._state, effects = step(self._state, event, self._policy, now)
+            self.step_time.observe(time.monotonic() - now)
         except EngineBug:
             # The daemon stops (fail-static: forwarding stays) and systemd restarts it; say what led here.
             log.critical("engine-bug", step=repr(event), uplinks={n: u.status for n, u in before.uplinks.items()})
@@ -256,7 +260,9 @@ class EngineService:
         if routes_changed:
             t0 = time.monotonic()
             diff = await self._program()
-            log.info("kernel", changed=diff.changed, ms=round((time.monotonic() - t0) * 1000, 2))
+            done = time.monotonic()
+            self.effect_latency.observe(done - now)
+            log.info("kernel", changed=diff.changed, ms=round((done - t0) * 1000, 2))
         if before.overrides != self._state.overrides or before.override_seq != self._state.override_seq:
             save_overrides(self.state_dir, self._state.overrides, self._state.override_seq)
         if _proofs(before) != _proofs(self._state):

@@ -184,3 +184,5 @@ class ProbeService:
             stats = self.stats[key] = ProbeStats()
         stats.detail = out.detail
         stats.done += 1
+        if not out.ok:
+            stats.lost += 1
