@@ -224,6 +224,20 @@ def test_a_reloads_new_uplink_without_state_yet_is_left_out_not_an_error() -> No
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian's prometheus) is installed by bootstrap")
+def test_active_alarms_by_id_and_severity_and_whether_acknowledged() -> None:
+    state, _ = cut_fiber()
+    state, _ = step(state, ev.AckAlarm("r", "uplink-down:fiber", "splice crew called", "op"), POLICY, 11.0)
+    s = scrape(Snapshot(POLICY, state, mono=12.0))
+    labels = {"id": "uplink-down:fiber", "kind": "uplink-down", "subject": "fiber", "severity": "warning"}
+    assert value(s, "failoverd_alarm_active", **labels) == 1.0
+    assert value(s, "failoverd_alarm_acknowledged", id="uplink-down:fiber") == 1.0
+    assert value(s, "failoverd_alarm_age_seconds", id="uplink-down:fiber") == pytest.approx(2.0)
+    assert value(s, "failoverd_alarms", severity="warning") == float(
+        sum(1 for a in state.alarms.values() if a.severity == "warning")
+    )
+    assert value(s, "failoverd_alarms", severity="critical") is not None  # every severity, zero or not
+
+
 def test_promtool_finds_nothing_to_lint() -> None:
     state, _ = cut_fiber()
     cause = fx.Cause("drill-pass", "passed")

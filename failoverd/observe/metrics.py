@@ -57,6 +57,7 @@ class EngineCollector(Collector):
         yield from _classes(s)
         yield from _clock(s)
         yield from _drills(s)
+        yield from _alarms(s)
         yield from _engine(s)
 
 
@@ -269,6 +270,26 @@ def _clock(s: Snapshot) -> Iterator[Metric]:
         )
         bound.add_metric([], ck.bound)
         yield bound
+
+
+def _alarms(s: Snapshot) -> Iterator[Metric]:
+    active = _gauge(
+        "failoverd_alarm_active",
+        "1 for each alarm raised now (engine/alarms.py), by its id, kind, subject and severity.",
+        ["id", "kind", "subject", "severity"],
+    )
+    acked = _gauge("failoverd_alarm_acknowledged", "1 when an operator acknowledged the active alarm.", ["id"])
+    age = _gauge("failoverd_alarm_age_seconds", "Time since the active alarm was raised.", ["id"])
+    count = _gauge("failoverd_alarms", "Active alarms by severity.", ["severity"])
+    by_severity = dict.fromkeys(("critical", "warning", "info"), 0)
+    for a in s.state.alarms.values():
+        active.add_metric([a.id, a.kind, a.subject, a.severity], 1.0)
+        acked.add_metric([a.id], _flag(a.acked_by is not None))
+        age.add_metric([a.id], max(0.0, s.mono - a.raised))
+        by_severity[a.severity] = by_severity.get(a.severity, 0) + 1
+    for severity, n in by_severity.items():
+        count.add_metric([severity], float(n))
+    yield from (active, acked, age, count)
 
 
 def _drills(s: Snapshot) -> Iterator[Metric]:
