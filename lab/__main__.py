@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--plot", type=Path, help="write a PNG here")
     s.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     sub.add_parser("scenarios", help="list the scenario catalog")
+    g = sub.add_parser("dashboard", help="draw the Grafana dashboard's panels from Prometheus scraping a scenario")
+    g.add_argument("name", nargs="?", default="carrier-outage-roaming")
+    g.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard.png")
     d = sub.add_parser("demo", help="up, fiber-cut and silent-blackhole with live progress, summary, down")
     d.add_argument("--out", type=Path, default=ROOT / "lab" / "out")
     d.add_argument("--keep", action="store_true")
@@ -137,6 +140,20 @@ def main(argv: list[str] | None = None) -> int:
                 return 0 if report["passed"] else 1
             finally:
                 if not was_up and not args.keep:
+                    lab.down()
+        if args.cmd == "dashboard":
+            from lab import dashboard  # noqa: PLC0415
+
+            was_up = lab.is_up
+            if not was_up:
+                lab.up()
+            try:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                path = dashboard.run(lab, args.name, args.out, ROOT / "lab" / "out" / "dashboard")
+                print(f"dashboard panels drawn to {path}")
+                return 0
+            finally:
+                if not was_up:
                     lab.down()
         if args.cmd == "demo":
             print("bringing the lab up (10 namespaces: gateway, LAN, 3 ISPs + satellite, internet, broker, operator)")
