@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from failoverd.engine.alarms import CARRY_FOR, ActiveAlarm, CarriedAlarm
 from failoverd.engine.drillstate import Check, DrillPhase, DrillResult, DrillRun, DrillSchedule
 from failoverd.engine.effects import Cause
 from failoverd.engine.state import Override, UplinkState
@@ -350,3 +351,47 @@ def load_drills(state: StateDir, mono: float, wall: float) -> tuple[DrillRun | N
     names = ", ".join(dict.fromkeys(dropped))
     note = f"dropped drill times of {names}: saved in the wall clock's future" if dropped else ""
     return run, schedules, note
+
+
+# -- alarms active when the daemon stops (engine/alarms.py: CarriedAlarm) -------------------------
+ALARMS = "alarms.json"
+
+
+def save_alarms(state: StateDir, alarms: Mapping[str, ActiveAlarm], mono: float, wall: float) -> None:
+    """The active alarms, with when they were raised (both clocks) and who acknowledged them."""
+    doc = {
+        "boot_id": boot_id(),
+        "alarms": {
+            a.id: {
+                "raised": {"mono": a.raised, "wall": wall - (mono - a.raised)},
+                "acked_by": a.acked_by,
+                "ack_reason": a.ack_reason,
+            }
+            for a in alarms.values()
+        },
+    }
+    state.replace(ALARMS, doc)
+
+
+def load_alarms(state: StateDir, mono: float, wall: float) -> tuple[dict[str, CarriedAlarm], str]:
+    """The alarms active when the last run ended, on this run's clock, to resume if seen again."""
+    got = state.read(ALARMS)
+    doc = got.document
+    if not isinstance(doc, dict) or not isinstance(doc.get("alarms"), dict):
+        return {}, got.note or ("" if doc is None else f"ignored {state.path}/{ALARMS}: not an alarms document")
+    same_boot = doc.get("boot_id") == boot_id()
+    out: dict[str, CarriedAlarm] = {}
+    try:
+        for aid, entry in doc["alarms"].items():
+            raised = entry["raised"]
+            # Within a boot the monotonic instant; after a reboot the age from the wall clock (a time
+            # in its future counts from now).
+            age = max(0.0, wall - float(raised["wall"]))
+            at = min(float(raised["mono"]), mono) if same_boot else mono - age
+            by, why = entry.get("acked_by"), entry.get("ack_reason")
+            out[str(aid)] = CarriedAlarm(
+                at, mono + CARRY_FOR, None if by is None else str(by), None if why is None else str(why)
+            )
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return {}, f"ignored unreadable {state.path}/{ALARMS}: {exc}"
+    return out, ""

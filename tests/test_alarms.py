@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from failoverd.engine import effects as fx
@@ -58,10 +60,10 @@ def test_a_fiber_cut_raises_each_condition_once_and_the_repair_clears_them() -> 
     state, alarms = _run([(9.0, ev.CarrierChanged("a", True)), (9.5, ev.Tick())], state=state)
     assert sorted(_log(alarms)) == sorted(
         [
-            ("cleared", "uplink-down:a", "info"),
-            ("cleared", "class-backup:vital", "info"),
-            ("cleared", "class-down:rest", "info"),
-            ("cleared", "redundancy:vital", "info"),
+            ("cleared", "uplink-down:a", "warning"),  # with the severity it had (as Alertmanager resolves)
+            ("cleared", "class-backup:vital", "warning"),
+            ("cleared", "class-down:rest", "critical"),
+            ("cleared", "redundancy:vital", "critical"),
         ]
     )
     assert not state.alarms
@@ -89,7 +91,7 @@ def test_an_acknowledgement_marks_the_alarm_without_clearing_it_and_is_refused_w
     assert replies[2].code == "refused" and "needs a reason" in replies[2].text
     # Acknowledged, the condition still holds; when it ends the alarm clears as any other.
     state, alarms = _run([(9.0, ev.CarrierChanged("a", True))], state=state)
-    assert ("cleared", "uplink-down:a", "info") in _log(alarms)
+    assert ("cleared", "uplink-down:a", "warning") in _log(alarms)
 
 
 def test_alarms_of_what_leaves_the_policy_are_cleared_on_reload() -> None:
@@ -190,3 +192,26 @@ def test_the_history_record_of_an_escalation_names_its_level() -> None:
     _, alarms = _until(state, policy, 100.0 + 600)
     record = effect_record(next(a for a in alarms if a.state == "escalated"))
     assert record is not None and record["level"] == 1 and record["state"] == "escalated"
+
+
+def test_an_alarm_active_before_a_restart_resumes_with_its_age_and_acknowledgement(tmp_path: Path) -> None:
+    from failoverd.engine.state import restored_state
+    from failoverd.statedir import StateDir, load_alarms, save_alarms
+
+    # The last run: b down, acknowledged; saved as the daemon saves it, read back by the next run.
+    state, _ = _run([(100.0, ev.CarrierChanged("b", False)), (101.0, ev.AckAlarm("r", "uplink-down:b", "crew", "op"))])
+    saved = StateDir.create(tmp_path)
+    save_alarms(saved, state.alarms, mono=150.0, wall=1_790_000_150.0)
+    carried, note = load_alarms(saved, mono=160.0, wall=1_790_000_160.0)  # same boot: its instants hold
+    assert not note and carried["uplink-down:b"].acked_by == "op" and carried["uplink-down:b"].raised == 100.0
+    # The next run sees b down again: the alarm resumes (no one is told again), acknowledged, 60 s old.
+    fresh = restored_state(POLICY, 160.0, {}, carried=carried)
+    state, alarms = _run([(161.0, ev.Tick()), (165.0, ev.CarrierChanged("b", False))], state=fresh)
+    assert [(a.state, a.by) for a in alarms if a.id == "uplink-down:b"] == [("resumed", "op")]
+    a = state.alarms["uplink-down:b"]
+    assert (a.raised, a.acked_by) == (100.0, "op")
+    # A carried alarm whose condition ended while the daemon was down is forgotten, not raised.
+    assert "redundancy:vital" in carried
+    state, alarms = _run([(165.0 + 200, ev.CarrierChanged("b", True))], state=state)
+    assert "redundancy:vital" not in state.carried
+    assert not any(a.state == "resumed" and a.id == "redundancy:vital" for a in alarms)

@@ -236,7 +236,7 @@ def test_a_pass_after_a_failed_drill_clears_the_alarm() -> None:
     verdicts = [r["verdict"] for r in records if r["kind"] == "drill" and "verdict" in r]
     assert verdicts == ["fail", "pass", "pass"]
     alarms = [(r["severity"], r["cause"]["code"]) for r in records if r["kind"] == "alarm" and r["subject"] == "sat"]
-    assert alarms == [("critical", "drill-failed"), ("info", "drill-passed")]
+    assert alarms == [("critical", "drill-failed"), ("critical", "drill-passed")]  # cleared with its severity
 
 
 def test_a_pass_with_no_failed_drill_before_raises_nothing() -> None:

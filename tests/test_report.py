@@ -147,7 +147,7 @@ def test_failoverd_report_offline_tells_the_simulated_incident(tmp_path: Path) -
     assert "| sat | activate | `prewarm`" in text
     assert "`redundancy-lost`" in text
     assert "| uplink-down:fiber | warning | acknowledged by op/alice, 1.0 min after it was raised |" in text
-    assert "| uplink-down:fiber | info | cleared after 2.5 min |" in text  # the fiber proven again at ~161 s
+    assert "| uplink-down:fiber | warning | cleared after 2.5 min |" in text  # the fiber proven again at ~161 s
     # dispatch: fiber 10 s, then mobile-a ~30 s, mobile-b ~60 s, the satellite ~120 s, fiber again from ~221 s.
     inc_line = next(line for line in text.splitlines() if line.startswith("| dispatch |"))
     assert "sat 2.0 min" in inc_line and "without a route" not in inc_line

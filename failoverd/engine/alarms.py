@@ -47,6 +47,22 @@ ALARM_KINDS: Mapping[str, tuple[str, Severity | None]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class CarriedAlarm:
+    """An alarm that was active when the last run ended (the state dir's alarms.json): when its
+    condition is seen again after the restart it *resumes*, with its age and acknowledgement, rather
+    than being raised anew (people were told of it already). Kept until `until` only: a condition
+    that ended while failoverd was down is not seen again, and its alarm is simply gone."""
+
+    raised: float  # monotonic, on this run's clock (its age carried over)
+    until: float  # monotonic: forgotten then if not seen again
+    acked_by: str | None = None
+    ack_reason: str | None = None
+
+
+CARRY_FOR = 120.0  # s after a start: long enough for the probes to judge every uplink again
+
+
 def alarm_id(kind: str, subject: str) -> str:
     return f"{kind}:{subject}"
 

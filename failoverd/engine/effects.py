@@ -86,7 +86,7 @@ class ClockReaction:
     cause: Cause
 
 
-AlarmState = Literal["raised", "cleared", "acked", "escalated", "repeated", "notice"]
+AlarmState = Literal["raised", "resumed", "cleared", "acked", "escalated", "repeated", "notice"]
 
 
 @dataclass(frozen=True, slots=True)

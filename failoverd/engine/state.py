@@ -21,7 +21,7 @@ from failoverd.errors import EngineBug
 from failoverd.policy.model import Policy
 
 if TYPE_CHECKING:
-    from failoverd.engine.alarms import ActiveAlarm
+    from failoverd.engine.alarms import ActiveAlarm, CarriedAlarm
     from failoverd.engine.drillstate import DrillRun, DrillSchedule
 
 
@@ -221,6 +221,7 @@ class EngineState:
     drill: DrillRun | None = None  # the backup drill in progress (engine/drills.py)
     drills: Mapping[str, DrillSchedule] = field(default_factory=dict)  # per drilled uplink: when, last result
     alarms: Mapping[str, ActiveAlarm] = field(default_factory=dict)  # active alarms by id (engine/alarms.py)
+    carried: Mapping[str, CarriedAlarm] = field(default_factory=dict)  # active when the last run ended
     restart: Restart | None = None  # set by restored_state, settled (and cleared) by the first step
 
     def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
@@ -260,6 +261,7 @@ def restored_state(
     proofs: Mapping[str, tuple[float | None, float]] | None = None,
     drill: DrillRun | None = None,
     drills: Mapping[str, DrillSchedule] | None = None,
+    carried: Mapping[str, CarriedAlarm] | None = None,
 ) -> EngineState:
     """The state after a restart: classes where the kernel still has them, overrides still in force,
     each uplink's proof of working (`proofs`: verified_at, tracked_since, on this run's clock), and
@@ -332,6 +334,7 @@ def restored_state(
         override_seq=override_seq,
         drills=schedules,
         restart=Restart(drill, cause),
+        carried=dict(carried or {}),
     )
 
 

@@ -26,7 +26,14 @@ from typing import assert_never
 
 from failoverd.engine import drills as dr
 from failoverd.engine import health as hl
-from failoverd.engine.alarms import ALARM_KINDS, ActiveAlarm, alarm_id, next_notification, primary_uplink
+from failoverd.engine.alarms import (
+    ALARM_KINDS,
+    ActiveAlarm,
+    CarriedAlarm,
+    alarm_id,
+    next_notification,
+    primary_uplink,
+)
 from failoverd.engine.decide import Choice, candidate, choose, is_failback, usable, why_unusable
 from failoverd.engine.drillstate import DrillSchedule
 from failoverd.engine.effects import (
@@ -112,6 +119,7 @@ class _Work:
         self.drill_schedules: dict[str, DrillSchedule] = dict(state.drills)
         self.needed: set[str] = set()  # cold uplinks some class needs, or uses (plan_standby)
         self.alarms: dict[str, ActiveAlarm] = dict(state.alarms)
+        self.carried: dict[str, CarriedAlarm] = {k: c for k, c in state.carried.items() if c.until > now}
 
     def snapshot(self) -> EngineState:
         return EngineState(
@@ -125,6 +133,7 @@ class _Work:
             drill=self.drill,
             drills=dict(self.drill_schedules),
             alarms=dict(self.alarms),
+            carried=dict(self.carried),
         )
 
     def readiness_moved(self, view: EngineState) -> bool:
@@ -608,6 +617,24 @@ class _Work:
         cur = self.alarms.get(aid)
         if cur is not None and cur.severity == severity:
             return
+        carried = self.carried.pop(aid, None) if cur is None else None
+        if carried is not None:
+            # Active before the restart: it resumes with its age and acknowledgement, and no one is
+            # told of it again (the notifiers skip "resumed").
+            self.alarms[aid] = ActiveAlarm(
+                aid,
+                kind,
+                subject,
+                severity,
+                carried.raised,
+                cause,
+                carried.acked_by,
+                self.now if carried.acked_by else None,
+                carried.ack_reason,
+                notified_at=self.now,
+            )
+            self.effects.append(Alarm(severity, subject, cause, aid, "resumed", carried.acked_by or ""))
+            return
         # A new severity is news: raised again, and an acknowledgement of the old one no longer holds.
         raised = self.now if cur is None else cur.raised
         self.alarms[aid] = ActiveAlarm(aid, kind, subject, severity, raised, cause, notified_at=self.now)
@@ -616,8 +643,9 @@ class _Work:
     def clear_alarm(self, kind: str, subject: str, cause: Cause) -> None:
         """The condition of `kind` on `subject` ended; nothing if it was not active."""
         aid = alarm_id(kind, subject)
-        if self.alarms.pop(aid, None) is not None:
-            self.effects.append(Alarm("info", subject, cause, aid, "cleared"))
+        gone = self.alarms.pop(aid, None)
+        if gone is not None:  # with the severity it had, as Alertmanager resolves an alert with its labels
+            self.effects.append(Alarm(gone.severity, subject, cause, aid, "cleared"))
 
     def notice(self, severity: Severity, subject: str, cause: Cause) -> None:
         """A one-off event worth an operator's eye that has no condition to clear."""

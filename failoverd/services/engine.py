@@ -34,9 +34,11 @@ from failoverd.services.history import History
 from failoverd.statedir import (
     StateDir,
     boot_id,
+    load_alarms,
     load_drills,
     load_overrides,
     load_proofs,
+    save_alarms,
     save_drills,
     save_overrides,
     save_proofs,
@@ -94,11 +96,16 @@ class EngineService:
             log.warning("state", note=note)
         if drill is not None:
             log.warning("drill-interrupted", uplink=drill.uplink, phase=drill.phase.value, by=drill.by)
+        carried, note = load_alarms(state_dir, now, time.time())
+        if note:
+            log.warning("state", note=note)
         if adopted:
             log.info("adopted", classes={k: v[0] or v[1] for k, v in adopted.items()})
         self = cls(
             policy,
-            restored_state(policy, now, adopted, overrides, seq, proofs=proofs, drill=drill, drills=drills),
+            restored_state(
+                policy, now, adopted, overrides, seq, proofs=proofs, drill=drill, drills=drills, carried=carried
+            ),
             inbox=inbox,
             kernel=kernel,
             history=history,
@@ -270,6 +277,8 @@ class EngineService:
         # After the first step too: the drill the last run died in is over, and must not be again.
         if before.restart is not None or _drills(before) != _drills(self._state):
             save_drills(self.state_dir, self._state.drill, self._state.drills, now, time.time())
+        if _alarms(before) != _alarms(self._state):
+            save_alarms(self.state_dir, self._state.alarms, now, time.time())
 
     @staticmethod
     def _spawn(tasks: asyncio.TaskGroup, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -329,6 +338,11 @@ class EngineService:
 
 def _proofs(state: EngineState) -> dict[str, tuple[float | None, float]]:
     return {n: (u.verified_at, u.tracked_since) for n, u in state.uplinks.items()}
+
+
+def _alarms(state: EngineState) -> tuple[object, ...]:
+    """What alarms.json holds: the active alarms and their acknowledgements (not escalations or repeats)."""
+    return tuple((a.id, a.raised, a.acked_by) for a in state.alarms.values())
 
 
 def _drills(state: EngineState) -> tuple[object, ...]:

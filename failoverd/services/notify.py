@@ -152,8 +152,16 @@ class NotifierService:
         if state == "escalated":
             level = int(record.get("level", 0))
             names = list(spec.escalation[level - 1][1]) if 0 < level <= len(spec.escalation) else []
+        elif state == "resumed":
+            names = []  # active before a restart: its people were told then
         elif state in ("cleared", "acked"):
-            names = sorted(self.told.get(aid, set()))
+            # Whoever was told it was raised; after a restart (this run told no one), its route.
+            told = self.told.get(aid)
+            names = (
+                sorted(told)
+                if told is not None
+                else list(spec.notify(str(record.get("severity")), kind, str(record.get("subject"))))
+            )
         else:
             names = list(spec.notify(str(record.get("severity")), kind, str(record.get("subject"))))
             if state == "repeated":  # also to the escalation steps it took
