@@ -278,6 +278,12 @@ def markdown(inc: Incident) -> str:
             f"The history holds nothing before {utc(inc.first_record)} UTC: "
             "what happened earlier is not in this report."
         )
+    steps = [float(r.get("delta_s", 0.0)) for r in inc.by_kind("clock-step")]
+    if steps:
+        lines.append(
+            f"The wall clock was stepped {len(steps)} time(s) in the period ({sum(steps):+.1f} s in all; see Clock): "
+            "its length on the wall clock is not the time that passed; the times on each uplink are."
+        )
     if inc.wall_only:
         lines.append("The daemon was restarted on a new boot in this period: some durations come from the wall clock.")
     lines += ["", "## Time on each uplink, per class", ""]

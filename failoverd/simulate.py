@@ -54,7 +54,7 @@ class Step(Condition):
     flap: Duration | None = None  # toggle the uplink's carrier with this period ...
     until: NonNegDuration | None = None  # ... until then
     command: Literal["failover", "drain", "release", "drill-run", "ack"] | None = None
-    id: str | None = None  # with ack: the alarm's id
+    alarm: str | None = None  # with ack: the alarm's id
     by: str | None = None  # who sent the command (default "simulation")
     class_: str | None = Field(default=None, alias="class")
     to: str | None = None
@@ -116,7 +116,7 @@ def command_request(s: Step) -> dict[str, Any]:
         "force": s.force or None,
         "override": s.override,
         "all": s.all or None,
-        "id": s.id,
+        "alarm": s.alarm,
     }
     request: dict[str, Any] = {"cmd": s.command, "by": s.by or "simulation"}
     for a in COMMANDS[s.command or ""].args:

@@ -95,7 +95,7 @@ def _simulated_history(tmp_path: Path) -> Path:
     state dir's history file: the simulator's records, stamped as the daemon stamps them."""
     spec = YAML(typ="safe").load((ROOT / "tests/golden/18-prewarm.yaml").read_text())
     # An operator acknowledges the fiber's alarm a minute after the cut.
-    ack = {"at": 70, "command": "ack", "id": "uplink-down:fiber", "reason": "splice crew called", "by": "op/alice"}
+    ack = {"at": 70, "command": "ack", "alarm": "uplink-down:fiber", "reason": "splice crew called", "by": "op/alice"}
     spec["timeline"]["events"].append(ack)
     sim = Simulation(load_policy(ROOT / spec["policy"]), Timeline.model_validate(spec["timeline"]))
     lines = [json.dumps(rec("start", T0, 0.0, boot="b1", pid=7, policy="emergency.yaml"))]

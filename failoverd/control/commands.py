@@ -98,7 +98,7 @@ def to_event(name: str, args: dict[str, Any], request: str = "") -> OperatorComm
         case "drill-run":
             return ev.RunDrill(request, args["uplink"], by)
         case "ack":
-            return ev.AckAlarm(request, args["id"], args.get("reason", ""), by)
+            return ev.AckAlarm(request, args["alarm"], args.get("reason", ""), by)
     raise BadRequest(f"{name} is not a command that the engine takes")
 
 
@@ -273,7 +273,15 @@ COMMANDS: dict[str, Command] = {
             True,
             _ack,
             (
-                Arg("id", "str", "the alarm's id, as `alarms` lists it", required=True, cli="positional", metavar="ID"),
+                # "alarm", not "id": a request's `id` is its own, for matching the reply (MQTT)
+                Arg(
+                    "alarm",
+                    "str",
+                    "the alarm's id, as `alarms` lists it",
+                    required=True,
+                    cli="positional",
+                    metavar="ID",
+                ),
                 _REASON,
                 _BY,
             ),
