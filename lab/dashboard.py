@@ -139,7 +139,7 @@ def draw(
 
 
 def _table(ax: Any, series: list[tuple[dict[str, Any], list[dict[str, Any]]]], start: float) -> None:
-    """A table panel at the instant most of its rows were present (it is instant in Grafana)."""
+    """A table panel at the last instant the most of its rows were present (it is instant in Grafana)."""
     ax.axis("off")
     result = [s for _, r in series for s in r]
     if not result:
@@ -149,7 +149,7 @@ def _table(ax: Any, series: list[tuple[dict[str, Any], list[dict[str, Any]]]], s
     for s in result:
         for t, _ in s["values"]:
             counts[float(t)] = counts.get(float(t), 0) + 1
-    at = max(counts, key=lambda t: (counts[t], -t))
+    at = max(counts, key=lambda t: (counts[t], t))  # the last moment with the most rows
     keys = sorted({k for s in result for k in s["metric"]})
     rows = []
     for s in result:
@@ -160,4 +160,4 @@ def _table(ax: Any, series: list[tuple[dict[str, Any], list[dict[str, Any]]]], s
     table.auto_set_font_size(False)
     table.set_fontsize(7)
     table.scale(1, 1.2)
-    ax.set_title(ax.get_title() + f"  (at {at - start:.0f} s)", fontsize=9, loc="left")
+    ax.set_title(ax.get_title(loc="left") + f"  (at {at - start:.0f} s)", fontsize=9, loc="left")
