@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from keys import operator_keys
-from netlab import ROOT, GatewayLab, PeerGateway, peer
+from netlab import GatewayLab, PeerGateway, failoverctl_in, peer
 
 from failoverd.control.signing import load_private_key, sign, site_dest
 from lab.netns import wait_for
@@ -38,16 +36,7 @@ def enable_mqtt(lab: GatewayLab | PeerGateway, keys_file: Path) -> None:
 
 def remote(lab: GatewayLab, key_file: Path, *args: str) -> tuple[int, Any]:
     """failoverctl over MQTT, from the operations side (the internet namespace)."""
-    ctl = [sys.executable, "-m", "failoverd.ctl", "--mqtt", BROKER, "--key-file", str(key_file), "--json"]
-    r = subprocess.run(
-        ["ip", "netns", "exec", lab.topo.ns("inet"), *ctl, "--wait", "5", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-        check=False,
-    )
-    return r.returncode, json.loads(r.stdout) if r.stdout.strip() else r.stderr
+    return failoverctl_in(lab.topo, "inet", "--mqtt", BROKER, "--key-file", str(key_file), "--wait", "5", *args)
 
 
 def retained(lab: GatewayLab, topic: str) -> dict[str, Any]:
