@@ -396,20 +396,21 @@ class Run:
         sc = self.scenario
         self.out.mkdir(parents=True, exist_ok=True)
         self.stamp.write_text("+0\n")
-        self.clear_faults()
-        self.honest_time()  # whatever the last scenario left
-        # Every scenario starts from a clean gateway: no routes or overrides left by the one before.
+        # Every scenario starts from a clean gateway: no routes or overrides left by the one before. The
+        # purge (a process of its own, as it enters the gateway's namespace) runs while the faults clear.
         shutil.rmtree(self.out / "state", ignore_errors=True)
-        subprocess.run(
+        purge = subprocess.Popen(
             [PY, "-m", "failoverd.cli", "purge", "--policy", str(self.policy_path), "--netns", self.lab.topo.ns("gw")],
             cwd=ROOT,
-            capture_output=True,
-            check=True,
-            timeout=30,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
+        self.clear_faults()
+        self.honest_time()  # whatever the last scenario left
+        said, _ = purge.communicate(timeout=30)
+        if purge.returncode != 0:
+            raise LabError(f"failoverd purge exited with {purge.returncode}: {said.decode(errors='replace').strip()}")
         self.start_daemon()
-        wait_for(self.settled, 20, what="failoverd to place every class")
-        time.sleep(sc.settle)
         streams: dict[str, tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], Path]] = {}
         for cls, (_, server, tcp) in STREAMS.items():
             spec = getattr(sc.traffic, cls)
@@ -421,7 +422,9 @@ class Run:
                 "inet", [PY, "-m", "lab.traffic", "recv", "--bind", server, "--out", str(result), *flag], cwd=ROOT
             )
             streams[cls] = (recv, recv, result)
-        time.sleep(0.3)
+        # The receivers start while failoverd settles; `settle` (at least 0.3 s) gives them time to bind.
+        wait_for(self.settled, 20, what="failoverd to place every class")
+        time.sleep(max(sc.settle, 0.3))
         for cls, (node, server, tcp) in STREAMS.items():
             if cls not in streams:
                 continue
