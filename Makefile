@@ -14,11 +14,12 @@ demo:
 	@scripts/bootstrap
 	$(PY) -m lab demo
 
+# Unit tests on every core, then the namespace tests and scenarios alone (scripts/test says why).
 test: bootstrap
-	$(PY) -m pytest $(PYTEST_ARGS)
+	VENV=$(VENV) scripts/test $(PYTEST_ARGS)
 
 test-unit: bootstrap
-	$(PY) -m pytest -m "not netns and not scenario" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not netns and not scenario" -n $${TEST_JOBS:-auto} $(PYTEST_ARGS)
 
 # The fuzz tests (tests/fuzz) run in `make test` too, a few seconds' worth; this runs FUZZ_FACTOR times
 # as many random examples, and keeps what fails in .hypothesis/ to try first next time.

@@ -79,6 +79,51 @@ SAT_NAT = "198.18.4.2"
 SERVER = "198.19.1.10"
 
 
+def failoverctl(socket: str, *args: str) -> dict[str, Any]:
+    """`failoverctl --socket SOCKET --json ARGS` on this machine: the daemon's JSON reply (also for a refusal,
+    exit 1); LabError when failoverctl cannot reach the daemon (exit 3)."""
+    r = subprocess.run(
+        [PY, "-m", "failoverd.ctl", "--socket", socket, "--json", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=20,
+        check=False,
+    )
+    if r.returncode == 3:
+        raise LabError(r.stderr)
+    reply: dict[str, Any] = json.loads(r.stdout)
+    return reply
+
+
+def failoverctl_in(topo: Topology, node: str, *args: str) -> tuple[int, Any]:
+    """`failoverctl --json ARGS` run inside a node's namespace, as an operator elsewhere on the network runs it
+    (over MQTT, say): its exit status and its JSON reply, or its stderr when it printed none."""
+    r = subprocess.run(
+        ["ip", "netns", "exec", topo.ns(node), PY, "-m", "failoverd.ctl", "--json", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    return r.returncode, json.loads(r.stdout) if r.stdout.strip() else r.stderr
+
+
+def wait_answering(daemon: subprocess.Popen[bytes], socket: str, log: Path, what: str) -> None:
+    """Wait until the daemon answers `status` on its socket; LabError with its log's tail if it exits first."""
+
+    def answers() -> bool:
+        if daemon.poll() is not None:
+            raise LabError(f"{what} exited with {daemon.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            return bool(failoverctl(socket, "status")["ok"])
+        except (LabError, json.JSONDecodeError):
+            return False
+
+    wait_for(answers, 15, what=f"{what} control socket (log: {log})")
+
+
 @dataclass
 class GatewayLab:
     """gw (failoverd) — isp1 (fiber) / isp2 (mobile) / isp3 (satellite, cold) — inet; lan behind gw."""
@@ -242,34 +287,15 @@ class GatewayLab:
             env={**os.environ, **(env or {})},
         )
         self.topo.procs.append(self.daemon)
-        wait_for(self._answers, 15, what=f"failoverd control socket (log: {self.log})")
+        wait_answering(self.daemon, self.socket, self.log, "failoverd")
         return self.daemon
-
-    def _answers(self) -> bool:
-        if self.daemon is not None and self.daemon.poll() is not None:
-            raise LabError(f"failoverd exited with {self.daemon.returncode}:\n{self.log.read_text()[-3000:]}")
-        try:
-            return bool(self.ctl("status")["ok"])
-        except (LabError, json.JSONDecodeError):
-            return False
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.daemon is not None
         return self.topo.stop(self.daemon, sig)
 
-    def ctl(self, *args: str, check_exit: bool = False) -> dict[str, Any]:
-        r = subprocess.run(
-            [PY, "-m", "failoverd.ctl", "--socket", self.socket, "--json", *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=20,
-            check=False,
-        )
-        if r.returncode == 3:
-            raise LabError(r.stderr)
-        reply: dict[str, Any] = json.loads(r.stdout)
-        return reply
+    def ctl(self, *args: str) -> dict[str, Any]:
+        return failoverctl(self.socket, *args)
 
     def cls(self, name: str) -> str | None:
         for c in self.ctl("status")["classes"]:
@@ -369,31 +395,11 @@ class PeerGateway:
             cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
         )
         self.lab.topo.procs.append(self.daemon)
-
-        def answers() -> bool:
-            if self.daemon is not None and self.daemon.poll() is not None:
-                raise LabError(f"failoverd ({self.site}) exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                return bool(self.ctl("status")["ok"])
-            except (LabError, json.JSONDecodeError):
-                return False
-
-        wait_for(answers, 15, what=f"failoverd {self.site} control socket (log: {self.log})")
+        wait_answering(self.daemon, self.socket, self.log, f"failoverd ({self.site})")
         return self.daemon
 
     def ctl(self, *args: str) -> dict[str, Any]:
-        r = subprocess.run(
-            [PY, "-m", "failoverd.ctl", "--socket", self.socket, "--json", *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=20,
-            check=False,
-        )
-        if r.returncode == 3:
-            raise LabError(r.stderr)
-        reply: dict[str, Any] = json.loads(r.stdout)
-        return reply
+        return failoverctl(self.socket, *args)
 
 
 def peer(lab: GatewayLab, site: str, index: int = 1) -> PeerGateway:

@@ -4,14 +4,12 @@ another's session by its client id, failoverctl works through it."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import keys
-from netlab import ROOT, GatewayLab
+from netlab import GatewayLab, failoverctl_in
 
 from failoverd.broker import BrokerSpec, make_pki, operator_username, render, revoke
 from lab.netns import wait_for
@@ -206,15 +204,6 @@ def test_acl_confines_each_gateway_and_failoverctl_works_over_tls(gwlab: Gateway
 
 def failoverctl(lab: GatewayLab, pki: Path, who: str, key_file: Path, *args: str, wait: str = "5") -> tuple[int, Any]:
     """The documented remote call: `failoverctl --mqtt HOST:PORT --tls --ca-file ... --cert-file ...`."""
-    ctl = [sys.executable, "-m", "failoverd.ctl", "--mqtt", f"{BROKER}:{CERT_PORT}", "--tls"]
-    ctl += ["--ca-file", str(pki / "ca.pem"), "--cert-file", str(pki / f"{who}.pem")]
-    ctl += ["--cert-key-file", str(pki / f"{who}.key"), "--key-file", str(key_file), "--json", "--wait", wait]
-    r = subprocess.run(
-        ["ip", "netns", "exec", lab.topo.ns("inet"), *ctl, *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-        check=False,
-    )
-    return r.returncode, json.loads(r.stdout) if r.stdout.strip() else r.stderr
+    tls = ["--mqtt", f"{BROKER}:{CERT_PORT}", "--tls", "--ca-file", str(pki / "ca.pem")]
+    tls += ["--cert-file", str(pki / f"{who}.pem"), "--cert-key-file", str(pki / f"{who}.key")]
+    return failoverctl_in(lab.topo, "inet", *tls, "--key-file", str(key_file), "--wait", wait, *args)

@@ -29,9 +29,7 @@ from pathlib import Path
 
 import pytest
 import unitfile
-from netlab import ROOT, GatewayLab
-
-from lab.netns import wait_for
+from netlab import ROOT, GatewayLab, wait_answering
 
 # The unit's User= does not exist on a test machine, so an unprivileged stand-in runs the daemon:
 # nobody, with a supplementary group for the socket (users, as failoverd is in failoverd-ctl). What
@@ -105,7 +103,7 @@ def start_confined(lab: GatewayLab) -> subprocess.Popen[bytes]:
         cmd, stdout=lab.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT, env=env(), start_new_session=True
     )
     lab.topo.procs.append(lab.daemon)
-    wait_for(lab._answers, 15, what=f"confined failoverd (log: {lab.log})")
+    wait_answering(lab.daemon, lab.socket, lab.log, "confined failoverd")
     return lab.daemon
 
 

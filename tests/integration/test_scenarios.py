@@ -44,6 +44,7 @@ def test_scenario(lab: Lab, name: str, tmp_path: Path) -> None:
         report = run.execute()
     finally:
         run.kill_daemon(signal.SIGKILL)
+    (tmp_path / "report.json").write_text(json.dumps(report, indent=1))  # what was measured, when it fails
     failed = [e for e in report["expectations"] if not e["passed"]]
     assert not failed, f"{name}: " + "; ".join(
         f"{e['what']} of {e['class']}: measured {e['measured']}, wanted "
