@@ -473,14 +473,11 @@ class ModemSimulator:
     def _sim(self) -> SimAtEdge | None:
         return self.config.slots[self.primary_slot - 1]
 
-    async def _sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
     async def _enable(self, run: ModemRun) -> None:
         if self._state() != ModemState.DISABLED:
             return
         self._set_state(ModemState.ENABLING, ChangeReason.USER_REQUESTED)
-        await self._sleep(self.timing.enable_s)
+        await asyncio.sleep(self.timing.enable_s)
         self._set_state(ModemState.ENABLED, ChangeReason.USER_REQUESTED)
         await self._register_loop(run)
 
@@ -523,11 +520,11 @@ class ModemSimulator:
                     self._deregister(run, current.reject)
                 elif run.registered_on != code:
                     self._deregister(run, "")
-            rejected = bool(failure) and failure != "NoNetwork" and self._denied(run)
+            rejected = bool(failure) and failure != "NoNetwork" and self._denied()
             if not run.registered_on and not rejected:
                 self._set(run.path, M3GPP, RegistrationState=Variant("u", int(Registration.SEARCHING)))
                 self._set_state(ModemState.SEARCHING)
-                await self._sleep(self.timing.register_s)
+                await asyncio.sleep(self.timing.register_s)
                 if self.run is not run or self._state() < ModemState.ENABLED:
                     return
                 code, failure = self._target(run)
@@ -637,13 +634,13 @@ class ModemSimulator:
                 return
             # Wait for the registration loop's attempt, then give the network's answer.
             remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0 or (failure and failure != "NoNetwork" and self._denied(run)):
+            if remaining <= 0 or (failure and failure != "NoNetwork" and self._denied()):
                 raise DBusFailure(
                     f"{ERROR}.MobileEquipment.{failure or 'NetworkTimeout'}", f"cannot register on {target}"
                 )
             await self._wait_change(min(remaining, 0.2))
 
-    def _denied(self, run: ModemRun) -> bool:
+    def _denied(self) -> bool:
         return bool(self._modem_props(M3GPP)["RegistrationState"].value == Registration.DENIED)
 
     async def set_primary_sim_slot(self, slot: int) -> None:
@@ -657,14 +654,14 @@ class ModemSimulator:
 
     async def _reprobe(self, run: ModemRun) -> None:
         """The slot switch resets the modem: its objects go away and a new modem object appears later."""
-        await self._sleep(0.05)  # the method's reply goes out first, as in ModemManager
+        await asyncio.sleep(0.05)  # the method's reply goes out first, as in ModemManager
         if run.task is not None:
             run.task.cancel()
         self.run = None
         self._remove(run.path)
         for path in [*run.bearers, *run.sim_paths]:
             self._remove(path)
-        await self._sleep(self.timing.slot_switch_s)
+        await asyncio.sleep(self.timing.slot_switch_s)
         self._probe()
 
     async def connect(self, props: dict[str, Variant]) -> str:
@@ -680,7 +677,7 @@ class ModemSimulator:
                 raise DBusFailure(f"{ERROR}.MobileEquipment.NoNetwork", "not registered")
             await self._wait_change(min(remaining, 0.2))
         self._set_state(ModemState.CONNECTING, ChangeReason.USER_REQUESTED)
-        await self._sleep(self.timing.connect_s)
+        await asyncio.sleep(self.timing.connect_s)
         if self.run is not run or not run.registered_on:
             raise DBusFailure(f"{ERROR}.MobileEquipment.NoNetwork", "registration lost while connecting")
         if apn != sim.apn:
@@ -821,8 +818,11 @@ class ModemSimulator:
             return "", []
 
         body = msg.body
+        out: tuple[str, list[Any]]
         try:
-            if key == (MODEM, "Enable"):
+            if key in ((MM, "ScanDevices"), (MM, "SetLogging")):
+                out = "", []  # nothing to scan for and no log level to keep: accepted as ModemManager would
+            elif key == (MODEM, "Enable"):
                 out = await reply_none(self.enable(bool(body[0])))
             elif key == (MODEM, "SetPrimarySimSlot"):
                 out = await reply_none(self.set_primary_sim_slot(int(body[0])))
@@ -831,7 +831,7 @@ class ModemSimulator:
             elif key == (M3GPP, "Register"):
                 out = await reply_none(self.register(str(body[0])))
             elif key == (M3GPP, "Scan"):
-                await self._sleep(self.timing.register_s)
+                await asyncio.sleep(self.timing.register_s)
                 out = "aa{sv}", [self.scan()]
             elif key == (SIMPLE, "Connect"):
                 out = "o", [await self.connect(dict(body[0]))]

@@ -276,3 +276,29 @@ async def test_data_stop_releases_the_bearer_while_registration_stays(client: Cl
     assert again.error_name == "org.freedesktop.ModemManager1.Error.MobileEquipment.ServiceOptionOutOfOrder"
     status = (await client.call(MODEM0, SIMPLE, "GetStatus")).body[0]
     assert status["m3gpp-operator-code"].value == "20404"
+
+
+def test_mmcli_disable_and_enable_and_an_absent_network(mmsim: str) -> None:
+    wait_for(lambda: keyvalues(mmsim, "-m", "0")["modem.generic.state"] == "registered")
+    mmcli(mmsim, "-m", "0", "--disable")
+    modem = keyvalues(mmsim, "-m", "0")
+    assert (modem["modem.generic.state"], modem["modem.3gpp.registration-state"]) == ("disabled", "idle")
+    mmcli(mmsim, "-m", "0", "--enable")
+    wait_for(lambda: keyvalues(mmsim, "-m", "0")["modem.3gpp.registration-state"] == "home")
+    # No such network on the air: the modem searches until register_timeout_s, then gives up.
+    absent = mmcli(mmsim, "-m", "0", "--3gpp-register-in-operator=20499", check=False)
+    assert "MobileEquipment.NoNetwork" in absent.stderr
+    assert keyvalues(mmsim, "-m", "0")["modem.3gpp.registration-state"] == "searching"
+
+
+async def test_introspection_describes_the_interfaces_for_a_proxy_client(client: Client) -> None:
+    node = await client.bus.introspect(MM, MODEM0)
+    interfaces = {i.name: i for i in node.interfaces}
+    assert {MODEM, M3GPP, SIMPLE} <= set(interfaces)
+    proxy = client.bus.get_proxy_object(MM, MODEM0, node)
+    m3gpp = proxy.get_interface(M3GPP)
+    assert await m3gpp.get_operator_code() == "20404"  # type: ignore[attr-defined]
+    props = {p.name: p.signature for p in interfaces[MODEM].properties}
+    assert (props["State"], props["SignalQuality"], props["SimSlots"]) == ("i", "(ub)", "ao")
+    manager = await client.bus.introspect(MM, "/org/freedesktop/ModemManager1")
+    assert "Modem" in {n.name for n in manager.nodes}
