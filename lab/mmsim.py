@@ -599,6 +599,8 @@ class ModemSimulator:
 
     async def enable(self, on: bool) -> None:
         run = self._require_run()
+        if self._state() == ModemState.FAILED:
+            raise DBusFailure(f"{ERROR}.Core.WrongState", "the modem is in failed state")
         if on:
             if run.task is None or run.task.done():
                 run.task = self._spawn(self._enable(run))

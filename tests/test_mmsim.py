@@ -23,8 +23,10 @@ from lab.mmsim import CONTROL, CONTROL_PATH, M3GPP, MM, MODEM, SIMPLE, bus_confi
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("dbus-daemon") is None or shutil.which("mmcli") is None,
-    reason="needs dbus-daemon and mmcli (scripts/bootstrap installs them)",
+    shutil.which("dbus-daemon") is None, reason="needs dbus-daemon (scripts/bootstrap installs it)"
+)
+needs_mmcli = pytest.mark.skipif(
+    shutil.which("mmcli") is None, reason="needs mmcli (Debian's modemmanager; scripts/bootstrap installs it)"
 )
 
 CONFIG: dict[str, Any] = {
@@ -72,10 +74,10 @@ def bus(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def mmsim(bus: str, tmp_path: Path) -> Iterator[str]:
-    """The simulator on the private bus; the bus address."""
+def mmsim(bus: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The simulator on the private bus (CONFIG, or the test's indirect parameter); the bus address."""
     config = tmp_path / "mmsim.json"
-    config.write_text(json.dumps(CONFIG))
+    config.write_text(json.dumps(getattr(request, "param", CONFIG)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "lab.mmsim", "--bus", bus, "--config", str(config)],
         cwd=ROOT,
@@ -117,6 +119,7 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
         time.sleep(0.1)
 
 
+@needs_mmcli
 def test_mmcli_lists_the_modem_and_shows_state_operator_and_sims(mmsim: str) -> None:
     assert "/org/freedesktop/ModemManager1/Modem/0 [failoverd] mmsim" in mmcli(mmsim, "-L").stdout
     modem = wait_for(lambda: (kv := keyvalues(mmsim, "-m", "0"))["modem.generic.state"] == "registered" and kv)
@@ -134,6 +137,7 @@ def test_mmcli_lists_the_modem_and_shows_state_operator_and_sims(mmsim: str) -> 
     assert sim["sim.properties.active"] == "no"
 
 
+@needs_mmcli
 def test_mmcli_registers_in_a_partner_operator_and_is_refused_by_others(mmsim: str) -> None:
     wait_for(lambda: keyvalues(mmsim, "-m", "0")["modem.generic.state"] == "registered")
     assert "successfully registered" in mmcli(mmsim, "-m", "0", "--3gpp-register-in-operator=20408").stdout
@@ -148,6 +152,7 @@ def test_mmcli_registers_in_a_partner_operator_and_is_refused_by_others(mmsim: s
     assert keyvalues(mmsim, "-m", "0")["modem.3gpp.operator-code"] == "20404"
 
 
+@needs_mmcli
 def test_mmcli_sim_slot_switch_removes_the_modem_and_it_returns_under_a_new_path(mmsim: str) -> None:
     wait_for(lambda: keyvalues(mmsim, "-m", "0")["modem.generic.state"] == "registered")
     assert "successfully requested primary SIM switch" in mmcli(mmsim, "-m", "0", "--set-primary-sim-slot=2").stdout
@@ -160,6 +165,7 @@ def test_mmcli_sim_slot_switch_removes_the_modem_and_it_returns_under_a_new_path
     assert keyvalues(mmsim, "-i", modem["modem.generic.sim"])["sim.properties.active"] == "yes"
 
 
+@needs_mmcli
 def test_mmcli_simple_connect_gives_a_bearer_with_its_interface_and_address(mmsim: str) -> None:
     wait_for(lambda: keyvalues(mmsim, "-m", "0")["modem.generic.state"] == "registered")
     mmcli(mmsim, "-m", "0", "--simple-connect=apn=internet.a")
@@ -278,6 +284,7 @@ async def test_data_stop_releases_the_bearer_while_registration_stays(client: Cl
     assert status["m3gpp-operator-code"].value == "20404"
 
 
+@needs_mmcli
 def test_mmcli_disable_and_enable_and_an_absent_network(mmsim: str) -> None:
     wait_for(lambda: keyvalues(mmsim, "-m", "0")["modem.generic.state"] == "registered")
     mmcli(mmsim, "-m", "0", "--disable")
@@ -302,3 +309,23 @@ async def test_introspection_describes_the_interfaces_for_a_proxy_client(client:
     assert (props["State"], props["SignalQuality"], props["SimSlots"]) == ("i", "(ub)", "ao")
     manager = await client.bus.introspect(MM, "/org/freedesktop/ModemManager1")
     assert "Modem" in {n.name for n in manager.nodes}
+
+
+EMPTY_SLOT_2 = {**CONFIG, "slots": [CONFIG["slots"][0], None]}
+
+
+@needs_mmcli
+@pytest.mark.parametrize("mmsim", [EMPTY_SLOT_2], indirect=True)
+def test_mmcli_switch_to_an_empty_slot_fails_the_modem_with_sim_missing(mmsim: str) -> None:
+    modem = wait_for(lambda: (kv := keyvalues(mmsim, "-m", "0"))["modem.generic.state"] == "registered" and kv)
+    assert modem["modem.generic.sim-slots.value[2]"] == "/"
+    mmcli(mmsim, "-m", "0", "--set-primary-sim-slot=2")
+    wait_for(lambda: "/org/freedesktop/ModemManager1/Modem/1 " in mmcli(mmsim, "-L").stdout)
+    modem = keyvalues(mmsim, "-m", "1")
+    assert (modem["modem.generic.state"], modem["modem.generic.state-failed-reason"]) == ("failed", "sim-missing")
+    assert modem["modem.generic.sim"] == "--"
+    assert "Core.WrongState" in mmcli(mmsim, "-m", "1", "--enable", check=False).stderr
+    # Back to slot 1: the modem comes back with its SIM and registers.
+    mmcli(mmsim, "-m", "1", "--set-primary-sim-slot=1")
+    wait_for(lambda: "/org/freedesktop/ModemManager1/Modem/2 " in mmcli(mmsim, "-L").stdout)
+    wait_for(lambda: keyvalues(mmsim, "-m", "2")["modem.3gpp.registration-state"] == "home")
