@@ -29,7 +29,7 @@ from xml.sax.saxutils import quoteattr
 
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MM = "org.freedesktop.ModemManager1"
 MM_PATH = "/org/freedesktop/ModemManager1"
@@ -98,6 +98,14 @@ BEARER_TYPE_DEFAULT = 1  # MMBearerType
 SIM_TYPE_PHYSICAL = 1  # MMSimType
 PORT_NET, PORT_AT = 2, 3  # MMModemPortType
 PACKET_ATTACHED, PACKET_DETACHED = 2, 1  # MMModem3gppPacketServiceState
+
+# Registration rejects Reject() may give: MMMobileEquipmentError nicks (include/ModemManager-errors.h) for the
+# 3GPP reject causes of TS 24.301 / 24.008 (cause = value - 100: PlmnNotAllowed is cause #11).
+REJECT_CAUSES = frozenset({
+    "ImsiUnknownInHss", "IllegalUe", "IllegalMe", "PsServicesNotAllowed", "PsAndNonPsServicesNotAllowed",
+    "PlmnNotAllowed", "AreaNotAllowed", "RoamingNotAllowedInArea", "PsServicesNotAllowedInPlmn", "NoCellsInArea",
+    "NetworkFailureAttach", "Congestion", "NetworkNotAllowed",
+})  # fmt: skip
 
 # A bearer's Ip4Config/Ip6Config when it has none: method UNKNOWN, as mm_bearer_ip_config_get_dictionary(NULL).
 NO_IP = Variant("a{sv}", {"method": Variant("u", 0)})
@@ -242,6 +250,17 @@ class ConfigAtEdge(BaseModel):
     slots: list[SimAtEdge | None]
     networks: list[NetworkAtEdge]
     timing: TimingAtEdge = TimingAtEdge()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConfigAtEdge:
+        if not self.slots:
+            raise ValueError("slots: at least one SIM slot (null for an empty one)")
+        if self.primary_slot > len(self.slots):
+            raise ValueError(f"primary_slot {self.primary_slot}: there are {len(self.slots)} slots")
+        codes = [n.code for n in self.networks]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"networks: a code given twice in {codes}")
+        return self
 
 
 class DBusFailure(Exception):
@@ -770,6 +789,10 @@ class ModemSimulator:
         if member == "CarrierOutage":
             carrier.down = bool(arg)
         elif member == "Reject":
+            if arg and arg not in REJECT_CAUSES:
+                raise DBusFailure(
+                    f"{ERROR}.Core.InvalidArgs", f"reject cause {arg!r} not one of {sorted(REJECT_CAUSES)}"
+                )
             carrier.reject = str(arg)
         elif member == "DataStop":
             carrier.data_stopped = bool(arg)

@@ -18,7 +18,7 @@ import pytest
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from lab.mmsim import CONTROL, CONTROL_PATH, M3GPP, MM, MODEM, SIMPLE, bus_config
+from lab.mmsim import CONTROL, CONTROL_PATH, M3GPP, MM, MODEM, SIMPLE, ConfigAtEdge, bus_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -267,6 +267,14 @@ async def test_network_reject_denies_registration_and_register_fails_with_the_ca
     reply = await client.call(MODEM0, M3GPP, "Register", "s", "20404")
     assert reply.message_type == MessageType.ERROR
     assert reply.error_name == "org.freedesktop.ModemManager1.Error.MobileEquipment.PlmnNotAllowed"
+    typo = await client.call(CONTROL_PATH, CONTROL, "Reject", "ss", "20404", "PlmnNotAlowed")
+    assert typo.error_name == "org.freedesktop.ModemManager1.Error.Core.InvalidArgs"
+
+
+def test_config_refuses_a_primary_slot_beyond_the_slots() -> None:
+    with pytest.raises(ValueError, match="primary_slot 3: there are 2 slots"):
+        ConfigAtEdge.model_validate({**CONFIG, "primary_slot": 3})
+    ConfigAtEdge.model_validate(CONFIG)
 
 
 async def test_data_stop_releases_the_bearer_while_registration_stays(client: Client) -> None:
