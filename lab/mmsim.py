@@ -1,16 +1,6 @@
 """A ModemManager simulator on a private D-Bus: the modem, SIMs and carriers failoverd's tests drive.
 
-`python -m lab.mmsim --bus ADDRESS --config FILE` owns `org.freedesktop.ModemManager1` on that bus and
-speaks the part of ModemManager 1.20's API that failoverd uses, with the names, signatures and enum
-values of ModemManager's `introspection/*.xml` and `include/ModemManager-enums.h` (tag 1.20.4, what
-Debian 12 ships). Theory of operation: every object is a table of interfaces → properties (D-Bus
-Variants); a change goes through `_set`, which emits `PropertiesChanged` per interface as ModemManager
-does. Registration, connection and SIM-slot switches take configurable times. Faults come from the
-test-only interface `net.failoverd.MmSim.Control` on `/net/failoverd/MmSim`: `CarrierOutage(mccmnc,
-down)` (the radio network is gone: registration drops to searching), `Reject(mccmnc, reason)` (the
-network refuses registration: denied, with a MobileEquipment error nick such as `PlmnNotAllowed`;
-"" clears) and `DataStop(mccmnc, stopped)` (registered, but the network tears the data bearer down).
-Like ModemManager, SIM and bearer objects are exported beside the ObjectManager, not inside it.
+`python -m lab.mmsim --bus ADDRESS --config FILE` (JSON, see ConfigAtEdge).
 """
 
 from __future__ import annotations
@@ -31,6 +21,18 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Theory of operation. The simulator owns `org.freedesktop.ModemManager1` and speaks the part of
+# ModemManager 1.20's API that failoverd uses, with the names, signatures and enum values of ModemManager's
+# introspection/*.xml and include/ModemManager-enums.h at tag 1.20.4 (what Debian 12 ships). Every object
+# is a table of interfaces → properties (D-Bus Variants); a change goes through `_set`, which emits
+# PropertiesChanged per interface as ModemManager's GDBus skeletons do. As in ModemManager, modems are
+# listed by the ObjectManager and SIM and bearer objects are only exported. Registration, connection and
+# SIM-slot switches take configurable times; a slot switch removes the modem (InterfacesRemoved) and adds
+# it again under the next Modem/N, as ModemManager's re-probe does. Faults come from the test-only
+# interface net.failoverd.MmSim.Control on /net/failoverd/MmSim, per MCCMNC: CarrierOutage(s, b) (the
+# radio network is gone: registration drops to searching, or roams to a partner in automatic mode),
+# Reject(s, s) (the network refuses registration with a reject cause: denied) and DataStop(s, b)
+# (registered, but the network releases the bearer and refuses new ones).
 MM = "org.freedesktop.ModemManager1"
 MM_PATH = "/org/freedesktop/ModemManager1"
 MODEM = f"{MM}.Modem"

@@ -337,3 +337,15 @@ def test_mmcli_switch_to_an_empty_slot_fails_the_modem_with_sim_missing(mmsim: s
     mmcli(mmsim, "-m", "1", "--set-primary-sim-slot=1")
     wait_for(lambda: "/org/freedesktop/ModemManager1/Modem/2 " in mmcli(mmsim, "-L").stdout)
     wait_for(lambda: keyvalues(mmsim, "-m", "2")["modem.3gpp.registration-state"] == "home")
+
+
+async def test_set_primary_sim_slot_to_the_current_slot_keeps_the_modem_and_out_of_range_is_refused(
+    client: Client,
+) -> None:
+    # As ModemManager's handle_set_primary_sim_slot: already primary is a success without a re-probe.
+    same = await client.call(MODEM0, MODEM, "SetPrimarySimSlot", "u", 1)
+    assert same.message_type == MessageType.METHOD_RETURN
+    beyond = await client.call(MODEM0, MODEM, "SetPrimarySimSlot", "u", 3)
+    assert beyond.error_name == "org.freedesktop.ModemManager1.Error.Core.InvalidArgs"
+    await asyncio.sleep(0.3)
+    assert await client.get(MODEM0, MODEM, "PrimarySimSlot") == 1
