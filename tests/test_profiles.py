@@ -114,6 +114,16 @@ def test_denied_fails_the_profile_and_holds_the_uplink_down() -> None:
     assert (t, sw.profile, sw.how, sw.plmn) == (5.0, "a-roam", "register", "20416")
 
 
+def test_registered_on_a_network_the_profile_does_not_allow_fails_it() -> None:
+    wrong = ev.ModemState("mobile", "roaming", "20416", "lte", 50, bearer=True)
+    steps = run([(1.0, wrong), (2.0, ev.ProfileSwitched("mobile", "a-roam", True)), (3.0, wrong)])
+    changes = [
+        (e.profile, e.new, e.cause.code) for _, _, _, fxs in steps for e in fxs if isinstance(e, fx.ProfileChanged)
+    ]
+    assert changes[0] == ("a", "FAILED", "modem-wrong-network")
+    assert changes[-1] == ("a-roam", "SERVING", "modem-serving")  # a-roam allows 20416
+
+
 def test_searching_beyond_the_limit_fails_the_profile() -> None:
     steps = run([(0.0, ev.ModemState("mobile", "searching")), (25.0, ev.Tick())])
     failed = [e for _, _, _, fxs in steps for e in fxs if isinstance(e, fx.ProfileChanged) and e.new == "FAILED"]

@@ -10,7 +10,8 @@
 #   ATTACHING  searching, idle, or registered without a data bearer; searching longer than
 #              `searching_limit` fails the profile
 #   SERVING    registered (home or roaming) with a data bearer
-#   FAILED     the network rejected the modem (denied), it kept searching, a switch to this profile
+#   FAILED     the network rejected the modem (denied), it registered on a network not in the
+#              profile's plmns, it kept searching, a switch to this profile
 #              failed, or it is registered but passes no data (its probes failed while SERVING, or
 #              none answered within `register_time` of SERVING)
 #   SWITCHING  a SwitchProfile effect is in flight; nothing else is decided until ProfileSwitched
@@ -67,7 +68,7 @@ PHASE_TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
     P.SWITCHING: frozenset({P.ATTACHING, P.FAILED}),
 }
 # Failures that hold the uplink DOWN whatever its probes say (no-data is the probes' own verdict).
-_HOLDS_DOWN = frozenset({"modem-denied", "modem-searching", "switch-failed", "switch-timeout"})
+_HOLDS_DOWN = frozenset({"modem-denied", "modem-searching", "modem-wrong-network", "switch-failed", "switch-timeout"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,7 @@ def _evidence(ev: ModemState) -> tuple[tuple[str, str], ...]:
     return tuple((k, x) for k, x in pairs if x)
 
 
-def observe(v: ModemView, ev: ModemState, now: float, *, out: list[Effect]) -> ModemView:
+def observe(spec: ModemSpec, v: ModemView, ev: ModemState, now: float, *, out: list[Effect]) -> ModemView:
     """Fold the modem's report into the view; registration and bearer move the phase."""
     registered = ev.registration in ("home", "roaming")
     searching_since = None if registered else (v.searching_since if v.searching_since is not None else now)
@@ -146,6 +147,14 @@ def observe(v: ModemView, ev: ModemState, now: float, *, out: list[Effect]) -> M
         why = f": {ev.reason}" if ev.reason else ""
         cause = Cause("modem-denied", f"profile {v.profile}: the network rejected the modem{why}", _evidence(ev))
         return move(name, v, Phase.FAILED, now, cause, out=out)
+    allowed = spec.profile(v.profile).plmns
+    if registered and ev.operator and allowed and ev.operator not in allowed:
+        # Automatic selection put it on a network the profile does not allow (roaming charges,
+        # a network the subscription has no data on): failed, as a rejection is.
+        if v.phase is Phase.FAILED:
+            return v
+        text = f"profile {v.profile}: registered on {ev.operator}, not one of its networks ({', '.join(allowed)})"
+        return move(name, v, Phase.FAILED, now, Cause("modem-wrong-network", text, _evidence(ev)), out=out)
     if registered and ev.bearer:
         if v.phase in (Phase.UNKNOWN, Phase.ATTACHING) or (v.phase is Phase.FAILED and v.cause.code in _HOLDS_DOWN):
             on = f" on {ev.operator}" if ev.operator else ""

@@ -273,8 +273,9 @@ class _Work:
     # -- modem profiles (engine/profiles.py) ------------------------------------------------------
     def modem_state(self, ev: ModemState) -> None:
         v = self.modems.get(ev.uplink)
-        if v is not None:
-            self.modems[ev.uplink] = pf.observe(v, ev, self.now, out=self.effects)
+        spec = self.policy.uplinks[ev.uplink].modem if ev.uplink in self.policy.uplinks else None
+        if v is not None and spec is not None:
+            self.modems[ev.uplink] = pf.observe(spec, v, ev, self.now, out=self.effects)
 
     def profile_switched(self, ev: ProfileSwitched) -> None:
         v = self.modems.get(ev.uplink)
