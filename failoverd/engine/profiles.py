@@ -38,7 +38,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -246,8 +246,11 @@ def failback_at(spec: ModemSpec, v: ModemView) -> float | None:
     return at + spec.revert_after * backoff
 
 
-def plan(uplink: str, spec: ModemSpec, v: ModemView, covered: bool, now: float, *, out: list[Effect]) -> ModemView:
-    """Start a switch where one is due and allowed: failover from a FAILED profile, failback to the first."""
+def plan(
+    uplink: str, spec: ModemSpec, v: ModemView, covered: Callable[[], bool], now: float, *, out: list[Effect]
+) -> ModemView:
+    """Start a switch where one is due and allowed: failover from a FAILED profile, failback to the
+    first. `covered` is asked only then (it reads every class)."""
     if v.phase is Phase.FAILED:
         to = _next(spec, v, now)
         if to is None:
@@ -267,7 +270,8 @@ def plan(uplink: str, spec: ModemSpec, v: ModemView, covered: bool, now: float, 
         code = "profile-failback"
     frm = spec.profile(v.profile)
     how: SwitchHow = "register" if frm.sim == to.sim else "slot"
-    allowed = not covered or spec.while_covered == "any" or (spec.while_covered == "register" and how == "register")
+    free = spec.while_covered == "any" or (spec.while_covered == "register" and how == "register")
+    allowed = free or not covered()
     if not allowed:
         key = f"{to.name}/{how}"
         if v.held != key:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import assert_never
 
 from failoverd.engine import drills as dr
@@ -83,6 +84,7 @@ from failoverd.engine.redundancy import (
     verify_deadline,
 )
 from failoverd.engine.state import (
+    USABLE,
     ClassState,
     ClockView,
     EngineState,
@@ -296,7 +298,7 @@ class _Work:
             if spec is None:
                 continue
             v = pf.judge_data(name, spec, seen, self.uplinks[name], self.now, out=self.effects)
-            self.modems[name] = pf.plan(name, spec, v, self.covered(name), self.now, out=self.effects)
+            self.modems[name] = pf.plan(name, spec, v, partial(self.covered, name), self.now, out=self.effects)
             self.hold_down_for_modem(name)
 
     def hold_down_for_modem(self, name: str) -> None:
@@ -309,13 +311,20 @@ class _Work:
         self.uplinks[name] = hl.evaluate(self.policy.uplinks[name], replace(u, modem_down=down), self.now)
 
     def covered(self, uplink: str) -> bool:
-        """Every class that has `uplink` in its path (and may use it) is routed via another usable uplink."""
-        view = self.snapshot()
+        """Every class that has `uplink` in its path (and may use it) is routed via another usable
+        uplink (decide.usable, read from this step's uplinks without taking a snapshot)."""
         for c in self.policy.classes.values():
             if uplink not in c.path or not self.policy.uplinks[uplink].admits(c.name):
                 continue
             cur = self.classes[c.name]
-            if cur.route != "via" or cur.uplink is None or cur.uplink == uplink or not usable(view, cur.uplink):
+            other = self.uplinks.get(cur.uplink or "") if cur.uplink != uplink else None
+            if (
+                cur.route != "via"
+                or other is None
+                or other.health not in USABLE
+                or other.suppressed
+                or not other.carrier
+            ):
                 return False
         return True
 
