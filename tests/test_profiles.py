@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.decide import usable
-from failoverd.engine.profiles import PHASE_TRANSITIONS, Phase
+from failoverd.engine.modemstate import PHASE_TRANSITIONS, Phase
 from failoverd.engine.state import EngineState, initial_state
 from failoverd.engine.step import step
 from failoverd.policy import parse_policy_text

@@ -4,7 +4,7 @@
 # -------------------
 # A cellular uplink with `profiles` has one modem and, at any time, one active profile (SIM slot or
 # eSIM profile, PLMN, APN). The modem's own evidence (events.ModemState: registration, operator,
-# bearer) and the uplink's probes move the profile through PHASE_TRANSITIONS:
+# bearer) and the uplink's probes move the profile through PHASE_TRANSITIONS (modemstate.py):
 #
 #   UNKNOWN    no modem evidence yet (the daemon does not produce it yet: nothing here then acts)
 #   ATTACHING  searching, idle, or registered without a data bearer; searching longer than
@@ -38,12 +38,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from collections.abc import Callable
+from dataclasses import replace
 
 from failoverd.engine.effects import Alarm, Cause, Effect, ProfileChanged, SwitchHow, SwitchProfile
 from failoverd.engine.events import ModemState, ProfileSwitched
+from failoverd.engine.modemstate import PHASE_TRANSITIONS, ModemView, Phase
 from failoverd.engine.state import Health, UplinkState
 from failoverd.errors import EngineBug
 from failoverd.policy.model import ModemSpec, ProfileSpec
@@ -51,45 +51,8 @@ from failoverd.policy.model import ModemSpec, ProfileSpec
 MAX_BACKOFF = 8  # the failback hold-down grows to at most this many times revert_after
 
 
-class Phase(Enum):
-    UNKNOWN = "UNKNOWN"
-    ATTACHING = "ATTACHING"
-    SERVING = "SERVING"
-    FAILED = "FAILED"
-    SWITCHING = "SWITCHING"
-
-
-P = Phase
-PHASE_TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    P.UNKNOWN: frozenset({P.ATTACHING, P.SERVING, P.FAILED}),
-    P.ATTACHING: frozenset({P.SERVING, P.FAILED}),
-    P.SERVING: frozenset({P.ATTACHING, P.FAILED, P.SWITCHING}),  # SWITCHING: failback
-    P.FAILED: frozenset({P.SWITCHING, P.SERVING}),  # SERVING: the modem or its data came back by itself
-    P.SWITCHING: frozenset({P.ATTACHING, P.FAILED}),
-}
 # Failures that hold the uplink DOWN whatever its probes say (no-data is the probes' own verdict).
 _HOLDS_DOWN = frozenset({"modem-denied", "modem-searching", "modem-wrong-network", "switch-failed", "switch-timeout"})
-
-
-@dataclass(frozen=True, slots=True)
-class ModemView:
-    """One modem uplink's active profile, its phase, and the modem's last evidence."""
-
-    profile: str
-    phase: Phase
-    since: float
-    cause: Cause
-    registration: str = "unknown"
-    operator: str | None = None
-    access: str | None = None
-    signal: int | None = None
-    bearer: bool = False
-    searching_since: float | None = None  # not registered since
-    target: str | None = None  # the profile a switch in flight moves to
-    switch_deadline: float | None = None
-    failed_at: Mapping[str, float] = field(default_factory=dict)  # per profile: its last failure
-    failures: Mapping[str, int] = field(default_factory=dict)  # per profile: failures in a row
-    held: str = ""  # the switch being held (switch-deferred recorded once per hold)
 
 
 def initial(spec: ModemSpec, now: float) -> ModemView:

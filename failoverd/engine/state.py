@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from failoverd.engine.drillstate import DrillResult, DrillSchedule
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
+from failoverd.engine.modemstate import ModemView
 from failoverd.errors import EngineBug
 from failoverd.policy.model import Policy
 
 if TYPE_CHECKING:
     from failoverd.engine.alarms import ActiveAlarm, CarriedAlarm
     from failoverd.engine.drillstate import DrillRun, DrillSchedule
-    from failoverd.engine.profiles import ModemView
 
 
 class Health(Enum):

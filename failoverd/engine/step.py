@@ -75,6 +75,7 @@ from failoverd.engine.events import (
     StandbyResult,
     Tick,
 )
+from failoverd.engine.modemstate import ModemView
 from failoverd.engine.redundancy import (
     last_verified,
     prewarm_targets,
@@ -128,7 +129,7 @@ class _Work:
         self.alarms: dict[str, ActiveAlarm] = dict(state.alarms)
         self.carried: dict[str, CarriedAlarm] = {k: c for k, c in state.carried.items() if c.until > now}
         # Per uplink with profiles; a new one (first step, reload) starts UNKNOWN on its first profile.
-        self.modems: dict[str, pf.ModemView] = {}
+        self.modems: dict[str, ModemView] = {}
         for name, spec in policy.uplinks.items():
             if spec.modem is None:
                 continue
