@@ -61,6 +61,10 @@ def _uplink_text(u: UplinkSpec) -> str:
         )
     else:
         bits.append("no probes: carrier only")
+    if u.modem is not None:
+        md = u.modem
+        order = " > ".join(f"{p.name} ({p.sim}, {p.plmn or 'automatic'})" for p in md.profiles)
+        bits.append(f"profiles {order}; slot switches while covered: {'yes' if md.while_covered == 'any' else 'no'}")
     return "  ".join(bits)
 
 

@@ -30,8 +30,8 @@ from failoverd.engine.state import EngineState, initial_state
 from failoverd.engine.step import next_deadline, step
 from failoverd.errors import PolicyError
 from failoverd.policy.load import locate, parse_document
-from failoverd.policy.model import CanarySpec, Policy, ProbeSpec
-from failoverd.policy.schema import Duration, NonNegDuration, Strict
+from failoverd.policy.model import CanarySpec, Policy, ProbeSpec, ProfileSpec
+from failoverd.policy.schema import Duration, Mccmnc, NonNegDuration, Strict
 from failoverd.probes.schedule import first_tick, next_tick, probed, round_start, rounds
 
 # -- the timeline file ---------------------------------------------------------------------------
@@ -67,6 +67,8 @@ class Step(Condition):
     bound: float | None = None
     wall_shift: float = 0.0  # with clock: how far the wall clock is off from then on
     disagreeing: list[str] = Field(default_factory=list)  # uplinks over which only falsetickers answer
+    plmn_outage: Mccmnc | None = None  # a mobile network fails nationwide: registered modems pass no data
+    plmn_restored: Mccmnc | None = None
 
 
 class Standby(Strict):
@@ -77,8 +79,18 @@ class Standby(Strict):
     passes_for: NonNegDuration | None = None
 
 
+class ModemWorld(Strict):
+    """A cellular uplink's modem (an uplink with profiles): which SIMs work, and how long things take."""
+
+    # Per SIM slot: live, dead (the network rejects the SIM), or no-coverage (searches for ever).
+    slots: dict[int, Literal["live", "dead", "no-coverage"]] = Field(default_factory=dict)
+    register_delay: NonNegDuration = 5.0  # from attach (or Register) to registered with a bearer
+    slot_switch_delay: NonNegDuration = 20.0  # a SIM-slot switch: the modem leaves and comes back
+
+
 class UplinkWorld(Condition):
     standby: Standby = Standby()
+    modem: ModemWorld = ModemWorld()
 
 
 def _wall_seconds(value: object) -> object:
@@ -131,6 +143,17 @@ def _check(t: Timeline, policy: Policy) -> list[tuple[tuple[str | int, ...], str
         if name not in policy.uplinks:
             bad.append((("world", name), f'unknown uplink "{name}"'))
     carriers = {u.operator for u in policy.uplinks.values() if u.operator}
+    plmns = {
+        plmn
+        for u in policy.uplinks.values()
+        if u.modem
+        for p in u.modem.profiles
+        for plmn in (*p.plmns, p.plmn)
+        if plmn
+    }
+    for name, w in t.world.items():
+        if name in policy.uplinks and w.modem != ModemWorld() and policy.uplinks[name].modem is None:
+            bad.append((("world", name, "modem"), f'uplink "{name}" has no profiles: it has no modem to simulate'))
     for i, s in enumerate(t.events):
         at = ("events", i)
         if s.uplink is not None and s.uplink not in policy.uplinks:
@@ -148,6 +171,10 @@ def _check(t: Timeline, policy: Policy) -> list[tuple[tuple[str | int, ...], str
                 bad.append(((*at, key), f'no uplink has carrier "{name}" (carriers: {", ".join(sorted(carriers))})'))
         if (s.flap is not None or s.carrier or s.loss is not None or s.rtt_ms is not None) and s.uplink is None:
             bad.append((at, "this change needs an uplink"))
+        for key in ("plmn_outage", "plmn_restored"):
+            plmn = getattr(s, key)
+            if plmn is not None and plmn not in plmns:
+                bad.append(((*at, key), f"no profile uses PLMN {plmn} (PLMNs: {', '.join(sorted(plmns)) or 'none'})"))
         if s.flap is not None and s.until is None:
             bad.append(((*at, "flap"), "flap needs until"))
         if s.command is not None:
@@ -185,6 +212,17 @@ class _Link:
     outage: bool = False  # carrier-wide outage: link up, nothing passes
     activations: int = 0  # successful activations so far: a fade belongs to one of them
     faded: bool = False  # activated, passed traffic for the world's passes_for, and nothing since
+    modem_blocked: bool = False  # a modem uplink not registered with a bearer, or on a PLMN in outage
+
+
+@dataclass(slots=True)
+class _Modem:
+    """A simulated modem: the profile it uses, the network it is attached to (None: not attached)."""
+
+    profile: ProfileSpec
+    world: ModemWorld
+    attached: str | None = None
+    epoch: int = 0  # bumped by every switch: a pending attach of an older one is void
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +243,8 @@ class Simulation:
     state: EngineState | None = None
     wall_shift: float = 0.0  # how far the wall clock is off, since the timeline's last clock event
     canary_probing: bool = False  # a canary round is queued (while a drill with a canary is CHECKING)
+    modems: dict[str, _Modem] = field(default_factory=dict)
+    plmns_down: set[str] = field(default_factory=set)
 
     def run(self) -> list[dict[str, Any]]:
         """The history of the run, record by record as `failoverctl history` shows the daemon's."""
@@ -230,6 +270,13 @@ class Simulation:
             push(tick, "round", _Round(interval, tuple(probes), tick))
         state = initial_state(pol, 0.0)
         state = self._step(state, ev.Tick(), 0.0, links, push)
+        for name, u in pol.uplinks.items():
+            if u.modem is not None:
+                world = tl.world.get(name, UplinkWorld()).modem
+                self.modems[name] = _Modem(u.modem.profiles[0], world)
+                links[name].modem_blocked = True
+                state = self._step(state, ev.ModemState(name, "searching"), 0.0, links, push)
+                push(world.register_delay, "attach", (name, 0))
         push(0.0, "windows", None)
         requests = 0
         deadline = next_deadline(state)
@@ -259,6 +306,7 @@ class Simulation:
                         and link.powered
                         and not link.outage
                         and not link.faded
+                        and not link.modem_blocked
                         and rng.uniform(0, 100) >= loss
                     )
                     if passes and rtt <= p.timeout:
@@ -278,7 +326,13 @@ class Simulation:
                     link = links[name]
                     loss = max(link.loss, link.target_loss.get(p.target, 0.0))
                     rtt = max(0.0, link.rtt + rng.uniform(-link.jitter, link.jitter))
-                    passes = link.carrier and link.powered and not link.outage and rng.uniform(0, 100) >= loss
+                    passes = (
+                        link.carrier
+                        and link.powered
+                        and not link.outage
+                        and not link.modem_blocked
+                        and rng.uniform(0, 100) >= loss
+                    )
                     if passes and rtt <= p.timeout:
                         push(t + rtt, "result", ev.ProbeResult(name, canary.key, True, rtt))
                     else:
@@ -308,6 +362,10 @@ class Simulation:
                         opening = window_event(name, drill.window, self.wall(t), t)
                         state = self._step(state, opening, t, links, push)
                         push(opening.closes + 1.0, "windows", None)
+            elif kind == "attach":
+                name, epoch = payload
+                if self.modems[name].epoch == epoch:
+                    state = self._step(state, self._attach(name, links), t, links, push)
             elif kind == "fade":
                 name, activation = payload
                 if links[name].activations == activation:  # not since switched off and on again
@@ -336,6 +394,35 @@ class Simulation:
             state = self._step(state, ev.Tick(), d, links, push)
         self.state = state
         return self.records
+
+    def _attach(self, name: str, links: dict[str, _Link]) -> ev.ModemState:
+        """The modem finished registering with its profile: what it reports, and whether data passes."""
+        modem = self.modems[name]
+        p = modem.profile
+        sim = modem.world.slots.get(p.slot or 0, "live")
+        if sim == "dead":
+            modem.attached = None
+            links[name].modem_blocked = True
+            return ev.ModemState(name, "denied", reason="network reject: IMSI unknown in HLR (cause 2)")
+        if sim == "no-coverage":
+            modem.attached = None
+            links[name].modem_blocked = True
+            return ev.ModemState(name, "searching", signal=0)
+        plmn = p.plmn or "00101"
+        modem.attached = plmn
+        links[name].modem_blocked = plmn in self.plmns_down
+        registration: ev.Registration = "roaming" if p.register is not None else "home"
+        return ev.ModemState(name, registration, plmn, "lte", 70, bearer=True)
+
+    def _plmn(self, plmn: str, down: bool, links: dict[str, _Link]) -> None:
+        """A network fails (or recovers) nationwide: modems on it stay registered, data stops."""
+        if down:
+            self.plmns_down.add(plmn)
+        else:
+            self.plmns_down.discard(plmn)
+        for name, modem in self.modems.items():
+            if modem.attached == plmn:
+                links[name].modem_blocked = down
 
     def wall(self, mono: float) -> float:
         """The simulated wall clock at monotonic time `mono`."""
@@ -369,6 +456,10 @@ class Simulation:
                 for uname, u in self.policy.uplinks.items():
                     if u.operator == name:
                         links[uname].outage = down
+        if s.plmn_outage is not None:
+            self._plmn(s.plmn_outage, True, links)
+        if s.plmn_restored is not None:
+            self._plmn(s.plmn_restored, False, links)
         if s.command is not None:
             _, args = validate(command_request(s))  # checked when the timeline was loaded
             yield to_event(s.command, args, request)
@@ -403,6 +494,21 @@ class Simulation:
             case fx.DeactivateStandby():
                 links[e.uplink].powered = False
                 push(t, "engine", ev.StandbyResult(e.uplink, "deactivate", True))
+            case fx.SwitchProfile():
+                # Register (same SIM) answers once registered; a slot switch once the modem is back,
+                # and it registers after that.
+                modem = self.modems[e.uplink]
+                spec = self.policy.uplinks[e.uplink].modem
+                if spec is None:
+                    return
+                modem.epoch += 1
+                modem.attached = None
+                modem.profile = spec.profile(e.profile)
+                links[e.uplink].modem_blocked = True
+                w = modem.world
+                done = t + (w.register_delay if e.how == "register" else w.slot_switch_delay)
+                push(done, "engine", ev.ProfileSwitched(e.uplink, e.profile, True))
+                push(done if e.how == "register" else done + w.register_delay, "attach", (e.uplink, modem.epoch))
 
 
 def _canary_due(policy: Policy, state: EngineState) -> tuple[str, CanarySpec] | None:

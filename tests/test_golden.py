@@ -32,7 +32,22 @@ def _in(t: float, window: list[float]) -> bool:
 
 
 def _fmt(rows: list[dict[str, Any]]) -> str:
-    keep = ("mono", "class", "uplink", "route", "from", "to", "ok", "text", "action", "subject", "verdict", "check")
+    keep = (
+        "mono",
+        "class",
+        "uplink",
+        "profile",
+        "how",
+        "route",
+        "from",
+        "to",
+        "ok",
+        "text",
+        "action",
+        "subject",
+        "verdict",
+        "check",
+    )
 
     def line(r: dict[str, Any]) -> str:
         shown = [f"{k}={r[k]}" for k in keep if k in r]
@@ -81,6 +96,10 @@ def test_golden(path: Path) -> None:
         _check_ordered("drills", expect["drills"], by_kind.get("drill", []))
     if "drill_checks" in expect:
         _check_ordered("drill_checks", expect["drill_checks"], by_kind.get("drill-check", []))
+    if "profiles" in expect:
+        _check_ordered("profiles", expect["profiles"], by_kind.get("profile", []))
+    if "profile_switches" in expect:
+        _check_ordered("profile_switches", expect["profile_switches"], by_kind.get("profile-switch", []))
     if "uplinks" in expect:
         named = {e["uplink"] for e in expect["uplinks"]}
         actual = [r for r in by_kind.get("uplink", []) if r["uplink"] in named]

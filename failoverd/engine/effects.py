@@ -149,6 +149,33 @@ class RouteCanary:
     cause: Cause
 
 
+SwitchHow = Literal["register", "slot"]
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchProfile:
+    """Move a cellular uplink's modem to another profile: re-register to its PLMN on the same SIM
+    (`register`, cheap), or switch the SIM slot / eSIM profile first (`slot`, re-initialises the modem)."""
+
+    uplink: str
+    profile: str
+    how: SwitchHow
+    plmn: str | None  # the network to register to (None: automatic)
+    apn: str
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChanged:
+    """A modem's profile state machine moved (engine/profiles.py)."""
+
+    uplink: str
+    profile: str
+    old: str
+    new: str
+    cause: Cause
+
+
 @dataclass(frozen=True, slots=True)
 class CommandReply:
     """The answer to an operator command: what changed, or why nothing did."""
@@ -175,4 +202,6 @@ Effect = (
     | DrillCheck
     | DrillPostponed
     | RouteCanary
+    | SwitchProfile
+    | ProfileChanged
 )

@@ -146,6 +146,34 @@ class DrillWindow:
     wall_opens: float  # evidence and identity only, never a timer
 
 
+Registration = Literal["home", "roaming", "searching", "denied", "idle", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModemState:
+    """What a cellular uplink's modem reports (ModemManager: Modem3gpp.RegistrationState, OperatorCode,
+    Modem.AccessTechnologies, SignalQuality, the bearer's Connected; StateFailedReason or the network's
+    reject cause in `reason`). Not produced by the daemon yet: the modem service is later work."""
+
+    uplink: str
+    registration: Registration
+    operator: str | None = None  # MCCMNC it is registered to
+    access: str | None = None  # lte, 5gnr, umts, ...
+    signal: int | None = None  # percent
+    bearer: bool = False  # a data bearer is connected
+    reason: str = ""  # why registration failed or the network rejected it
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSwitched:
+    """The outcome of a SwitchProfile effect: the modem now uses `profile` (ok) or could not (detail)."""
+
+    uplink: str
+    profile: str
+    ok: bool
+    detail: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: timers (hold-down, preempt, damping, TTLs) may have expired."""
@@ -166,5 +194,7 @@ Event = (
     | AckAlarm
     | ServiceAlarm
     | DrillWindow
+    | ModemState
+    | ProfileSwitched
     | Tick
 )

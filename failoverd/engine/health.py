@@ -123,6 +123,8 @@ def _alive_targets(spec: UplinkSpec, u: UplinkState) -> list[str]:
 
 
 def _down_cause(spec: UplinkSpec, u: UplinkState) -> Cause | None:
+    if u.modem_down is not None:
+        return u.modem_down
     if not u.carrier:
         return Cause("carrier-loss", f"carrier lost on {spec.interface}", (("interface", spec.interface),))
     failed = _failed_targets(spec, u)

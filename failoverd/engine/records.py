@@ -89,6 +89,24 @@ def effect_record(e: fx.Effect) -> dict[str, Any] | None:
                 "to": e.via,
                 "cause": e.cause.as_dict(),
             }
+        case fx.SwitchProfile():
+            return {
+                "kind": "profile-switch",
+                "uplink": e.uplink,
+                "profile": e.profile,
+                "how": e.how,
+                "plmn": e.plmn,
+                "cause": e.cause.as_dict(),
+            }
+        case fx.ProfileChanged():
+            return {
+                "kind": "profile",
+                "uplink": e.uplink,
+                "profile": e.profile,
+                "from": e.old,
+                "to": e.new,
+                "cause": e.cause.as_dict(),
+            }
         case fx.WithdrawClass():
             return {
                 "kind": "decision",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from failoverd.engine.drillstate import DrillResult, DrillSchedule
 from failoverd.engine.effects import Cause, Route
 from failoverd.engine.events import ClockState
+from failoverd.engine.modemstate import ModemView
 from failoverd.errors import EngineBug
 from failoverd.policy.model import Policy
 
@@ -107,6 +108,9 @@ class UplinkState:
     verified_at: float | None = None
     tracked_since: float = 0.0  # the uplink has been watched since (ages a proof that never came)
     verify_stale: bool = False  # the proof is older than the policy's verify.within: alarm raised
+    # The modem's profile has failed (denied, searching too long) or is being switched
+    # (engine/profiles.py): the uplink is DOWN for that cause whatever its probes say.
+    modem_down: Cause | None = None
 
     @property
     def status(self) -> str:
@@ -223,6 +227,7 @@ class EngineState:
     alarms: Mapping[str, ActiveAlarm] = field(default_factory=dict)  # active alarms by id (engine/alarms.py)
     carried: Mapping[str, CarriedAlarm] = field(default_factory=dict)  # active when the last run ended
     restart: Restart | None = None  # set by restored_state, settled (and cleared) by the first step
+    modems: Mapping[str, ModemView] = field(default_factory=dict)  # per uplink with profiles (engine/profiles.py)
 
     def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
         for o in self.overrides:

@@ -7,8 +7,10 @@
 # 1. the event itself: fold probe results into their targets, note carrier, a standby action's outcome,
 #    a clock verdict, a reloaded policy, or an operator command (which may add or remove an override);
 # 2. overrides whose time ran out expire;
-# 3. uplinks are re-judged (health.py): activation deadlines, damping reuse, then the evidence; after
+# 3. a modem's profile deadlines run out (profiles.py: a switch unanswered, searching too long);
+#    uplinks are re-judged (health.py): activation deadlines, damping reuse, then the evidence; after
 #    a probe event only the uplinks it concerns and those with a timer due;
+#    then a registered modem passing no data fails its profile, and profile switches start (profiles.py);
 # 4. every class is assigned its uplink (decide.py) from one snapshot of that state: switches,
 #    conntrack flushes and alarms follow;
 # 5. cold standby links are activated where a class needs them (or pre-warms them: redundancy.py) and
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import assert_never
 
 from failoverd.engine import drills as dr
 from failoverd.engine import health as hl
+from failoverd.engine import profiles as pf
 from failoverd.engine.alarms import (
     ALARM_KINDS,
     ActiveAlarm,
@@ -60,15 +64,18 @@ from failoverd.engine.events import (
     DrillWindow,
     Event,
     ForceClass,
+    ModemState,
     PolicyReloaded,
     ProbeBatch,
     ProbeResult,
+    ProfileSwitched,
     Release,
     RunDrill,
     ServiceAlarm,
     StandbyResult,
     Tick,
 )
+from failoverd.engine.modemstate import ModemView
 from failoverd.engine.redundancy import (
     last_verified,
     prewarm_targets,
@@ -78,6 +85,7 @@ from failoverd.engine.redundancy import (
     verify_deadline,
 )
 from failoverd.engine.state import (
+    USABLE,
     ClassState,
     ClockView,
     EngineState,
@@ -120,6 +128,15 @@ class _Work:
         self.needed: set[str] = set()  # cold uplinks some class needs, or uses (plan_standby)
         self.alarms: dict[str, ActiveAlarm] = dict(state.alarms)
         self.carried: dict[str, CarriedAlarm] = {k: c for k, c in state.carried.items() if c.until > now}
+        # Per uplink with profiles; a new one (first step, reload) starts UNKNOWN on its first profile.
+        self.modems: dict[str, ModemView] = {}
+        for name, spec in policy.uplinks.items():
+            if spec.modem is None:
+                continue
+            v = state.modems.get(name)
+            if v is None or v.profile not in {p.name for p in spec.modem.profiles}:
+                v = pf.initial(spec.modem, now)
+            self.modems[name] = v
 
     def snapshot(self) -> EngineState:
         return EngineState(
@@ -134,6 +151,7 @@ class _Work:
             drills=dict(self.drill_schedules),
             alarms=dict(self.alarms),
             carried=dict(self.carried),
+            modems=dict(self.modems),
         )
 
     def readiness_moved(self, view: EngineState) -> bool:
@@ -254,6 +272,62 @@ class _Work:
             if o.uplink not in pol.uplinks or (o.cls is not None and o.cls not in pol.classes):
                 self.overrides.remove(o)
                 self.notice("info", o.id, Cause("override-dropped", f"{o.describe()} names what the policy lost"))
+
+    # -- modem profiles (engine/profiles.py) ------------------------------------------------------
+    def modem_state(self, ev: ModemState) -> None:
+        v = self.modems.get(ev.uplink)
+        spec = self.policy.uplinks[ev.uplink].modem if ev.uplink in self.policy.uplinks else None
+        if v is not None and spec is not None:
+            self.modems[ev.uplink] = pf.observe(spec, v, ev, self.now, out=self.effects)
+
+    def profile_switched(self, ev: ProfileSwitched) -> None:
+        v = self.modems.get(ev.uplink)
+        if v is not None:
+            self.modems[ev.uplink] = pf.switched(v, ev, self.now, out=self.effects)
+
+    def modem_timers(self) -> None:
+        for name, v in self.modems.items():
+            spec = self.policy.uplinks[name].modem
+            if spec is not None:  # always (self.modems holds only uplinks with a modem)
+                self.modems[name] = pf.timers(name, spec, v, self.now, out=self.effects)
+                self.hold_down_for_modem(name)
+
+    def plan_profiles(self) -> None:
+        """After the uplinks are judged: no data while registered fails a profile; then switch where due."""
+        for name, seen in self.modems.items():
+            spec = self.policy.uplinks[name].modem
+            if spec is None:
+                continue
+            v = pf.judge_data(name, spec, seen, self.uplinks[name], self.now, out=self.effects)
+            self.modems[name] = pf.plan(name, spec, v, partial(self.covered, name), self.now, out=self.effects)
+            self.hold_down_for_modem(name)
+
+    def hold_down_for_modem(self, name: str) -> None:
+        """The uplink is DOWN while its profile fails or switches, judged at once: update_uplinks may
+        skip it (a probe event re-judges only the probed uplinks) and the class assignment must see it."""
+        u = self.uplinks[name]
+        down = pf.down_cause(self.modems[name])
+        if down == u.modem_down:
+            return
+        self.uplinks[name] = hl.evaluate(self.policy.uplinks[name], replace(u, modem_down=down), self.now)
+
+    def covered(self, uplink: str) -> bool:
+        """Every class that has `uplink` in its path (and may use it) is routed via another usable
+        uplink (decide.usable, read from this step's uplinks without taking a snapshot)."""
+        for c in self.policy.classes.values():
+            if uplink not in c.path or not self.policy.uplinks[uplink].admits(c.name):
+                continue
+            cur = self.classes[c.name]
+            other = self.uplinks.get(cur.uplink or "") if cur.uplink != uplink else None
+            if (
+                cur.route != "via"
+                or other is None
+                or other.health not in USABLE
+                or other.suppressed
+                or not other.carrier
+            ):
+                return False
+        return True
 
     # -- operator commands ------------------------------------------------------------------------
     def refuse(self, request: str, text: str) -> None:
@@ -792,12 +866,20 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
             w.service_alarm(event)
         case DrillWindow():
             dr.window(w, event)
+        case ModemState():
+            w.modem_state(event)
+        case ProfileSwitched():
+            w.profile_switched(event)
         case Tick():
             pass
         case _:
             assert_never(event)
     w.expire_overrides()
+    if w.modems:
+        w.modem_timers()
     w.update_uplinks(only=_probed(event))
+    if w.modems:
+        w.plan_profiles()
     choices = w.assign()
     w.watch_verification()  # first: redundancy reads the staleness it sets
     w.plan_standby(choices)
@@ -834,6 +916,10 @@ def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> flo
         due = verify_deadline(spec, u, state.now)
         if due is not None and not u.verify_stale:
             times.append(due)
+    for name, v in state.modems.items():
+        modem = policy.uplinks[name].modem
+        if modem is not None:
+            times += pf.wake_times(modem, v, state.uplinks[name])
     for a in state.alarms.values():
         t = next_notification(a, policy.alarms)
         if t is not None:

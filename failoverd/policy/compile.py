@@ -138,6 +138,26 @@ def _verify(u: s.Uplink, d: s.Drill | None) -> m.VerifySpec | None:
     return m.VerifySpec(within, None) if within is not None else None  # a drill's proof, with no alarm asked
 
 
+def _modem(u: s.Uplink) -> m.ModemSpec | None:
+    if not u.profiles:
+        return None
+    sw = u.profile_switch
+    return m.ModemSpec(
+        equipment=u.modem,
+        profiles=tuple(
+            m.ProfileSpec(p.name, p.slot, p.esim, p.operator, p.apn, tuple(p.plmns), p.register_to, tuple(p.rat))
+            for p in u.profiles
+        ),
+        register_time=sw.register_time,
+        slot_switch_time=sw.slot_switch_time,
+        searching_limit=sw.searching_limit,
+        while_covered=sw.while_covered,
+        revertive=sw.revertive,
+        revert_after=sw.revert_after,
+        retry_after=sw.retry_after,
+    )
+
+
 def _alarms(a: s.Alarms) -> m.AlarmsSpec:
     def some(xs: Sequence[str] | None) -> frozenset[str] | None:
         return None if xs is None else frozenset(xs)
@@ -244,6 +264,7 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             table=u.table if u.table is not None else next(free_tables),
             fwmark=u.fwmark if u.fwmark is not None else next(free_marks),
             verify=_verify(u, drilled.get(u.name)),
+            modem=_modem(u),
         )
 
     classes: dict[str, m.ClassSpec] = {}

@@ -17,6 +17,8 @@ ConntrackAction = Literal["flush", "keep"]
 ClockSeverity = Literal["warning", "critical"]
 WallTimeFeature = Literal["certificates", "signed-commands", "schedules"]
 AlarmSeverity = Literal["info", "warning", "critical"]
+Rat = Literal["5g", "4g", "3g", "2g"]
+WhileCovered = Literal["wait", "register", "any"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,52 @@ class RedundancySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileSpec:
+    """One way a cellular modem can reach a mobile network: a SIM (slot or eSIM profile), the PLMNs it
+    may use, optionally a manual registration to a partner network, the APN and the RAT preference."""
+
+    name: str
+    slot: int | None  # physical SIM slot (ModemManager's SimSlots, 1-based) ...
+    esim: str | None  # ... or an eSIM profile id (ICCID)
+    operator: str | None
+    apn: str
+    plmns: tuple[str, ...]  # MCCMNC allowed; empty: whatever the SIM's home network picks
+    register: str | None  # MCCMNC to register to manually (Modem3gpp.Register); None: automatic
+    rat: tuple[Rat, ...]  # preferred access technologies, best first
+
+    @property
+    def sim(self) -> str:
+        """The SIM this profile uses: profiles with the same SIM switch by re-registering only."""
+        return f"slot {self.slot}" if self.esim is None else f"esim {self.esim}"
+
+    @property
+    def plmn(self) -> str | None:
+        """The network it registers to: the manual one, else the first allowed (None: automatic)."""
+        return self.register if self.register is not None else (self.plmns[0] if self.plmns else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ModemSpec:
+    """A cellular uplink's modem and its ordered profiles (engine/profiles.py), with what a switch costs."""
+
+    equipment: str | None  # ModemManager's EquipmentIdentifier (IMEI); None: the only modem
+    profiles: tuple[ProfileSpec, ...]  # in order of preference, like a class's path
+    register_time: float  # a re-registration to another PLMN, until registered with a bearer
+    slot_switch_time: float  # a SIM-slot (or eSIM) switch re-initialises the modem: on top of register_time
+    searching_limit: float  # searching (or idle) this long without registering: the profile has failed
+    while_covered: WhileCovered  # switches allowed while every class it serves is usable elsewhere
+    revertive: bool  # back to the first profile once it has been failed for revert_after
+    revert_after: float  # hold-down of a failed profile before failback, doubled per repeat failure
+    retry_after: float  # a failed profile is not chosen again for this long (failover)
+
+    def profile(self, name: str) -> ProfileSpec:
+        return next(p for p in self.profiles if p.name == name)
+
+    def switch_time(self, frm: ProfileSpec, to: ProfileSpec) -> float:
+        return self.register_time + (0.0 if frm.sim == to.sim else self.slot_switch_time)
+
+
+@dataclass(frozen=True, slots=True)
 class UplinkSpec:
     name: str
     interface: str
@@ -117,6 +165,7 @@ class UplinkSpec:
     table: int
     fwmark: int
     verify: VerifySpec | None = None
+    modem: ModemSpec | None = None  # a cellular uplink with profiles
 
     def admits(self, cls: str) -> bool:
         return self.admit is None or cls in self.admit

@@ -15,10 +15,12 @@ from failoverd.policy.model import (
     ConntrackAction,
     DnsRecord,
     OnDegraded,
+    Rat,
     StandbyMode,
     UplinkKind,
     WallTimeFeature,
     WhenAllDown,
+    WhileCovered,
 )
 
 
@@ -199,6 +201,53 @@ class Verify(Strict):
     alarm: AlarmSeverity = "warning"
 
 
+def _check_mccmnc(value: object) -> object:
+    """A PLMN id, 3GPP TS 23.003 section 12.1: a 3-digit MCC and a 2- or 3-digit MNC, as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        # pydantic turns ValueError, not TypeError, into a located validation error.
+        raise ValueError(f'write the MCCMNC {value} quoted ("{value}"): a number loses leading zeros')  # noqa: TRY004
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{5,6}", value):
+        raise ValueError(f'{value!r} is not an MCCMNC: a 3-digit MCC and a 2- or 3-digit MNC, such as "20408"')
+    return value
+
+
+Mccmnc = Annotated[str, BeforeValidator(_check_mccmnc)]
+
+
+def _default_rat() -> list[Rat]:
+    return ["5g", "4g"]
+
+
+class Profile(Strict):
+    """A SIM slot or eSIM profile, the networks it may use and how to reach them."""
+
+    name: Name
+    slot: int | None = Field(default=None, ge=1, le=8)
+    esim: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{18,22}$")  # an ICCID
+    operator: str | None = None
+    apn: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,99}$")
+    plmns: list[Mccmnc] = Field(default_factory=list)
+    # Manual registration to this network (a partner the subscription may roam on); none: automatic.
+    # (`register` in the file: the attribute name would shadow pydantic's BaseModel.register.)
+    register_to: Mccmnc | None = Field(default=None, alias="register")
+    rat: list[Rat] = Field(default_factory=_default_rat)
+
+
+class ProfileSwitch(Strict):
+    """What switching profiles costs, and when the engine may pay for it."""
+
+    register_time: Duration = 15.0
+    # A SIM-slot switch re-initialises the modem (it leaves and comes back): tens of seconds.
+    slot_switch_time: Duration = 40.0
+    searching_limit: Duration = 60.0
+    # While every class the uplink serves is usable elsewhere: wait (switch nothing), register (only
+    # cheap re-registrations, the default), any (slot switches too).
+    while_covered: WhileCovered = "register"
+    revertive: bool = True
+    revert_after: NonNegDuration = 600.0
+    retry_after: NonNegDuration = 300.0
+
+
 class Uplink(Strict):
     name: Name
     interface: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")
@@ -219,6 +268,10 @@ class Uplink(Strict):
     fwmark: Mark | None = None
     # Alarm when the uplink has not been seen working for longer than this (none: never asked).
     verify: Verify | None = None
+    # A cellular uplink's modem (its equipment id; none: the only one) and its ordered profiles.
+    modem: str | None = None
+    profiles: list[Profile] = Field(default_factory=list)
+    profile_switch: ProfileSwitch = ProfileSwitch()
 
 
 PortSpec = Annotated[int | str, Field(union_mode="left_to_right")]

@@ -149,6 +149,7 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
                     "it could never be DEGRADED"
                 ),
             )
+        yield from _profiles(u, at)
         dm = u.damping
         if dm.enabled and dm.reuse >= dm.suppress:
             yield (
@@ -158,6 +159,34 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
                     "or a suppressed uplink is never reused"
                 ),
             )
+
+
+def _profiles(u: s.Uplink, at: tuple[str | int, ...]) -> Iterator[Finding]:
+    if u.kind != "cellular":
+        if u.profiles:
+            yield (*at, "profiles"), f'uplink "{u.name}": profiles are for a cellular uplink (kind: {u.kind})'
+        if u.modem is not None:
+            yield (*at, "modem"), f'uplink "{u.name}": a modem is for a cellular uplink (kind: {u.kind})'
+        return
+    if u.modem is not None and not u.profiles:
+        yield (*at, "modem"), f'uplink "{u.name}": a modem needs profiles to use it with'
+    seen: dict[str, int] = {}
+    for j, p in enumerate(u.profiles):
+        where = (*at, "profiles", j)
+        if p.name in seen:
+            yield (*where, "name"), f'uplink "{u.name}": profile "{p.name}" is defined twice'
+        seen.setdefault(p.name, j)
+        if (p.slot is None) == (p.esim is None):
+            yield (*where, "slot"), f'uplink "{u.name}": profile "{p.name}" needs exactly one of slot or esim'
+        if p.plmns and p.register_to is not None and p.register_to not in p.plmns:
+            yield (
+                (*where, "register"),
+                f'uplink "{u.name}": profile "{p.name}" registers to {p.register_to}, which is not in its plmns',
+            )
+        if len(set(p.plmns)) != len(p.plmns):
+            yield (*where, "plmns"), f'uplink "{u.name}": profile "{p.name}" lists a PLMN twice'
+        if len(set(p.rat)) != len(p.rat) or not p.rat:
+            yield (*where, "rat"), f'uplink "{u.name}": profile "{p.name}": list each technology once, at least one'
 
 
 def _classes(doc: s.PolicyDocument) -> Iterator[Finding]:

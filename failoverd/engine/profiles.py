@@ -1,0 +1,270 @@
+"""Modem profiles: a cellular uplink's active SIM/PLMN profile, its state machine as data, and when to switch."""
+
+# Theory of operation
+# -------------------
+# A cellular uplink with `profiles` has one modem and, at any time, one active profile (SIM slot or
+# eSIM profile, PLMN, APN). The modem's own evidence (events.ModemState: registration, operator,
+# bearer) and the uplink's probes move the profile through PHASE_TRANSITIONS (modemstate.py):
+#
+#   UNKNOWN    no modem evidence yet (the daemon does not produce it yet: nothing here then acts)
+#   ATTACHING  searching, idle, or registered without a data bearer; searching longer than
+#              `searching_limit` fails the profile
+#   SERVING    registered (home or roaming) with a data bearer
+#   FAILED     the network rejected the modem (denied), it registered on a network not in the
+#              profile's plmns, it kept searching, a switch to this profile
+#              failed, or it is registered but passes no data (its probes failed while SERVING, or
+#              none answered within `register_time` of SERVING)
+#   SWITCHING  a SwitchProfile effect is in flight; nothing else is decided until ProfileSwitched
+#              arrives or twice the switch's cost has passed (never two switches in flight)
+#
+# A FAILED or SWITCHING profile makes the uplink DOWN with its cause (UplinkState.modem_down), except
+# "no data", which the probes already hold DOWN and may lift again: then the profile is SERVING again.
+#
+# From FAILED the next profile in the policy's order is tried (wrapping round, skipping profiles that
+# failed within `retry_after`): a re-registration to its PLMN when it uses the same SIM (cheap, about
+# `register_time`), a SIM-slot or eSIM switch otherwise (the modem re-initialises: `slot_switch_time`
+# more). A switch costs the uplink's service, so while it is *covered* (every class that has it in its
+# path and is admitted is routed via another usable uplink) only what `while_covered` allows goes
+# ahead: `register` (default) lets cheap re-registrations go and holds slot switches, `wait` holds
+# every switch, `any` holds none. A held switch is recorded once (a notice with cause
+# `switch-deferred`) and goes ahead when the uplink is needed again.
+#
+# Failback to the first profile (revertive) follows the same rule, once the first profile has been
+# failed for `revert_after`; the hold-down doubles with each failure of that profile in a row (up to
+# 8x): damping, so a carrier that keeps failing is not switched back to every few minutes.
+#
+# An operator pin (issue 17: `failoverctl modem use`) will name the wanted profile ahead of the order
+# in `plan`; it is not there yet.
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from failoverd.engine.effects import Alarm, Cause, Effect, ProfileChanged, SwitchHow, SwitchProfile
+from failoverd.engine.events import ModemState, ProfileSwitched
+from failoverd.engine.modemstate import PHASE_TRANSITIONS, ModemView, Phase
+from failoverd.engine.state import Health, UplinkState
+from failoverd.errors import EngineBug
+from failoverd.policy.model import ModemSpec, ProfileSpec
+
+MAX_BACKOFF = 8  # the failback hold-down grows to at most this many times revert_after
+
+
+# Failures that hold the uplink DOWN whatever its probes say (no-data is the probes' own verdict).
+_HOLDS_DOWN = frozenset({"modem-denied", "modem-searching", "modem-wrong-network", "switch-failed", "switch-timeout"})
+
+
+def initial(spec: ModemSpec, now: float) -> ModemView:
+    first = spec.profiles[0].name
+    return ModemView(first, Phase.UNKNOWN, now, Cause("start", f"profile {first}; no modem evidence yet"))
+
+
+def move(uplink: str, v: ModemView, new: Phase, now: float, cause: Cause, *, out: list[Effect]) -> ModemView:
+    """The one way a phase changes: checked against the table, recorded with its cause."""
+    if new not in PHASE_TRANSITIONS[v.phase]:
+        raise EngineBug(f"illegal profile transition {uplink} {v.phase.value} -> {new.value} ({cause})")
+    if new is Phase.FAILED:
+        v = replace(
+            v,
+            failed_at={**v.failed_at, v.profile: now},
+            failures={**v.failures, v.profile: v.failures.get(v.profile, 0) + 1},
+        )
+    elif new is Phase.SERVING:
+        v = replace(v, failures={**v.failures, v.profile: 0})
+    out.append(ProfileChanged(uplink, v.profile, v.phase.value, new.value, cause))
+    return replace(v, phase=new, since=now, cause=cause, held="")
+
+
+def _evidence(ev: ModemState) -> tuple[tuple[str, str], ...]:
+    pairs = (
+        ("registration", ev.registration),
+        ("operator", ev.operator or ""),
+        ("access", ev.access or ""),
+        ("signal", "" if ev.signal is None else f"{ev.signal}%"),
+        ("bearer", "connected" if ev.bearer else "none"),
+        ("reason", ev.reason),
+    )
+    return tuple((k, x) for k, x in pairs if x)
+
+
+def observe(spec: ModemSpec, v: ModemView, ev: ModemState, now: float, *, out: list[Effect]) -> ModemView:
+    """Fold the modem's report into the view; registration and bearer move the phase."""
+    registered = ev.registration in ("home", "roaming")
+    searching_since = None if registered else (v.searching_since if v.searching_since is not None else now)
+    v = replace(
+        v,
+        registration=ev.registration,
+        operator=ev.operator,
+        access=ev.access,
+        signal=ev.signal,
+        bearer=ev.bearer,
+        searching_since=searching_since,
+    )
+    if v.phase is Phase.SWITCHING:
+        return v  # a modem mid-switch reports what it passes through; ProfileSwitched ends the switch
+    name = ev.uplink
+    if ev.registration == "denied":
+        if v.phase is Phase.FAILED:
+            return v
+        why = f": {ev.reason}" if ev.reason else ""
+        cause = Cause("modem-denied", f"profile {v.profile}: the network rejected the modem{why}", _evidence(ev))
+        return move(name, v, Phase.FAILED, now, cause, out=out)
+    allowed = spec.profile(v.profile).plmns
+    if registered and ev.operator and allowed and ev.operator not in allowed:
+        # Automatic selection put it on a network the profile does not allow (roaming charges,
+        # a network the subscription has no data on): failed, as a rejection is.
+        if v.phase is Phase.FAILED:
+            return v
+        text = f"profile {v.profile}: registered on {ev.operator}, not one of its networks ({', '.join(allowed)})"
+        return move(name, v, Phase.FAILED, now, Cause("modem-wrong-network", text, _evidence(ev)), out=out)
+    if registered and ev.bearer:
+        if v.phase in (Phase.UNKNOWN, Phase.ATTACHING) or (v.phase is Phase.FAILED and v.cause.code in _HOLDS_DOWN):
+            on = f" on {ev.operator}" if ev.operator else ""
+            text = f"profile {v.profile}: registered ({ev.registration}){on} with a data bearer"
+            return move(name, v, Phase.SERVING, now, Cause("modem-serving", text, _evidence(ev)), out=out)
+        return v
+    if v.phase in (Phase.UNKNOWN, Phase.SERVING):
+        what = f"registered ({ev.registration}) without a data bearer" if registered else ev.registration
+        cause = Cause("modem-attaching", f"profile {v.profile}: {what}", _evidence(ev))
+        return move(name, v, Phase.ATTACHING, now, cause, out=out)
+    return v
+
+
+def switched(v: ModemView, ev: ProfileSwitched, now: float, *, out: list[Effect]) -> ModemView:
+    """The runtime's answer to SwitchProfile; a late answer to a switch that timed out is ignored."""
+    if v.phase is not Phase.SWITCHING or ev.profile != v.target:
+        return v
+    v = replace(v, profile=ev.profile, target=None, switch_deadline=None)
+    if ev.ok:
+        cause = Cause("profile-switched", f"modem now uses profile {ev.profile}; registering")
+        # Registration time counts against the searching limit from here.
+        return move(ev.uplink, replace(v, searching_since=now), Phase.ATTACHING, now, cause, out=out)
+    cause = Cause("switch-failed", f"switch to profile {ev.profile} failed: {ev.detail}", (("detail", ev.detail),))
+    return move(ev.uplink, v, Phase.FAILED, now, cause, out=out)
+
+
+def timers(uplink: str, spec: ModemSpec, v: ModemView, now: float, *, out: list[Effect]) -> ModemView:
+    """Deadlines: a switch that never answered, a modem that kept searching."""
+    if v.phase is Phase.SWITCHING and v.switch_deadline is not None and now >= v.switch_deadline:
+        target = v.target or v.profile
+        v = replace(v, profile=target, target=None, switch_deadline=None)
+        cause = Cause("switch-timeout", f"switch to profile {target} not answered in time")
+        return move(uplink, v, Phase.FAILED, now, cause, out=out)
+    if (
+        v.phase in (Phase.UNKNOWN, Phase.ATTACHING)
+        and v.searching_since is not None
+        and now - v.searching_since >= spec.searching_limit
+    ):
+        text = f"profile {v.profile}: not registered for {now - v.searching_since:g}s ({v.registration})"
+        ev = (("limit", f"{spec.searching_limit:g}s"), ("registration", v.registration))
+        return move(uplink, v, Phase.FAILED, now, Cause("modem-searching", text, ev), out=out)
+    return v
+
+
+def judge_data(
+    uplink: str, spec: ModemSpec, v: ModemView, u: UplinkState, now: float, *, out: list[Effect]
+) -> ModemView:
+    """Registered is not working: a SERVING profile whose probes fail has failed (no data); one that
+    failed so and whose probes pass again is SERVING again."""
+    if v.phase is Phase.SERVING and u.health is Health.DOWN and u.cause.code == "probe-loss":
+        fell = u.since >= v.since  # went down while serving
+        never = now - v.since >= spec.register_time and u.fresh_successes == 0  # no answer since attaching
+        if fell or never:
+            text = f"profile {v.profile}: registered on {v.operator or '?'} but passes no data ({u.cause.text})"
+            return move(uplink, v, Phase.FAILED, now, Cause("modem-no-data", text, u.cause.evidence), out=out)
+    if v.phase is Phase.FAILED and v.cause.code == "modem-no-data" and u.health in (Health.UP, Health.DEGRADED):
+        cause = Cause("modem-data", f"profile {v.profile} passes data again ({u.cause.text})")
+        return move(uplink, v, Phase.SERVING, now, cause, out=out)
+    return v
+
+
+def down_cause(v: ModemView) -> Cause | None:
+    """What holds the uplink DOWN on the modem's account, if anything."""
+    if v.phase is Phase.SWITCHING or (v.phase is Phase.FAILED and v.cause.code in _HOLDS_DOWN):
+        return v.cause
+    return None
+
+
+def _next(spec: ModemSpec, v: ModemView, now: float) -> ProfileSpec | None:
+    """The next profile after the active one in the policy's order that has not failed lately."""
+    names = [p.name for p in spec.profiles]
+    i = names.index(v.profile)
+    for p in spec.profiles[i + 1 :] + spec.profiles[:i]:
+        at = v.failed_at.get(p.name)
+        if at is None or now - at >= spec.retry_after:
+            return p
+    return None
+
+
+def failback_at(spec: ModemSpec, v: ModemView) -> float | None:
+    """When the first profile may be tried again (revertive), with the hold-down's backoff."""
+    first = spec.profiles[0].name
+    if not spec.revertive or v.profile == first or v.phase is not Phase.SERVING:
+        return None
+    at = v.failed_at.get(first)
+    if at is None:
+        return v.since
+    backoff: int = min(2 ** max(v.failures.get(first, 1) - 1, 0), MAX_BACKOFF)
+    return at + spec.revert_after * backoff
+
+
+def plan(
+    uplink: str, spec: ModemSpec, v: ModemView, covered: Callable[[], bool], now: float, *, out: list[Effect]
+) -> ModemView:
+    """Start a switch where one is due and allowed: failover from a FAILED profile, failback to the
+    first. `covered` is asked only then (it reads every class)."""
+    if v.phase is Phase.FAILED:
+        to = _next(spec, v, now)
+        if to is None:
+            if v.held != "none-left":
+                text = f"profile {v.profile} failed and every other profile failed within {spec.retry_after:g}s"
+                out.append(Alarm("warning", uplink, Cause("no-profile-left", text)))
+                v = replace(v, held="none-left")
+            return v
+        why = f"profile {v.profile} failed ({v.cause.code})"
+        code = "profile-failover"
+    else:
+        at = failback_at(spec, v)
+        if at is None or now < at:
+            return v
+        to = spec.profiles[0]
+        why = f"failback: profile {to.name} held down since its failure"
+        code = "profile-failback"
+    frm = spec.profile(v.profile)
+    how: SwitchHow = "register" if frm.sim == to.sim else "slot"
+    free = spec.while_covered == "any" or (spec.while_covered == "register" and how == "register")
+    allowed = free or not covered()
+    if not allowed:
+        key = f"{to.name}/{how}"
+        if v.held != key:
+            text = (
+                f"{why}; every class {uplink} serves is usable elsewhere, so the {how} switch to {to.name} "
+                f"waits (profile_switch.while_covered: {spec.while_covered})"
+            )
+            out.append(Alarm("info", uplink, Cause("switch-deferred", text, (("profile", to.name), ("how", how)))))
+            v = replace(v, held=key)
+        return v
+    cost = spec.switch_time(frm, to)
+    evidence = (("from", frm.name), ("to", to.name), ("how", how), ("cost", f"{cost:g}s"))
+    cause = Cause(code, f"{why}: {how} to {to.name} ({to.plmn or 'automatic'}, about {cost:g}s)", evidence)
+    v = move(uplink, v, Phase.SWITCHING, now, cause, out=out)
+    out.append(SwitchProfile(uplink, to.name, how, to.plmn, to.apn, cause))
+    return replace(v, target=to.name, switch_deadline=now + 2 * cost)
+
+
+def wake_times(spec: ModemSpec, v: ModemView, u: UplinkState) -> list[float]:
+    """When a Tick may change this modem's view without an event."""
+    times: list[float] = []
+    if v.switch_deadline is not None:
+        times.append(v.switch_deadline)
+    if v.phase in (Phase.UNKNOWN, Phase.ATTACHING) and v.searching_since is not None:
+        times.append(v.searching_since + spec.searching_limit)
+    if v.phase is Phase.SERVING and u.health is Health.DOWN:
+        times.append(v.since + spec.register_time)
+    at = failback_at(spec, v)
+    if at is not None:
+        times.append(at)
+    if v.phase is Phase.FAILED:
+        times += [t + spec.retry_after for t in v.failed_at.values()]
+    return times
