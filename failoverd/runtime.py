@@ -27,6 +27,7 @@ from failoverd.services.history import History
 from failoverd.services.links import AUDIT_INTERVAL, LinkService
 from failoverd.services.meter import MeterService
 from failoverd.services.metrics import MetricsService
+from failoverd.services.modem import ModemService
 from failoverd.services.notify import NotifierService
 from failoverd.services.probes import ProbeService
 from failoverd.services.supervisor import Supervisor
@@ -78,6 +79,8 @@ async def serve(opts: Options, policy: Policy) -> None:
         clock = ClockService(engine, inbox, history, state)
         supervisor = Supervisor(opts.policy_path, engine, history, alarm=inbox.put_nowait)
         meter = MeterService(engine, history)
+        modem = ModemService(engine, inbox)  # idle until the policy has a cellular uplink with profiles
+        engine.profile_switch = modem.switch
         gateway = LocalGateway(
             engine=engine, probes=probes, clock=clock, history=history, supervisor=supervisor, meter=meter
         )
@@ -88,6 +91,7 @@ async def serve(opts: Options, policy: Policy) -> None:
             probes,
             clock,
             DrillService(engine, inbox),
+            modem,
             meter,
             NotifierService(engine, history),
             ControlSocket(gateway, opts.socket_path),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -76,6 +76,9 @@ class EngineService:
         self.ruleset = plan.ruleset(policy)  # built once per policy, not per failover
         self.reload_ruleset = False  # the next kernel write loads the ruleset even if unchanged (a reload)
         self.standby_locks: dict[str, asyncio.Lock] = {}
+        # Who carries out SwitchProfile (the modem service, services/modem.py); None: only recorded.
+        # It must not block: the switch runs in the background and answers with ProfileSwitched.
+        self.profile_switch: Callable[[fx.SwitchProfile], None] | None = None
 
     @classmethod
     async def start(
@@ -260,6 +263,10 @@ class EngineService:
                     self._spawn(tasks, self._flush(e), f"conntrack-{e.cls}")
                 case fx.ActivateStandby() | fx.DeactivateStandby():
                     self._spawn(tasks, self._standby(e), f"standby-{e.uplink}")
+                case fx.SwitchProfile():
+                    log.warning("profile-switch", uplink=e.uplink, profile=e.profile, how=e.how, text=e.cause.text)
+                    if self.profile_switch is not None:
+                        self.profile_switch(e)
                 case fx.CommandReply():
                     fut = self.replies.pop(e.request, None)
                     if fut is not None and not fut.done():

@@ -1,0 +1,294 @@
+"""The modem service against the ModemManager simulator (lab/mmsim.py) on a private dbus-daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from failoverd.engine import effects as fx
+from failoverd.engine import events as ev
+from failoverd.engine.state import EngineState, initial_state
+from failoverd.policy import load_policy
+from failoverd.policy.model import Policy
+from failoverd.services.base import Inbox
+from failoverd.services.modem import ModemService
+from lab.mmsim import CONTROL, CONTROL_PATH, MM, bus_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("dbus-daemon") is None, reason="needs dbus-daemon (scripts/bootstrap installs it)"
+)
+
+IMEI = "359999000000042"
+SIMULATED: dict[str, Any] = {
+    "equipment_id": IMEI,
+    "slots": [
+        {"imsi": "204040000000001", "iccid": "8931040000000000001", "home": "20404", "operator_name": "carrier-a",
+         "apn": "internet.a", "roaming": ["20408"]},
+        {"imsi": "204080000000002", "iccid": "8931080000000000002", "home": "20408", "operator_name": "carrier-b",
+         "apn": "internet.b"},
+    ],
+    "networks": [{"code": "20404", "name": "carrier-a", "signal": 61}, {"code": "20408", "name": "carrier-b"}],
+    "timing": {"enable_s": 0.05, "register_s": 0.3, "connect_s": 0.1, "slot_switch_s": 0.8, "register_timeout_s": 2.0},
+}  # fmt: skip
+
+POLICY = f"""
+site: test
+uplinks:
+  - name: fiber
+    interface: eth1
+    next_hop: 198.51.100.1
+    probes: [{{kind: udp-echo, target: 192.0.2.10, interval: 1s, timeout: 1s}}]
+  - name: mobile
+    interface: wwan0
+    point_to_point: true
+    kind: cellular
+    modem: "{IMEI}"
+    profiles:
+      - {{name: carrier-a, slot: 1, apn: internet.a, plmns: ["20404"]}}
+      - {{name: carrier-a-roam, slot: 1, apn: internet.a, plmns: ["20404", "20408"], register: "20408"}}
+      - {{name: carrier-b, slot: 2, apn: internet.b, plmns: ["20408"]}}
+    profile_switch: {{register_time: 3s, slot_switch_time: 3s}}
+    probes: [{{kind: udp-echo, target: 192.0.2.10, interval: 1s, timeout: 1s}}]
+classes:
+  - name: default
+    path: [fiber, mobile]
+"""
+
+WITHOUT_MODEM = POLICY.split("  - name: mobile", maxsplit=1)[0] + "classes:\n  - name: default\n    path: [fiber]\n"
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[str]:
+    """A private system-like dbus-daemon; its address."""
+    conf = tmp_path / "bus.conf"
+    conf.write_text(bus_config(tmp_path / "bus"))
+    proc = subprocess.Popen(
+        ["dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+        assert address.startswith("unix:path="), address
+        yield address
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def mmsim(bus: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The simulator on the private bus (SIMULATED, or the test's indirect parameter); the bus address."""
+    config = tmp_path / "mmsim.json"
+    config.write_text(json.dumps(getattr(request, "param", SIMULATED)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.mmsim", "--bus", bus, "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("mmsim: "), "the simulator did not come up"
+        yield bus
+    finally:
+        _stop(proc)
+
+
+class View:
+    """The engine as the modem service sees it: the policy in force."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    @property
+    def state(self) -> EngineState:
+        return initial_state(self.policy, 0.0)
+
+
+def policy(tmp_path: Path, text: str = POLICY) -> Policy:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return load_policy(path)
+
+
+class Running:
+    """The service's task, and the engine's inbox read in order."""
+
+    def __init__(self, service: ModemService, inbox: Inbox) -> None:
+        self.service = service
+        self.inbox = inbox
+
+    async def next(self, want: Callable[[Any], bool], timeout: float = 6.0) -> Any:
+        """The first event in the inbox that `want` accepts (the others before it are passed over)."""
+
+        async def wait() -> Any:
+            while True:
+                item = await self.inbox.get()
+                if want(item):
+                    return item
+
+        return await asyncio.wait_for(wait(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def start(address: str, pol: Policy) -> AsyncIterator[Running]:
+    """The service running on `address` with `pol`; its task is cancelled and awaited on the way out."""
+    inbox: Inbox = asyncio.Queue()
+    service = ModemService(View(pol), inbox, bus_address=address, retry=0.2)
+    task = asyncio.create_task(service.run(), name="modem")
+    try:
+        yield Running(service, inbox)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def running(mmsim: str, tmp_path: Path) -> AsyncIterator[Running]:
+    async with start(mmsim, policy(tmp_path)) as r:
+        yield r
+
+
+def modem_state(**want: Any) -> Callable[[Any], bool]:
+    def match(item: Any) -> bool:
+        return isinstance(item, ev.ModemState) and all(getattr(item, k) == v for k, v in want.items())
+
+    return match
+
+
+def switched(item: Any) -> bool:
+    return isinstance(item, ev.ProfileSwitched)
+
+
+def switch(profile: str, how: fx.SwitchHow, plmn: str | None, apn: str) -> fx.SwitchProfile:
+    return fx.SwitchProfile("mobile", profile, how, plmn, apn, fx.Cause("test", "asked by the test"))
+
+
+async def control(address: str, member: str, signature: str, *body: Any) -> None:
+    bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+    try:
+        reply = await bus.call(
+            Message(destination=MM, path=CONTROL_PATH, interface=CONTROL, member=member, signature=signature,
+                    body=list(body))
+        )  # fmt: skip
+        assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, reply
+    finally:
+        bus.disconnect()
+
+
+async def test_modem_state_reflects_the_simulated_modem(running: Running) -> None:
+    first = await running.next(modem_state())
+    assert first.registration in ("idle", "searching", "unknown")  # enabling: not registered yet
+    home = await running.next(modem_state(registration="home"))
+    assert (home.operator, home.access, home.signal, home.bearer) == ("20404", "lte", 61, False)
+    assert running.service.status()["modems"]["mobile"]["path"] == "/org/freedesktop/ModemManager1/Modem/0"
+
+
+async def test_switch_by_registration_moves_to_the_partner_network_and_connects(running: Running) -> None:
+    await running.next(modem_state(registration="home"))
+    running.service.switch(switch("carrier-a-roam", "register", "20408", "internet.a"))
+    answer = await running.next(switched)
+    assert (answer.profile, answer.ok) == ("carrier-a-roam", True), answer.detail
+    assert "registered on 20408" in answer.detail
+    roaming = running.service.evidence("mobile")
+    assert roaming is not None
+    assert (roaming.registration, roaming.operator, roaming.bearer) == ("roaming", "20408", True)
+
+
+async def test_a_refused_registration_answers_failed_with_the_network_cause(running: Running, mmsim: str) -> None:
+    await running.next(modem_state(registration="home"))
+    await control(mmsim, "Reject", "ss", "20408", "RoamingNotAllowedInArea")
+    running.service.switch(switch("carrier-a-roam", "register", "20408", "internet.a"))
+    answer = await running.next(switched)
+    assert not answer.ok
+    assert "MobileEquipment.RoamingNotAllowedInArea" in answer.detail
+    denied = running.service.sent["mobile"]  # told to the engine before the answer
+    assert denied.registration == "denied" and "RoamingNotAllowedInArea" in denied.reason
+
+
+async def test_slot_switch_survives_the_modem_going_away_and_returning(running: Running) -> None:
+    await running.next(modem_state(registration="home", operator="20404"))
+    running.service.switch(switch("carrier-b", "slot", "20408", "internet.b"))
+    answer = await running.next(switched)
+    assert (answer.profile, answer.ok) == ("carrier-b", True), answer.detail
+    assert running.service.bound["mobile"] == "/org/freedesktop/ModemManager1/Modem/1"
+    now = running.service.evidence("mobile")
+    assert now is not None
+    assert (now.registration, now.operator, now.bearer) == ("home", "20408", True)
+    assert running.service.status()["modems"]["mobile"]["slot"] == 2
+
+
+EMPTY_SLOT_2 = {**SIMULATED, "slots": [SIMULATED["slots"][0], None]}
+
+
+@pytest.mark.parametrize("mmsim", [EMPTY_SLOT_2], indirect=True)
+async def test_slot_switch_to_an_empty_slot_fails_with_sim_missing(running: Running) -> None:
+    await running.next(modem_state(registration="home"))
+    running.service.switch(switch("carrier-b", "slot", "20408", "internet.b"))
+    answer = await running.next(switched)
+    assert not answer.ok
+    assert "sim-missing" in answer.detail
+    assert (running.service.sent["mobile"].registration, running.service.sent["mobile"].reason) == (
+        "denied",
+        "modem failed: sim-missing",
+    )
+
+
+async def test_carrier_outage_yields_searching_and_a_reject_denied(running: Running, mmsim: str) -> None:
+    await running.next(modem_state(registration="home"))
+    await control(mmsim, "CarrierOutage", "sb", "20404", True)
+    lost = await running.next(modem_state(registration="searching"))
+    assert (lost.operator, lost.bearer) == (None, False)
+    await running.next(modem_state(registration="roaming", operator="20408"))  # automatic: the partner
+    # Both networks refuse the SIM: denied, and it stays so (the modem stops retrying a rejecting PLMN).
+    await control(mmsim, "Reject", "ss", "20404", "PlmnNotAllowed")
+    await control(mmsim, "Reject", "ss", "20408", "RoamingNotAllowedInArea")
+    await control(mmsim, "CarrierOutage", "sb", "20404", False)
+    denied = await running.next(modem_state(registration="denied"))
+    assert (denied.operator, denied.bearer) == (None, False)
+
+
+async def test_without_modemmanager_a_status_line_and_switches_fail(bus: str, tmp_path: Path) -> None:
+    async with start(bus, policy(tmp_path)) as r:
+        await asyncio.sleep(0.6)  # a few attempts (retry 0.2 s): none may end the service
+        note = r.service.status()["note"]
+        assert "ModemManager not reachable" in note and "ServiceUnknown" in note, note
+        r.service.switch(switch("carrier-b", "slot", "20408", "internet.b"))
+        answer = await r.next(lambda i: isinstance(i, ev.ProfileSwitched | ev.ModemState), timeout=2.0)
+        assert isinstance(answer, ev.ProfileSwitched) and not answer.ok
+
+
+async def test_a_policy_without_modem_uplinks_starts_nothing(bus: str, tmp_path: Path) -> None:
+    async with start(bus, policy(tmp_path, WITHOUT_MODEM)) as r:
+        await asyncio.sleep(0.3)
+        assert r.service.bus is None
+        assert r.service.status()["note"] == "no modem uplinks in the policy"
+        assert r.inbox.empty()
