@@ -124,6 +124,20 @@ def render_status(st: dict[str, Any], tty: bool) -> str:
             + "  "
             + _cut(cause, WIDTH - len(head) - 7)
         )
+    if st.get("modems"):
+        lines += [
+            "",
+            f"{'MODEM':<10} {'PROFILE':<16} {'PHASE':<10} {'REG':<10} {'OPERATOR':<8} {'RAT':<6} {'SIG':>4}  CAUSE",
+        ]
+        for m in st["modems"]:
+            profile = m["profile"] + (f">{m['target']}" if m.get("target") else "")
+            sig = "-" if m["signal"] is None else f"{m['signal']}%"
+            reg = m["registration"] + ("+data" if m["bearer"] else "")
+            head = (
+                f"{m['uplink']:<10} {profile:<16} {m['phase']:<10} {reg:<10} {m['operator'] or '-':<8} "
+                f"{m['access'] or '-':<6} {sig:>4}  "
+            )
+            lines.append(head + _cut(f"{m['cause']['code']}: {m['cause']['text']}", WIDTH - len(head)))
     if st["overrides"]:
         lines += ["", "OVERRIDES"]
         for o in st["overrides"]:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,12 @@ import pytest
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from failoverd.ctl import render_status
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.state import EngineState, initial_state
+from failoverd.engine.step import step
+from failoverd.observe.status import modem_rows
 from failoverd.policy import load_policy
 from failoverd.policy.model import Policy
 from failoverd.services.base import Inbox
@@ -126,10 +130,11 @@ class View:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self.current = initial_state(policy, 0.0)
 
     @property
     def state(self) -> EngineState:
-        return initial_state(self.policy, 0.0)
+        return self.current
 
 
 def policy(tmp_path: Path, text: str = POLICY) -> Policy:
@@ -292,3 +297,63 @@ async def test_a_policy_without_modem_uplinks_starts_nothing(bus: str, tmp_path:
         assert r.service.bus is None
         assert r.service.status()["note"] == "no modem uplinks in the policy"
         assert r.inbox.empty()
+
+
+async def test_the_engine_switches_a_rejected_profile_and_status_shows_the_modem(mmsim: str, tmp_path: Path) -> None:
+    """The pure engine between the service's events and its switches, as services/engine.py runs it:
+    carrier-a refuses the SIM, the engine picks the partner network (same SIM, re-register), the modem
+    serves again, and failoverctl status shows profile, operator, RAT, signal and registration."""
+    pol = policy(tmp_path)
+    view = View(pol)
+    view.current = initial_state(pol, time.monotonic())
+    async with start(mmsim, pol) as r:
+        seen: list[Any] = []
+
+        async def engine() -> None:
+            while True:
+                item = await r.inbox.get()
+                assert isinstance(item, ev.ModemState | ev.ProfileSwitched), item  # all the service sends
+                seen.append(item)
+                view.current, effects = step(view.current, item, pol, time.monotonic())
+                for e in effects:
+                    if isinstance(e, fx.SwitchProfile):
+                        seen.append(e)
+                        r.service.switch(e)
+
+        r.service.view = view
+        loop = asyncio.create_task(engine(), name="engine")
+        try:
+            await control(mmsim, "Reject", "ss", "20404", "PlmnNotAllowed")
+
+            async def serving() -> None:
+                while True:
+                    v = view.current.modems.get("mobile")
+                    if v is not None and (v.profile, v.phase.value) == ("carrier-a-roam", "SERVING"):
+                        return
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(serving(), 8.0)
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+    switches = [e for e in seen if isinstance(e, fx.SwitchProfile)]
+    assert [(e.profile, e.how, e.plmn) for e in switches] == [("carrier-a-roam", "register", "20408")]
+    assert any(isinstance(e, ev.ProfileSwitched) and e.ok for e in seen)
+    (row,) = modem_rows(pol, view.current)
+    assert (row["profile"], row["registration"], row["operator"], row["access"], row["bearer"]) == (
+        "carrier-a-roam",
+        "roaming",
+        "20408",
+        "lte",
+        True,
+    )
+    text = render_status({**EMPTY_STATUS, "modems": [row]}, tty=False)
+    line = next(x for x in text.splitlines() if x.startswith("mobile "))
+    assert "carrier-a-roam" in line and "roaming+data" in line and "20408" in line and "lte" in line, line
+
+
+EMPTY_STATUS: dict[str, Any] = {
+    "site": "test", "policy": "p.yaml", "pid": 1, "uptime_s": 1, "clock": {"state": "sane"},
+    "uplinks": [], "classes": [], "overrides": [],
+}  # fmt: skip

@@ -64,6 +64,32 @@ def uplink_rows(
     return rows
 
 
+def modem_rows(policy: Policy, state: EngineState) -> list[dict[str, Any]]:
+    """Per cellular uplink with profiles: its profile and phase, and the modem's last evidence (ModemManager)."""
+    rows = []
+    for name, v in state.modems.items():
+        spec = policy.uplinks.get(name)
+        if spec is None or spec.modem is None:
+            continue
+        rows.append(
+            {
+                "uplink": name,
+                "equipment": spec.modem.equipment,
+                "profile": v.profile,
+                "phase": v.phase.value,
+                "target": v.target,
+                "registration": v.registration,
+                "operator": v.operator,
+                "access": v.access,
+                "signal": v.signal,
+                "bearer": v.bearer,
+                "age_s": round(state.now - v.since, 1),
+                "cause": v.cause.as_dict(),
+            }
+        )
+    return rows
+
+
 def _age(now: float, then: float | None) -> float | None:
     return None if then is None else round(now - then, 1)
 

@@ -11,7 +11,7 @@ from failoverd.control.api import Feed, OperatorCommand
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.state import EngineState
-from failoverd.observe.status import class_rows, drill_rows, override_rows, uplink_rows
+from failoverd.observe.status import class_rows, drill_rows, modem_rows, override_rows, uplink_rows
 from failoverd.policy.model import Policy
 from failoverd.services.clock import ClockService
 from failoverd.services.engine import EngineService
@@ -61,6 +61,7 @@ class LocalGateway:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "uplinks": uplink_rows(policy, st, self.probes.stats),
             "classes": class_rows(policy, st),
+            "modems": modem_rows(policy, st),
             "overrides": override_rows(st, time.monotonic()),
             "drills": drill_rows(policy, st, time.monotonic()),
             "alarms": [a.as_dict(time.monotonic()) for a in st.alarms.values()],

@@ -351,8 +351,11 @@ class ModemService:
             except CallFailed as exc:
                 detail = str(exc)
         (log.info if ok else log.warning)("profile-switch", uplink=e.uplink, profile=e.profile, ok=ok, detail=detail)
-        self._publish()  # the modem's evidence as it is now reaches the engine before the answer
         await self.inbox.put(ev.ProfileSwitched(e.uplink, e.profile, ok, detail))
+        # The engine passes over evidence while the switch is in flight: after the answer it hears
+        # the modem as it is now (registered with a bearer, or failed), even if that is unchanged.
+        self.sent.pop(e.uplink, None)
+        self._publish()
 
     async def _carry_out(self, e: fx.SwitchProfile, spec: ModemSpec) -> str:
         profile = spec.profile(e.profile)
