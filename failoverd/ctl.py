@@ -138,6 +138,9 @@ def render_status(st: dict[str, Any], tty: bool) -> str:
                 f"{m['access'] or '-':<6} {sig:>4}  "
             )
             lines.append(head + _cut(f"{m['cause']['code']}: {m['cause']['text']}", WIDTH - len(head)))
+        service = st.get("services", {}).get("modem")
+        if service is not None:  # ModemManager reached or not, how many modems it lists
+            lines.append(_cut(f"modem service: {service['note']}", WIDTH))
     if st["overrides"]:
         lines += ["", "OVERRIDES"]
         for o in st["overrides"]:

@@ -348,7 +348,8 @@ async def test_the_engine_switches_a_rejected_profile_and_status_shows_the_modem
         "lte",
         True,
     )
-    text = render_status({**EMPTY_STATUS, "modems": [row]}, tty=False)
+    text = render_status({**EMPTY_STATUS, "modems": [row], "services": {"modem": r.service.status()}}, tty=False)
+    assert "modem service: 1 modem(s) from ModemManager" in text
     line = next(x for x in text.splitlines() if x.startswith("mobile "))
     assert "carrier-a-roam" in line and "roaming+data" in line and "20408" in line and "lte" in line, line
 

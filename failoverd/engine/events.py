@@ -153,7 +153,7 @@ Registration = Literal["home", "roaming", "searching", "denied", "idle", "unknow
 class ModemState:
     """What a cellular uplink's modem reports (ModemManager: Modem3gpp.RegistrationState, OperatorCode,
     Modem.AccessTechnologies, SignalQuality, the bearer's Connected; StateFailedReason or the network's
-    reject cause in `reason`). Not produced by the daemon yet: the modem service is later work."""
+    reject cause in `reason`), as the modem service (services/modem.py) reads it from ModemManager."""
 
     uplink: str
     registration: Registration
