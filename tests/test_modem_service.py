@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from dbus_fast import BusType, Message, MessageType
@@ -24,11 +24,16 @@ from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.state import EngineState, initial_state
 from failoverd.engine.step import step
+from failoverd.kernel.writer import KernelWriter
+from failoverd.observe.journal import Journal
 from failoverd.observe.status import modem_rows
 from failoverd.policy import load_policy
 from failoverd.policy.model import Policy
 from failoverd.services.base import Inbox
+from failoverd.services.engine import EngineService
+from failoverd.services.history import History
 from failoverd.services.modem import ModemService
+from failoverd.statedir import StateDir
 from lab.mmsim import CONTROL, CONTROL_PATH, MM, bus_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,10 +114,19 @@ def bus(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def mmsim(bus: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """The simulator on the private bus (SIMULATED, or the test's indirect parameter); the bus address."""
-    config = tmp_path / "mmsim.json"
-    config.write_text(json.dumps(getattr(request, "param", SIMULATED)))
+    proc = launch(bus, tmp_path, getattr(request, "param", SIMULATED))
+    try:
+        yield bus
+    finally:
+        _stop(proc)
+
+
+def launch(bus: str, tmp_path: Path, config: dict[str, Any]) -> subprocess.Popen[str]:
+    """Start the simulator and wait until it owns ModemManager's name (the caller stops it)."""
+    path = tmp_path / "mmsim.json"
+    path.write_text(json.dumps(config))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.mmsim", "--bus", bus, "--config", str(config)],
+        [sys.executable, "-m", "lab.mmsim", "--bus", bus, "--config", str(path)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -120,9 +134,10 @@ def mmsim(bus: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("mmsim: "), "the simulator did not come up"
-        yield bus
-    finally:
+    except BaseException:
         _stop(proc)
+        raise
+    return proc
 
 
 class View:
@@ -358,3 +373,46 @@ EMPTY_STATUS: dict[str, Any] = {
     "site": "test", "policy": "p.yaml", "pid": 1, "uptime_s": 1, "clock": {"state": "sane"},
     "uplinks": [], "classes": [], "overrides": [],
 }  # fmt: skip
+
+
+async def test_the_engine_service_hands_switch_profile_to_the_modem_service(tmp_path: Path) -> None:
+    """services/engine.py records a SwitchProfile and passes it on without waiting for it."""
+    pol = policy(tmp_path)
+    state_dir = StateDir.create(tmp_path / "state")
+    history = History(Journal(state_dir))
+    inbox: Inbox = asyncio.Queue()
+    # No kernel: a SwitchProfile alone changes no route, so the engine service must not touch it.
+    engine = EngineService(
+        pol, initial_state(pol, 0.0), inbox=inbox, kernel=cast(KernelWriter, None), history=history,
+        state_dir=state_dir,
+    )  # fmt: skip
+    handed: list[fx.SwitchProfile] = []
+    engine.profile_switch = handed.append
+    e = switch("carrier-b", "slot", "20408", "internet.b")
+    async with asyncio.TaskGroup() as tasks:
+        await engine._execute((e,), 1.0, engine.state, tasks)
+    assert handed == [e]
+    assert history.last(1)[0]["kind"] == "profile-switch"
+
+
+async def test_modemmanager_restarting_and_a_reload_that_brings_a_modem(bus: str, tmp_path: Path) -> None:
+    """Started without modem uplinks it waits; a reload adds one; ModemManager going away makes the
+    modem unknown, and once it is back the modem is found again."""
+    async with start(bus, policy(tmp_path, WITHOUT_MODEM)) as r:
+        await asyncio.sleep(0.2)
+        assert r.service.bus is None
+        proc = launch(bus, tmp_path, SIMULATED)
+        try:
+            assert isinstance(r.service.view, View)
+            r.service.view.policy = policy(tmp_path)
+            await r.service.reconfigure(r.service.view.policy)
+            await r.next(modem_state(registration="home"))
+            _stop(proc)
+            gone = await r.next(modem_state(registration="unknown"))
+            assert gone.reason == "the modem is gone from ModemManager"
+            assert r.service.bound == {}
+            proc = launch(bus, tmp_path, SIMULATED)
+            await r.next(modem_state(registration="home", operator="20404"))
+            assert r.service.bound["mobile"] == "/org/freedesktop/ModemManager1/Modem/0"
+        finally:
+            _stop(proc)
