@@ -92,8 +92,14 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture
-def bus(tmp_path: Path) -> Iterator[str]:
+def bus(bus_daemon: tuple[str, subprocess.Popen[str]]) -> str:
     """A private system-like dbus-daemon; its address."""
+    return bus_daemon[0]
+
+
+@pytest.fixture
+def bus_daemon(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A private system-like dbus-daemon: its address and process."""
     conf = tmp_path / "bus.conf"
     conf.write_text(bus_config(tmp_path / "bus"))
     proc = subprocess.Popen(
@@ -106,7 +112,7 @@ def bus(tmp_path: Path) -> Iterator[str]:
         assert proc.stdout is not None
         address = proc.stdout.readline().strip()
         assert address.startswith("unix:path="), address
-        yield address
+        yield address, proc
     finally:
         _stop(proc)
 
@@ -416,3 +422,18 @@ async def test_modemmanager_restarting_and_a_reload_that_brings_a_modem(bus: str
             assert r.service.bound["mobile"] == "/org/freedesktop/ModemManager1/Modem/0"
         finally:
             _stop(proc)
+
+
+async def test_the_system_bus_going_away_is_a_status_line_and_a_retry(
+    mmsim: str, bus_daemon: tuple[str, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    async with start(mmsim, policy(tmp_path)) as r:
+        await r.next(modem_state(registration="home"))
+        _stop(bus_daemon[1])
+        gone = await r.next(modem_state(registration="unknown"))
+        assert gone.reason == "the modem is gone from ModemManager"
+        await asyncio.sleep(0.5)  # retries (every 0.2 s) against a bus that is not there
+        assert "not reachable" in r.service.status()["note"]
+        r.service.switch(switch("carrier-a-roam", "register", "20408", "internet.a"))
+        answer = await r.next(switched, timeout=2.0)
+        assert not answer.ok
