@@ -210,10 +210,11 @@ def _next(spec: ModemSpec, v: ModemView, now: float) -> ProfileSpec | None:
 def judged_failed(spec: ModemSpec, v: ModemView, profile: str, now: float) -> str | None:
     """Why the engine holds `profile` failed now (the active one FAILED, or another that failed within
     retry_after and would be skipped), or None; an operator pins such a profile only with --force."""
-    if v.profile == profile and v.phase is Phase.FAILED:
-        return f"profile {profile} has failed ({v.cause.code}: {v.cause.text})"
+    active = v.target if v.phase is Phase.SWITCHING else v.profile
+    if profile == active:
+        return f"profile {profile} has failed ({v.cause.code}: {v.cause.text})" if v.phase is Phase.FAILED else None
     at = v.failed_at.get(profile)
-    if v.profile != profile and at is not None and now - at < spec.retry_after:
+    if at is not None and now - at < spec.retry_after:
         return f"profile {profile} failed {now - at:.0f}s ago (retried after {spec.retry_after:g}s)"
     return None
 

@@ -316,7 +316,13 @@ class _Work:
         down = pf.down_cause(self.modems[name], self.pin(name))
         if down == u.modem_down:
             return
-        self.uplinks[name] = hl.evaluate(self.policy.uplinks[name], replace(u, modem_down=down), self.now)
+        u = hl.evaluate(self.policy.uplinks[name], replace(u, modem_down=down), self.now)
+        if down is not None and u.health is Health.DOWN and u.since < self.now and u.cause != down:
+            # Down since an earlier step (switching, say): the status shows what holds it down now,
+            # such as a pinned profile that failed. (A move into DOWN in this step keeps the cause
+            # that took it down: the history records that one.)
+            u = replace(u, cause=down)
+        self.uplinks[name] = u
 
     def covered(self, uplink: str) -> bool:
         """Every class that has `uplink` in its path (and may use it) is routed via another usable
