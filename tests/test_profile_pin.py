@@ -288,3 +288,15 @@ async def test_a_pin_through_the_table_shows_in_status() -> None:
         "overrides": [row],
     }
     assert "o1   mobile on profile b  'r' by noc" in render_status(st, tty=False)
+
+
+def test_a_pin_waits_for_the_modem_to_report_at_all() -> None:
+    """Without a word from the modem (no modem service, or just started) a switch would go unanswered
+    and time out with the uplink DOWN: the pin waits for the first report."""
+    quiet = run([*probes("mobile", True, 0, 40), (1.0, pin("b")), (39.0, ev.Tick())])
+    [reply] = replies(quiet)
+    assert reply.ok and "the switch waits for its first report" in reply.text
+    assert switches(quiet) == []
+    assert quiet[-1][2].uplinks["mobile"].health.value == "UP"
+    heard = run([*probes("mobile", True, 0, 40), (1.0, pin("b")), (20.0, SERVING)])
+    assert [(t, sw.profile) for t, sw in switches(heard)] == [(20.0, "b")]

@@ -35,7 +35,8 @@
 #
 # An operator pin (`failoverctl modem use UPLINK --profile NAME`, an Override of kind "profile") comes
 # before all of that in `plan`: while it holds, the modem is switched to the pinned profile at once
-# (from any phase but SWITCHING, whatever while_covered says: the operator asked for that cost) and
+# (whatever while_covered says: the operator asked for that cost; after a switch in flight, and once
+# the modem has reported at all, as a switch nobody answers would only take the uplink down) and
 # never away from it, neither failover nor failback. A pinned profile that fails keeps the uplink
 # DOWN, with a cause that names the pin (`down_cause`), rather than being left. When the pin expires
 # or is released, the rules above apply again from where the profile is.
@@ -235,6 +236,10 @@ def _pinned(uplink: str, spec: ModemSpec, v: ModemView, pin: Override, now: floa
     """An operator's pin: switch to its profile if the modem is elsewhere, else stay, failed or not."""
     if v.phase is Phase.SWITCHING:
         return v  # never two switches in flight: the pinned one follows when this one has ended
+    if v.phase is Phase.UNKNOWN:
+        # No word from the modem yet (just started, or no modem service): a switch would go unanswered
+        # and time out with the uplink DOWN. The pin takes effect with the modem's first report.
+        return v
     if v.profile == pin.profile:
         if v.phase is Phase.FAILED and v.held != f"pinned/{pin.id}":
             text = f"profile {v.profile} failed ({v.cause.code}) but is pinned by override {pin.id}: not switched"

@@ -478,6 +478,8 @@ class _Work:
             text += f"; once the switch to {v.target} in flight ends"
         elif v.profile == ev.profile:
             text += "; the modem uses it already"
+        elif v.phase is Phase.UNKNOWN:
+            text += "; the modem has not reported yet: the switch waits for its first report"
         self.reply = CommandReply(ev.request, True, text, override=o.id)
         return None
 
