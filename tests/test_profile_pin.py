@@ -4,12 +4,17 @@ failback, ended by expiry and release, kept across a restart, and the same comma
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from failoverd.control.commands import dispatch, to_event, validate
+from failoverd.control.mqtt import Fleet
+from failoverd.control.signing import load_private_key, sign, site_dest
 from failoverd.ctl import build_parser, render_status, to_request
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
@@ -20,8 +25,21 @@ from failoverd.engine.step import step
 from failoverd.observe.status import override_rows
 from failoverd.policy import parse_policy_text
 from failoverd.statedir import StateDir, boot_id, load_overrides, save_overrides
-from tests.fakes import FakeGateway
-from tests.test_profiles import DENIED, POLICY, SERVING, TEMPLATE, policy, probes, run, switches
+from fakes import FakeGateway
+from keys import operator_keys
+from test_profiles import (
+    DENIED,
+    POLICY,
+    SERVING,
+    TEMPLATE,
+    modem_events,
+    policy,
+    probe_events,
+    probes,
+    run,
+    switch_answers,
+    switches,
+)
 
 Steps = list[tuple[float, EngineState, EngineState, tuple[fx.Effect, ...]]]
 
@@ -300,3 +318,59 @@ def test_a_pin_waits_for_the_modem_to_report_at_all() -> None:
     assert quiet[-1][2].uplinks["mobile"].health.value == "UP"
     heard = run([*probes("mobile", True, 0, 40), (1.0, pin("b")), (20.0, SERVING)])
     assert [(t, sw.profile) for t, sw in switches(heard)] == [(20.0, "b")]
+
+
+async def test_a_signed_pin_over_mqtt_names_its_key(tmp_path: Path) -> None:
+    key, keys = operator_keys(tmp_path / "k", "noc")
+    text = TEMPLATE.replace("WHILE", "register") + f"control: {{mqtt: {{enabled: true, keys_file: {keys}}}}}\n"
+    g = FakeGateway(text)
+    fleet = Fleet(g, g.policy.control.mqtt, StateDir(tmp_path))
+    req = {"cmd": "modem-use", "uplink": "mobile", "profile": "b", "for": "2h", "reason": "outage", "id": "m1"}
+    payload = json.dumps(sign(req, "noc", load_private_key(key), time.time(), site_dest("failoverd", "profiles")))
+    reply = await fleet.handle(fleet.cmd_topic, payload.encode())
+    assert reply is not None and reply["ok"] and reply["override"] == "o1", reply
+    [o] = g.state.overrides
+    assert (o.kind, o.profile, o.by, o.expires - o.created) == ("profile", "b", "mqtt:noc", 7200.0)
+
+
+# -- properties -------------------------------------------------------------------------------------
+
+pins = st.builds(
+    ev.PinProfile,
+    st.just("p"),
+    st.just("mobile"),
+    st.sampled_from(["a", "a-roam", "b"]),
+    st.just("why"),
+    st.sampled_from([30.0, 300.0]),
+    st.booleans(),
+)
+releases = st.builds(ev.Release, st.just("p"), st.sampled_from([None, "o1", "o2", "o3"]))
+pin_timelines = st.lists(
+    st.tuples(
+        st.floats(0, 600, allow_nan=False),
+        st.one_of(modem_events, switch_answers, probe_events, pins, releases, st.just(ev.Tick())),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pin_timelines)
+def test_while_a_pin_holds_the_modem_moves_only_towards_it(timeline: list[tuple[float, ev.Event]]) -> None:
+    for _, before, after, effects in run(timeline):
+        held = after.active_override("profile", "mobile")
+        v = after.modems["mobile"]
+        for e in effects:
+            if isinstance(e, fx.SwitchProfile) and held is not None:
+                assert e.profile == held.profile and e.cause.code == "profile-pinned", (e, held)
+        if held is None:
+            continue
+        # Pinned and not switching: on the pinned profile, unless a switch to it is still to come
+        # (one in flight elsewhere ended this step, or the modem has not reported yet).
+        was = before.modems.get("mobile")
+        if v.phase is Phase.FAILED and v.profile == held.profile and v.cause.code != "modem-no-data":
+            assert after.uplinks["mobile"].cause.code == "profile-pinned" or after.uplinks["mobile"].since == after.now
+        if was is not None and was.profile == held.profile and was.phase is not Phase.SWITCHING:
+            pinned_before = before.active_override("profile", "mobile")
+            if pinned_before is not None and pinned_before.profile == held.profile:
+                assert v.profile == held.profile and v.target in (None, held.profile), (was, v)
