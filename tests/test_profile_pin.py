@@ -9,23 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakes import FakeGateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from failoverd.control.commands import dispatch, to_event, validate
-from failoverd.control.mqtt import Fleet
-from failoverd.control.signing import load_private_key, sign, site_dest
-from failoverd.ctl import build_parser, render_status, to_request
-from failoverd.engine import effects as fx
-from failoverd.engine import events as ev
-from failoverd.engine.decide import usable
-from failoverd.engine.modemstate import Phase
-from failoverd.engine.state import EngineState, Override, restored_state
-from failoverd.engine.step import step
-from failoverd.observe.status import override_rows
-from failoverd.policy import parse_policy_text
-from failoverd.statedir import StateDir, boot_id, load_overrides, save_overrides
-from fakes import FakeGateway
 from keys import operator_keys
 from test_profiles import (
     DENIED,
@@ -40,6 +26,20 @@ from test_profiles import (
     switch_answers,
     switches,
 )
+
+from failoverd.control.commands import dispatch, to_event, validate
+from failoverd.control.mqtt import Fleet
+from failoverd.control.signing import load_private_key, sign, site_dest
+from failoverd.ctl import build_parser, render_status, to_request
+from failoverd.engine import effects as fx
+from failoverd.engine import events as ev
+from failoverd.engine.decide import usable
+from failoverd.engine.modemstate import Phase
+from failoverd.engine.state import EngineState, Override, restored_state
+from failoverd.engine.step import step
+from failoverd.observe.status import override_rows
+from failoverd.policy import parse_policy_text
+from failoverd.statedir import StateDir, boot_id, load_overrides, save_overrides
 
 Steps = list[tuple[float, EngineState, EngineState, tuple[fx.Effect, ...]]]
 
