@@ -144,7 +144,10 @@ def render_status(st: dict[str, Any], tty: bool) -> str:
     if st["overrides"]:
         lines += ["", "OVERRIDES"]
         for o in st["overrides"]:
-            what = f"{o['class']} -> {o['uplink']}" if o["kind"] == "force" else f"drain {o['uplink']}"
+            what = {
+                "force": f"{o['class']} -> {o['uplink']}",
+                "profile": f"{o['uplink']} on profile {o.get('profile')}",
+            }.get(o["kind"], f"drain {o['uplink']}")
             forced = " (forced)" if o["force"] else ""
             lines.append(
                 _cut(

@@ -53,11 +53,12 @@ class Step(Condition):
     carrier_restored: str | None = None
     flap: Duration | None = None  # toggle the uplink's carrier with this period ...
     until: NonNegDuration | None = None  # ... until then
-    command: Literal["failover", "drain", "release", "drill-run", "ack"] | None = None
+    command: Literal["failover", "drain", "modem-use", "release", "drill-run", "ack"] | None = None
     alarm: str | None = None  # with ack: the alarm's id
     by: str | None = None  # who sent the command (default "simulation")
     class_: str | None = Field(default=None, alias="class")
     to: str | None = None
+    profile: str | None = None  # with modem-use: the profile to pin
     for_: NonNegDuration | None = Field(default=None, alias="for")
     reason: str | None = None
     force: bool = False
@@ -123,6 +124,7 @@ def command_request(s: Step) -> dict[str, Any]:
         "class": s.class_,
         "to": s.to,
         "uplink": s.uplink,
+        "profile": s.profile,
         "for": s.for_,
         "reason": s.reason,
         "force": s.force or None,

@@ -11,7 +11,7 @@ from failoverd.engine import events as ev
 from failoverd.engine.state import EngineState
 from failoverd.policy.model import Policy
 
-OperatorCommand = ev.ForceClass | ev.DrainUplink | ev.Release | ev.RunDrill | ev.AckAlarm
+OperatorCommand = ev.ForceClass | ev.DrainUplink | ev.PinProfile | ev.Release | ev.RunDrill | ev.AckAlarm
 
 
 class Feed:

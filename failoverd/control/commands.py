@@ -93,6 +93,8 @@ def to_event(name: str, args: dict[str, Any], request: str = "") -> OperatorComm
             return ev.ForceClass(request, args["class"], args["to"], args.get("reason", ""), ttl, force, by)
         case "drain":
             return ev.DrainUplink(request, args["uplink"], args.get("reason", ""), ttl, force, by)
+        case "modem-use":
+            return ev.PinProfile(request, args["uplink"], args["profile"], args.get("reason", ""), ttl, force, by)
         case "release":
             return ev.Release(request, None if args.get("all") else str(args["override"]), by)
         case "drill-run":
@@ -125,6 +127,10 @@ async def _failover(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
 
 async def _drain(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
     return await _to_engine(g, args, "drain")
+
+
+async def _modem_use(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return await _to_engine(g, args, "modem-use")
 
 
 async def _release(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +232,21 @@ COMMANDS: dict[str, Command] = {
                 _FOR,
                 _REASON,
                 Arg("force", "bool", "even if a class is left with no uplink"),
+                _BY,
+            ),
+        ),
+        # failoverctl shows it as `modem use UPLINK --profile NAME`
+        Command(
+            "modem-use",
+            "keep a cellular uplink's modem on one profile for a while",
+            True,
+            _modem_use,
+            (
+                Arg("uplink", "str", "the cellular uplink", required=True, cli="positional", metavar="UPLINK"),
+                Arg("profile", "str", "the profile to use (as the policy names it)", required=True, metavar="NAME"),
+                _FOR,
+                _REASON,
+                Arg("force", "bool", "even a profile the engine holds failed"),
                 _BY,
             ),
         ),

@@ -80,6 +80,19 @@ class DrainUplink:
 
 
 @dataclass(frozen=True, slots=True)
+class PinProfile:
+    """Operator: keep a cellular uplink's modem on one profile for `ttl` seconds (`failoverctl modem use`)."""
+
+    request: str
+    uplink: str
+    profile: str
+    reason: str
+    ttl: float | None = None
+    force: bool = False  # pin it even if the engine judges that profile failed
+    by: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """Operator: end one override (by id) or all of them (override=None)."""
 
@@ -179,7 +192,7 @@ class Tick:
     """Time passed: timers (hold-down, preempt, damping, TTLs) may have expired."""
 
 
-Command = ForceClass | DrainUplink | Release | RunDrill
+Command = ForceClass | DrainUplink | PinProfile | Release | RunDrill
 Event = (
     ProbeResult
     | ProbeBatch
@@ -187,6 +200,7 @@ Event = (
     | StandbyResult
     | ForceClass
     | DrainUplink
+    | PinProfile
     | Release
     | ClockChanged
     | PolicyReloaded

@@ -23,7 +23,7 @@ class Phase(Enum):
 P = Phase
 PHASE_TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
     P.UNKNOWN: frozenset({P.ATTACHING, P.SERVING, P.FAILED}),
-    P.ATTACHING: frozenset({P.SERVING, P.FAILED}),
+    P.ATTACHING: frozenset({P.SERVING, P.FAILED, P.SWITCHING}),  # SWITCHING: an operator's pin
     P.SERVING: frozenset({P.ATTACHING, P.FAILED, P.SWITCHING}),  # SWITCHING: failback
     P.FAILED: frozenset({P.SWITCHING, P.SERVING}),  # SERVING: the modem or its data came back by itself
     P.SWITCHING: frozenset({P.ATTACHING, P.FAILED}),

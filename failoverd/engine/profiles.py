@@ -33,8 +33,13 @@
 # failed for `revert_after`; the hold-down doubles with each failure of that profile in a row (up to
 # 8x): damping, so a carrier that keeps failing is not switched back to every few minutes.
 #
-# An operator pin (issue 17: `failoverctl modem use`) will name the wanted profile ahead of the order
-# in `plan`; it is not there yet.
+# An operator pin (`failoverctl modem use UPLINK --profile NAME`, an Override of kind "profile") comes
+# before all of that in `plan`: while it holds, the modem is switched to the pinned profile at once
+# (whatever while_covered says: the operator asked for that cost; after a switch in flight, and once
+# the modem has reported at all, as a switch nobody answers would only take the uplink down) and
+# never away from it, neither failover nor failback. A pinned profile that fails keeps the uplink
+# DOWN, with a cause that names the pin (`down_cause`), rather than being left. When the pin expires
+# or is released, the rules above apply again from where the profile is.
 
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from dataclasses import replace
 from failoverd.engine.effects import Alarm, Cause, Effect, ProfileChanged, SwitchHow, SwitchProfile
 from failoverd.engine.events import ModemState, ProfileSwitched
 from failoverd.engine.modemstate import PHASE_TRANSITIONS, ModemView, Phase
-from failoverd.engine.state import Health, UplinkState
+from failoverd.engine.state import Health, Override, UplinkState
 from failoverd.errors import EngineBug
 from failoverd.policy.model import ModemSpec, ProfileSpec
 
@@ -179,8 +184,14 @@ def judge_data(
     return v
 
 
-def down_cause(v: ModemView) -> Cause | None:
-    """What holds the uplink DOWN on the modem's account, if anything."""
+def down_cause(v: ModemView, pin: Override | None = None) -> Cause | None:
+    """What holds the uplink DOWN on the modem's account, if anything; a failed pinned profile says so."""
+    if v.phase is Phase.FAILED and v.cause.code in _HOLDS_DOWN and pin is not None and pin.profile == v.profile:
+        text = (
+            f"profile {v.profile} is pinned by override {pin.id} ({pin.reason!r} by {pin.by}) and failed, "
+            f"not switched away: {v.cause.text}"
+        )
+        return Cause("profile-pinned", text, (("override", pin.id), ("failure", v.cause.code), *v.cause.evidence))
     if v.phase is Phase.SWITCHING or (v.phase is Phase.FAILED and v.cause.code in _HOLDS_DOWN):
         return v.cause
     return None
@@ -197,6 +208,18 @@ def _next(spec: ModemSpec, v: ModemView, now: float) -> ProfileSpec | None:
     return None
 
 
+def judged_failed(spec: ModemSpec, v: ModemView, profile: str, now: float) -> str | None:
+    """Why the engine holds `profile` failed now (the active one FAILED, or another that failed within
+    retry_after and would be skipped), or None; an operator pins such a profile only with --force."""
+    active = v.target if v.phase is Phase.SWITCHING else v.profile
+    if profile == active:
+        return f"profile {profile} has failed ({v.cause.code}: {v.cause.text})" if v.phase is Phase.FAILED else None
+    at = v.failed_at.get(profile)
+    if at is not None and now - at < spec.retry_after:
+        return f"profile {profile} failed {now - at:.0f}s ago (retried after {spec.retry_after:g}s)"
+    return None
+
+
 def failback_at(spec: ModemSpec, v: ModemView) -> float | None:
     """When the first profile may be tried again (revertive), with the hold-down's backoff."""
     first = spec.profiles[0].name
@@ -209,11 +232,48 @@ def failback_at(spec: ModemSpec, v: ModemView) -> float | None:
     return at + spec.revert_after * backoff
 
 
+def _pinned(uplink: str, spec: ModemSpec, v: ModemView, pin: Override, now: float, *, out: list[Effect]) -> ModemView:
+    """An operator's pin: switch to its profile if the modem is elsewhere, else stay, failed or not."""
+    if v.phase is Phase.SWITCHING:
+        return v  # never two switches in flight: the pinned one follows when this one has ended
+    if v.phase is Phase.UNKNOWN:
+        # No word from the modem yet (just started, or no modem service): a switch would go unanswered
+        # and time out with the uplink DOWN. The pin takes effect with the modem's first report.
+        return v
+    if v.profile == pin.profile:
+        if v.phase is Phase.FAILED and v.held != f"pinned/{pin.id}":
+            text = f"profile {v.profile} failed ({v.cause.code}) but is pinned by override {pin.id}: not switched"
+            out.append(Alarm("warning", uplink, Cause("pinned-failed", text, (("override", pin.id),))))
+            v = replace(v, held=f"pinned/{pin.id}")
+        return v
+    frm, to = spec.profile(v.profile), spec.profile(pin.profile or "")
+    how: SwitchHow = "register" if frm.sim == to.sim else "slot"
+    cost = spec.switch_time(frm, to)
+    evidence = (("override", pin.id), ("from", frm.name), ("to", to.name), ("how", how), ("cost", f"{cost:g}s"))
+    text = (
+        f"operator override {pin.id}: {pin.reason!r} by {pin.by}: {how} to {to.name} "
+        f"({to.plmn or 'automatic'}, about {cost:g}s)"
+    )
+    cause = Cause("profile-pinned", text, evidence)
+    v = move(uplink, v, Phase.SWITCHING, now, cause, out=out)
+    out.append(SwitchProfile(uplink, to.name, how, to.plmn, to.apn, cause))
+    return replace(v, target=to.name, switch_deadline=now + 2 * cost)
+
+
 def plan(
-    uplink: str, spec: ModemSpec, v: ModemView, covered: Callable[[], bool], now: float, *, out: list[Effect]
+    uplink: str,
+    spec: ModemSpec,
+    v: ModemView,
+    covered: Callable[[], bool],
+    now: float,
+    *,
+    out: list[Effect],
+    pin: Override | None = None,
 ) -> ModemView:
-    """Start a switch where one is due and allowed: failover from a FAILED profile, failback to the
-    first. `covered` is asked only then (it reads every class)."""
+    """Start a switch where one is due and allowed: to an operator's pinned profile; else failover from
+    a FAILED profile, failback to the first. `covered` is asked only then (it reads every class)."""
+    if pin is not None:
+        return _pinned(uplink, spec, v, pin, now, out=out)
     if v.phase is Phase.FAILED:
         to = _next(spec, v, now)
         if to is None:

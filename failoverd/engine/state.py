@@ -170,7 +170,8 @@ class ClassState:
     exposed: bool = False  # down to its last usable uplink, and its redundancy alarm is raised
 
 
-OverrideKind = Literal["force", "drain"]  # force: a class onto an uplink; drain: every class off an uplink
+# force: a class onto an uplink; drain: every class off an uplink; profile: a modem uplink on one profile
+OverrideKind = Literal["force", "drain", "profile"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +185,14 @@ class Override:
     created: float
     expires: float
     force: bool = False
+    profile: str | None = None  # for profile (a default: overrides.json of earlier versions has none)
 
     def describe(self) -> str:
-        what = f"class {self.cls} -> {self.uplink}" if self.kind == "force" else f"drain {self.uplink}"
+        what = {
+            "force": f"class {self.cls} -> {self.uplink}",
+            "drain": f"drain {self.uplink}",
+            "profile": f"{self.uplink} on profile {self.profile}",
+        }[self.kind]
         return f"{self.id} ({what}{', forced' if self.force else ''}: {self.reason!r} by {self.by})"
 
 
@@ -230,10 +236,21 @@ class EngineState:
     modems: Mapping[str, ModemView] = field(default_factory=dict)  # per uplink with profiles (engine/profiles.py)
 
     def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
+        """The override of `kind` on `subject`: a class (force), an uplink (drain, profile)."""
         for o in self.overrides:
             if o.kind == kind and (o.cls if kind == "force" else o.uplink) == subject:
                 return o
         return None
+
+
+def override_applies(o: Override, policy: Policy) -> bool:
+    """Whether the policy still has what the override names (its uplink, class, profile)."""
+    spec = policy.uplinks.get(o.uplink)
+    if spec is None or (o.cls is not None and o.cls not in policy.classes):
+        return False
+    if o.kind == "profile":
+        return spec.modem is not None and o.profile in {p.name for p in spec.modem.profiles}
+    return True
 
 
 _START = Cause("start", "failoverd started; no evidence yet")
@@ -297,11 +314,7 @@ def restored_state(
             continue
         what = f"via {uplink}" if route == "via" else route
         classes[name] = ClassState(uplink, route, now, Cause("adopted", f"found {what} in the kernel at start"))
-    kept = tuple(
-        o
-        for o in overrides
-        if o.expires > now and o.uplink in policy.uplinks and (o.cls is None or o.cls in policy.classes)
-    )
+    kept = tuple(o for o in overrides if o.expires > now and override_applies(o, policy))
     uplinks = dict(state.uplinks)
     carrying: dict[str, list[str]] = {}
     for name, c in classes.items():

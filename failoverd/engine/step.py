@@ -65,6 +65,7 @@ from failoverd.engine.events import (
     Event,
     ForceClass,
     ModemState,
+    PinProfile,
     PolicyReloaded,
     ProbeBatch,
     ProbeResult,
@@ -75,7 +76,7 @@ from failoverd.engine.events import (
     StandbyResult,
     Tick,
 )
-from failoverd.engine.modemstate import ModemView
+from failoverd.engine.modemstate import ModemView, Phase
 from failoverd.engine.redundancy import (
     last_verified,
     prewarm_targets,
@@ -96,6 +97,7 @@ from failoverd.engine.state import (
     Restart,
     UplinkState,
     initial_uplink,
+    override_applies,
     switch,
 )
 from failoverd.errors import EngineBug
@@ -269,7 +271,7 @@ class _Work:
         for name in pol.classes:
             self.classes.setdefault(name, ClassState(None, "pending", self.now, Cause("policy-reload", "new class")))
         for o in list(self.overrides):
-            if o.uplink not in pol.uplinks or (o.cls is not None and o.cls not in pol.classes):
+            if not override_applies(o, pol):
                 self.overrides.remove(o)
                 self.notice("info", o.id, Cause("override-dropped", f"{o.describe()} names what the policy lost"))
 
@@ -292,6 +294,10 @@ class _Work:
                 self.modems[name] = pf.timers(name, spec, v, self.now, out=self.effects)
                 self.hold_down_for_modem(name)
 
+    def pin(self, uplink: str) -> Override | None:
+        """The operator's pin of this uplink's profile, if one holds."""
+        return next((o for o in self.overrides if o.kind == "profile" and o.uplink == uplink), None)
+
     def plan_profiles(self) -> None:
         """After the uplinks are judged: no data while registered fails a profile; then switch where due."""
         for name, seen in self.modems.items():
@@ -299,17 +305,24 @@ class _Work:
             if spec is None:
                 continue
             v = pf.judge_data(name, spec, seen, self.uplinks[name], self.now, out=self.effects)
-            self.modems[name] = pf.plan(name, spec, v, partial(self.covered, name), self.now, out=self.effects)
+            covered = partial(self.covered, name)
+            self.modems[name] = pf.plan(name, spec, v, covered, self.now, out=self.effects, pin=self.pin(name))
             self.hold_down_for_modem(name)
 
     def hold_down_for_modem(self, name: str) -> None:
         """The uplink is DOWN while its profile fails or switches, judged at once: update_uplinks may
         skip it (a probe event re-judges only the probed uplinks) and the class assignment must see it."""
         u = self.uplinks[name]
-        down = pf.down_cause(self.modems[name])
+        down = pf.down_cause(self.modems[name], self.pin(name))
         if down == u.modem_down:
             return
-        self.uplinks[name] = hl.evaluate(self.policy.uplinks[name], replace(u, modem_down=down), self.now)
+        u = hl.evaluate(self.policy.uplinks[name], replace(u, modem_down=down), self.now)
+        if down is not None and u.health is Health.DOWN and u.since < self.now and u.cause != down:
+            # Down since an earlier step (switching, say): the status shows what holds it down now,
+            # such as a pinned profile that failed. (A move into DOWN in this step keeps the cause
+            # that took it down: the history records that one.)
+            u = replace(u, cause=down)
+        self.uplinks[name] = u
 
     def covered(self, uplink: str) -> bool:
         """Every class that has `uplink` in its path (and may use it) is routed via another usable
@@ -344,9 +357,14 @@ class _Work:
             return None
         return value
 
-    def new_override(self, kind: OverrideKind, cls: str | None, ev: ForceClass | DrainUplink, ttl: float) -> Override:
+    def new_override(
+        self, kind: OverrideKind, cls: str | None, ev: ForceClass | DrainUplink | PinProfile, ttl: float
+    ) -> Override:
         self.seq += 1
-        return Override(f"o{self.seq}", kind, cls, ev.uplink, ev.reason, ev.by, self.now, self.now + ttl, ev.force)
+        profile = ev.profile if isinstance(ev, PinProfile) else None
+        return Override(
+            f"o{self.seq}", kind, cls, ev.uplink, ev.reason, ev.by, self.now, self.now + ttl, ev.force, profile
+        )
 
     def force_class(self, ev: ForceClass) -> None:
         pol = self.policy
@@ -419,6 +437,50 @@ class _Work:
                     "add --force to drain anyway",
                 )
         self.reply = CommandReply(ev.request, True, f"override {o.id}: drain {ev.uplink} for {ttl:g}s", override=o.id)
+        return None
+
+    def pin_profile(self, ev: PinProfile) -> None:
+        """An operator's pin of a modem uplink's profile; plan_profiles switches to it in this step."""
+        pol = self.policy
+        spec = pol.uplinks.get(ev.uplink)
+        if spec is None:
+            return self.refuse(ev.request, f'unknown uplink "{ev.uplink}" (uplinks: {", ".join(pol.uplinks)})')
+        if spec.modem is None:
+            with_modem = ", ".join(n for n, u in pol.uplinks.items() if u.modem is not None) or "none"
+            return self.refuse(
+                ev.request, f'uplink "{ev.uplink}" has no modem profiles (uplinks with profiles: {with_modem})'
+            )
+        names = [p.name for p in spec.modem.profiles]
+        if ev.profile not in names:
+            return self.refuse(
+                ev.request, f'uplink "{ev.uplink}" has no profile "{ev.profile}" (profiles: {", ".join(names)})'
+            )
+        if not ev.reason.strip():
+            return self.refuse(ev.request, "a reason is required: it goes into the history and the alarm")
+        ttl = self.ttl(ev.request, ev.ttl)
+        if ttl is None:
+            return None
+        v = self.modems[ev.uplink]
+        failed = pf.judged_failed(spec.modem, v, ev.profile, self.now)
+        if failed is not None and not ev.force:
+            return self.refuse(ev.request, f"refused: {failed}; add --force to pin it anyway")
+        replaced = [o for o in self.overrides if o.kind == "profile" and o.uplink == ev.uplink]
+        for o in replaced:
+            self.overrides.remove(o)
+        o = self.new_override("profile", None, ev, ttl)
+        self.overrides.append(o)
+        text = f"override {o.id}: {ev.uplink} on profile {ev.profile} for {ttl:g}s"
+        if replaced:
+            text += f" (replaces {', '.join(r.id for r in replaced)})"
+        if v.phase is Phase.SWITCHING and v.target == ev.profile:
+            text += "; the switch to it is in flight"
+        elif v.phase is Phase.SWITCHING:
+            text += f"; once the switch to {v.target} in flight ends"
+        elif v.profile == ev.profile:
+            text += "; the modem uses it already"
+        elif v.phase is Phase.UNKNOWN:
+            text += "; the modem has not reported yet: the switch waits for its first report"
+        self.reply = CommandReply(ev.request, True, text, override=o.id)
         return None
 
     def release(self, ev: Release) -> None:
@@ -849,6 +911,9 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
         case DrainUplink():
             w.by = event.by
             w.drain(event)
+        case PinProfile():
+            w.by = event.by
+            w.pin_profile(event)
         case Release():
             w.by = event.by
             w.release(event)

@@ -40,7 +40,7 @@ UPLINK_STATES: tuple[str, ...] = (
 )
 ROUTES: tuple[str, ...] = get_args(Route)
 VERDICTS: tuple[str, ...] = get_args(DrillVerdict)
-OVERRIDE_KINDS = ("force", "drain")
+OVERRIDE_KINDS = ("force", "drain", "profile")
 
 
 class EngineCollector(Collector):

@@ -119,6 +119,7 @@ def override_rows(state: EngineState, now: float) -> list[dict[str, Any]]:
             "kind": o.kind,
             "class": o.cls,
             "uplink": o.uplink,
+            "profile": o.profile,
             "reason": o.reason,
             "by": o.by,
             "force": o.force,
