@@ -184,10 +184,10 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def start(address: str, pol: Policy) -> AsyncIterator[Running]:
+async def start(address: str, pol: Policy, retry: float = 0.2) -> AsyncIterator[Running]:
     """The service running on `address` with `pol`; its task is cancelled and awaited on the way out."""
     inbox: Inbox = asyncio.Queue()
-    service = ModemService(View(pol), inbox, bus_address=address, retry=0.2)
+    service = ModemService(View(pol), inbox, bus_address=address, retry=retry)
     task = asyncio.create_task(service.run(), name="modem")
     try:
         yield Running(service, inbox)
@@ -303,13 +303,21 @@ async def test_carrier_outage_yields_searching_and_a_reject_denied(running: Runn
 
 
 async def test_without_modemmanager_a_status_line_and_switches_fail(bus: str, tmp_path: Path) -> None:
-    async with start(bus, policy(tmp_path)) as r:
-        await asyncio.sleep(0.6)  # a few attempts (retry 0.2 s): none may end the service
+    """ModemManager not running: a status line, switches answered as failed; when it starts, the bus
+    says so and the modem is found then, not at the next retry (30 s here)."""
+    async with start(bus, policy(tmp_path), retry=30.0) as r:
+        await asyncio.sleep(0.3)
         note = r.service.status()["note"]
-        assert "ModemManager not reachable" in note and "ServiceUnknown" in note, note
+        assert "ModemManager not on the system bus" in note and "ServiceUnknown" in note, note
         r.service.switch(switch("carrier-b", "slot", "20408", "internet.b"))
         answer = await r.next(lambda i: isinstance(i, ev.ProfileSwitched | ev.ModemState), timeout=2.0)
         assert isinstance(answer, ev.ProfileSwitched) and not answer.ok
+        assert "no modem from ModemManager" in answer.detail
+        proc = launch(bus, tmp_path, SIMULATED)
+        try:
+            await r.next(modem_state(registration="home"), timeout=5.0)
+        finally:
+            _stop(proc)
 
 
 async def test_a_policy_without_modem_uplinks_starts_nothing(bus: str, tmp_path: Path) -> None:

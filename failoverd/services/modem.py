@@ -182,7 +182,12 @@ class ModemService:
             bus.add_message_handler(self._on_message)
             for rule in (f"type='signal',sender='{MM}'", f"type='signal',interface='{DBUS}',arg0='{MM}'"):
                 await self._call("/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule], destination=DBUS)
-            await self._sync()
+            try:
+                await self._sync()
+            except CallFailed as exc:
+                # ModemManager not running (yet): the bus says when it takes its name (NameOwnerChanged).
+                self.note = f"ModemManager not on the system bus: {exc}"
+                log.warning("modem-manager", note=self.note)
             async with asyncio.TaskGroup() as tasks:
                 self.tasks = tasks
                 resyncs = tasks.create_task(self._resyncs(), name="modem-resync")
