@@ -445,3 +445,13 @@ async def test_the_system_bus_going_away_is_a_status_line_and_a_retry(
         r.service.switch(switch("carrier-a-roam", "register", "20408", "internet.a"))
         answer = await r.next(switched, timeout=2.0)
         assert not answer.ok
+
+
+async def test_data_stop_shows_as_a_released_bearer_while_registered(running: Running, mmsim: str) -> None:
+    await running.next(modem_state(registration="home"))
+    running.service.switch(switch("carrier-a", "register", "20404", "internet.a"))  # connects the bearer
+    assert (await running.next(switched)).ok
+    await running.next(modem_state(registration="home", bearer=True))
+    await control(mmsim, "DataStop", "sb", "20404", True)
+    stopped = await running.next(modem_state(bearer=False))
+    assert (stopped.registration, stopped.operator) == ("home", "20404")
