@@ -93,7 +93,7 @@ def probes(uplink: str, ok: bool, start: float, end: float) -> list[tuple[float,
 
 
 def test_without_modem_evidence_profiles_change_nothing() -> None:
-    """The daemon does not feed ModemState yet: a policy with profiles must decide as one without."""
+    """Until the modem service has reported (no ModemManager, say), a policy with profiles decides as one without."""
     timeline = probes("fiber", True, 0, 10) + probes("mobile", True, 0, 40) + probes("fiber", False, 10, 40)
     with_profiles = [(t, e) for t, _, _, fxs in run(timeline) for e in fxs if isinstance(e, fx.SwitchClass)]
     without = [

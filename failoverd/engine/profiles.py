@@ -6,7 +6,7 @@
 # eSIM profile, PLMN, APN). The modem's own evidence (events.ModemState: registration, operator,
 # bearer) and the uplink's probes move the profile through PHASE_TRANSITIONS (modemstate.py):
 #
-#   UNKNOWN    no modem evidence yet (the daemon does not produce it yet: nothing here then acts)
+#   UNKNOWN    no modem evidence yet (services/modem.py reports it): nothing here acts until it comes
 #   ATTACHING  searching, idle, or registered without a data bearer; searching longer than
 #              `searching_limit` fails the profile
 #   SERVING    registered (home or roaming) with a data bearer
