@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +14,9 @@ from typing import Any
 import pytest
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+from mmbus import launch_mmsim, start_bus, stop
 
-from lab.mmsim import CONTROL, CONTROL_PATH, M3GPP, MM, MODEM, SIMPLE, ConfigAtEdge, bus_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from lab.mmsim import CONTROL, CONTROL_PATH, M3GPP, MM, MODEM, SIMPLE, ConfigAtEdge
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dbus-daemon") is None, reason="needs dbus-daemon (scripts/bootstrap installs it)"
@@ -43,53 +39,24 @@ CONFIG: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[str]:
     """A private system-like dbus-daemon; its address."""
-    conf = tmp_path / "bus.conf"
-    conf.write_text(bus_config(tmp_path / "bus"))
-    proc = subprocess.Popen(
-        ["dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    address, proc = start_bus(tmp_path)
     try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        assert address.startswith("unix:path="), address
         yield address
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture
 def mmsim(bus: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """The simulator on the private bus (CONFIG, or the test's indirect parameter); the bus address."""
-    config = tmp_path / "mmsim.json"
-    config.write_text(json.dumps(getattr(request, "param", CONFIG)))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.mmsim", "--bus", bus, "--config", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = launch_mmsim(bus, tmp_path, getattr(request, "param", CONFIG))
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("mmsim: "), "the simulator did not come up"
         yield bus
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def mmcli(bus: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

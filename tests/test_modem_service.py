@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,6 +14,7 @@ from typing import Any, cast
 import pytest
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
+from mmbus import launch_mmsim, start_bus, stop
 
 from failoverd.ctl import render_status
 from failoverd.engine import effects as fx
@@ -34,9 +31,7 @@ from failoverd.services.engine import EngineService
 from failoverd.services.history import History
 from failoverd.services.modem import ModemService
 from failoverd.statedir import StateDir
-from lab.mmsim import CONTROL, CONTROL_PATH, MM, bus_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from lab.mmsim import CONTROL, CONTROL_PATH, MM
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dbus-daemon") is None, reason="needs dbus-daemon (scripts/bootstrap installs it)"
@@ -81,16 +76,6 @@ classes:
 WITHOUT_MODEM = POLICY.split("  - name: mobile", maxsplit=1)[0] + "classes:\n  - name: default\n    path: [fiber]\n"
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture
 def bus(bus_daemon: tuple[str, subprocess.Popen[str]]) -> str:
     """A private system-like dbus-daemon; its address."""
@@ -100,50 +85,21 @@ def bus(bus_daemon: tuple[str, subprocess.Popen[str]]) -> str:
 @pytest.fixture
 def bus_daemon(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """A private system-like dbus-daemon: its address and process."""
-    conf = tmp_path / "bus.conf"
-    conf.write_text(bus_config(tmp_path / "bus"))
-    proc = subprocess.Popen(
-        ["dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    address, proc = start_bus(tmp_path)
     try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        assert address.startswith("unix:path="), address
         yield address, proc
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture
 def mmsim(bus: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """The simulator on the private bus (SIMULATED, or the test's indirect parameter); the bus address."""
-    proc = launch(bus, tmp_path, getattr(request, "param", SIMULATED))
+    proc = launch_mmsim(bus, tmp_path, getattr(request, "param", SIMULATED))
     try:
         yield bus
     finally:
-        _stop(proc)
-
-
-def launch(bus: str, tmp_path: Path, config: dict[str, Any]) -> subprocess.Popen[str]:
-    """Start the simulator and wait until it owns ModemManager's name (the caller stops it)."""
-    path = tmp_path / "mmsim.json"
-    path.write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.mmsim", "--bus", bus, "--config", str(path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("mmsim: "), "the simulator did not come up"
-    except BaseException:
-        _stop(proc)
-        raise
-    return proc
+        stop(proc)
 
 
 class View:
@@ -313,11 +269,11 @@ async def test_without_modemmanager_a_status_line_and_switches_fail(bus: str, tm
         answer = await r.next(lambda i: isinstance(i, ev.ProfileSwitched | ev.ModemState), timeout=2.0)
         assert isinstance(answer, ev.ProfileSwitched) and not answer.ok
         assert "no modem from ModemManager" in answer.detail
-        proc = launch(bus, tmp_path, SIMULATED)
+        proc = launch_mmsim(bus, tmp_path, SIMULATED)
         try:
             await r.next(modem_state(registration="home"), timeout=5.0)
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 async def test_a_policy_without_modem_uplinks_starts_nothing(bus: str, tmp_path: Path) -> None:
@@ -415,21 +371,21 @@ async def test_modemmanager_restarting_and_a_reload_that_brings_a_modem(bus: str
     async with start(bus, policy(tmp_path, WITHOUT_MODEM)) as r:
         await asyncio.sleep(0.2)
         assert r.service.bus is None
-        proc = launch(bus, tmp_path, SIMULATED)
+        proc = launch_mmsim(bus, tmp_path, SIMULATED)
         try:
             assert isinstance(r.service.view, View)
             r.service.view.policy = policy(tmp_path)
             await r.service.reconfigure(r.service.view.policy)
             await r.next(modem_state(registration="home"))
-            _stop(proc)
+            stop(proc)
             gone = await r.next(modem_state(registration="unknown"))
             assert gone.reason == "the modem is gone from ModemManager"
             assert r.service.bound == {}
-            proc = launch(bus, tmp_path, SIMULATED)
+            proc = launch_mmsim(bus, tmp_path, SIMULATED)
             await r.next(modem_state(registration="home", operator="20404"))
             assert r.service.bound["mobile"] == "/org/freedesktop/ModemManager1/Modem/0"
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 async def test_the_system_bus_going_away_is_a_status_line_and_a_retry(
@@ -437,7 +393,7 @@ async def test_the_system_bus_going_away_is_a_status_line_and_a_retry(
 ) -> None:
     async with start(mmsim, policy(tmp_path)) as r:
         await r.next(modem_state(registration="home"))
-        _stop(bus_daemon[1])
+        stop(bus_daemon[1])
         gone = await r.next(modem_state(registration="unknown"))
         assert gone.reason == "the modem is gone from ModemManager"
         await asyncio.sleep(0.5)  # retries (every 0.2 s) against a bus that is not there
