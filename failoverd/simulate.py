@@ -216,6 +216,20 @@ class _Link:
     faded: bool = False  # activated, passed traffic for the world's passes_for, and nothing since
     modem_blocked: bool = False  # a modem uplink not registered with a bearer, or on a PLMN in outage
 
+    def answer(self, rng: random.Random, target: str, timeout: float) -> float | None:
+        """One probe's fate through this link: its RTT if it is answered within `timeout`, else None."""
+        loss = max(self.loss, self.target_loss.get(target, 0.0))
+        rtt = max(0.0, self.rtt + rng.uniform(-self.jitter, self.jitter))
+        passes = (
+            self.carrier
+            and self.powered
+            and not self.outage
+            and not self.faded
+            and not self.modem_blocked
+            and rng.uniform(0, 100) >= loss
+        )
+        return rtt if passes and rtt <= timeout else None
+
 
 @dataclass(slots=True)
 class _Modem:
@@ -300,18 +314,8 @@ class Simulation:
                 for name, p in payload.probes:
                     if not probed(state, name):
                         continue
-                    link = links[name]
-                    loss = max(link.loss, link.target_loss.get(p.target, 0.0))
-                    rtt = max(0.0, link.rtt + rng.uniform(-link.jitter, link.jitter))
-                    passes = (
-                        link.carrier
-                        and link.powered
-                        and not link.outage
-                        and not link.faded
-                        and not link.modem_blocked
-                        and rng.uniform(0, 100) >= loss
-                    )
-                    if passes and rtt <= p.timeout:
+                    rtt = links[name].answer(rng, p.target, p.timeout)
+                    if rtt is not None:
                         push(start + rtt, "result", ev.ProbeResult(name, p.key, True, rtt))
                     else:
                         push(start + p.timeout, "result", ev.ProbeResult(name, p.key, False, None))
@@ -325,17 +329,9 @@ class Simulation:
                     name, canary = due
                     p = canary.probe
                     push(t + p.interval, "canary", name)
-                    link = links[name]
-                    loss = max(link.loss, link.target_loss.get(p.target, 0.0))
-                    rtt = max(0.0, link.rtt + rng.uniform(-link.jitter, link.jitter))
-                    passes = (
-                        link.carrier
-                        and link.powered
-                        and not link.outage
-                        and not link.modem_blocked
-                        and rng.uniform(0, 100) >= loss
-                    )
-                    if passes and rtt <= p.timeout:
+                    # The same fate as any packet through the link (a faded terminal carries no canary either).
+                    rtt = links[name].answer(rng, p.target, p.timeout)
+                    if rtt is not None:
                         push(t + rtt, "result", ev.ProbeResult(name, canary.key, True, rtt))
                     else:
                         push(t + p.timeout, "result", ev.ProbeResult(name, canary.key, False, None))
