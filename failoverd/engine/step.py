@@ -849,6 +849,8 @@ class _Work:
                 self.clear_alarm("uplink-degraded", name, u.cause)
             if u.lifecycle is not Lifecycle.FAILED:
                 self.clear_alarm("standby-failed", name, u.cause)
+        if not self.reloaded:
+            return  # only a reload takes an uplink or a class away (not every probe round's business)
         gone = Cause("policy-reload", "no longer in the policy")
         for a in list(self.alarms.values()):
             kind = ALARM_KINDS.get(a.kind, ("", None))[0]
