@@ -257,6 +257,13 @@ class Kernel:
         groups = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE
         async with AsyncIPRoute() as mon:
             await mon.bind(groups=groups)
+            # Subscribed only now: a link that changed since the last dump (a cold terminal switched off
+            # by the first step after a start, say) would be missed, and its carrier left stale for good.
+            # Dump once more and report what differs from the cache, as the monitor would have.
+            for link in [_link(m) async for m in await self.ipr.link("dump")]:
+                if self.links.get(link.name) != link:
+                    self.links[link.name] = link
+                    yield LinkEvent(link)
             while True:
                 for m in await _batch(mon):
                     event = m["event"]
