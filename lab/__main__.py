@@ -68,7 +68,11 @@ def run_scenarios(lab: Lab, names: list[str], out_dir: Path, plot: bool, quiet: 
                 incident.plot(inc, out / "incident.png")
                 print(f"  incident report: {out / 'incident.md'} and incident.png")
             if base:
+                from lab.plot import compare  # noqa: PLC0415
+
                 base["plot"] = str(draw(base["report"], out / "plot-baseline.png"))
+                report["compare"] = str(compare(report, out / "plot-compare.png"))
+                print(f"  outage against the baseline: {report['compare']}")
         reports.append(report)
     return reports
 

@@ -1,6 +1,7 @@
 """A ModemManager simulator on a private D-Bus: the modem, SIMs and carriers failoverd's tests drive.
 
-`python -m lab.mmsim --bus ADDRESS --config FILE` (JSON, see ConfigAtEdge).
+`python -m lab.mmsim --bus ADDRESS --config FILE` (JSON, see ConfigAtEdge); `--own-bus DIR` instead of
+`--bus` starts a private bus first, with its socket at DIR/bus (the lab's modem node).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import Coroutine
+import subprocess
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -207,7 +209,8 @@ METHOD_TYPES: dict[str, dict[str, tuple[str, str]]] = {
     SIMPLE: {"Connect": ("a{sv}", "o"), "Disconnect": ("o", ""), "GetStatus": ("", "a{sv}")},
     SIM: {},
     BEARER: {},
-    CONTROL: {"CarrierOutage": ("sb", ""), "Reject": ("ss", ""), "DataStop": ("sb", "")},
+    CONTROL: {"CarrierOutage": ("sb", ""), "Reject": ("ss", ""), "DataStop": ("sb", ""), "RejectSim": ("ss", ""),
+              "Reset": ("", "")},
 }  # fmt: skip
 SIGNAL_TYPES: dict[str, dict[str, str]] = {MODEM: {"StateChanged": "iiu"}}
 
@@ -252,6 +255,10 @@ class ConfigAtEdge(BaseModel):
     slots: list[SimAtEdge | None]
     networks: list[NetworkAtEdge]
     timing: TimingAtEdge = TimingAtEdge()
+    # The lab's radio side: MCCMNC → the next hop into that network from the node the simulator runs in.
+    # While a bearer is connected on a network named here, that node's default route goes there;
+    # otherwise it is a blackhole (no bearer, no data), as through a real modem.
+    data_path: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> ConfigAtEdge:
@@ -303,6 +310,41 @@ class ModemRun:
     task: asyncio.Task[None] | None = None
 
 
+class DataPath:
+    """The lab node's default route, following the modem: one `ip route replace` per change, in order."""
+
+    def __init__(self, next_hops: dict[str, str]) -> None:
+        self.enabled = bool(next_hops)
+        self.wanted = ""  # a next hop, or "" for no data (blackhole)
+        self.applied: str | None = None
+        self.kick = asyncio.Event()
+
+    def want(self, via: str) -> None:
+        if self.enabled and via != self.wanted:
+            self.wanted = via
+            self.kick.set()
+
+    def start(self, spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]) -> None:
+        if self.enabled:
+            self.kick.set()
+            spawn(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            await self.kick.wait()
+            self.kick.clear()
+            via = self.wanted
+            if via == self.applied:
+                continue
+            route = ["default", "via", via] if via else ["blackhole", "default"]
+            proc = await asyncio.create_subprocess_exec("ip", "route", "replace", *route)
+            if await proc.wait() == 0:
+                self.applied = via
+            else:
+                await asyncio.sleep(0.5)
+                self.kick.set()
+
+
 def bus_config(socket_path: Path) -> str:
     """A dbus-daemon config for a private "system"-like bus at socket_path, open to everyone on it."""
     return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -335,6 +377,9 @@ class ModemSimulator:
         self.sim_counter = 0
         self.bearer_counter = 0
         self.run: ModemRun | None = None
+        self.sim_rejects: dict[str, str] = {}  # IMSI → reject cause: the subscription is refused everywhere
+        self.reprobe: asyncio.Task[None] | None = None
+        self.route = DataPath(config.data_path)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.changed = asyncio.Event()  # set on every state change; waiters re-check their condition
         manager = {MM: {"Version": Variant("s", "1.20.4")}}
@@ -363,6 +408,7 @@ class ModemSimulator:
         props.update(changed)
         self._signal(path, PROPS, "PropertiesChanged", "sa{sv}as", [interface, changed, []])
         self.changed.set()
+        self._follow_data_path()
 
     def _add(self, obj: DBusObject) -> None:
         self.objects[obj.path] = obj
@@ -393,6 +439,36 @@ class ModemSimulator:
 
     def start(self) -> None:
         self._probe()
+        self.route.start(self._spawn)
+
+    def _follow_data_path(self) -> None:
+        run = self.run
+        via = ""
+        if run is not None and run.registered_on and not self.carriers[run.registered_on].data_stopped:
+            connected = (self.objects.get(p) for p in run.bearers)
+            if any(b is not None and b.interfaces[BEARER]["Connected"].value for b in connected):
+                via = self.config.data_path.get(run.registered_on, "")
+        self.route.want(via)
+
+    def reset(self) -> None:
+        """Net.failoverd.MmSim.Control.Reset: every fault cleared and the modem re-probed at once on its
+        configured slot, in automatic registration with no bearer (what a lab scenario starts from)."""
+        for carrier in self.carriers.values():
+            carrier.down, carrier.reject, carrier.data_stopped = False, "", False
+        self.sim_rejects.clear()
+        if self.reprobe is not None:
+            self.reprobe.cancel()
+        run = self.run
+        if run is not None:
+            if run.task is not None:
+                run.task.cancel()
+            self._remove(run.path)
+            for path in [*run.bearers, *run.sim_paths]:
+                self._remove(path)
+        self.run = None
+        self.primary_slot = self.config.primary_slot
+        self._probe()
+        self._follow_data_path()
 
     def _probe(self) -> None:
         """Export a modem object as ModemManager does after probing: its SIMs first, then the modem."""
@@ -506,6 +582,8 @@ class ModemSimulator:
         """The PLMN to register on now, and the reason nick if registration fails ("" when it can succeed)."""
         sim = self._sim()
         assert sim is not None
+        if sim.imsi in self.sim_rejects:
+            return run.manual or sim.home, self.sim_rejects[sim.imsi]
         if run.manual:
             carrier = self.carriers.get(run.manual)
             if carrier is None or carrier.down:
@@ -539,6 +617,8 @@ class ModemSimulator:
                     self._deregister(run, "NoNetwork")
                 elif current.reject:
                     self._deregister(run, current.reject)
+                elif (sim := self._sim()) is not None and sim.imsi in self.sim_rejects:
+                    self._deregister(run, self.sim_rejects[sim.imsi])
                 elif run.registered_on != code:
                     self._deregister(run, "")
             rejected = bool(failure) and failure != "NoNetwork" and self._denied()
@@ -673,7 +753,7 @@ class ModemSimulator:
         if slot == self.primary_slot:
             return
         self.primary_slot = slot
-        self._spawn(self._reprobe(run))
+        self.reprobe = self._spawn(self._reprobe(run))
 
     async def _reprobe(self, run: ModemRun) -> None:
         """The slot switch resets the modem: its objects go away and a new modem object appears later."""
@@ -684,6 +764,7 @@ class ModemSimulator:
         self._remove(run.path)
         for path in [*run.bearers, *run.sim_paths]:
             self._remove(path)
+        self._follow_data_path()
         await asyncio.sleep(self.timing.slot_switch_s)
         self._probe()
 
@@ -785,6 +866,19 @@ class ModemSimulator:
         return out
 
     def control(self, member: str, code: str, arg: Any) -> None:
+        if member == "RejectSim":  # code is the SIM's IMSI here
+            if code not in {s.imsi for s in self.config.slots if s is not None}:
+                raise DBusFailure(f"{ERROR}.Core.NotFound", f"no SIM with IMSI {code} in the config")
+            if arg and arg not in REJECT_CAUSES:
+                raise DBusFailure(
+                    f"{ERROR}.Core.InvalidArgs", f"reject cause {arg!r} not one of {sorted(REJECT_CAUSES)}"
+                )
+            if arg:
+                self.sim_rejects[code] = str(arg)
+            else:
+                self.sim_rejects.pop(code, None)
+            self.changed.set()
+            return
         carrier = self.carriers.get(code)
         if carrier is None:
             raise DBusFailure(f"{ERROR}.Core.NotFound", f"no network {code} in the config")
@@ -867,6 +961,9 @@ class ModemSimulator:
                 out = "", []
             elif key == (SIMPLE, "GetStatus"):
                 out = "a{sv}", [self.status()]
+            elif key == (CONTROL, "Reset") and msg.path == CONTROL_PATH:
+                self.reset()
+                out = "", []
             elif msg.interface == CONTROL and msg.path == CONTROL_PATH and msg.member in METHOD_TYPES[CONTROL]:
                 self.control(msg.member, str(body[0]), body[1])
                 out = "", []
@@ -945,13 +1042,44 @@ async def serve(address: str, config: ConfigAtEdge) -> None:
     bus.disconnect()
 
 
+def own_bus(where: Path) -> tuple[str, subprocess.Popen[str]]:
+    """A private system-like dbus-daemon with its socket in `where` (the lab's modem node runs one)."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "bus").unlink(missing_ok=True)
+    conf = where / "bus.conf"
+    conf.write_text(bus_config(where / "bus"))
+    proc = subprocess.Popen(
+        ["dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    address = proc.stdout.readline().strip()
+    if not address.startswith("unix:path="):
+        proc.kill()
+        raise SystemExit(f"mmsim: dbus-daemon did not start ({address!r})")
+    return address, proc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bus", required=True, help="D-Bus address, e.g. unix:path=/tmp/x/bus")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--bus", help="D-Bus address, e.g. unix:path=/tmp/x/bus")
+    where.add_argument("--own-bus", type=Path, metavar="DIR", help="start a private bus with its socket DIR/bus")
     ap.add_argument("--config", required=True, type=Path, help="JSON config (see ConfigAtEdge)")
     args = ap.parse_args()
-    config = ConfigAtEdge.model_validate(json.loads(args.config.read_text()))
-    asyncio.run(serve(args.bus, config))
+    path = args.config if args.config.exists() else Path(__file__).resolve().parent.parent / args.config
+    config = ConfigAtEdge.model_validate(json.loads(path.read_text()))
+    if args.bus:
+        asyncio.run(serve(args.bus, config))
+        return
+    address, daemon = own_bus(args.own_bus)
+    try:
+        asyncio.run(serve(address, config))
+    finally:
+        daemon.terminate()
+        daemon.wait(5)
 
 
 if __name__ == "__main__":

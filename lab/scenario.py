@@ -38,6 +38,13 @@ PY = sys.executable
 FAULT_TABLES = ("fault_blackhole", "fault_loss", "fault_dns", "fault_outage")  # what nft_fault installs
 # Where each class's stream goes: (source node, server address:port, TCP?).
 STREAMS = {"critical": ("dispatch", "198.19.1.10:9000", False), "bulk": ("office", "198.19.1.20:9001", True)}
+# The lab's mobile carriers: the node that is each one's network, and its MCCMNC in the modem simulator.
+CARRIERS = {"carrier-a": ("mno-a", "20408"), "carrier-b": ("mno-b", "20416")}
+# The modem node (lab/mmsim.py on a private bus) and the addresses its radio side masquerades to.
+MODEM_BUS = "unix:path=/tmp/fo-lab-modem/bus"
+MODEM_CONFIG = ROOT / "lab" / "modem.json"
+MODEM_NAT = {"198.18.6.2": "carrier-a", "198.18.7.2": "carrier-b"}
+MMSIM = ("org.freedesktop.ModemManager1", "/net/failoverd/MmSim", "net.failoverd.MmSim.Control")
 
 
 class Strict(BaseModel):
@@ -69,10 +76,14 @@ class Step(Strict):
         "stop-node-process",
         "ntp-server",
         "clock-step",
+        "sim-reject",
+        "data-stop",
     ]
     server: str | None = None  # ntp-server: the address; kind says what serves there
     kind: str | None = None  # chrony, an offset such as "+1000", year-2000, silent
     shift: str | None = None  # clock-step: the daemon's wall clock moves by this, e.g. "+3600"
+    slot: int | None = Field(default=None, ge=1)  # sim-reject: every network refuses the SIM in this slot
+    cause: str | None = None  # sim-reject: the reject cause (ModemManager's MobileEquipment error nick)
     uplink: str | None = None
     carrier: str | None = None
     up: bool | None = None
@@ -105,6 +116,7 @@ class Expect(Strict):
         "clock_steps",
         "drill_verdict",
         "warning_lead_s",
+        "modem_profile",
     ]
     any_of: list[str] | None = None
     server: str | None = None
@@ -131,6 +143,9 @@ class ScenarioFile(BaseModel):
     settle: float = Field(default=0.5, ge=0)
     # Run failoverd under libfaketime so that clock-step can move its wall clock (and only its own).
     faketime: bool = False
+    # Uplinks that must be UP before the traffic starts (a modem registers and connects first); the
+    # baseline run waits for those of them its policy has.
+    wait_up: list[str] = Field(default_factory=list)
     traffic: Traffic = Traffic()
     steps: list[Step] = Field(default_factory=list)
     expect: list[Annotated[Expect, Field()]] = Field(default_factory=list)
@@ -157,9 +172,9 @@ def launch_failoverd(netns: str, policy: Path, out: Path, env: dict[str, str] | 
     cmd = [PY, "-m", "failoverd.cli", "run", "--policy", str(policy), "--state-dir", str(out / "state")]
     cmd += ["--socket", socket, "--netns", netns, "--log-json"]
     log = (out / "failoverd.log").open("ab")
-    daemon = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True, env=env or dict(os.environ)
-    )
+    # ModemManager, for a policy with a modem, is the lab's simulator on its private bus.
+    env = {"DBUS_SYSTEM_BUS_ADDRESS": MODEM_BUS, **(env or os.environ)}
+    daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True, env=env)
     client = Client(socket, timeout=2)
 
     def ready() -> bool:
@@ -212,6 +227,7 @@ class Run:
     alarms: list[dict[str, Any]] = field(default_factory=list)
     policy_file: str | None = None  # what the daemon runs: the scenario's policy unless this is the baseline run
     baseline: dict[str, Any] | None = None  # the baseline run's report
+    profiles: dict[str, str] = field(default_factory=dict)  # uplink → its modem's profile at the end
 
     @property
     def policy_path(self) -> Path:
@@ -289,12 +305,26 @@ class Run:
                 thread.start()
                 self.threads.append(thread)
             case "carrier-outage":
-                hit = [n for n, u in self.policy.uplinks.items() if u.operator == step.carrier]
-                if not hit:
+                # The carrier's whole network: every uplink of that operator, and its radio network as the
+                # modem sees it (registration drops, the modem's data path through it too).
+                nodes = {self.isp_of(n)[0] for n, u in self.policy.uplinks.items() if u.operator == step.carrier}
+                lab_carrier = CARRIERS.get(step.carrier or "")
+                if lab_carrier is not None:
+                    nodes.add(lab_carrier[0])
+                    self.mmsim("CarrierOutage", f"string:{lab_carrier[1]}", f"boolean:{str(step.on).lower()}")
+                if not nodes:
                     raise LabError(f"no uplink of carrier {step.carrier!r}")
-                for name in hit:
-                    node, _ = self.isp_of(name)
+                for node in sorted(nodes):
                     self.nft_fault(node, "fault_outage", ["drop"] if step.on else None)
+            case "sim-reject":
+                self.mmsim(
+                    "RejectSim", f"string:{self.imsi(step.slot or 1)}", f"string:{step.cause if step.on else ''}"
+                )
+            case "data-stop":
+                code = CARRIERS[step.carrier or ""][1] if step.carrier in CARRIERS else ""
+                if not code:
+                    raise LabError(f"data-stop: carrier {step.carrier!r} is not one of {', '.join(CARRIERS)}")
+                self.mmsim("DataStop", f"string:{code}", f"boolean:{str(step.on).lower()}")
             case "sat-delay":
                 topo.sh(
                     "sat-gs",
@@ -323,6 +353,34 @@ class Run:
                 self.ntp_server(step.server or "", step.kind or "chrony")
             case "clock-step":
                 self.stamp.write_text(f"{step.shift}\n")
+
+    def mmsim(self, method: str, *args: str) -> None:
+        """Call the modem simulator's control interface (the lab's modem node) with dbus-send."""
+        dest, path, interface = MMSIM
+        r = subprocess.run(
+            [
+                "dbus-send",
+                f"--bus={MODEM_BUS}",
+                "--print-reply",
+                f"--dest={dest}",
+                path,
+                f"{interface}.{method}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if r.returncode != 0:
+            raise LabError(f"modem simulator {method}: {r.stderr.strip() or r.stdout.strip()}")
+
+    @staticmethod
+    def imsi(slot: int) -> str:
+        slots = json.loads(MODEM_CONFIG.read_text())["slots"]
+        if not 1 <= slot <= len(slots) or slots[slot - 1] is None:
+            raise LabError(f"the lab's modem has no SIM in slot {slot}")
+        return str(slots[slot - 1]["imsi"])
 
     def ntp_server(self, address: str, kind: str) -> None:
         """Replace what serves time on `address` in the internet node: chronyd (true time) or the liar."""
@@ -353,6 +411,8 @@ class Run:
         for node in ("isp-fiber", "mno-a", "mno-b", "sat-gs"):
             self.lab.topo.nft(node, script)
             subprocess.run(["ip", "-n", self.lab.topo.ns(node), "link", "set", "dev", "down0", "up"], check=False)
+        if "modem" in self.lab.spec.nodes:
+            self.mmsim("Reset")  # faults cleared, the modem back on slot 1 and registering again
 
     def honest_time(self) -> None:
         """chronyd on every time server again, restarting only those a scenario replaced (each restart
@@ -372,6 +432,7 @@ class Run:
             bool(st.get("ok"))
             and all(c["route"] != "pending" for c in st["classes"])
             and all(u["state"] != "UNKNOWN" for u in st["uplinks"])
+            and all(u["state"] == "UP" for u in st["uplinks"] if u["name"] in self.scenario.wait_up)
         )
 
     # -- the run ------------------------------------------------------------------------------------
@@ -489,6 +550,8 @@ class Run:
             for word in out.split():
                 if "/" in word and word[0].isdigit():
                     names[word.split("/")[0]] = name
+            if u.modem is not None:  # the modem masquerades again, as the network it is registered on
+                names.update({addr: f"{name}/{carrier}" for addr, carrier in MODEM_NAT.items()})
         return names
 
     def write_incident(self, reply: dict[str, Any]) -> None:
@@ -520,6 +583,7 @@ class Run:
             }
         finals = {c["name"]: (c["uplink"] if c["route"] == "via" else c["route"]) for c in final.get("classes", [])}
         states = {u["name"]: u["state"] for u in final.get("uplinks", [])}
+        self.profiles = {m["uplink"]: m["profile"] for m in final.get("modems", [])}
         self.drills = [
             r for r in history if r.get("kind") == "drill" and "verdict" in r and r.get("mono", 0) >= self.t0
         ]
@@ -609,6 +673,8 @@ class Run:
                 value = [round(s["delta_s"], 3) for s in self.clock.get("steps", []) if not s["explained"]]
             case "drill_verdict":  # the last drill of the uplink: pass, fail, aborted, production
                 value = next((d["verdict"] for d in reversed(self.drills) if d["uplink"] == e.uplink), None)
+            case "modem_profile":
+                value = self.profiles.get(e.uplink or "")
             case "warning_lead_s":
                 # How long before the class lost its last route the failed drill of the uplink warned.
                 warned = next((a["mono"] for a in self.alarms if a["cause"]["code"] == "drill-failed"), None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,10 @@ class Lab:
                 self.topo.add_node(node)
             for a, a_if, b, b_if in self.spec.links:
                 self.topo.link(a, a_if, b, b_if)
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            # The nodes' `python3` is the interpreter running the lab (its venv has what the modem
+            # simulator imports), as the container image's PATH leads to its venv.
+            path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": path}
             for node, lines in self.spec.nodes.items():
                 for line in lines:
                     r = subprocess.run(

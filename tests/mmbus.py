@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lab.mmsim import bus_config
+from lab.mmsim import own_bus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,22 +28,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 def start_bus(where: Path) -> tuple[str, subprocess.Popen[str]]:
     """A dbus-daemon with its own config under `where`: its address and process (the caller stops it)."""
-    conf = where / "bus.conf"
-    conf.write_text(bus_config(where / "bus"))
-    proc = subprocess.Popen(
-        ["dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        assert address.startswith("unix:path="), address
-    except BaseException:
-        stop(proc)
-        raise
-    return address, proc
+    return own_bus(where)
 
 
 def launch_mmsim(bus: str, where: Path, config: dict[str, Any]) -> subprocess.Popen[str]:

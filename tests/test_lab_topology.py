@@ -33,12 +33,24 @@ def test_topology_is_valid_for_containerlab() -> None:
 
 def test_topology_has_what_the_scenarios_need() -> None:
     spec = load()
-    assert {"gw", "dispatch", "office", "isp-fiber", "mno-a", "mno-b", "sat-gs", "inet", "broker", "ops"} <= set(
-        spec.nodes
-    )
+    assert {
+        "gw",
+        "dispatch",
+        "office",
+        "isp-fiber",
+        "mno-a",
+        "mno-b",
+        "sat-gs",
+        "inet",
+        "broker",
+        "ops",
+        "modem",
+    } <= set(spec.nodes)
     ends = {(a, a_if) for a, a_if, _, _ in spec.links} | {(b, b_if) for _, _, b, b_if in spec.links}
-    for iface in ("fiber0", "mob1", "mob2", "sat0", "lan0", "lan1"):
+    for iface in ("fiber0", "mob1", "mob2", "sat0", "lan0", "lan1", "wwan0"):
         assert ("gw", iface) in ends
+    # The one modem reaches both carriers' networks (disaster roaming on one modem).
+    assert {("modem", "radio-a", "mno-a", "radio0"), ("modem", "radio-b", "mno-b", "radio0")} <= set(spec.links)
 
 
 def test_bad_topology_is_refused(tmp_path: Path) -> None:
@@ -55,7 +67,7 @@ def test_every_scenario_file_is_valid() -> None:
     names = set(catalog())
     required = {"fiber-cut", "silent-blackhole", "gray-loss", "flapping-primary", "carrier-outage-roaming",
                 "satellite-last-resort", "manual-failover", "recovery-revertive", "daemon-crash", "ntp-liar",
-                "clock-step"}  # fmt: skip
+                "clock-step", "carrier-outage-single-modem", "sim-switch"}  # fmt: skip
     assert required <= names
     for name in names:
         s = load_scenario(name)

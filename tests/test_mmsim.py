@@ -316,3 +316,40 @@ async def test_set_primary_sim_slot_to_the_current_slot_keeps_the_modem_and_out_
     assert beyond.error_name == "org.freedesktop.ModemManager1.Error.Core.InvalidArgs"
     await asyncio.sleep(0.3)
     assert await client.get(MODEM0, MODEM, "PrimarySimSlot") == 1
+
+
+async def test_a_sim_refused_everywhere_is_denied_on_home_and_partner_networks(client: Client) -> None:
+    """RejectSim (the lab's sim-switch): the subscription is cancelled, so neither the home network nor the
+    roaming partner takes it; the SIM in the other slot is not affected."""
+    reply = await client.call(CONTROL_PATH, CONTROL, "RejectSim", "ss", "204040000000001", "ImsiUnknownInHss")
+    assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+    await client.until(M3GPP, "RegistrationState", 3)  # denied
+    assert await client.get(MODEM0, M3GPP, "OperatorCode") == ""
+    roam = await client.call(MODEM0, M3GPP, "Register", "s", "20408")
+    assert roam.error_name == "org.freedesktop.ModemManager1.Error.MobileEquipment.ImsiUnknownInHss"
+    unknown = await client.call(CONTROL_PATH, CONTROL, "RejectSim", "ss", "999990000000000", "IllegalUe")
+    assert unknown.error_name == "org.freedesktop.ModemManager1.Error.Core.NotFound"
+    # The other SIM registers at home once the modem is switched to its slot.
+    await client.call(MODEM0, MODEM, "SetPrimarySimSlot", "u", 2)
+    modem1 = "/org/freedesktop/ModemManager1/Modem/1"
+    await client.until(M3GPP, "RegistrationState", 1, timeout=5)
+    assert await client.get(modem1, M3GPP, "OperatorCode") == "20408"
+
+
+async def test_reset_clears_every_fault_and_reprobes_the_modem_on_its_configured_slot(client: Client) -> None:
+    """Reset (between lab scenarios): faults gone, the modem back on slot 1 at once (no slot-switch delay),
+    registering automatically with no bearer, even while a slot switch is still under way."""
+    await client.call(CONTROL_PATH, CONTROL, "CarrierOutage", "sb", "20404", True)
+    await client.call(CONTROL_PATH, CONTROL, "RejectSim", "ss", "204040000000001", "IllegalUe")
+    await client.call(MODEM0, MODEM, "SetPrimarySimSlot", "u", 2)  # the re-probe is 0.8 s away
+    await asyncio.sleep(0.2)
+    reply = await client.call(CONTROL_PATH, CONTROL, "Reset")
+    assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+    modem1 = "/org/freedesktop/ModemManager1/Modem/1"
+    await client.poll(modem1, M3GPP, "RegistrationState", 1)  # home on carrier-a: slot 1, no fault
+    assert await client.get(modem1, MODEM, "PrimarySimSlot") == 1
+    assert await client.get(modem1, MODEM, "Bearers") == []
+    await asyncio.sleep(1.0)  # the cancelled slot switch does not re-probe the modem again
+    managed = await client.call("/org/freedesktop/ModemManager1", "org.freedesktop.DBus.ObjectManager",
+                                "GetManagedObjects")  # fmt: skip
+    assert list(managed.body[0]) == [modem1]
