@@ -184,6 +184,17 @@ def test_notifier_names_and_kinds_are_checked_with_their_place_in_the_file() -> 
     assert "alarms.yaml:" in text
 
 
+def test_a_route_names_the_kinds_the_engine_raises_and_no_other() -> None:
+    from failoverd.engine.alarms import ALARM_KINDS
+    from failoverd.policy.model import ALARM_KIND_NAMES
+
+    # The policy owns the names (a route is checked against them); the engine keys its table by them.
+    assert tuple(ALARM_KINDS) == ALARM_KIND_NAMES
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(ESCALATING.replace("kind: [uplink-down]", "kind: [uplink-dwn]"), "alarms.yaml")
+    assert f'unknown alarm kind "uplink-dwn" ({", ".join(ALARM_KIND_NAMES)})' in str(info.value)
+
+
 def test_the_history_record_of_an_escalation_names_its_level() -> None:
     from failoverd.engine.records import effect_record
 

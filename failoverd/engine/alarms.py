@@ -13,8 +13,9 @@
 # holds, only the people have been told. A one-off event that needs no clearing (an override expired,
 # a deactivation command failed) is a *notice*: an Alarm effect with no id.
 #
-# The kinds, their subjects and default severities (ALARM_KINDS). Where the policy names a severity
-# (redundancy.alarm, verify.alarm, a drill's severity, the clock's on_suspect/on_insane) it wins.
+# The kinds are the policy's vocabulary (policy.model.AlarmKind: a route names them); their subjects and
+# default severities are the engine's (ALARM_KINDS). Where the policy names a severity (redundancy.alarm,
+# verify.alarm, a drill's severity, the clock's on_suspect/on_insane) it wins.
 #
 # Escalation and repeats are decisions in time, so they are the engine's too (and `simulate` shows
 # them): an alarm a route sent to someone, raised and not acknowledged `after` an escalation step's
@@ -28,9 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from failoverd.engine.effects import Cause, Severity
-from failoverd.policy.model import AlarmsSpec, Policy
+from failoverd.policy.model import AlarmKind, AlarmsSpec, Policy
 
-ALARM_KINDS: Mapping[str, tuple[str, Severity | None]] = {
+ALARM_KINDS: Mapping[AlarmKind, tuple[str, Severity | None]] = {  # every one of policy.model.AlarmKind
     "uplink-down": ("uplink", "warning"),
     "uplink-degraded": ("uplink", "warning"),
     "damped": ("uplink", "warning"),
@@ -45,6 +46,8 @@ ALARM_KINDS: Mapping[str, tuple[str, Severity | None]] = {
     "mqtt-unreachable": ("service", "warning"),  # the broker out of reach for longer than mqtt.UNREACHABLE_AFTER
     "reload-refused": ("service", "warning"),  # the file on disk is not the policy in force
 }
+# What an alarm's subject names, by kind as an alarm carries it (a string, alarms.json's too).
+SUBJECT_OF: Mapping[str, str] = {kind: subject for kind, (subject, _) in ALARM_KINDS.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from failoverd.engine import drills as dr
 from failoverd.engine import health as hl
 from failoverd.engine import profiles as pf
 from failoverd.engine.alarms import (
-    ALARM_KINDS,
+    SUBJECT_OF,
     ActiveAlarm,
     CarriedAlarm,
     alarm_id,
@@ -853,7 +853,7 @@ class _Work:
             return  # only a reload takes an uplink or a class away (not every probe round's business)
         gone = Cause("policy-reload", "no longer in the policy")
         for a in list(self.alarms.values()):
-            kind = ALARM_KINDS.get(a.kind, ("", None))[0]
+            kind = SUBJECT_OF.get(a.kind)
             if (kind == "uplink" and a.subject not in self.uplinks) or (
                 kind == "class" and a.subject not in self.classes
             ):
