@@ -22,10 +22,13 @@
 # delay, takes that step (an Alarm effect in state "escalated", with its level), and while it stays
 # raised and unacknowledged it is "repeated" every `repeat`. An acknowledgement stops both. Who hears of which (routes,
 # escalation steps' notifiers, delivery over a working uplink, retries) is the notifier service's.
+# The first of those times is kept in the state (`notify_at`, also a wake-up): a step walks the
+# active alarms for them only when it is due, or when the alarms or the policy changed (a raise, a
+# new severity, an acknowledgement, a reload can each move it), not at every probe round.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from failoverd.engine.effects import Cause, Severity
@@ -81,6 +84,13 @@ def next_notification(a: ActiveAlarm, spec: AlarmsSpec) -> float | None:
     if repeat is not None:
         times.append((a.notified_at if a.notified_at is not None else a.raised) + repeat)
     return min(times) if times else None
+
+
+def first_notification(alarms: Iterable[ActiveAlarm], spec: AlarmsSpec) -> float | None:
+    """When the first of these alarms escalates or is repeated (None: none will, as things stand)."""
+    if not spec.escalation and spec.repeat is None:
+        return None
+    return min((t for a in alarms if (t := next_notification(a, spec)) is not None), default=None)
 
 
 def primary_uplink(policy: Policy, cls: str) -> str | None:
