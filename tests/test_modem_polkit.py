@@ -55,8 +55,9 @@ def _why_not() -> str | None:
     for need in (POLKITD, "/usr/bin/pkcheck", MM_ACTIONS, MM_BUS_RULES, "/etc/polkit-1/rules.d"):
         if not Path(need).exists():
             return f"{need} missing (scripts/bootstrap installs polkitd, modemmanager)"
-    if shutil.which("dbus-daemon") is None:
-        return "dbus-daemon missing (scripts/bootstrap installs it)"
+    for tool in ("dbus-daemon", "systemd-sysusers", "setpriv", "unshare"):
+        if shutil.which(tool) is None:
+            return f"{tool} missing (scripts/bootstrap installs it)"
     version = [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"]
     if subprocess.run(version, capture_output=True, text=True, check=False).stdout.strip() != str(sys.version_info[:2]):
         return f"{SYSTEM_PYTHON} is not the venv's Python version: it cannot load the venv's packages"
