@@ -61,6 +61,8 @@ def _why_not() -> str | None:
     version = [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"]
     if subprocess.run(version, capture_output=True, text=True, check=False).stdout.strip() != str(sys.version_info[:2]):
         return f"{SYSTEM_PYTHON} is not the venv's Python version: it cannot load the venv's packages"
+    if any(p == Path(h) or Path(h) in p.parents for p in (ROOT, Path(sys.prefix)) for h in ("/home", "/root")):
+        return "the clone or its venv is under /home or /root, which the unit's ProtectHome=yes hides"
     return None
 
 
