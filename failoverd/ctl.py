@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -42,7 +43,9 @@ class Client:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(self.timeout)
             s.connect(self.path)
-            s.sendall(json.dumps(req).encode() + b"\n")
+            # Turned away at once (too many connections): the pipe is broken, the reason waits to be read.
+            with contextlib.suppress(BrokenPipeError):
+                s.sendall(json.dumps(req).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)

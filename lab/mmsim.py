@@ -213,6 +213,18 @@ METHOD_TYPES: dict[str, dict[str, tuple[str, str]]] = {
               "Reset": ("", "")},
 }  # fmt: skip
 SIGNAL_TYPES: dict[str, dict[str, str]] = {MODEM: {"StateChanged": "iiu"}}
+# The polkit action ModemManager 1.20 checks before each method that changes something (its
+# mm-base-manager.c, mm-iface-modem*.c: MM_AUTHORIZATION_*); methods not listed need none.
+MANAGER_CONTROL, DEVICE_CONTROL = f"{MM}.Control", f"{MM}.Device.Control"
+AUTHORIZATION: dict[tuple[str, str], str] = {
+    **{(MM, m): MANAGER_CONTROL for m in ("ScanDevices", "SetLogging", "ReportKernelEvent", "InhibitDevice")},
+    **{(MODEM, m): DEVICE_CONTROL for m in ("Enable", "SetPrimarySimSlot")},
+    **{(M3GPP, m): DEVICE_CONTROL for m in ("Register", "Scan")},
+    **{(SIMPLE, m): DEVICE_CONTROL for m in ("Connect", "Disconnect")},
+}
+POLKIT = "org.freedesktop.PolicyKit1"
+POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT_ALLOW_USER_INTERACTION = 1
 
 
 class SimAtEdge(BaseModel):
@@ -259,6 +271,9 @@ class ConfigAtEdge(BaseModel):
     # While a bearer is connected on a network named here, that node's default route goes there;
     # otherwise it is a blackhole (no bearer, no data), as through a real modem.
     data_path: dict[str, str] = Field(default_factory=dict)
+    polkit: bool = Field(
+        default=False, description="ask polkitd on the bus before each method ModemManager guards, as it does"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ConfigAtEdge:
@@ -941,6 +956,8 @@ class ModemSimulator:
         body = msg.body
         out: tuple[str, list[Any]]
         try:
+            if self.config.polkit and key in AUTHORIZATION:
+                await self._authorize(msg, AUTHORIZATION[key])
             if key in ((MM, "ScanDevices"), (MM, "SetLogging")):
                 out = "", []  # nothing to scan for and no log level to keep: accepted as ModemManager would
             elif key == (MODEM, "Enable"):
@@ -972,6 +989,22 @@ class ModemSimulator:
             self.bus.send(Message.new_method_return(msg, out[0], out[1]))
         except DBusFailure as e:
             self.bus.send(Message.new_error(msg, e.name, str(e)))
+
+    async def _authorize(self, msg: Message, action: str) -> None:
+        """Ask polkitd about the caller as ModemManager 1.20 does (mm-auth-provider.c): the subject is the
+        caller's bus name, no details, user interaction allowed; refused or a challenge is Unauthorized."""
+        subject = ["system-bus-name", {"name": Variant("s", msg.sender)}]
+        ask = Message(destination=POLKIT, path=POLKIT_PATH, interface=f"{POLKIT}.Authority",
+                      member="CheckAuthorization", signature="(sa{sv})sa{ss}us",
+                      body=[subject, action, {}, POLKIT_ALLOW_USER_INTERACTION, ""])  # fmt: skip
+        reply = await self.bus.call(ask)
+        if reply is None or reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply is not None and reply.body else "no answer"
+            raise DBusFailure(f"{ERROR}.Core.Failed", f"PolicyKit authorization failed: '{text}'")
+        authorized, challenge, _ = reply.body[0]
+        if not authorized:
+            why = "challenge needed" if challenge else "not authorized"
+            raise DBusFailure(f"{ERROR}.Core.Unauthorized", f"PolicyKit authorization failed: {why} for '{action}'")
 
     def _introspect(self, path: str) -> str:
         obj = self.objects.get(path)

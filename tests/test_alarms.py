@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
@@ -163,6 +166,69 @@ def test_an_unacknowledged_alarm_escalates_step_by_step_and_repeats_until_acknow
     assert "to oncall" in step1.cause.text and dict(step1.cause.evidence)["level"] == "1"
 
 
+def test_escalation_fires_when_due_whatever_the_steps_between_and_only_then_looks_at_the_alarms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine_step = importlib.import_module("failoverd.engine.step")  # the module, not the function
+
+    policy = parse_policy_text(ESCALATING, "alarms.yaml")
+    state, _ = _run([(100.0, ev.CarrierChanged("b", False))], policy=policy)
+    assert state.notify_at == 100.0 + 600 and state.wake_at is not None and state.wake_at <= state.notify_at
+    walks: list[int] = []  # the steps that looked for due notifications
+    first = engine_step.first_notification
+    monkeypatch.setattr(engine_step, "first_notification", lambda alarms, spec: walks.append(1) or first(alarms, spec))
+    # Steps every 7 s that change no alarm (the daemon steps at every probe round, not at wake-ups).
+    escalated: list[tuple[float, str]] = []
+    t = 100.0
+    while t < 100.0 + 700:
+        t += 7.0
+        state, effects = step(state, ev.Tick(), policy, t)
+        escalated += [(t, a.id) for a in effects if isinstance(a, fx.Alarm) and a.state == "escalated"]
+        if t < 700.0:
+            assert not walks, f"alarms walked at {t}, before anything was due"
+    # At the first step at or after 10 min, both alarms (noc and duty were told) take step 1, not before.
+    first_due = 100.0 + 7 * 86  # 702: the first step at or after 700
+    assert sorted(escalated) == [(first_due, "redundancy:vital"), (first_due, "uplink-down:b")]
+    assert len(walks) == 1 and state.notify_at == first_due + 15 * 60  # next: repeated 15 min after step 1
+    # An acknowledgement moves it: only the other alarm is left to be repeated.
+    state, _ = step(state, ev.AckAlarm("r", "uplink-down:b", "on it", "op"), policy, t + 1)
+    assert state.alarms["uplink-down:b"].acked_by == "op" and state.notify_at == first_due + 15 * 60
+    state, alarms = _until(state, policy, first_due + 15 * 60)
+    assert [(a.id, a.state) for a in alarms] == [("redundancy:vital", "repeated")]
+
+
+_alarm_events = st.one_of(
+    st.builds(ev.CarrierChanged, st.sampled_from(["a", "b"]), st.booleans()),
+    st.builds(
+        ev.AckAlarm,
+        st.just("r"),
+        st.sampled_from(["uplink-down:a", "uplink-down:b", "redundancy:vital", "class-down:vital"]),
+        st.just("on it"),
+        st.just("op"),
+    ),
+    st.just(ev.Tick()),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 1200.0), _alarm_events), max_size=30))
+def test_the_notification_time_kept_in_the_state_is_the_one_the_alarms_give(
+    timeline: list[tuple[float, ev.Event]],
+) -> None:
+    """A step skips the alarms when notify_at is not due: that is only sound if notify_at is always
+    exactly when the first of them escalates or repeats, and never already past."""
+    from failoverd.engine.alarms import first_notification
+
+    policy = parse_policy_text(ESCALATING, "alarms.yaml")
+    state, _ = step(initial_state(policy, 0.0), ev.Tick(), policy, 0.0)
+    t = 0.0
+    for gap, event in timeline:
+        t += gap
+        state, _ = step(state, event, policy, t)
+        assert state.notify_at == first_notification(state.alarms.values(), policy.alarms)
+        assert state.notify_at is None or state.notify_at > t
+
+
 def test_an_acknowledged_alarm_neither_escalates_nor_repeats() -> None:
     policy = parse_policy_text(ESCALATING, "alarms.yaml")
     state, _ = _run(
@@ -182,6 +248,17 @@ def test_notifier_names_and_kinds_are_checked_with_their_place_in_the_file() -> 
     assert 'notifier "noc": a webhook needs url' in text
     assert 'unknown notifier "dutty" (notifiers: noc, oncall, duty)' in text
     assert "alarms.yaml:" in text
+
+
+def test_a_route_names_the_kinds_the_engine_raises_and_no_other() -> None:
+    from failoverd.engine.alarms import ALARM_KINDS
+    from failoverd.policy.model import ALARM_KIND_NAMES
+
+    # The policy owns the names (a route is checked against them); the engine keys its table by them.
+    assert tuple(ALARM_KINDS) == ALARM_KIND_NAMES
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(ESCALATING.replace("kind: [uplink-down]", "kind: [uplink-dwn]"), "alarms.yaml")
+    assert f'unknown alarm kind "uplink-dwn" ({", ".join(ALARM_KIND_NAMES)})' in str(info.value)
 
 
 def test_the_history_record_of_an_escalation_names_its_level() -> None:

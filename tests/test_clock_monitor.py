@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from failoverd.clock import sntp
 from failoverd.clock.monitor import FLOOR_SLACK, ClockMonitor
 from failoverd.policy import parse_policy_text
 from failoverd.statedir import StateDir
@@ -110,3 +114,15 @@ async def test_the_last_good_time_is_a_floor_after_restart_and_saved_only_now_an
     mon = ClockMonitor(pol, StateDir(tmp_path))
     assert (await mon.round()).state.value == "sane"
     assert json.loads(saved.read_text())["good_wall"] <= time.time()
+
+
+async def test_a_query_without_a_descriptor_left_is_a_failed_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE at socket() was raised out of the clock service and ended the daemon (a local user holding
+    a thousand control connections did it); it is one server's failed query like a timeout."""
+
+    def no_descriptor(*_: object) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(sntp, "socket", SimpleNamespace(**{**vars(socket), "socket": no_descriptor}))
+    reply = await sntp.query("198.51.100.7")
+    assert not reply.ok and reply.error == "Too many open files", reply

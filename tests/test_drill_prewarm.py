@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from seeded import seeded_run
 from test_drill_properties import DRILLED, run, timelines, verdicts
 
 from failoverd.engine import effects as fx
@@ -65,15 +66,7 @@ def test_prewarm_hands_the_drilled_uplink_over_in_some_generated_examples() -> N
     """The property above is not vacuous: the generators reach a pre-warm during a drill."""
     seen = examples = 0
 
-    @seed(20261202)
-    @settings(
-        max_examples=80,
-        database=None,
-        derandomize=False,
-        phases=[Phase.generate],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @seeded_run(80)
     @given(timelines)
     def collect(timeline: list[tuple[float, ev.Event]]) -> None:
         nonlocal seen, examples

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import hypothesis
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from seeded import seeded_run
 from test_engine_properties import POLICY, PROBES, UPLINKS, check_invariants, clock_states, commands
 
 from failoverd.engine import effects as fx
@@ -213,15 +214,7 @@ def test_the_timelines_reach_every_verdict() -> None:
     examples = 0
     reached: Counter[tuple[str, str]] = Counter()
 
-    @seed(20261202)
-    @settings(
-        max_examples=120,
-        database=None,
-        derandomize=False,
-        phases=[Phase.generate],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @seeded_run(120)
     @given(timelines)
     def collect(timeline: list[tuple[float, ev.Event]]) -> None:
         nonlocal examples

@@ -52,6 +52,7 @@ def test_install_stages_the_units_user_and_commands_and_is_idempotent(tmp_path: 
         "etc/systemd/system/failoverd.service": "failoverd.service",
         "etc/systemd/system/failoverd-standby@.service": "failoverd-standby@.service",
         "etc/polkit-1/rules.d/50-failoverd.rules": "polkit/50-failoverd.rules",
+        "etc/dbus-1/system.d/failoverd-modemmanager.conf": "dbus/failoverd-modemmanager.conf",
         "etc/iproute2/rt_protos.d/failoverd.conf": "rt_protos.d-failoverd.conf",
         "usr/lib/sysusers.d/failoverd.conf": "sysusers.d-failoverd.conf",
     }

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 import pytest
 from fakes import FakeGateway
 
+from failoverd.control import unix
 from failoverd.control.commands import COMMANDS, BadRequest, dispatch, to_event, validate
 from failoverd.control.unix import ControlSocket, may_change, peer_groups, peergroups_option
 from failoverd.ctl import build_parser, to_request
@@ -338,6 +340,82 @@ def test_without_the_option_the_groups_come_from_proc() -> None:
     with a, b:
         assert peer_groups(a, os.getgid(), os.getpid(), option=None) == {os.getgid(), *os.getgroups()}
         assert peer_groups(a, 4242, 2**22 + 1, option=None) == {4242}  # a pid that is gone: the primary group
+
+
+@contextlib.asynccontextmanager
+async def serving(g: FakeGateway, where: Path) -> AsyncIterator[ControlSocket]:
+    """A real control socket at where/control.sock, served in this loop until the block ends."""
+    sock = ControlSocket(g, str(where / "control.sock"))
+    server = asyncio.create_task(sock.run(), name="control-under-test")
+    try:
+        for _ in range(100):
+            if (where / "control.sock").exists():
+                break
+            await asyncio.sleep(0.01)
+        yield sock
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+
+
+async def test_an_oversized_request_is_refused_with_a_reason(tmp_path: Path) -> None:
+    async with serving(FakeGateway(POLICY), tmp_path):
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "control.sock"))
+        writer.write(b'{"cmd": "status", "pad": "' + b"x" * (2 * unix.MAX_REQUEST) + b'"}\n')
+        await writer.drain()
+        reply = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        writer.close()
+    assert not reply["ok"] and f"at most {unix.MAX_REQUEST} bytes" in reply["error"], reply
+
+
+HOLDER = """
+import json, socket, sys
+path, count = sys.argv[1], int(sys.argv[2])
+held = []
+for _ in range(count):  # all connected before any asks: each is held while the next comes
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    held.append(s)
+for s in held:
+    try:
+        s.sendall(b'{"cmd": "status"}\\n')
+    except BrokenPipeError:  # turned away before it asked: the reason is there to read
+        pass
+    reply = json.loads(s.makefile().readline())
+    print("ok" if reply["ok"] else reply["error"])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+async def test_a_user_other_than_root_holds_a_few_connections_at_once() -> None:
+    """Each connection costs the daemon a descriptor: a reader must not be able to use them all up."""
+    where = Path(tempfile.mkdtemp(prefix="fo-ctl-"))
+    where.chmod(0o755)
+    g = FakeGateway(POLICY + "control: {socket_mode: '0666'}\n")
+    try:
+        async with serving(g, where) as sock:
+            path = str(where / "control.sock")
+
+            async def hold(uid: int | None, count: int) -> list[str]:
+                cmd = ["/usr/bin/python3", "-c", HOLDER, path, str(count)]
+                done = await asyncio.to_thread(
+                    subprocess.run, cmd, capture_output=True, text=True, user=uid, check=True
+                )
+                return done.stdout.splitlines()
+
+            answers = await hold(65534, unix.PER_USER + 3)
+            assert answers[: unix.PER_USER] == ["ok"] * unix.PER_USER, answers
+            assert all("too many connections from nobody" in a for a in answers[unix.PER_USER :]), answers
+            assert await hold(65534, 1) == ["ok"]  # its connections were given back as they closed
+            assert await hold(None, unix.PER_USER + 3) == ["ok"] * (unix.PER_USER + 3)  # root: never turned away
+            assert sock.held.total() == 0 and sock.clients == 0
+            # All users together hold at most OTHERS_AT_ONCE.
+            sock.held.update({1000 + n: 1 for n in range(unix.OTHERS_AT_ONCE)})
+            assert "the control socket is busy" in (await hold(65534, 1))[0]
+            assert await hold(None, 1) == ["ok"]
+    finally:
+        shutil.rmtree(where)
 
 
 class Broken(Recorder):

@@ -103,19 +103,27 @@ def test_sysusers_creates_the_units_user_in_the_socket_group(tmp_path: Path) -> 
     assert 0 < int(passwd[user][2]) < 1000  # a system user
 
 
+# As polkitd runs rules: in the order added, the first answer other than NOT_HANDLED wins.
 POLKIT_HARNESS = """
 const fs = require("fs");
-let rule;
-const polkit = {Result: {YES: "yes", NOT_HANDLED: "not-handled"}, addRule: (f) => { rule = f; }};
+const rules = [];
+const polkit = {Result: {YES: "yes", NOT_HANDLED: "not-handled"}, addRule: (f) => { rules.push(f); }};
 eval(fs.readFileSync(process.argv[1], "utf8"));
+const decide = (action, subject) => {
+  for (const rule of rules) {
+    const r = rule(action, subject);
+    if (r !== undefined && r !== polkit.Result.NOT_HANDLED) return r;
+  }
+  return polkit.Result.NOT_HANDLED;
+};
 const out = JSON.parse(process.argv[2]).map(([id, user, unit, verb]) =>
-  rule({id, lookup: (k) => ({unit, verb})[k]}, {user}));
+  decide({id, lookup: (k) => ({unit, verb})[k]}, {user}));
 console.log(JSON.stringify(out));
 """
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node (to run the polkit rule's JavaScript) not installed")
-def test_polkit_lets_failoverd_start_and_stop_only_its_standby_units() -> None:
+def test_polkit_lets_failoverd_start_and_stop_only_its_standby_units_and_control_modems() -> None:
     manage, files, NO = (
         "org.freedesktop.systemd1.manage-units",
         "org.freedesktop.systemd1.manage-unit-files",
@@ -130,6 +138,11 @@ def test_polkit_lets_failoverd_start_and_stop_only_its_standby_units() -> None:
         ((manage, "failoverd", "failoverd-standby@sat.service.d/../sshd.service", "start"), NO),
         ((manage, "alice", "failoverd-standby@sat.service", "start"), NO),
         ((files, "failoverd", "failoverd-standby@sat.service", "start"), NO),
+        # ModemManager: what the modem service calls, for failoverd only (tests/test_modem_polkit.py: polkitd)
+        (("org.freedesktop.ModemManager1.Device.Control", "failoverd", None, None), "yes"),
+        (("org.freedesktop.ModemManager1.Device.Control", "alice", None, None), NO),
+        (("org.freedesktop.ModemManager1.Control", "failoverd", None, None), NO),
+        (("org.freedesktop.ModemManager1.Firmware", "failoverd", None, None), NO),
     ]
     rule = SYSTEMD / "polkit" / "50-failoverd.rules"
     r = subprocess.run(

@@ -7,6 +7,7 @@ import ctypes.util
 import errno
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
@@ -71,6 +72,37 @@ def proc_mount(unit: Path = UNIT) -> list[str]:
     (mode,) = settings("ProtectProc", unit)
     assert settings("ProcSubset", unit) in ([], ["all"]), "ProcSubset= is not reproduced here"
     return ["sh", "-c", f'mount -t proc -o hidepid={mode} proc /proc && exec "$@"', "proc"]
+
+
+def mount_sandbox(run: dict[str, Path], unit: Path = UNIT) -> list[str]:
+    """An argv prefix, to run as root in a private mount namespace (`unshare --mount`), that gives the
+    command the unit's view of the file system: a /run of its own holding only `run` (a name under /run:
+    a directory bound there, e.g. "dbus" for a private bus's socket, as the host's /run/dbus), then
+    ProtectSystem=strict (every mount read-only, /dev, /proc and /sys aside), ProtectHome=yes (/home,
+    /root empty and inaccessible) and ProtectProc= (a /proc with hidepid)."""
+    assert settings("ProtectSystem", unit) == ["strict"] and settings("ProtectHome", unit) == ["yes"]
+    (hidepid,) = settings("ProtectProc", unit)
+    steps = [
+        "set -e",
+        # ProtectSystem=strict: systemd binds the whole tree read-only; here each mount is made so.
+        "for m in $(awk '{print $5}' /proc/self/mountinfo); do",
+        '  case "$m" in /dev|/dev/*|/proc|/proc/*|/sys|/sys/*) continue;; esac',
+        '  mount -o remount,bind,ro "$m"',
+        "done",
+        "mount -t tmpfs -o mode=755 tmpfs /run",
+    ]
+    for name, source in run.items():
+        where = f"/run/{shlex.quote(name)}"
+        steps += [f"mkdir {where}", f"mount --bind {shlex.quote(str(source))} {where}"]
+        steps += [f"mount -o remount,bind,ro {where}"]
+    steps += [
+        "mount -o remount,ro /run",
+        # ProtectHome=yes (the host's /run/user is already out of sight: this /run is a new one)
+        "for d in /home /root; do if [ -d $d ]; then mount -t tmpfs -o ro,mode=000 tmpfs $d; fi; done",
+        f"mount -t proc -o hidepid={hidepid} proc /proc",
+        'exec "$@"',
+    ]
+    return ["sh", "-c", "\n".join(steps), "sandbox"]
 
 
 def _group(name: str) -> set[str]:

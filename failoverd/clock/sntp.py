@@ -96,7 +96,11 @@ async def query(server: str, port: int = 123, timeout: float = 1.0, mark: int | 
     """One SNTP exchange. `mark` steers it out of one uplink (SO_MARK), like the probes."""
     fam = socket.AF_INET6 if ":" in server else socket.AF_INET
     loop = asyncio.get_running_loop()
-    sock = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        # Out of descriptors (EMFILE) is a failed query like any other, not the end of the daemon.
+        sock = socket.socket(fam, socket.SOCK_DGRAM)
+    except OSError as exc:
+        return Reply(server, False, mono=time.monotonic(), error=exc.strerror or str(exc))
     sock.setblocking(False)
     try:
         if mark is not None:

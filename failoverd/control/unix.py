@@ -18,6 +18,8 @@ import platform
 import pwd
 import socket
 import struct
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +32,14 @@ from failoverd.services.base import Applied, NeedsRestart, Reconfigured
 
 log = get_logger("failoverd.control")
 MAX_REQUEST = 64 * 1024
+# Each connection holds a descriptor for as long as its peer likes. Without a bound, a user who may
+# only read could open a thousand idle ones and leave the daemon none for its probes, its time
+# queries and the commands a failover runs (at systemd's default soft limit of 1024 that ended the
+# daemon). So a user other than root holds at most PER_USER at once, and all of them OTHERS_AT_ONCE;
+# root always gets in (it owns the kernel's routes anyway), so an operator is never locked out.
+PER_USER = 8
+OTHERS_AT_ONCE = 64
+BUSY_SAID_EVERY = 10.0  # seconds: a refused connection is logged at most this often
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _GID = struct.Struct("I")  # gid_t
 
@@ -118,6 +128,9 @@ class ControlSocket:
         self.path = Path(path or self.spec.socket)  # --socket wins over the policy's
         self.given = path is not None
         self.clients = 0
+        self.held: Counter[int] = Counter()  # connections open per uid (root's are not counted)
+        self.busy_said = -BUSY_SAID_EVERY
+        self.busy_refused = 0
 
     async def run(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,22 +168,61 @@ class ControlSocket:
         # asyncio runs each connection as its own task, outside the daemon's TaskGroup: nothing may
         # escape from here unlogged. What a peer may do is judged once, when it connects.
         self.clients += 1
+        counted: int | None = None  # the uid this connection is counted against, once admitted
         try:
             sock = writer.get_extra_info("socket")
             pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            busy = self._busy(uid)
+            if busy:
+                writer.write(json.dumps({"ok": False, "error": busy}).encode() + b"\n")
+                await writer.drain()
+                return
+            if uid != 0:
+                counted = uid
+                self.held[uid] += 1
             writable = may_change(self.spec, uid, peer_groups(sock, gid, pid))
             peer = Peer(pid, uid, user_name(uid))
-            while line := await reader.readline():
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # asyncio's word for a line beyond the reader's limit
+                    too_long = f"a request is one line of JSON of at most {MAX_REQUEST} bytes"
+                    writer.write(json.dumps({"ok": False, "error": too_long}).encode() + b"\n")
+                    await writer.drain()
+                    break  # the rest of that line is still to come: nothing more is read from this peer
+                if not line:
+                    break
                 reply = await self.answer(line, writable, peer)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+        except ConnectionError:
             pass
         except Exception:
             log.exception("control-client-failed")
         finally:
             self.clients -= 1
+            if counted is not None:
+                self.held[counted] -= 1
+                if self.held[counted] <= 0:
+                    del self.held[counted]
             writer.close()
+
+    def _busy(self, uid: int) -> str:
+        """Why a new connection of `uid` is turned away ("" if it is admitted)."""
+        if uid == 0:
+            return ""
+        if self.held[uid] >= PER_USER:
+            why = f"too many connections from {user_name(uid)} ({PER_USER} at once); close one and retry"
+        elif self.held.total() >= OTHERS_AT_ONCE:
+            why = f"the control socket is busy ({OTHERS_AT_ONCE} connections); retry"
+        else:
+            return ""
+        self.busy_refused += 1
+        now = time.monotonic()
+        if now - self.busy_said >= BUSY_SAID_EVERY:
+            log.warning("control-busy", refused=self.busy_refused, why=why, user=user_name(uid))
+            self.busy_said, self.busy_refused = now, 0
+        return why
 
     async def answer(self, line: bytes, writable: bool, peer: Peer | None = None) -> dict[str, Any]:
         """The reply to one request line; commands that change state are logged with their outcome.

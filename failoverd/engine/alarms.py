@@ -13,24 +13,28 @@
 # holds, only the people have been told. A one-off event that needs no clearing (an override expired,
 # a deactivation command failed) is a *notice*: an Alarm effect with no id.
 #
-# The kinds, their subjects and default severities (ALARM_KINDS). Where the policy names a severity
-# (redundancy.alarm, verify.alarm, a drill's severity, the clock's on_suspect/on_insane) it wins.
+# The kinds are the policy's vocabulary (policy.model.AlarmKind: a route names them); their subjects and
+# default severities are the engine's (ALARM_KINDS). Where the policy names a severity (redundancy.alarm,
+# verify.alarm, a drill's severity, the clock's on_suspect/on_insane) it wins.
 #
 # Escalation and repeats are decisions in time, so they are the engine's too (and `simulate` shows
 # them): an alarm a route sent to someone, raised and not acknowledged `after` an escalation step's
 # delay, takes that step (an Alarm effect in state "escalated", with its level), and while it stays
 # raised and unacknowledged it is "repeated" every `repeat`. An acknowledgement stops both. Who hears of which (routes,
 # escalation steps' notifiers, delivery over a working uplink, retries) is the notifier service's.
+# The first of those times is kept in the state (`notify_at`, also a wake-up): a step walks the
+# active alarms for them only when it is due, or when the alarms or the policy changed (a raise, a
+# new severity, an acknowledgement, a reload can each move it), not at every probe round.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from failoverd.engine.effects import Cause, Severity
-from failoverd.policy.model import AlarmsSpec, Policy
+from failoverd.policy.model import AlarmKind, AlarmsSpec, Policy
 
-ALARM_KINDS: Mapping[str, tuple[str, Severity | None]] = {
+ALARM_KINDS: Mapping[AlarmKind, tuple[str, Severity | None]] = {  # every one of policy.model.AlarmKind
     "uplink-down": ("uplink", "warning"),
     "uplink-degraded": ("uplink", "warning"),
     "damped": ("uplink", "warning"),
@@ -45,6 +49,8 @@ ALARM_KINDS: Mapping[str, tuple[str, Severity | None]] = {
     "mqtt-unreachable": ("service", "warning"),  # the broker out of reach for longer than mqtt.UNREACHABLE_AFTER
     "reload-refused": ("service", "warning"),  # the file on disk is not the policy in force
 }
+# What an alarm's subject names, by kind as an alarm carries it (a string, alarms.json's too).
+SUBJECT_OF: Mapping[str, str] = {kind: subject for kind, (subject, _) in ALARM_KINDS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,13 @@ def next_notification(a: ActiveAlarm, spec: AlarmsSpec) -> float | None:
     if repeat is not None:
         times.append((a.notified_at if a.notified_at is not None else a.raised) + repeat)
     return min(times) if times else None
+
+
+def first_notification(alarms: Iterable[ActiveAlarm], spec: AlarmsSpec) -> float | None:
+    """When the first of these alarms escalates or is repeated (None: none will, as things stand)."""
+    if not spec.escalation and spec.repeat is None:
+        return None
+    return min((t for a in alarms if (t := next_notification(a, spec)) is not None), default=None)
 
 
 def primary_uplink(policy: Policy, cls: str) -> str | None:

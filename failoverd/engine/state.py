@@ -234,6 +234,8 @@ class EngineState:
     carried: Mapping[str, CarriedAlarm] = field(default_factory=dict)  # active when the last run ended
     restart: Restart | None = None  # set by restored_state, settled (and cleared) by the first step
     modems: Mapping[str, ModemView] = field(default_factory=dict)  # per uplink with profiles (engine/profiles.py)
+    # When the first active alarm escalates or is repeated (engine/alarms.py: first_notification).
+    notify_at: float | None = None
 
     def active_override(self, kind: OverrideKind, subject: str) -> Override | None:
         """The override of `kind` on `subject`: a class (force), an uplink (drain, profile)."""

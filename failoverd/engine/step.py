@@ -31,11 +31,11 @@ from failoverd.engine import drills as dr
 from failoverd.engine import health as hl
 from failoverd.engine import profiles as pf
 from failoverd.engine.alarms import (
-    ALARM_KINDS,
+    SUBJECT_OF,
     ActiveAlarm,
     CarriedAlarm,
     alarm_id,
-    next_notification,
+    first_notification,
     primary_uplink,
 )
 from failoverd.engine.decide import Choice, candidate, choose, is_failback, usable, why_unusable
@@ -129,6 +129,8 @@ class _Work:
         self.drill_schedules: dict[str, DrillSchedule] = dict(state.drills)
         self.needed: set[str] = set()  # cold uplinks some class needs, or uses (plan_standby)
         self.alarms: dict[str, ActiveAlarm] = dict(state.alarms)
+        self.alarms_changed = False  # raised, cleared or acknowledged in this step: notify_at may move
+        self.notify_at = state.notify_at
         self.carried: dict[str, CarriedAlarm] = {k: c for k, c in state.carried.items() if c.until > now}
         # Per uplink with profiles; a new one (first step, reload) starts UNKNOWN on its first profile.
         self.modems: dict[str, ModemView] = {}
@@ -154,6 +156,7 @@ class _Work:
             alarms=dict(self.alarms),
             carried=dict(self.carried),
             modems=dict(self.modems),
+            notify_at=self.notify_at,
         )
 
     def readiness_moved(self, view: EngineState) -> bool:
@@ -753,6 +756,7 @@ class _Work:
         cur = self.alarms.get(aid)
         if cur is not None and cur.severity == severity:
             return
+        self.alarms_changed = True
         carried = self.carried.pop(aid, None) if cur is None else None
         if carried is not None:
             # Active before the restart: it resumes with its age and acknowledgement, and no one is
@@ -781,6 +785,7 @@ class _Work:
         aid = alarm_id(kind, subject)
         gone = self.alarms.pop(aid, None)
         if gone is not None:  # with the severity it had, as Alertmanager resolves an alert with its labels
+            self.alarms_changed = True
             self.effects.append(Alarm(gone.severity, subject, cause, aid, "cleared"))
 
     def notice(self, severity: Severity, subject: str, cause: Cause) -> None:
@@ -805,12 +810,23 @@ class _Work:
             self.reply = CommandReply(ev.request, False, "an acknowledgement needs a reason")
             return
         self.alarms[ev.id] = replace(cur, acked_by=ev.by, acked_at=self.now, ack_reason=ev.reason)
+        self.alarms_changed = True
         text = f"{ev.id} acknowledged by {ev.by}: {ev.reason}"
         self.effects.append(Alarm(cur.severity, cur.subject, Cause("acked", text), ev.id, "acked", ev.by))
         self.reply = CommandReply(ev.request, True, text)
 
     def escalate(self) -> None:
-        """Unacknowledged alarms take the policy's escalation steps as their delays pass, and are repeated."""
+        """Unacknowledged alarms take the policy's escalation steps as their delays pass, and are repeated.
+
+        The alarms are walked only when the first notification is due, or when they or the policy
+        changed in this step; otherwise nothing can be due (notify_at says when something will be)."""
+        due = self.notify_at is not None and self.now >= self.notify_at
+        if not (due or self.alarms_changed or self.reloaded):
+            return
+        self._escalate_and_repeat()
+        self.notify_at = first_notification(self.alarms.values(), self.policy.alarms)
+
+    def _escalate_and_repeat(self) -> None:
         spec = self.policy.alarms
         if not spec.escalation and spec.repeat is None:
             return
@@ -853,7 +869,7 @@ class _Work:
             return  # only a reload takes an uplink or a class away (not every probe round's business)
         gone = Cause("policy-reload", "no longer in the policy")
         for a in list(self.alarms.values()):
-            kind = ALARM_KINDS.get(a.kind, ("", None))[0]
+            kind = SUBJECT_OF.get(a.kind)
             if (kind == "uplink" and a.subject not in self.uplinks) or (
                 kind == "class" and a.subject not in self.classes
             ):
@@ -987,10 +1003,8 @@ def _wake_at(state: EngineState, policy: Policy, preempt_at: list[float]) -> flo
         modem = policy.uplinks[name].modem
         if modem is not None:
             times += pf.wake_times(modem, v, state.uplinks[name])
-    for a in state.alarms.values():
-        t = next_notification(a, policy.alarms)
-        if t is not None:
-            times.append(t)
+    if state.notify_at is not None:
+        times.append(state.notify_at)
     future = [t for t in times if t > state.now]
     return min(future) if future else None
 

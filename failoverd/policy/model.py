@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 # The policy language's closed vocabularies; schema.py validates the file against these same aliases.
 UplinkKind = Literal["wired", "cellular", "satellite"]
@@ -19,6 +19,22 @@ WallTimeFeature = Literal["certificates", "signed-commands", "schedules"]
 AlarmSeverity = Literal["info", "warning", "critical"]
 Rat = Literal["5g", "4g", "3g", "2g"]
 WhileCovered = Literal["wait", "register", "any"]
+# The alarm kinds a route may name; engine/alarms.py keys its table (subject, default severity) by them.
+AlarmKind = Literal[
+    "uplink-down",
+    "uplink-degraded",
+    "damped",
+    "standby-failed",
+    "unverified",
+    "drill-failed",
+    "class-backup",
+    "class-down",
+    "redundancy",
+    "clock",
+    "mqtt-unreachable",
+    "reload-refused",
+]
+ALARM_KIND_NAMES: tuple[AlarmKind, ...] = get_args(AlarmKind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from failoverd.policy.compile import (
     parse_window,
     protocol_number,
 )
+from failoverd.policy.model import ALARM_KIND_NAMES
 
 Finding = tuple[tuple[str | int, ...], str]
 
@@ -24,8 +25,6 @@ def verify(doc: s.PolicyDocument) -> list[Finding]:
 
 
 def _alarms(doc: s.PolicyDocument) -> Iterator[Finding]:
-    from failoverd.engine.alarms import ALARM_KINDS  # noqa: PLC0415 (the engine's table of kinds)
-
     a = doc.alarms
     names: dict[str, int] = {}
     for i, n in enumerate(a.notifiers):
@@ -47,8 +46,8 @@ def _alarms(doc: s.PolicyDocument) -> Iterator[Finding]:
             if name not in names:
                 yield ("alarms", "route", i, "notify", j), f'unknown notifier "{name}" (notifiers: {known})'
         for j, kind in enumerate(r.kind or ()):
-            if kind not in ALARM_KINDS:
-                yield ("alarms", "route", i, "kind", j), f'unknown alarm kind "{kind}" ({", ".join(ALARM_KINDS)})'
+            if kind not in ALARM_KIND_NAMES:
+                yield ("alarms", "route", i, "kind", j), f'unknown alarm kind "{kind}" ({", ".join(ALARM_KIND_NAMES)})'
     for i, e in enumerate(a.escalation):
         for j, name in enumerate(e.notify):
             if name not in names:

@@ -147,6 +147,7 @@ def test_acl_confines_each_gateway_and_failoverctl_works_over_tls(gwlab: Gateway
     assert pub(gwlab, as_cert(pki, OTHER), f"{p}/{OTHER}/reply", "reply-of-b").returncode == 0
     assert pub(gwlab, as_password(pki, OTHER), f"{p}/{OTHER}/status", "status-of-b").returncode == 0
     assert pub(gwlab, as_cert(pki, OPERATOR), f"{p}/fleet/cmd", "fleet-command").returncode == 0
+    assert pub(gwlab, as_cert(pki, OPERATOR), f"{p}/{OTHER}/cmd", "command-for-b").returncode == 0
     # An operator cannot pose as a gateway either: it writes commands only.
     pub(gwlab, as_cert(pki, OPERATOR), f"{p}/{OTHER}/status", "operator-forged")
     synced(everything, mine)
@@ -159,7 +160,9 @@ def test_acl_confines_each_gateway_and_failoverctl_works_over_tls(gwlab: Gateway
     assert f"{p}/{OTHER}/reply reply-of-b" in broker_saw and f"{p}/fleet/cmd fleet-command" in broker_saw
     a_saw = seen(mine)
     assert f"{p}/fleet/cmd fleet-command" in a_saw  # its fleet commands
+    assert f"{p}/{OTHER}/cmd command-for-b" in broker_saw
     assert "reply-of-b" not in a_saw and "status-of-b" not in a_saw, a_saw  # nothing of B's
+    assert "command-for-b" not in a_saw, a_saw  # not even the commands sent to B
     assert "own-" not in a_saw  # not even its own retained status: gateways write, operators read
     gwlab.topo.stop(as_a)  # SITE's session is the real gateway's from now on
 

@@ -150,6 +150,9 @@ def test_the_confined_daemon_fails_over_answers_its_group_and_activates_a_cold_s
     lab.wait_class("bulk", "mobile", timeout=5)
     (override,) = lab.ctl("status")["overrides"]
     assert override["by"].startswith(f"local:uid{MEMBER_UID}"), override
+    # The history names the same peer, whatever the client said of itself.
+    (drain,) = [r for r in lab.ctl("history", "--last", "200")["records"] if r["kind"] == "command"]
+    assert "drain fiber" in drain["text"] and drain["by"].startswith(f"local:uid{MEMBER_UID}/"), drain
     r = ctl_as(MEMBER_UID, [users], lab, "release", "--all")
     assert r.returncode == 0, r
     lab.wait_class("bulk", "fiber", timeout=5)
