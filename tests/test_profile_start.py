@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from test_profiles import POLICY, TEMPLATE, policy, probes, run, switches
 
+from failoverd.cli import main, modem_warnings
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.modemstate import Phase
@@ -99,3 +103,18 @@ def test_a_switch_modemmanager_cannot_make_fails_the_target_with_its_cause() -> 
     state = steps[-1][2]
     assert state.uplinks["mobile"].health.value == "DOWN"
     assert [sw.profile for _, sw in switches(steps)] == ["a-roam", "b"]  # a and a-roam failed within retry_after
+
+
+def test_check_warns_of_profiles_that_need_an_esim_profile_enabled() -> None:
+    assert modem_warnings(POLICY) == []
+    [warning] = modem_warnings(parse_policy_text(ESIM, "<esim>"))
+    assert 'uplink "mobile"' in warning and "b (8931160000000000022)" in warning
+    assert "cannot enable an eSIM profile" in warning and "switch-unsupported" in warning
+    assert "two eSIM profiles on one eUICC cannot both be reached" in warning
+
+
+def test_failoverd_check_prints_the_esim_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "esim.yaml"
+    path.write_text(ESIM)
+    assert main(["check", "--quiet", "--user", "", str(path)]) == 0
+    assert f'{path}: warning: uplink "mobile": profiles a (8931080000000000011)' in capsys.readouterr().err
