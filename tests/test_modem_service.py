@@ -507,6 +507,7 @@ async def test_a_restart_finds_the_modem_on_slot_2_and_adopts_carrier_b(
     text = render_status({**EMPTY_STATUS, "modems": [row], "services": {"modem": r.service.status()}}, tty=False)
     line = next(x for x in text.splitlines() if x.startswith("mobile "))
     assert "carrier-b" in line and "home+data" in line, line
+    assert ("  mobile bearer: connected with APN internet.b" in text) is not connected, text
 
 
 SLOW_CONNECT = {**SIMULATED, "timing": {**SIMULATED["timing"], "connect_s": 3.0}}

@@ -442,13 +442,14 @@ class ModemService:
                 async with asyncio.timeout(CONNECT_CHECK):  # not wait_for: 3.11's can swallow a cancel
                     await changed.wait()
             for uplink, spec in modem_uplinks(self.view.policy).items():
-                apn = self._wants_bearer(uplink, spec)
-                if apn is not None and self.tasks is not None:
-                    task = self.tasks.create_task(self._connect(uplink, apn, spec), name=f"bearer-{uplink}")
+                wanted = self._wants_bearer(uplink, spec)
+                if wanted is not None and self.tasks is not None:
+                    path, apn = wanted
+                    task = self.tasks.create_task(self._connect(uplink, path, apn, spec), name=f"bearer-{uplink}")
                     self.busy[uplink] = task
 
-    def _wants_bearer(self, uplink: str, spec: ModemSpec) -> str | None:
-        """The APN to connect `uplink`'s modem with now, or None (and why, in connect_note)."""
+    def _wants_bearer(self, uplink: str, spec: ModemSpec) -> tuple[str, str] | None:
+        """The modem to connect for `uplink` now and the APN, or None (and why, in connect_note)."""
         path = self.bound.get(uplink)
         v = self.view.state.modems.get(uplink)
         if path is None or v is None or uplink in self.busy or v.phase is not Phase.ATTACHING:
@@ -474,10 +475,9 @@ class ModemService:
             return None
         if asyncio.get_running_loop().time() < self.connect_after.get(uplink, 0.0):
             return None
-        return profile.apn
+        return path, profile.apn
 
-    async def _connect(self, uplink: str, apn: str, spec: ModemSpec) -> None:
-        path = self.bound.get(uplink, "")
+    async def _connect(self, uplink: str, path: str, apn: str, spec: ModemSpec) -> None:
         limit = 2 * spec.register_time
         try:
             async with asyncio.timeout(limit):
@@ -491,6 +491,10 @@ class ModemService:
             self.connect_after[uplink] = asyncio.get_running_loop().time() + self.retry
             self.connect_note[uplink] = f"Simple.Connect with APN {apn} failed: {why}; again in {self.retry:g}s"
             log.warning("modem-bearer", uplink=uplink, apn=apn, error=why, retry_s=self.retry)
+        except Exception as exc:  # a bug or an odd reply met by one connect: said, the service goes on
+            self.connect_after[uplink] = asyncio.get_running_loop().time() + self.retry
+            self.connect_note[uplink] = f"Simple.Connect with APN {apn}: error {exc!r}"
+            log.exception("modem-bearer-error", uplink=uplink, apn=apn)
         finally:
             if self.busy.get(uplink) is asyncio.current_task():
                 del self.busy[uplink]
