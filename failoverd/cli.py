@@ -123,12 +123,37 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(p, file=sys.stderr)
             status = EXIT_INVALID
             continue
-        warnings = [*deployment_warnings(policy), *tls_warnings(policy.control.mqtt), *metrics_warnings(policy)]
+        warnings = [
+            *deployment_warnings(policy),
+            *tls_warnings(policy.control.mqtt),
+            *metrics_warnings(policy),
+            *modem_warnings(policy),
+        ]
         for warning in [*warnings, *user_warnings(policy, Path(path), args.user)]:
             print(f"{path}: warning: {warning}", file=sys.stderr)
         if not args.quiet:
             print(summary(policy))
     return status
+
+
+def modem_warnings(policy: Policy) -> list[str]:
+    """Profiles that rely on enabling an eSIM profile, which ModemManager (1.20, and up to 1.24) cannot do:
+    the modem service reaches an eSIM profile only as the enabled profile of an eUICC in some SIM slot."""
+    out = []
+    for u in policy.uplinks.values():
+        esims = [p for p in u.modem.profiles if p.esim is not None] if u.modem is not None else []
+        if not esims:
+            continue
+        names = ", ".join(f"{p.name} ({p.esim})" for p in esims)
+        text = (
+            f'uplink "{u.name}": profiles {names} name eSIM profiles; ModemManager cannot enable an eSIM profile '
+            "(no such call in 1.20), so failoverd reaches one only by a slot switch to the eUICC that has it "
+            "enabled, and any other switch to it fails (switch-unsupported)"
+        )
+        if len({p.esim.upper() for p in esims if p.esim}) > 1:
+            text += ": two eSIM profiles on one eUICC cannot both be reached"
+        out.append(text)
+    return out
 
 
 def metrics_warnings(policy: Policy) -> list[str]:

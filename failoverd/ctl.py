@@ -144,6 +144,9 @@ def render_status(st: dict[str, Any], tty: bool) -> str:
         service = st.get("services", {}).get("modem")
         if service is not None:  # ModemManager reached or not, how many modems it lists
             lines.append(_cut(f"modem service: {service['note']}", WIDTH))
+            for uplink, m in service.get("modems", {}).items():
+                if m.get("bearer"):  # the last bearer check or connect at start (services/modem.py)
+                    lines.append(_cut(f"  {uplink} bearer: {m['bearer']}", WIDTH))
     if st["overrides"]:
         lines += ["", "OVERRIDES"]
         for o in st["overrides"]:

@@ -87,6 +87,9 @@ class ModemWorld(Strict):
     slots: dict[int, Literal["live", "dead", "no-coverage"]] = Field(default_factory=dict)
     register_delay: NonNegDuration = 5.0  # from attach (or Register) to registered with a bearer
     slot_switch_delay: NonNegDuration = 20.0  # a SIM-slot switch: the modem leaves and comes back
+    # The profile the modem is on when the daemon starts, registered with a bearer already (a restart
+    # finds it where the last run left it). None: the policy's first profile, registering from t=0.
+    starts_on: str | None = None
 
 
 class UplinkWorld(Condition):
@@ -156,6 +159,11 @@ def _check(t: Timeline, policy: Policy) -> list[tuple[tuple[str | int, ...], str
     for name, w in t.world.items():
         if name in policy.uplinks and w.modem != ModemWorld() and policy.uplinks[name].modem is None:
             bad.append((("world", name, "modem"), f'uplink "{name}" has no profiles: it has no modem to simulate'))
+        modem = policy.uplinks[name].modem if name in policy.uplinks else None
+        names = [p.name for p in modem.profiles] if modem is not None else []
+        if modem is not None and w.modem.starts_on is not None and w.modem.starts_on not in names:
+            text = f'uplink "{name}" has no profile "{w.modem.starts_on}" (profiles: {", ".join(names)})'
+            bad.append((("world", name, "modem", "starts_on"), text))
     for i, s in enumerate(t.events):
         at = ("events", i)
         if s.uplink is not None and s.uplink not in policy.uplinks:
@@ -289,9 +297,14 @@ class Simulation:
         for name, u in pol.uplinks.items():
             if u.modem is not None:
                 world = tl.world.get(name, UplinkWorld()).modem
+                if world.starts_on is not None:
+                    self.modems[name] = _Modem(u.modem.profile(world.starts_on), world)
+                    state = self._step(state, self._attach(name, links), 0.0, links, push)
+                    continue
                 self.modems[name] = _Modem(u.modem.profiles[0], world)
                 links[name].modem_blocked = True
-                state = self._step(state, ev.ModemState(name, "searching"), 0.0, links, push)
+                first = ev.ModemState(name, "searching", **_sim_in_use(u.modem.profiles[0]))
+                state = self._step(state, first, 0.0, links, push)
                 push(world.register_delay, "attach", (name, 0))
         push(0.0, "windows", None)
         requests = 0
@@ -401,16 +414,17 @@ class Simulation:
         if sim == "dead":
             modem.attached = None
             links[name].modem_blocked = True
-            return ev.ModemState(name, "denied", reason="network reject: IMSI unknown in HLR (cause 2)")
+            reason = "network reject: IMSI unknown in HLR (cause 2)"
+            return ev.ModemState(name, "denied", reason=reason, **_sim_in_use(p))
         if sim == "no-coverage":
             modem.attached = None
             links[name].modem_blocked = True
-            return ev.ModemState(name, "searching", signal=0)
+            return ev.ModemState(name, "searching", signal=0, **_sim_in_use(p))
         plmn = p.plmn or "00101"
         modem.attached = plmn
         links[name].modem_blocked = plmn in self.plmns_down
         registration: ev.Registration = "roaming" if p.register is not None else "home"
-        return ev.ModemState(name, registration, plmn, "lte", 70, bearer=True)
+        return ev.ModemState(name, registration, plmn, "lte", 70, bearer=True, **_sim_in_use(p))
 
     def _plmn(self, plmn: str, down: bool, links: dict[str, _Link]) -> None:
         """A network fails (or recovers) nationwide: modems on it stay registered, data stops."""
@@ -507,6 +521,13 @@ class Simulation:
                 done = t + (w.register_delay if e.how == "register" else w.slot_switch_delay)
                 push(done, "engine", ev.ProfileSwitched(e.uplink, e.profile, True))
                 push(done if e.how == "register" else done + w.register_delay, "attach", (e.uplink, modem.epoch))
+
+
+def _sim_in_use(p: ProfileSpec) -> dict[str, Any]:
+    """What a simulated modem on profile p says of its SIM (ModemState's slot, iccid, esim)."""
+    if p.esim is not None:
+        return {"slot": None, "iccid": p.esim, "esim": True}
+    return {"slot": p.slot, "iccid": None, "esim": False}
 
 
 def _canary_due(policy: Policy, state: EngineState) -> tuple[str, CanarySpec] | None:

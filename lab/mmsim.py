@@ -100,6 +100,9 @@ IP_FAMILY_IPV4V6 = (1 << 0) | (1 << 1) | (1 << 2)  # MMBearerIpFamily
 IP_METHOD_STATIC = 2  # MMBearerIpMethod
 BEARER_TYPE_DEFAULT = 1  # MMBearerType
 SIM_TYPE_PHYSICAL = 1  # MMSimType
+SIM_TYPE_ESIM = 2
+ESIM_STATUS_WITH_PROFILES = 2  # MMSimEsimStatus
+REMOVABLE, NOT_REMOVABLE = 1, 2  # MMSimRemovability
 PORT_NET, PORT_AT = 2, 3  # MMModemPortType
 PACKET_ATTACHED, PACKET_DETACHED = 2, 1  # MMModem3gppPacketServiceState
 
@@ -235,6 +238,9 @@ class SimAtEdge(BaseModel):
     operator_name: str
     apn: str
     roaming: list[str] = Field(default_factory=list, description="partner PLMNs this SIM may register on")
+    # An eUICC in this slot, `iccid` its enabled eSIM profile (ModemManager 1.20 can read, not change, which).
+    esim: bool = False
+    eid: str = ""
 
 
 class NetworkAtEdge(BaseModel):
@@ -510,16 +516,16 @@ class ModemSimulator:
             "Active": Variant("b", slot == self.primary_slot),
             "SimIdentifier": Variant("s", sim.iccid),
             "Imsi": Variant("s", sim.imsi),
-            "Eid": Variant("s", ""),
+            "Eid": Variant("s", sim.eid),
             "OperatorIdentifier": Variant("s", sim.home),
             "OperatorName": Variant("s", sim.operator_name),
             "EmergencyNumbers": Variant("as", ["112", "911"]),
             "PreferredNetworks": Variant("a(su)", []),
             "Gid1": Variant("ay", b""),
             "Gid2": Variant("ay", b""),
-            "SimType": Variant("u", SIM_TYPE_PHYSICAL),
-            "EsimStatus": Variant("u", 0),
-            "Removability": Variant("u", 1),
+            "SimType": Variant("u", SIM_TYPE_ESIM if sim.esim else SIM_TYPE_PHYSICAL),
+            "EsimStatus": Variant("u", ESIM_STATUS_WITH_PROFILES if sim.esim else 0),
+            "Removability": Variant("u", NOT_REMOVABLE if sim.esim else REMOVABLE),
         }
 
     def _modem_interfaces(self, primary: str, sim_paths: list[str]) -> dict[str, dict[str, Variant]]:

@@ -106,7 +106,11 @@ def test_golden(path: Path) -> None:
         _check_ordered("uplinks", expect["uplinks"], actual)
     for exp in expect.get("alarms", []):
         found = [
-            a for a in by_kind.get("alarm", []) if a["subject"] == exp["subject"] and a["cause"]["code"] == exp["cause"]
+            a
+            for a in by_kind.get("alarm", [])
+            if a["subject"] == exp["subject"]
+            and a["cause"]["code"] == exp["cause"]
+            and exp.get("text", "") in a["cause"]["text"]
         ]
         assert found, f"no alarm {exp}; alarms were:\n{_fmt(by_kind.get('alarm', []))}"
     for exp in expect.get("clock", []):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from mmbus import launch_mmsim, start_bus, stop
 
@@ -411,3 +411,186 @@ async def test_data_stop_shows_as_a_released_bearer_while_registered(running: Ru
     await control(mmsim, "DataStop", "sb", "20404", True)
     stopped = await running.next(modem_state(bearer=False))
     assert (stopped.registration, stopped.operator) == ("home", "20404")
+
+
+# -- start-up: the modem as the last run left it, and its bearer --------------------------------------
+
+MODEM0 = "/org/freedesktop/ModemManager1/Modem/0"
+
+
+@contextlib.asynccontextmanager
+async def with_engine(address: str, pol: Policy) -> AsyncIterator[tuple[Running, View, list[Any]]]:
+    """The service and the pure engine between its events and its switches, as services/engine.py
+    runs them; every event and effect in order."""
+    view = View(pol)
+    view.current = initial_state(pol, time.monotonic())
+    async with start(address, pol) as r:
+        r.service.view = view
+        seen: list[Any] = []
+
+        async def engine() -> None:
+            while True:
+                item = await r.inbox.get()
+                seen.append(item)
+                view.current, effects = step(view.current, item, pol, time.monotonic())
+                seen.extend(effects)
+                for e in effects:
+                    if isinstance(e, fx.SwitchProfile):
+                        r.service.switch(e)
+
+        loop = asyncio.create_task(engine(), name="engine")
+        try:
+            yield r, view, seen
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+
+
+async def until_phase(view: View, profile: str, phase: str, timeout: float = 8.0) -> None:
+    async def wait() -> None:
+        while True:
+            v = view.current.modems.get("mobile")
+            if v is not None and (v.profile, v.phase.value) == (profile, phase):
+                return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(wait(), timeout)
+
+
+async def modem_call(address: str, path: str, interface: str, member: str, signature: str = "", *body: Any) -> Any:
+    """One call to the simulator from another client (nmcli, an operator's mmcli): its reply body."""
+    bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+    try:
+        reply = await bus.call(
+            Message(destination=MM, path=path, interface=interface, member=member, signature=signature,
+                    body=list(body))
+        )  # fmt: skip
+        assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, reply
+        return reply.body
+    finally:
+        bus.disconnect()
+
+
+async def bearers_of(address: str, path: str = MODEM0) -> list[str]:
+    (value,) = await modem_call(address, path, "org.freedesktop.DBus.Properties", "Get", "ss", f"{MM}.Modem", "Bearers")
+    return list(value.value)
+
+
+ON_SLOT_2 = {**SIMULATED, "primary_slot": 2}
+
+
+@pytest.mark.parametrize("mmsim", [ON_SLOT_2], indirect=True)
+@pytest.mark.parametrize("connected", [False, True], ids=["registering", "connected"])
+async def test_a_restart_finds_the_modem_on_slot_2_and_adopts_carrier_b(
+    mmsim: str, tmp_path: Path, connected: bool
+) -> None:
+    """The daemon starts with the modem on slot 2 (carrier-b), as a previous run left it: the engine
+    adopts carrier-b from the first report, no switch; the service brings up the bearer with
+    carrier-b's APN if the modem has none, and leaves one that is up alone."""
+    if connected:  # the last run connected it: the bearer outlives the daemon
+        await modem_call(mmsim, MODEM0, f"{MM}.Modem.Simple", "Connect", "a{sv}", {"apn": Variant("s", "internet.b")})
+    pol = policy(tmp_path)
+    async with with_engine(mmsim, pol) as (r, view, seen):
+        await until_phase(view, "carrier-b", "SERVING")
+        status = r.service.status()["modems"]["mobile"]
+    assert not [e for e in seen if isinstance(e, fx.SwitchProfile)]
+    first = next(e for e in seen if isinstance(e, ev.ModemState))
+    assert (first.slot, first.iccid, first.esim) == (2, "8931080000000000002", False)
+    [adopted] = [e for e in seen if isinstance(e, fx.Alarm) and e.cause.code == "profile-adopted"]
+    assert "SIM slot 2" in adopted.cause.text
+    assert len(await bearers_of(mmsim)) == 1  # one bearer: ours, or the one found up
+    assert ("connected with APN internet.b" in status["bearer"]) is not connected, status
+    assert (status["slot"], status["iccid"]) == (2, "8931080000000000002")
+    (row,) = modem_rows(pol, view.current)
+    assert (row["profile"], row["registration"], row["operator"], row["bearer"]) == ("carrier-b", "home", "20408", True)
+    text = render_status({**EMPTY_STATUS, "modems": [row], "services": {"modem": r.service.status()}}, tty=False)
+    line = next(x for x in text.splitlines() if x.startswith("mobile "))
+    assert "carrier-b" in line and "home+data" in line, line
+    assert ("  mobile bearer: connected with APN internet.b" in text) is not connected, text
+
+
+SLOW_CONNECT = {**SIMULATED, "timing": {**SIMULATED["timing"], "connect_s": 3.0}}
+
+
+@pytest.mark.parametrize("mmsim", [SLOW_CONNECT], indirect=True)
+async def test_a_connection_in_progress_is_not_fought(mmsim: str, tmp_path: Path) -> None:
+    """Someone else (NetworkManager, an operator) is connecting the modem when the daemon starts: the
+    service waits for it instead of calling Simple.Connect a second time."""
+    props = {"apn": Variant("s", "internet.a")}
+    theirs = asyncio.create_task(modem_call(mmsim, MODEM0, f"{MM}.Modem.Simple", "Connect", "a{sv}", props))
+
+    async def connecting() -> None:
+        while True:
+            (state,) = await modem_call(
+                mmsim, MODEM0, "org.freedesktop.DBus.Properties", "Get", "ss", f"{MM}.Modem", "State"
+            )
+            if state.value == 10:  # MM_MODEM_STATE_CONNECTING
+                return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(connecting(), 5.0)
+    pol = policy(tmp_path)
+    async with with_engine(mmsim, pol) as (r, view, _):
+        await until_phase(view, "carrier-a", "ATTACHING")
+        await asyncio.sleep(1.2)  # a CONNECT_CHECK: the service has looked at the modem meanwhile
+        assert "left to it" in r.service.status()["modems"]["mobile"]["bearer"]
+        (bearer,) = await asyncio.wait_for(theirs, 5.0)
+        await until_phase(view, "carrier-a", "SERVING")
+    assert await bearers_of(mmsim) == [bearer]
+
+
+BAD_APN = POLICY.replace('apn: internet.a, plmns: ["20404"]}', 'apn: internet.x, plmns: ["20404"]}')
+
+
+async def test_a_bearer_connect_that_fails_is_said_and_retried_later_not_at_once(mmsim: str, tmp_path: Path) -> None:
+    pol = policy(tmp_path, BAD_APN)
+    assert pol.uplinks["mobile"].modem is not None and pol.uplinks["mobile"].modem.profiles[0].apn == "internet.x"
+    async with with_engine(mmsim, pol) as (r, view, _):
+        r.service.retry = 30.0
+
+        async def failed() -> str:
+            while "failed" not in (note := r.service.status()["modems"]["mobile"]["bearer"]):
+                await asyncio.sleep(0.05)
+            return str(note)
+
+        note = await asyncio.wait_for(failed(), 8.0)
+        assert "MissingOrUnknownApn" in note and "again in 30s" in note, note
+        await asyncio.sleep(1.5)  # a CONNECT_CHECK and more: no second attempt
+        assert await bearers_of(mmsim) == []
+        assert view.current.modems["mobile"].phase.value == "ATTACHING"
+
+
+ESIM_ICCID = "8931080000000000002"
+ON_ESIM = {
+    **SIMULATED,
+    "slots": [
+        SIMULATED["slots"][0],
+        {**SIMULATED["slots"][1], "esim": True, "eid": "89049032000000000000000000000001"},
+    ],
+}
+ESIM_POLICY = POLICY.replace(
+    '{name: carrier-b, slot: 2, apn: internet.b, plmns: ["20408"]}',
+    f'{{name: carrier-b, esim: "{ESIM_ICCID}", apn: internet.b, plmns: ["20408"]}}\n'
+    '      - {name: carrier-c, esim: "8931080000000000099", apn: internet.c, plmns: ["20408"]}',
+)
+
+
+@pytest.mark.parametrize("mmsim", [ON_ESIM], indirect=True)
+async def test_esim_profiles_a_slot_switch_to_the_enabled_one_and_unsupported_otherwise(
+    mmsim: str, tmp_path: Path
+) -> None:
+    """ModemManager 1.20 reads an eUICC's enabled profile but cannot enable another: carrier-b, enabled
+    on the eUICC in slot 2, is reached by a slot switch; carrier-c is answered unsupported."""
+    pol = policy(tmp_path, ESIM_POLICY)
+    async with start(mmsim, pol) as r:
+        await r.next(modem_state(registration="home", operator="20404"))
+        r.service.switch(switch("carrier-b", "slot", "20408", "internet.b"))
+        answer = await r.next(switched)
+        assert (answer.ok, answer.unsupported) == (True, False), answer.detail
+        now = r.service.evidence("mobile")
+        assert now is not None and (now.slot, now.iccid, now.esim, now.bearer) == (2, ESIM_ICCID, True, True)
+        r.service.switch(switch("carrier-c", "slot", "20408", "internet.c"))
+        answer = await r.next(switched)
+        assert (answer.ok, answer.unsupported) == (False, True)
+        assert "cannot enable an eSIM profile" in answer.detail and "8931080000000000099" in answer.detail

@@ -175,6 +175,10 @@ class ModemState:
     signal: int | None = None  # percent
     bearer: bool = False  # a data bearer is connected
     reason: str = ""  # why registration failed or the network rejected it
+    # Which SIM the modem uses (engine/profiles.py adopts the profile it is on at start from these):
+    slot: int | None = None  # Modem.PrimarySimSlot, 1-based (a single-slot modem: 1); None: not known
+    iccid: str | None = None  # the active SIM's Sim.SimIdentifier: on an eUICC, its enabled eSIM profile
+    esim: bool = False  # the active SIM is an eUICC (Sim.SimType), so `iccid` names an eSIM profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,7 @@ class ProfileSwitched:
     profile: str
     ok: bool
     detail: str = ""
+    unsupported: bool = False  # not ok because this ModemManager cannot do such a switch at all
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ class Phase(Enum):
 
 P = Phase
 PHASE_TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    P.UNKNOWN: frozenset({P.ATTACHING, P.SERVING, P.FAILED}),
+    P.UNKNOWN: frozenset({P.ATTACHING, P.SERVING, P.FAILED, P.SWITCHING}),  # SWITCHING: on a SIM no profile names
     P.ATTACHING: frozenset({P.SERVING, P.FAILED, P.SWITCHING}),  # SWITCHING: an operator's pin
     P.SERVING: frozenset({P.ATTACHING, P.FAILED, P.SWITCHING}),  # SWITCHING: failback
     P.FAILED: frozenset({P.SWITCHING, P.SERVING}),  # SERVING: the modem or its data came back by itself
@@ -49,3 +49,4 @@ class ModemView:
     failed_at: Mapping[str, float] = field(default_factory=dict)  # per profile: its last failure
     failures: Mapping[str, int] = field(default_factory=dict)  # per profile: failures in a row
     held: str = ""  # the switch being held (switch-deferred recorded once per hold)
+    adopted_at: float | None = None  # found on this (not the first) profile at start: failback counts from here

@@ -33,6 +33,19 @@
 # failed for `revert_after`; the hold-down doubles with each failure of that profile in a row (up to
 # 8x): damping, so a carrier that keeps failing is not switched back to every few minutes.
 #
+# At start (and for an uplink a reload brings) the engine does not know which profile the modem is
+# on: after a daemon restart it may well be on slot 2, or registered to the partner network. The
+# first report names the SIM (primary slot, or the eUICC's enabled eSIM profile) and the network;
+# `in_use` picks the profile that matches, and the engine adopts it (a notice `profile-adopted`)
+# instead of switching back to the first. A profile adopted so counts as if the first had failed at
+# that moment: failback waits `revert_after` from there. A modem on a SIM no profile names is
+# switched to the first profile at once (`profile-foreign-sim`): nothing in the policy says how to
+# use that SIM. A report that names no SIM leaves the first profile assumed.
+#
+# A switch this ModemManager cannot make at all (enabling another eSIM profile on the eUICC:
+# ModemManager 1.20 has no call for it) is answered `unsupported`: the target profile fails with
+# cause `switch-unsupported`, and the next profile is tried as after any failed switch.
+#
 # An operator pin (`failoverctl modem use UPLINK --profile NAME`, an Override of kind "profile") comes
 # before all of that in `plan`: while it holds, the modem is switched to the pinned profile at once
 # (whatever while_covered says: the operator asked for that cost; after a switch in flight, and once
@@ -57,7 +70,9 @@ MAX_BACKOFF = 8  # the failback hold-down grows to at most this many times rever
 
 
 # Failures that hold the uplink DOWN whatever its probes say (no-data is the probes' own verdict).
-_HOLDS_DOWN = frozenset({"modem-denied", "modem-searching", "modem-wrong-network", "switch-failed", "switch-timeout"})
+_HOLDS_DOWN = frozenset(
+    {"modem-denied", "modem-searching", "modem-wrong-network", "switch-failed", "switch-timeout", "switch-unsupported"}
+)
 
 
 def initial(spec: ModemSpec, now: float) -> ModemView:
@@ -93,8 +108,75 @@ def _evidence(ev: ModemState) -> tuple[tuple[str, str], ...]:
     return tuple((k, x) for k, x in pairs if x)
 
 
-def observe(spec: ModemSpec, v: ModemView, ev: ModemState, now: float, *, out: list[Effect]) -> ModemView:
-    """Fold the modem's report into the view; registration and bearer move the phase."""
+def iccid_key(text: str) -> str:
+    """An ICCID as compared: its BCD filler (a trailing F) and the case do not count."""
+    return text.upper().rstrip("F")
+
+
+def in_use(spec: ModemSpec, ev: ModemState) -> tuple[ProfileSpec | None, str]:
+    """The profile the modem is on by its own report, and the SIM it uses in words: the eSIM profile
+    (by ICCID) or the primary slot, then among that SIM's profiles the one whose manual registration
+    is the network it is on, else the first in order that allows that network, else the SIM's first.
+    (None, sim) for a SIM no profile names; (None, "") when the report does not say."""
+    same: list[ProfileSpec] = []
+    sim = ""
+    if ev.esim and ev.iccid:
+        sim = f"eSIM profile {ev.iccid}"
+        same = [p for p in spec.profiles if p.esim is not None and iccid_key(p.esim) == iccid_key(ev.iccid)]
+    if not same and ev.slot is not None:
+        sim = f"SIM slot {ev.slot}" + (f" ({sim})" if sim else "")
+        same = [p for p in spec.profiles if p.slot == ev.slot]
+    if not same:
+        return None, sim
+    on = ev.operator if ev.registration in ("home", "roaming") else None
+    if on:
+        for p in same:
+            if p.register == on:
+                return p, sim
+        for p in same:
+            if not p.plmns or on in p.plmns:
+                return p, sim
+    return same[0], sim
+
+
+def _adopt(
+    spec: ModemSpec, v: ModemView, ev: ModemState, now: float, *, out: list[Effect], pin: Override | None
+) -> ModemView:
+    """The first report since the start: take the profile the modem is on, rather than switching to it."""
+    found, sim = in_use(spec, ev)
+    if not sim:
+        return v  # the report names no SIM: the first profile stays assumed
+    on = f", registered ({ev.registration}) on {ev.operator}" if ev.operator else f", {ev.registration}"
+    evidence = (("sim", sim), *_evidence(ev))
+    first = spec.profiles[0]
+    if found is None:
+        # Nothing in the policy says how to use that SIM: to the first profile, or an operator's pin.
+        to = spec.profile(pin.profile) if pin is not None and pin.profile else first
+        cost = spec.register_time + spec.slot_switch_time
+        text = f"the modem uses {sim}{on}, which no profile names: switched to profile {to.name} "
+        text += f"({to.sim}, about {cost:g}s)"
+        if pin is not None:
+            text += f", pinned by override {pin.id} ({pin.reason!r} by {pin.by})"
+            cause = Cause("profile-pinned", text, (("override", pin.id), *evidence))
+        else:
+            cause = Cause("profile-foreign-sim", text, evidence)
+        v = move(ev.uplink, v, Phase.SWITCHING, now, cause, out=out)
+        out.append(SwitchProfile(ev.uplink, to.name, "slot", to.plmn, to.apn, cause))
+        return replace(v, target=to.name, switch_deadline=now + 2 * cost)
+    if found.name == v.profile:
+        return v
+    text = f"the modem uses {sim}{on}: profile {found.name} adopted as it is, not switched to {v.profile}"
+    out.append(Alarm("info", ev.uplink, Cause("profile-adopted", text, (("profile", found.name), *evidence))))
+    return replace(v, profile=found.name, adopted_at=now if found.name != first.name else None)
+
+
+def observe(
+    spec: ModemSpec, v: ModemView, ev: ModemState, now: float, *, out: list[Effect], pin: Override | None = None
+) -> ModemView:
+    """Fold the modem's report into the view; registration and bearer move the phase. The first report
+    since the start says which profile the modem is on (`_adopt`)."""
+    if v.phase is Phase.UNKNOWN:
+        v = _adopt(spec, v, ev, now, out=out, pin=pin)
     registered = ev.registration in ("home", "roaming")
     searching_since = None if registered else (v.searching_since if v.searching_since is not None else now)
     v = replace(
@@ -145,7 +227,8 @@ def switched(v: ModemView, ev: ProfileSwitched, now: float, *, out: list[Effect]
         cause = Cause("profile-switched", f"modem now uses profile {ev.profile}; registering")
         # Registration time counts against the searching limit from here.
         return move(ev.uplink, replace(v, searching_since=now), Phase.ATTACHING, now, cause, out=out)
-    cause = Cause("switch-failed", f"switch to profile {ev.profile} failed: {ev.detail}", (("detail", ev.detail),))
+    code = "switch-unsupported" if ev.unsupported else "switch-failed"
+    cause = Cause(code, f"switch to profile {ev.profile} failed: {ev.detail}", (("detail", ev.detail),))
     return move(ev.uplink, v, Phase.FAILED, now, cause, out=out)
 
 
@@ -225,7 +308,7 @@ def failback_at(spec: ModemSpec, v: ModemView) -> float | None:
     first = spec.profiles[0].name
     if not spec.revertive or v.profile == first or v.phase is not Phase.SERVING:
         return None
-    at = v.failed_at.get(first)
+    at = v.failed_at.get(first, v.adopted_at)  # adopted at start: as if the first had failed then
     if at is None:
         return v.since
     backoff: int = min(2 ** max(v.failures.get(first, 1) - 1, 0), MAX_BACKOFF)
@@ -289,7 +372,8 @@ def plan(
         if at is None or now < at:
             return v
         to = spec.profiles[0]
-        why = f"failback: profile {to.name} held down since its failure"
+        since = "its failure" if to.name in v.failed_at else "the start found the modem on another profile"
+        why = f"failback: profile {to.name} held down since {since}"
         code = "profile-failback"
     frm = spec.profile(v.profile)
     how: SwitchHow = "register" if frm.sim == to.sim else "slot"

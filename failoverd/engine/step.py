@@ -283,7 +283,7 @@ class _Work:
         v = self.modems.get(ev.uplink)
         spec = self.policy.uplinks[ev.uplink].modem if ev.uplink in self.policy.uplinks else None
         if v is not None and spec is not None:
-            self.modems[ev.uplink] = pf.observe(spec, v, ev, self.now, out=self.effects)
+            self.modems[ev.uplink] = pf.observe(spec, v, ev, self.now, out=self.effects, pin=self.pin(ev.uplink))
 
     def profile_switched(self, ev: ProfileSwitched) -> None:
         v = self.modems.get(ev.uplink)

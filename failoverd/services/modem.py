@@ -12,8 +12,10 @@ from dbus_fast.aio import MessageBus
 
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
+from failoverd.engine.modemstate import Phase
+from failoverd.engine.profiles import iccid_key
 from failoverd.observe.logging import get as get_logger
-from failoverd.policy.model import ModemSpec, Policy
+from failoverd.policy.model import ModemSpec, Policy, ProfileSpec
 from failoverd.services.base import Applied, EngineView, Inbox, Reconfigured
 
 # Theory of operation. One connection to the system bus (DBUS_SYSTEM_BUS_ADDRESS, else the default
@@ -28,12 +30,25 @@ from failoverd.services.base import Applied, EngineView, Inbox, Reconfigured
 # session, each bounded by twice the switch's cost, and answer with events.ProfileSwitched; nothing
 # here ever awaits on the engine's loop. No bus, no ModemManager, no modem: a warning, a status line,
 # and a retry every RETRY seconds.
+#
+# The evidence names the SIM the modem uses (PrimarySimSlot, and the primary SIM object's ICCID and
+# SimType), so that the engine adopts the profile the modem is on after a restart; the first report
+# for a modem waits until its SIM objects have been read. A modem registered without a bearer for
+# the engine's profile (ATTACHING: at start, or after the network released it) is connected here
+# with Simple.Connect and that profile's APN, bounded like a registration, unless ModemManager is
+# connecting or disconnecting already (someone else's call: not fought), a bearer with another APN
+# is up (left alone, said in the status), a switch of ours is in flight, or the last attempt failed
+# less than RETRY seconds ago. ModemManager 1.20 cannot enable an eSIM profile (org.freedesktop.
+# ModemManager1.Sim has no such call, up to 1.24 at least): a switch to an eSIM profile goes ahead
+# only as a slot switch to the slot whose eUICC has that profile enabled; otherwise it is answered
+# `unsupported`.
 MM = "org.freedesktop.ModemManager1"
 MM_PATH = "/org/freedesktop/ModemManager1"
 MODEM = f"{MM}.Modem"
 M3GPP = f"{MM}.Modem.Modem3gpp"
 SIMPLE = f"{MM}.Modem.Simple"
 BEARER = f"{MM}.Bearer"
+SIM = f"{MM}.Sim"
 PROPS = "org.freedesktop.DBus.Properties"
 OBJMGR = "org.freedesktop.DBus.ObjectManager"
 DBUS = "org.freedesktop.DBus"
@@ -41,11 +56,13 @@ DBUS = "org.freedesktop.DBus"
 RETRY = 30.0  # s: between attempts to reach the bus or ModemManager
 CALL_TIMEOUT = 10.0  # s: a D-Bus call that is not a registration or a connection
 SETTLE = 0.05  # s: ModemManager signals one change per interface; a burst of them is one ModemState
+CONNECT_CHECK = 1.0  # s: a registered modem without a bearer is looked at again (the engine may have moved)
 
 log = get_logger("failoverd")
 
 # MMModemState values used here.
-STATE_FAILED, STATE_DISABLED, STATE_ENABLED = -1, 3, 6
+STATE_FAILED, STATE_DISABLED, STATE_ENABLED, STATE_DISCONNECTING, STATE_CONNECTING = -1, 3, 6, 9, 10
+SIM_TYPE_ESIM = 2  # MMSimType (Sim.SimType, since 1.20)
 # MMModem3gppRegistrationState → events.Registration (SMS-only and CSFB variants count as registered:
 # data is what the bearer says; emergency-only and RLOS are limited service, as searching).
 REGISTRATION: dict[int, ev.Registration] = {
@@ -92,6 +109,10 @@ class CallFailed(Exception):
     """A ModemManager method answered with an error (its D-Bus error name and text), or not in time."""
 
 
+class Unsupported(CallFailed):
+    """A switch this ModemManager has no call for (enabling an eSIM profile)."""
+
+
 def modem_uplinks(policy: Policy) -> dict[str, ModemSpec]:
     return {name: u.modem for name, u in policy.uplinks.items() if u.modem is not None}
 
@@ -102,6 +123,12 @@ def access_name(mask: int) -> str | None:
 
 def _unpack(props: dict[str, Variant]) -> dict[str, Any]:
     return {k: v.value if isinstance(v, Variant) else v for k, v in props.items()}
+
+
+def _sim_paths(modem: dict[str, Any]) -> list[str]:
+    """The SIM objects a modem names: its primary SIM and every slot's ("/" is an empty slot)."""
+    paths = [modem.get("Sim", "/"), *(modem.get("SimSlots") or [])]
+    return [p for p in dict.fromkeys(paths) if p and p != "/"]
 
 
 class ModemService:
@@ -116,8 +143,14 @@ class ModemService:
         self.tasks: asyncio.TaskGroup | None = None  # the session's: switches and bearer reads
         self.modems: dict[str, dict[str, dict[str, Any]]] = {}  # path → interface → property → value
         self.bearers: dict[str, bool] = {}  # bearer path → Connected
+        self.bearer_apns: dict[str, str] = {}  # bearer path → the APN it was connected with
+        self.sims: dict[str, dict[str, Any]] = {}  # SIM path → its Sim properties ({} when unreadable)
+        self.busy: dict[str, asyncio.Task[None]] = {}  # uplink → our switch or bearer connect in flight
+        self.connect_after: dict[str, float] = {}  # uplink → no bearer connect before (loop time)
+        self.connect_note: dict[str, str] = {}  # uplink → what the last bearer check or connect found
         self.bound: dict[str, str] = {}  # uplink → its modem's path
         self.sent: dict[str, ev.ModemState] = {}  # the last ModemState the engine was told, by uplink
+        self.reported: set[str] = set()  # uplinks the engine has had a report for since the daemon started
         self.rejects: dict[str, str] = {}  # uplink → the network's reject of our last Register
         self.note = "no modem uplinks in the policy"
         self.wanted = asyncio.Event()  # a reload brought modem uplinks
@@ -160,7 +193,15 @@ class ModemService:
         for uplink in modem_uplinks(self.view.policy):
             path = self.bound.get(uplink)
             m = self.modems.get(path or "", {}).get(MODEM, {})
-            modems[uplink] = {"path": path, "equipment": m.get("EquipmentIdentifier"), "slot": m.get("PrimarySimSlot")}
+            sim = self.sims.get(m.get("Sim", "/"), {})
+            modems[uplink] = {
+                "path": path,
+                "equipment": m.get("EquipmentIdentifier"),
+                "slot": m.get("PrimarySimSlot"),
+                "iccid": sim.get("SimIdentifier"),
+                "esim": sim.get("SimType") == SIM_TYPE_ESIM,
+                "bearer": self.connect_note.get(uplink, ""),
+            }
         return {"bus": "connected" if self.bus is not None else "not connected", "note": self.note, "modems": modems}
 
     def switch(self, e: fx.SwitchProfile) -> None:
@@ -168,8 +209,11 @@ class ModemService:
         if self.tasks is None:
             self.inbox.put_nowait(ev.ProfileSwitched(e.uplink, e.profile, False, self.note))
             return
+        connecting = self.busy.pop(e.uplink, None)
+        if connecting is not None:
+            connecting.cancel()  # a bearer for the profile being left: the switch connects its own
         try:
-            self.tasks.create_task(self._switch(e), name=f"profile-{e.uplink}")
+            self.busy[e.uplink] = self.tasks.create_task(self._switch(e), name=f"profile-{e.uplink}")
         except RuntimeError:  # the session is ending
             self.inbox.put_nowait(ev.ProfileSwitched(e.uplink, e.profile, False, "the modem service is restarting"))
 
@@ -191,10 +235,12 @@ class ModemService:
             async with asyncio.TaskGroup() as tasks:
                 self.tasks = tasks
                 resyncs = tasks.create_task(self._resyncs(), name="modem-resync")
+                bearers = tasks.create_task(self._bearers_up(), name="modem-bearers")
                 with contextlib.suppress(Exception):  # closed with an error or without: the same to us
                     await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # dbus-fast leaves it untyped
                 self.bus = None  # switches in flight fail their next call and answer so
                 resyncs.cancel()
+                bearers.cancel()
             raise EOFError("the system bus connection closed")
         finally:
             self.tasks = None
@@ -212,6 +258,8 @@ class ModemService:
         for ifaces in self.modems.values():
             for bearer in ifaces[MODEM].get("Bearers", []):
                 await self._read_bearer(bearer)
+            for sim in _sim_paths(ifaces[MODEM]):
+                await self._read_sim(sim)
         self.note = f"{len(self.modems)} modem(s) from ModemManager"
         self._bind()
         self._publish()
@@ -231,17 +279,27 @@ class ModemService:
 
     async def _read_bearer(self, path: str) -> None:
         try:
-            (connected,) = await self._call(path, PROPS, "Get", "ss", [BEARER, "Connected"])
+            (props,) = await self._call(path, PROPS, "GetAll", "s", [BEARER])
         except (TimeoutError, CallFailed):
             return  # gone already: the modem's Bearers will say so
-        self.bearers[path] = bool(connected.value)
+        values = _unpack(props)
+        self.bearers[path] = bool(values.get("Connected", False))
+        self.bearer_apns[path] = str(_unpack(values.get("Properties") or {}).get("apn", ""))
+        self._publish()
+
+    async def _read_sim(self, path: str) -> None:
+        try:
+            (props,) = await self._call(path, PROPS, "GetAll", "s", [SIM])
+            self.sims[path] = _unpack(props)
+        except (TimeoutError, CallFailed):
+            self.sims[path] = {}  # no SIM object to read (gone, or none yet): the slot is all we know
         self._publish()
 
     def _forget(self) -> None:
         if self.settling is not None:
             self.settling.cancel()
             self.settling = None
-        self.modems, self.bearers = {}, {}
+        self.modems, self.bearers, self.bearer_apns, self.sims = {}, {}, {}, {}
         self._bind()
         self._publish()
 
@@ -259,13 +317,22 @@ class ModemService:
                     for bearer in values["Bearers"]:
                         if bearer not in self.bearers and self.tasks is not None:
                             self.tasks.create_task(self._read_bearer(bearer), name="modem-bearer")
-            elif interface == BEARER and "Connected" in values:
-                self.bearers[path] = bool(values["Connected"])
+                if interface == MODEM and ("Sim" in values or "SimSlots" in values):
+                    self._read_sims(self.modems[path][MODEM])
+            elif interface == BEARER and ("Connected" in values or "Properties" in values):
+                if "Connected" in values:
+                    self.bearers[path] = bool(values["Connected"])
+                if "Properties" in values:
+                    self.bearer_apns[path] = str(_unpack(values["Properties"]).get("apn", ""))
+            elif interface == SIM and path in self.sims:
+                self.sims[path].update(values)
         elif msg.member == "InterfacesAdded" and msg.interface == OBJMGR:
             obj, ifaces = msg.body
             self.modems.setdefault(obj, {}).update({i: _unpack(p) for i, p in ifaces.items()})
             if MODEM not in self.modems[obj]:
                 del self.modems[obj]
+            else:
+                self._read_sims(self.modems[obj][MODEM])
             log.info("modem-added", path=obj)
         elif msg.member == "InterfacesRemoved" and msg.interface == OBJMGR:
             obj, ifaces = msg.body
@@ -288,6 +355,11 @@ class ModemService:
     def _settled(self) -> None:
         self.settling = None
         self._publish()
+
+    def _read_sims(self, modem: dict[str, Any]) -> None:
+        for sim in _sim_paths(modem):
+            if sim not in self.sims and self.tasks is not None:
+                self.tasks.create_task(self._read_sim(sim), name="modem-sim")
 
     # -- evidence to the engine ---------------------------------------------------------------------
     def _bind(self) -> None:
@@ -317,25 +389,38 @@ class ModemService:
         signal = int(quality[0])
         access = access_name(int(m.get("AccessTechnologies", 0)))
         bearer = any(self.bearers.get(b, False) for b in m.get("Bearers", []))
+        sim = self.sims.get(m.get("Sim", "/"), {})
+        # PrimarySimSlot is 0 on a modem with one slot: that is slot 1 to the policy.
+        slot = (int(m["PrimarySimSlot"]) or 1) if "PrimarySimSlot" in m else None
+        iccid = str(sim.get("SimIdentifier") or "") or None
+        esim = sim.get("SimType") == SIM_TYPE_ESIM
         if state == STATE_FAILED:
             reason = FAILED_REASON.get(int(m.get("StateFailedReason", 1)), "unknown")
-            return ev.ModemState(uplink, "denied", reason=f"modem failed: {reason}")
+            return ev.ModemState(uplink, "denied", reason=f"modem failed: {reason}", slot=slot, iccid=iccid, esim=esim)
         if g is None:
-            return ev.ModemState(uplink, "unknown", signal=signal)
+            return ev.ModemState(uplink, "unknown", signal=signal, slot=slot, iccid=iccid, esim=esim)
         registration = REGISTRATION.get(int(g.get("RegistrationState", 4)), "unknown")
         operator = str(g.get("OperatorCode") or "") or None
         reason = self.rejects.get(uplink, "") if registration == "denied" else ""
-        return ev.ModemState(uplink, registration, operator, access, signal, bearer, reason)
+        return ev.ModemState(uplink, registration, operator, access, signal, bearer, reason, slot, iccid, esim)
+
+    def _sim_read(self, uplink: str) -> bool:
+        """Whether the bound modem's primary SIM object has been read (or found unreadable, or none)."""
+        sim = self.modems[self.bound[uplink]][MODEM].get("Sim", "/")
+        return sim in ("/", "") or sim in self.sims
 
     def _publish(self) -> None:
         for uplink in modem_uplinks(self.view.policy):
             state = self.evidence(uplink)
-            if state is None:
+            if state is None or (uplink not in self.reported and not self._sim_read(uplink)):
                 if uplink not in self.sent:
-                    continue  # never seen: the engine keeps "no modem evidence yet"
+                    # Never seen, or its SIM not read yet: the engine keeps "no modem evidence yet",
+                    # as it adopts the profile the modem is on from its first report.
+                    continue
                 state = ev.ModemState(uplink, "unknown", reason="the modem is gone from ModemManager")
             if self.sent.get(uplink) != state:
                 self.sent[uplink] = state
+                self.reported.add(uplink)
                 log.info(
                     "modem",
                     uplink=uplink,
@@ -348,10 +433,77 @@ class ModemService:
                 )
                 self.inbox.put_nowait(state)
 
+    # -- a bearer for the profile in use ------------------------------------------------------------
+    async def _bearers_up(self) -> None:
+        """Connect a registered modem that has no bearer for the engine's profile (see the theory above)."""
+        while True:
+            changed = self.changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONNECT_CHECK):  # not wait_for: 3.11's can swallow a cancel
+                    await changed.wait()
+            for uplink, spec in modem_uplinks(self.view.policy).items():
+                wanted = self._wants_bearer(uplink, spec)
+                if wanted is not None and self.tasks is not None:
+                    path, apn = wanted
+                    task = self.tasks.create_task(self._connect(uplink, path, apn, spec), name=f"bearer-{uplink}")
+                    self.busy[uplink] = task
+
+    def _wants_bearer(self, uplink: str, spec: ModemSpec) -> tuple[str, str] | None:
+        """The modem to connect for `uplink` now and the APN, or None (and why, in connect_note)."""
+        path = self.bound.get(uplink)
+        v = self.view.state.modems.get(uplink)
+        if path is None or v is None or uplink in self.busy or v.phase is not Phase.ATTACHING:
+            return None  # the engine has not adopted a profile yet, is switching, or is served already
+        profile = next((p for p in spec.profiles if p.name == v.profile), None)
+        m, g = self.modems[path][MODEM], self.modems[path].get(M3GPP)
+        if (
+            profile is None
+            or g is None
+            or REGISTRATION.get(int(g.get("RegistrationState", 4))) not in ("home", "roaming")
+        ):
+            return None
+        if int(m.get("State", 0)) in (STATE_CONNECTING, STATE_DISCONNECTING):
+            self.connect_note[uplink] = "ModemManager is connecting or disconnecting a bearer: left to it"
+            return None
+        up = {self.bearer_apns.get(b, "") for b in m.get("Bearers", []) if self.bearers.get(b, False)}
+        if profile.apn in up:
+            return None
+        if up:
+            self.connect_note[uplink] = (
+                f"a bearer with APN {', '.join(sorted(up))} is up, not {profile.name}'s {profile.apn}: left alone"
+            )
+            return None
+        if asyncio.get_running_loop().time() < self.connect_after.get(uplink, 0.0):
+            return None
+        return path, profile.apn
+
+    async def _connect(self, uplink: str, path: str, apn: str, spec: ModemSpec) -> None:
+        limit = 2 * spec.register_time
+        try:
+            async with asyncio.timeout(limit):
+                props = {"apn": Variant("s", apn)}
+                (bearer,) = await self._call(path, SIMPLE, "Connect", "a{sv}", [props], timeout=None)
+            self.bearers[bearer], self.bearer_apns[bearer] = True, apn
+            self.connect_note[uplink] = f"connected with APN {apn} ({bearer})"
+            log.info("modem-bearer", uplink=uplink, apn=apn, bearer=bearer)
+        except (TimeoutError, CallFailed) as exc:
+            why = f"not connected within {limit:g}s" if isinstance(exc, TimeoutError) else str(exc)
+            self.connect_after[uplink] = asyncio.get_running_loop().time() + self.retry
+            self.connect_note[uplink] = f"Simple.Connect with APN {apn} failed: {why}; again in {self.retry:g}s"
+            log.warning("modem-bearer", uplink=uplink, apn=apn, error=why, retry_s=self.retry)
+        except Exception as exc:  # a bug or an odd reply met by one connect: said, the service goes on
+            self.connect_after[uplink] = asyncio.get_running_loop().time() + self.retry
+            self.connect_note[uplink] = f"Simple.Connect with APN {apn}: error {exc!r}"
+            log.exception("modem-bearer-error", uplink=uplink, apn=apn)
+        finally:
+            if self.busy.get(uplink) is asyncio.current_task():
+                del self.busy[uplink]
+            self._publish()
+
     # -- profile switches ---------------------------------------------------------------------------
     async def _switch(self, e: fx.SwitchProfile) -> None:
         spec = modem_uplinks(self.view.policy).get(e.uplink)
-        ok, detail = False, f"uplink {e.uplink} has no modem in the policy"
+        ok, unsupported, detail = False, False, f"uplink {e.uplink} has no modem in the policy"
         if spec is not None:
             cost = spec.register_time + (spec.slot_switch_time if e.how == "slot" else 0.0)
             try:
@@ -360,13 +512,17 @@ class ModemService:
                 ok = True
             except TimeoutError:
                 detail = f"not done within {2 * cost:g}s"
+            except Unsupported as exc:
+                unsupported, detail = True, str(exc)
             except CallFailed as exc:
                 detail = str(exc)
             except Exception as exc:  # a bug met by one switch: answered, logged, the service goes on
                 detail = f"error: {exc!r}"
                 log.exception("profile-switch-error", uplink=e.uplink, profile=e.profile)
         (log.info if ok else log.warning)("profile-switch", uplink=e.uplink, profile=e.profile, ok=ok, detail=detail)
-        await self.inbox.put(ev.ProfileSwitched(e.uplink, e.profile, ok, detail))
+        if self.busy.get(e.uplink) is asyncio.current_task():
+            del self.busy[e.uplink]
+        await self.inbox.put(ev.ProfileSwitched(e.uplink, e.profile, ok, detail, unsupported))
         # The engine passes over evidence while the switch is in flight: after the answer it hears
         # the modem as it is now (registered with a bearer, or failed), even if that is unchanged.
         self.sent.pop(e.uplink, None)
@@ -377,18 +533,17 @@ class ModemService:
         path = self._modem(e.uplink)
         register = e.plmn if e.how == "register" else profile.register
         if e.how == "slot":
-            if profile.slot is None:
-                raise CallFailed(f"profile {e.profile}: eSIM profile switches are not supported yet")
-            if self.modems[path][MODEM].get("PrimarySimSlot") != profile.slot:
-                await self._call(path, MODEM, "SetPrimarySimSlot", "u", [profile.slot])
+            slot = profile.slot if profile.slot is not None else self._esim_slot(path, profile)
+            if (int(self.modems[path][MODEM].get("PrimarySimSlot", 0)) or 1) != slot:  # 0: the only slot
+                await self._call(path, MODEM, "SetPrimarySimSlot", "u", [slot])
                 # ModemManager re-probes: this object goes away, the modem comes back under a new path.
-                log.info("profile-switch-slot", uplink=e.uplink, slot=profile.slot, old=path)
+                log.info("profile-switch-slot", uplink=e.uplink, slot=slot, old=path)
                 await self._until(lambda: self.bound.get(e.uplink) not in (None, path))
                 path = self._modem(e.uplink)
             m = self.modems[path][MODEM]
             if int(m.get("State", 0)) == STATE_FAILED:
                 reason = FAILED_REASON.get(int(m.get("StateFailedReason", 1)), "unknown")
-                raise CallFailed(f"slot {profile.slot}: the modem failed after the switch ({reason})")
+                raise CallFailed(f"slot {slot}: the modem failed after the switch ({reason})")
             if int(m.get("State", 0)) == STATE_DISABLED:
                 await self._call(path, MODEM, "Enable", "b", [True])
         if register is not None or e.how == "register":
@@ -407,6 +562,22 @@ class ModemService:
             self._publish()
         on = self.modems.get(path, {}).get(M3GPP, {}).get("OperatorCode") or "?"
         return f"{e.how} to {e.profile}: registered on {on}, connected with APN {e.apn}"
+
+    def _esim_slot(self, path: str, profile: ProfileSpec) -> int:
+        """The slot whose eUICC has the profile's eSIM profile enabled; Unsupported if none has: only
+        an LPA can enable an eSIM profile, and ModemManager 1.20 has no call for it."""
+        m = self.modems[path][MODEM]
+        slots = list(m.get("SimSlots") or [m.get("Sim", "/")])
+        for i, sim in enumerate(slots, start=1):
+            props = self.sims.get(sim, {})
+            iccid = str(props.get("SimIdentifier") or "")
+            if props.get("SimType") == SIM_TYPE_ESIM and iccid and iccid_key(iccid) == iccid_key(profile.esim or ""):
+                return i
+        raise Unsupported(
+            f"profile {profile.name}: eSIM profile {profile.esim} is not the enabled profile of the eUICC in any "
+            f"SIM slot, and ModemManager cannot enable an eSIM profile (no such call up to 1.24): enable it "
+            f"with an LPA outside failoverd, or give the profile a physical slot"
+        )
 
     def _modem(self, uplink: str) -> str:
         path = self.bound.get(uplink)
