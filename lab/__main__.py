@@ -39,7 +39,7 @@ def run_scenarios(lab: Lab, names: list[str], out_dir: Path, plot: bool, quiet: 
     reports = []
     for name in names:
         print(f"== scenario {name}")
-        out = out_dir / name
+        out = out_dir / Path(name).stem  # a scenario may be given as a file's path
         report = sc.run(lab, name, out, progress=(lambda s: None) if quiet else print)
         (out / "report.json").write_text(json.dumps(report, indent=1))
         for e in report["expectations"]:

@@ -94,38 +94,43 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def compare(report: dict[str, Any], path: Path, cls: str = "critical") -> Path:
-    """One class's delivery under the scenario's policy and under its baseline, one above the other,
-    each coloured by the uplink (and carrier) that carried it: the outage of each side by side."""
+def compare(report: dict[str, Any], path: Path) -> Path:
+    """Each class's delivery under the scenario's policy and under its baseline, one above the other,
+    coloured by the uplink (and carrier) that carried it: the outages side by side."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     runs = [(report["policy"], report), (report["baseline"]["policy"], report["baseline"]["report"])]
-    fig, axes = plt.subplots(2, 1, figsize=(12, 5), sharex=True)
+    classes = list(report.get("buckets", {}))
+    fig, axes = plt.subplots(2 * len(classes), 1, figsize=(12, 2.2 * 2 * len(classes)), sharex=True)
     end = max(max([s[0] for s in r.get("states", [])] + [0.0]) for _, r in runs) + 0.1
     grid = [round(i * 0.1, 1) for i in range(int(end * 10) + 1)]
-    sources = sorted({s for _, r in runs for _, by in r.get("buckets", {}).get(cls, []) for s in by})
+    sources = sorted({s for _, r in runs for b in r.get("buckets", {}).values() for _, by in b for s in by})
     colour = {s: UPLINK_COLOURS[i % len(UPLINK_COLOURS)] for i, s in enumerate(sources)}
-    for ax, (policy, r) in zip(axes, runs, strict=True):
+    panels = [(cls, policy, r) for cls in classes for policy, r in runs]
+    for ax, (cls, policy, r) in zip(axes, panels, strict=True):
         dense = {round(t, 1): by for t, by in r.get("buckets", {}).get(cls, [])}
         for s in sources:
             ys = [dense.get(t, {}).get(s, 0) * 10 for t in grid]
             if any(ys):
                 ax.fill_between(grid, ys, step="post", alpha=0.7, color=colour[s], label=f"via {s}")
         info = r.get("classes", {}).get(cls, {})
-        ax.set_ylabel("packets/s")
+        ax.set_ylabel(f"{cls}\npackets/s")
         ax.set_title(
             f"{cls} under {policy}: longest gap {info.get('outage_ms')} ms, lost {info.get('lost_packets')}",
             loc="left",
             fontsize=9,
         )
-        ax.legend(loc="upper right", fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize=7)
         for e in r.get("timeline", []):
             if e["kind"] == "fault":
                 ax.axvline(e["t"], color="black", linestyle="--", linewidth=0.8)
-                ax.text(e["t"], ax.get_ylim()[1] * 0.05, " " + e["what"], fontsize=7)
+    faults = [e for e in report.get("timeline", []) if e["kind"] == "fault"]
+    for i, e in enumerate(faults):
+        axes[0].text(e["t"], axes[0].get_ylim()[1] * (0.85 - 0.15 * (i % 3)), " " + e["what"], fontsize=7)
     fig.suptitle(f"{report['scenario']}: {report.get('title', '')}", x=0.01, ha="left", fontsize=10)
     axes[-1].set_xlabel("seconds since traffic start")
     axes[-1].set_xlim(0, end)

@@ -485,7 +485,12 @@ class Run:
             )
             streams[cls] = (recv, recv, result)
         # The receivers start while failoverd settles; `settle` (at least 0.3 s) gives them time to bind.
-        wait_for(self.settled, 20, what="failoverd to place every class")
+        try:
+            wait_for(self.settled, 20, what="failoverd to place every class")
+        except LabError:
+            for recv, _, _ in streams.values():  # not left bound to the next run's addresses
+                self.lab.topo.stop(recv)
+            raise
         time.sleep(max(sc.settle, 0.3))
         for cls, (node, server, tcp) in STREAMS.items():
             if cls not in streams:
@@ -645,6 +650,7 @@ class Run:
             if self.baseline is None:
                 raise LabError("an expectation of the baseline needs a scenario with baseline: POLICY")
             per_class = self.baseline["classes"]
+            finals, states = self.baseline["final"]["classes"], self.baseline["final"]["uplinks"]
         c = per_class.get(e.cls or "", {})
         value: Any
         match e.what:
@@ -735,6 +741,10 @@ def _describe(r: dict[str, Any]) -> str:
         case "drill":
             verdict = f" {r['verdict']}" if "verdict" in r else ""
             return f"drill {r['uplink']}: {r['from']} -> {r['to']}{verdict} ({r['cause']['code']})"
+        case "profile":
+            return f"{r['uplink']} profile {r['profile']}: {r['from']} -> {r['to']} ({r['cause']['code']})"
+        case "profile-switch":
+            return f"{r['uplink']}: {r['how']} switch to {r['profile']} ({r['cause']['code']})"
         case "drill-check":
             return f"drill {r['uplink']} {r['check']}: {r['value']}{r['unit']} {'ok' if r['ok'] else 'FAILED'}"
     return ""
