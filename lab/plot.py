@@ -56,6 +56,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         loc="left",
     )
     colour = {name: UPLINK_COLOURS[i % len(UPLINK_COLOURS)] for i, name in enumerate(uplinks)}
+    # Traffic through a modem is named by uplink and carrier (mobile/carrier-b): a colour of its own each.
+    extra = sorted({s for b in report.get("buckets", {}).values() for _, by in b for s in by} - set(colour))
+    colour |= {s: UPLINK_COLOURS[(len(colour) + i) % len(UPLINK_COLOURS)] for i, s in enumerate(extra)}
     for k, cls in enumerate(classes):
         ax = axes[1 + k]
         buckets = report["buckets"][cls]
