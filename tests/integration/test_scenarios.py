@@ -85,7 +85,12 @@ def incident_matches_the_run(out: Path, report: dict[str, Any]) -> None:
     # Where the stream began: its time also holds the settling before the traffic.
     first = next((s.where for s in spans if s.via), None)
     used = inc.metered_bytes()
-    for uplink, packets in carried.items():
+    # Traffic through the lab's modem is named by uplink and carrier (mobile/carrier-b); the report
+    # knows the uplink.
+    per_uplink: dict[str, int] = {}
+    for name, packets in carried.items():
+        per_uplink[name.split("/")[0]] = per_uplink.get(name.split("/")[0], 0) + packets
+    for uplink, packets in per_uplink.items():
         if uplink in metered and packets >= 1000:
             # The meter service read the terminal's counters as the class moved onto and off it: at
             # least an IP and UDP header's worth per packet the stream sent through it went out.
