@@ -594,3 +594,18 @@ async def test_esim_profiles_a_slot_switch_to_the_enabled_one_and_unsupported_ot
         answer = await r.next(switched)
         assert (answer.ok, answer.unsupported) == (False, True)
         assert "cannot enable an eSIM profile" in answer.detail and "8931080000000000099" in answer.detail
+
+
+@pytest.mark.parametrize("mmsim", [{**SIMULATED, "enabled": False}], indirect=True)
+async def test_a_modem_left_disabled_is_enabled_and_connected_without_a_switch(mmsim: str, tmp_path: Path) -> None:
+    """ModemManager enables no modem by itself (a gateway without a connection manager boots with its
+    modem disabled): the service enables it and connects the engine's profile, no switch needed."""
+    (state,) = await modem_call(mmsim, MODEM0, "org.freedesktop.DBus.Properties", "Get", "ss", f"{MM}.Modem", "State")
+    assert state.value == 3  # MM_MODEM_STATE_DISABLED
+    pol = policy(tmp_path)
+    async with with_engine(mmsim, pol) as (r, view, seen):
+        await until_phase(view, "carrier-a", "SERVING")
+        note = r.service.status()["modems"]["mobile"]["bearer"]
+    assert not [e for e in seen if isinstance(e, fx.SwitchProfile)]
+    assert len(await bearers_of(mmsim)) == 1
+    assert "connected with APN internet.a" in note, note

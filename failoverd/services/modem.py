@@ -34,7 +34,8 @@ from failoverd.services.base import Applied, EngineView, Inbox, Reconfigured
 # The evidence names the SIM the modem uses (PrimarySimSlot, and the primary SIM object's ICCID and
 # SimType), so that the engine adopts the profile the modem is on after a restart; the first report
 # for a modem waits until its SIM objects have been read. A modem registered without a bearer for
-# the engine's profile (ATTACHING: at start, or after the network released it) is connected here
+# the engine's profile (ATTACHING: at start, or after the network released it), or left disabled
+# (ModemManager enables no modem by itself; it is enabled first), is connected here
 # with Simple.Connect and that profile's APN, bounded like a registration, unless ModemManager is
 # connecting or disconnecting already (someone else's call: not fought), a bearer with another APN
 # is up (left alone, said in the status), a switch of ours is in flight, or the last attempt failed
@@ -456,10 +457,12 @@ class ModemService:
             return None  # the engine has not adopted a profile yet, is switching, or is served already
         profile = next((p for p in spec.profiles if p.name == v.profile), None)
         m, g = self.modems[path][MODEM], self.modems[path].get(M3GPP)
-        if (
-            profile is None
-            or g is None
-            or REGISTRATION.get(int(g.get("RegistrationState", 4))) not in ("home", "roaming")
+        if profile is None:
+            return None
+        # A modem left disabled (ModemManager enables none by itself) is enabled first, then connected.
+        disabled = int(m.get("State", 0)) == STATE_DISABLED
+        if not disabled and (
+            g is None or REGISTRATION.get(int(g.get("RegistrationState", 4))) not in ("home", "roaming")
         ):
             return None
         if int(m.get("State", 0)) in (STATE_CONNECTING, STATE_DISCONNECTING):
@@ -481,6 +484,9 @@ class ModemService:
         limit = 2 * spec.register_time
         try:
             async with asyncio.timeout(limit):
+                if int(self.modems.get(path, {}).get(MODEM, {}).get("State", 0)) == STATE_DISABLED:
+                    await self._call(path, MODEM, "Enable", "b", [True])
+                    log.info("modem-enabled", uplink=uplink, modem=path)
                 props = {"apn": Variant("s", apn)}
                 (bearer,) = await self._call(path, SIMPLE, "Connect", "a{sv}", [props], timeout=None)
             self.bearers[bearer], self.bearer_apns[bearer] = True, apn
