@@ -7,7 +7,7 @@ import struct
 from ipaddress import ip_address
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes.base import DatagramSession, family_of, marked_socket
+from failoverd.probes.base import DatagramSession, family_of, marked_socket, probe_device
 
 _QTYPE = {"A": 1, "NS": 2, "SOA": 6, "AAAA": 28}
 
@@ -22,7 +22,8 @@ def encode_query(qid: int, name: str, record: str) -> bytes:
 class DnsSession(DatagramSession):
     def __init__(self, spec: ProbeSpec, uplink: UplinkSpec) -> None:
         fam = family_of(spec.target)
-        super().__init__(marked_socket(fam, socket.SOCK_DGRAM, 0, uplink.fwmark), spec.timeout)
+        sock = marked_socket(fam, socket.SOCK_DGRAM, 0, uplink.fwmark)
+        super().__init__(sock, spec.timeout, probe_device(fam, uplink.interface))
         self.dest = (str(ip_address(spec.target)), spec.port or 53)  # as recvfrom spells it
         self.name = spec.query or "."
         self.record = spec.record or "NS"
