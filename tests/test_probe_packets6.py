@@ -13,6 +13,7 @@ import pytest
 from failoverd.policy import parse_policy_text
 from failoverd.policy.model import ProbeSpec
 from failoverd.probes import icmp
+from failoverd.probes.base import zoned
 from failoverd.probes.ndp import HOP_LIMIT, advertises, hop_limit, solicitation, solicited_node
 
 UPLINK: Any = SimpleNamespace(fwmark=0x100, interface="up0")
@@ -59,6 +60,22 @@ def test_icmpv6_echo_is_built_for_the_kernel_and_only_its_reply_counts() -> None
         assert passed == [129]
     finally:
         s.close()
+
+
+def test_a_link_local_target_is_sent_to_in_the_uplinks_zone() -> None:
+    s = icmp.IcmpSession(ProbeSpec("icmp", "fe80::1", 1.0, 0.5), UPLINK)
+    try:
+        _payload, dest, seq = s.request()
+        assert dest == ("fe80::1%up0", 0)
+        # recvfrom names the sender without its zone (the interface index comes apart, the socket's
+        # device binding already keeps other links' answers out).
+        reply = struct.pack("!BBHHH", 129, 0, 0, s.ident, seq)
+        assert s.match(reply, ("fe80::1", 0, 0, 7)) == seq
+    finally:
+        s.close()
+    assert zoned("2001:db8::1", "up0") == "2001:db8::1"
+    assert zoned("192.0.2.1", "up0") == "192.0.2.1"
+    assert zoned("fe80::1%eth9", "up0") == "fe80::1%eth9"  # a zone written is kept
 
 
 def test_icmp6_filter_passes_the_types_named() -> None:

@@ -55,6 +55,13 @@ def family_of(address: str) -> int:
     return socket.AF_INET6 if ip_address(address).version == 6 else socket.AF_INET
 
 
+def zoned(address: str, interface: str) -> str:
+    """An address to send to: a link-local IPv6 one with its zone, the uplink's interface (the socket
+    is bound to it too, see `probe_device`). recvfrom spells the sender without it (inet_ntop)."""
+    a = ip_address(address)
+    return f"{a}%{interface}" if a.version == 6 and a.is_link_local and a.scope_id is None else str(a)
+
+
 def marked_socket(family: int, kind: int, proto: int, mark: int, device: str | None = None) -> socket.socket:
     """A non-blocking socket whose packets carry the uplink's mark, so its rule steers them out of it;
     bound to `device` as well when one is given (see `probe_device`).

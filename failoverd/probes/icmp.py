@@ -8,7 +8,7 @@ import struct
 from ipaddress import ip_address
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes.base import DatagramSession, family_of, marked_socket, probe_device
+from failoverd.probes.base import DatagramSession, family_of, marked_socket, probe_device, zoned
 
 ECHO_REQUEST6 = 128
 ECHO_REPLY6 = 129
@@ -44,6 +44,7 @@ class IcmpSession(DatagramSession):
             self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, icmp6_filter(ECHO_REPLY6))
         self.ident = secrets.randbits(16)  # not guessable from the pid: see DatagramSession.seq
         self.target = str(ip_address(spec.target))  # as recvfrom spells it
+        self.dest = (zoned(spec.target, uplink.interface), 0)
 
     def match(self, data: bytes, addr: tuple[str, int]) -> int | None:
         if self.family == socket.AF_INET:
@@ -65,4 +66,4 @@ class IcmpSession(DatagramSession):
         header = struct.pack("!BBHHH", echo, 0, 0, self.ident, seq)
         if self.family == socket.AF_INET:  # the kernel fills in the ICMPv6 checksum itself
             header = struct.pack("!BBHHH", echo, 0, _checksum(header + payload), self.ident, seq)
-        return header + payload, (self.target, 0), seq
+        return header + payload, self.dest, seq

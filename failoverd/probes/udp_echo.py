@@ -6,7 +6,7 @@ import os
 import socket
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes.base import DatagramSession, family_of, marked_socket, probe_device
+from failoverd.probes.base import DatagramSession, family_of, marked_socket, probe_device, zoned
 
 # A probe datagram: magic, our session token (4 bytes), sequence number (2 bytes, network order).
 # Echoed back verbatim.
@@ -18,7 +18,7 @@ class UdpEchoSession(DatagramSession):
         fam = family_of(spec.target)
         sock = marked_socket(fam, socket.SOCK_DGRAM, 0, uplink.fwmark)
         super().__init__(sock, spec.timeout, probe_device(fam, uplink.interface))
-        self.dest = (spec.target, spec.port or 7)
+        self.dest = (zoned(spec.target, uplink.interface), spec.port or 7)
         self.prefix = _MAGIC + os.urandom(4)  # what every datagram of this session starts with
 
     def match(self, data: bytes, addr: tuple[str, int]) -> int | None:

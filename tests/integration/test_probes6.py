@@ -35,10 +35,12 @@ uplinks:
       - {kind: http, url: "http://[2001:db8:ff::80]:8080/", timeout: 1s}
       - {kind: ndp-nexthop, timeout: 500ms}
       - {kind: ndp-nexthop, target: "fe80::1", timeout: 500ms}
+      - {kind: icmp, target: "fe80::1", timeout: 500ms}
 classes:
   - {name: all, path: [up]}
 """
 NDP = {"ndp-nexthop:2001:db8:1::1", "ndp-nexthop:fe80::1"}
+LINK = {"icmp:fe80::1"}  # the router itself, on the link: the uplink's device is the address's zone
 PATH = {
     "udp-echo:2001:db8:ff::1:7",
     "icmp:2001:db8:ff::1",
@@ -116,7 +118,7 @@ def counted(topo: Topology, name: str) -> int:
 def test_every_kind_answers_over_ipv6_through_the_uplink_it_judges(lab6: tuple[Topology, Path]) -> None:
     topo, policy = lab6
     rows = probe(topo, policy)
-    assert set(rows) == PATH | NDP
+    assert set(rows) == PATH | NDP | LINK
     for key, row in rows.items():
         assert row["ok"], (key, row)
         assert 0 < row["rtt_ms"] < 500, (key, row)
@@ -138,7 +140,7 @@ def test_a_blackholed_path_fails_every_kind_but_the_next_hop_check(lab6: tuple[T
     rows = probe(topo, policy)
     for key in PATH:
         assert not rows[key]["ok"], (key, rows[key])
-    for key in NDP:
+    for key in NDP | LINK:
         assert rows[key]["ok"], (key, rows[key])
     assert counted(topo, "via_other") == 0
 
@@ -169,3 +171,37 @@ def test_ndp_nexthop_fails_when_the_neighbour_stops_answering(lab6: tuple[Topolo
     rows = probe(topo, policy)
     for key in NDP:
         assert rows[key]["detail"] == "timeout", (key, rows[key])
+
+
+ROUNDS = """
+import asyncio, json, sys
+from pathlib import Path
+from failoverd.policy import load_policy
+from failoverd.probes.kinds import open_session
+from failoverd.probes.rounds import Rounds
+
+async def main() -> None:
+    up = load_policy(Path(sys.argv[1])).uplinks["up"]
+    sessions = [(p.key, open_session(p, up)) for p in up.probes if p.kind in ("icmp", "udp-echo", "dns", "ndp-nexthop")]
+    seen = []
+    deliver = lambda results: seen.extend((key, out.ok, out.detail) for key, out in results)
+    task = asyncio.create_task(Rounds(0.1, sessions, deliver=deliver).run())
+    await asyncio.sleep(1.05)
+    task.cancel()
+    print(json.dumps(seen))
+
+asyncio.run(main())
+"""
+
+
+def test_the_daemons_round_driver_judges_ipv6_answers(lab6: tuple[Topology, Path]) -> None:
+    """The daemon sends datagram probes in rounds (probes/rounds.py), not one by one as `failoverd probe`:
+    the NDP session's hop limit comes with the kernel's stamp from the same read."""
+    topo, policy = lab6
+    seen = json.loads(topo.sh("gw", PY, "-c", ROUNDS, str(policy), timeout=30).stdout)
+    by_key: dict[str, list[bool]] = {}
+    for key, ok, _detail in seen:
+        by_key.setdefault(key, []).append(ok)
+    assert set(by_key) == {"icmp:2001:db8:ff::1", "udp-echo:2001:db8:ff::1:7", "dns:2001:db8:ff::53"} | NDP | LINK
+    for key, oks in by_key.items():
+        assert len(oks) >= 8 and all(oks), (key, seen)
