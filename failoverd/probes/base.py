@@ -143,6 +143,16 @@ class DatagramSession:
         """As `match`, for a session that sets `checks_ancillary`: with the datagram's ancillary data."""
         raise NotImplementedError
 
+    def discard_queued(self, most: int = 64) -> None:
+        """Drop the datagrams waiting on the socket (at most `most`), unread."""
+        for _ in range(most):
+            try:
+                self.sock.recv(1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # a queued ICMP error: reported once, read on past it
+                continue
+
     def send(self, deadline: float) -> Sequence[ProbeOutcome]:
         """Fire the next probe, due back by `deadline` (monotonic). Returns the losses known at once:
         usually none, as an empty tuple (no list made for every send)."""

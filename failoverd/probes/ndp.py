@@ -91,5 +91,10 @@ class NdpSession(DatagramSession):
     def request(self) -> tuple[bytes, tuple[str, int, int, int], int]:
         # Looked up for every probe, like the device binding: the interface may come and go.
         index = socket.if_nametoindex(self.ifname)
+        # An advertisement queued before this solicitation goes out answers someone else's: the
+        # kernel's own, most often, sent for the same router a moment ago because another probe's
+        # packet needed its link-layer address. Taken for ours it would be timed when read, at the
+        # next round (the lab saw "late (499 ms)"): read past it, so only our own answer counts.
+        self.discard_queued()
         # One outstanding solicitation at a time is enough: sequence "1" names it.
         return solicitation(self.target, _link_address(self.ifname)), (self.group, 0, 0, index), 1
