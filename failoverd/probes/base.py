@@ -85,12 +85,13 @@ def probe_device(family: int, interface: str) -> str | None:
     """The device an uplink's probe of this family is bound to, besides its mark: IPv6 probes only.
 
     Theory of operation. An IPv6 probe must leave through the uplink it judges or not at all, and the
-    mark alone does not promise that: the IPv6 default route often comes from another uplink's router
-    advertisements, and where no IPv6 rule sends the mark to the uplink's table the lookup falls
-    through to it. Bound to the device, the IPv6 route lookup is strict (net/ipv6/route.c,
+    mark alone does not promise that: where no IPv6 rule sends the mark to the uplink's table, the
+    lookup falls through to the main table, whose IPv6 default route often comes from another uplink's
+    router advertisements. Bound to the device, the IPv6 route lookup is strict (net/ipv6/route.c,
     RT6_LOOKUP_F_IFACE): only routes through that device match, with or without the uplink's table,
     and none is "no route", never the on-link guess IPv4 makes; answers, too, are taken only from that
-    device. IPv4 probes stay mark-only for that guess (see `marked_socket`).
+    device. IPv4 probes stay mark-only for that guess (see `marked_socket`). Binding a socket again
+    needs CAP_NET_RAW, which the daemon has for its raw sockets anyway.
     """
     return interface if family == socket.AF_INET6 else None
 
