@@ -25,7 +25,7 @@ def no_privileges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(icmp, "marked_socket", plain_socket)
 
 
-UPLINK: Any = SimpleNamespace(fwmark=0x100)
+UPLINK: Any = SimpleNamespace(fwmark=0x100, interface="up0")
 
 
 def test_dns_answers_count_only_from_the_server_asked() -> None:

@@ -114,6 +114,7 @@ PROBE_BYTES: Mapping[ProbeKind, int] = {
     "tcp": 6 * 60,  # handshake and close
     "http": 6 * 60 + 1500,
     "arp-nexthop": 2 * 42,
+    "ndp-nexthop": 2 * 86,  # Ethernet, IPv6, solicitation or advertisement with a link-layer address
 }
 TRUSTED_CLOCK = frozenset({ClockState.SANE, ClockState.HOLDOVER})
 

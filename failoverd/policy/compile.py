@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import replace
+from ipaddress import IPv4Address, IPv6Address
 
 from failoverd.policy import model as m
 from failoverd.policy import schema as s
@@ -72,7 +73,14 @@ def _command(c: s.Command | None) -> m.CommandSpec | None:
     return None if c is None else m.CommandSpec(argv=tuple(c.run), timeout=c.timeout)
 
 
-def _probe(p: s.Probe, next_hop: str | None) -> m.ProbeSpec:
+def next_hop6(u: s.Uplink) -> IPv4Address | IPv6Address | None:
+    """The uplink's IPv6 next hop: next_hop6, or next_hop where that is IPv6 (an IPv6-only uplink)."""
+    if u.next_hop6 is not None:
+        return u.next_hop6 if u.next_hop6.version == 6 else None  # verify.py refuses an IPv4 one
+    return u.next_hop if u.next_hop is not None and u.next_hop.version == 6 else None
+
+
+def _probe(p: s.Probe, next_hop: str | None, neighbour6: str | None) -> m.ProbeSpec:
     base = m.ProbeSpec(kind=p.kind, target="", interval=p.interval, timeout=p.timeout)
     match p:
         case s.IcmpProbe():
@@ -85,6 +93,8 @@ def _probe(p: s.Probe, next_hop: str | None) -> m.ProbeSpec:
             return replace(base, target=p.url, expect_status=p.expect_status)
         case s.ArpProbe():
             return replace(base, target=next_hop or "")
+        case s.NdpProbe():
+            return replace(base, target=str(p.target) if p.target is not None else neighbour6 or "")
     raise AssertionError(p)
 
 
@@ -222,11 +232,14 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
     for u in doc.uplinks:
         h = u.health
         next_hop = str(u.next_hop) if u.next_hop is not None else None
-        probes = tuple(_probe(p, next_hop) for p in u.probes)
+        v6 = next_hop6(u)
+        neighbour6 = str(v6) if v6 is not None else None
+        probes = tuple(_probe(p, next_hop, neighbour6) for p in u.probes)
         uplinks[u.name] = m.UplinkSpec(
             name=u.name,
             interface=u.interface,
             next_hop=next_hop,
+            next_hop6=str(u.next_hop6) if u.next_hop6 is not None else None,
             kind=u.kind,
             operator=u.operator,
             metered=u.metered,

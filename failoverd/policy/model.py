@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 # The policy language's closed vocabularies; schema.py validates the file against these same aliases.
 UplinkKind = Literal["wired", "cellular", "satellite"]
-ProbeKind = Literal["icmp", "udp-echo", "tcp", "dns", "http", "arp-nexthop"]
+ProbeKind = Literal["icmp", "udp-echo", "tcp", "dns", "http", "arp-nexthop", "ndp-nexthop"]
 DnsRecord = Literal["A", "AAAA", "NS", "SOA"]
 StandbyMode = Literal["hot", "cold"]
 OnDegraded = Literal["avoid", "stay"]
@@ -57,7 +57,7 @@ class StandbySpec:
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
     kind: ProbeKind
-    target: str  # address, URL, or the next hop for arp-nexthop: what the operator reads in status
+    target: str  # address, URL, or the next hop for arp-/ndp-nexthop: what the operator reads in status
     interval: float
     timeout: float
     port: int | None = None
@@ -182,6 +182,9 @@ class UplinkSpec:
     fwmark: int
     verify: VerifySpec | None = None
     modem: ModemSpec | None = None  # a cellular uplink with profiles
+    # The IPv6 next hop of a dual-stack uplink whose next_hop is IPv4 (often link-local, fe80::1): asked
+    # for by the ndp-nexthop probe. An IPv6-only uplink names its router in next_hop instead.
+    next_hop6: str | None = None
 
     def admits(self, cls: str) -> bool:
         return self.admit is None or cls in self.admit

@@ -152,7 +152,15 @@ class ArpProbe(ProbeBase):
     kind: Literal["arp-nexthop"]
 
 
-Probe = Annotated[IcmpProbe | UdpEchoProbe | TcpProbe | DnsProbe | HttpProbe | ArpProbe, Field(discriminator="kind")]
+class NdpProbe(ProbeBase):
+    kind: Literal["ndp-nexthop"]
+    # The neighbour to solicit; none: the uplink's IPv6 next hop (next_hop6, or an IPv6 next_hop).
+    target: Address | None = None
+
+
+Probe = Annotated[
+    IcmpProbe | UdpEchoProbe | TcpProbe | DnsProbe | HttpProbe | ArpProbe | NdpProbe, Field(discriminator="kind")
+]
 
 
 class DownWhen(Strict):
@@ -252,6 +260,9 @@ class Uplink(Strict):
     name: Name
     interface: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")
     next_hop: Address | None = None
+    # A dual-stack uplink's IPv6 next hop, where next_hop is the IPv4 one (a router's link-local
+    # address, often); the ndp-nexthop probe asks for it.
+    next_hop6: Address | None = None
     point_to_point: bool = False
     kind: UplinkKind = "wired"
     # The network operator behind the link. `carrier:` is the older spelling, still accepted; the

@@ -10,6 +10,7 @@ from failoverd.policy.compile import (
     PORT_PROTOCOLS,
     default_quorum,
     mark_values,
+    next_hop6,
     parse_dscp,
     parse_ports,
     parse_window,
@@ -76,6 +77,7 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
             yield (*at, "next_hop"), f'uplink "{u.name}": next_hop is required unless point_to_point: true'
         if u.next_hop is not None and u.point_to_point:
             yield (*at, "point_to_point"), f'uplink "{u.name}": a point-to-point uplink takes no next_hop'
+        yield from _next_hop6(u, at)
         if u.metered and not u.admit:
             yield (
                 (*at, "metered"),
@@ -116,6 +118,14 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
                     (*at, "probes", j, "kind"),
                     f'uplink "{u.name}": arp-nexthop needs a next_hop to ask for',
                 )
+            if p.kind == "arp-nexthop" and u.next_hop is not None and u.next_hop.version == 6:
+                yield (
+                    (*at, "probes", j, "kind"),
+                    f'uplink "{u.name}": arp-nexthop asks for an IPv4 next hop, but next_hop {u.next_hop} is IPv6: '
+                    "use ndp-nexthop",
+                )
+            if isinstance(p, s.NdpProbe):
+                yield from _ndp(u, p, (*at, "probes", j))
             if p.timeout > 10 * p.interval and p.timeout > 5:
                 yield (
                     (*at, "probes", j, "timeout"),
@@ -395,6 +405,42 @@ def _drills(doc: s.PolicyDocument) -> Iterator[Finding]:
                     f"the activation_time ({u.standby.activation_time:g}s)"
                 ),
             )
+
+
+def _next_hop6(u: s.Uplink, at: tuple[str | int, ...]) -> Iterator[Finding]:
+    v6 = u.next_hop6
+    if v6 is None:
+        return
+    if v6.version != 6:
+        yield (*at, "next_hop6"), f'uplink "{u.name}": next_hop6 {v6} is not an IPv6 address'
+    elif u.point_to_point:
+        yield (*at, "next_hop6"), f'uplink "{u.name}": a point-to-point uplink takes no next_hop6'
+    elif u.next_hop is not None and u.next_hop.version == 6:
+        yield (
+            (*at, "next_hop6"),
+            f'uplink "{u.name}": next_hop {u.next_hop} is IPv6 already; next_hop6 is for an uplink whose '
+            "next_hop is IPv4",
+        )
+    elif v6.is_multicast or v6.is_unspecified or v6.is_loopback:
+        yield (*at, "next_hop6"), f'uplink "{u.name}": next_hop6 {v6} cannot be a neighbour on the link'
+
+
+def _ndp(u: s.Uplink, p: s.NdpProbe, at: tuple[str | int, ...]) -> Iterator[Finding]:
+    if p.target is None:
+        if next_hop6(u) is None and u.next_hop6 is None:  # a next_hop6 given is judged by _next_hop6
+            yield (
+                (*at, "kind"),
+                f'uplink "{u.name}": ndp-nexthop needs an IPv6 next hop to ask for: give the uplink next_hop6 '
+                "(or an IPv6 next_hop), or the probe a target",
+            )
+    elif p.target.version != 6:
+        yield (
+            (*at, "target"),
+            f'uplink "{u.name}": ndp-nexthop asks an IPv6 neighbour, and {p.target} is IPv4 '
+            "(arp-nexthop asks IPv4 ones)",
+        )
+    elif p.target.is_multicast or p.target.is_unspecified or p.target.is_loopback:
+        yield (*at, "target"), f'uplink "{u.name}": ndp-nexthop target {p.target} cannot be a neighbour on the link'
 
 
 def _canary(d: s.Drill, c: s.Canary, u: s.Uplink, drill_at: tuple[str | int, ...]) -> Iterator[Finding]:

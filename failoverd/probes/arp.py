@@ -14,7 +14,7 @@ SIOCGIFADDR = 0x8915
 SIOCGIFHWADDR = 0x8927
 
 
-def _own_mac(ifname: str) -> bytes:
+def own_mac(ifname: str) -> bytes:
     # An ioctl, not /sys/class/net: after setns() into another namespace /sys still shows the old one.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         return fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", ifname.encode()[:15]))[18:24]
@@ -34,7 +34,7 @@ class ArpSession(DatagramSession):
         sock.bind((self.ifname, ETH_P_ARP))
         super().__init__(sock, spec.timeout)
         self.target = socket.inet_aton(spec.target)
-        self.mac = _own_mac(self.ifname)
+        self.mac = own_mac(self.ifname)
 
     def match(self, data: bytes, addr: tuple[str, int]) -> int | None:
         if len(data) < 28:

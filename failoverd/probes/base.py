@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 # SO_TIMESTAMPNS (asm-generic, as on x86-64 and arm64; Python's socket module does not name it): the
 # kernel stamps each datagram with its arrival time (CLOCK_REALTIME, struct timespec of two longs).
@@ -55,20 +55,45 @@ def family_of(address: str) -> int:
     return socket.AF_INET6 if ip_address(address).version == 6 else socket.AF_INET
 
 
-def marked_socket(family: int, kind: int, proto: int, mark: int) -> socket.socket:
-    """A non-blocking socket whose packets carry the uplink's mark, so its rule steers them out of it.
+def zoned(address: str, interface: str) -> str:
+    """An address to send to: a link-local IPv6 one with its zone, the uplink's interface (the socket
+    is bound to it too, see `probe_device`). recvfrom spells the sender without it (inet_ntop)."""
+    a = ip_address(address)
+    return f"{a}%{interface}" if a.version == 6 and a.is_link_local and a.scope_id is None else str(a)
 
-    SO_BINDTODEVICE alone misleads: with no route in the device's table the kernel would treat every
-    target as on-link and ARP for it. The mark selects the uplink's own table instead.
+
+def marked_socket(family: int, kind: int, proto: int, mark: int, device: str | None = None) -> socket.socket:
+    """A non-blocking socket whose packets carry the uplink's mark, so its rule steers them out of it;
+    bound to `device` as well when one is given (see `probe_device`).
+
+    SO_BINDTODEVICE alone misleads over IPv4: with no route in the device's table the kernel would
+    treat every target as on-link and ARP for it. The mark selects the uplink's own table instead.
     """
     s = socket.socket(family, kind, proto)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        if device is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         s.setblocking(False)
     except OSError:
         s.close()
         raise
     return s
+
+
+def probe_device(family: int, interface: str) -> str | None:
+    """The device an uplink's probe of this family is bound to, besides its mark: IPv6 probes only.
+
+    Theory of operation. An IPv6 probe must leave through the uplink it judges or not at all, and the
+    mark alone does not promise that: where no IPv6 rule sends the mark to the uplink's table, the
+    lookup falls through to the main table, whose IPv6 default route often comes from another uplink's
+    router advertisements. Bound to the device, the IPv6 route lookup is strict (net/ipv6/route.c,
+    RT6_LOOKUP_F_IFACE): only routes through that device match, with or without the uplink's table,
+    and none is "no route", never the on-link guess IPv4 makes; answers, too, are taken only from that
+    device. IPv4 probes stay mark-only for that guess (see `marked_socket`). Binding a socket again
+    needs CAP_NET_RAW, which the daemon has for its raw sockets anyway.
+    """
+    return interface if family == socket.AF_INET6 else None
 
 
 class DatagramSession:
@@ -82,9 +107,18 @@ class DatagramSession:
     come from the kernel's arrival stamps, so reading them late does not make them slower.
     """
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
+    # Bytes of ancillary data read with each answer: the arrival stamp. A session that judges answers
+    # by more of it (ndp.py: the hop limit) asks for more room and overrides `match_with`.
+    ancillary_space: ClassVar[int] = _ANCILLARY
+    checks_ancillary: ClassVar[bool] = False
+
+    def __init__(self, sock: socket.socket, timeout: float, device: str | None = None) -> None:
         self.sock = sock
         self.timeout = timeout
+        # Bound again before every probe, not once at the start: a modem's interface may not exist yet
+        # when the session opens, and one that comes back is a new device the old binding misses. A
+        # missing device is then a lost probe with its reason, as a missing route is.
+        self.device = device.encode() if device is not None else None
         # seq → (sent, monotonic; sent, wall clock; deadline, monotonic), in the order sent
         self.pending: dict[int, tuple[float, float, float]] = {}
         # A random start, like the ICMP identifier and the UDP token: an off-path sender who wants a
@@ -106,6 +140,20 @@ class DatagramSession:
         """The sequence number this datagram answers, or None if it is not an answer of ours."""
         raise NotImplementedError
 
+    def match_with(self, data: bytes, ancillary: list[tuple[int, int, bytes]], addr: tuple[str, int]) -> int | None:
+        """As `match`, for a session that sets `checks_ancillary`: with the datagram's ancillary data."""
+        raise NotImplementedError
+
+    def discard_queued(self, most: int = 64) -> None:
+        """Drop the datagrams waiting on the socket (at most `most`), unread."""
+        for _ in range(most):
+            try:
+                self.sock.recv(1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # a queued ICMP error: reported once, read on past it
+                continue
+
     def send(self, deadline: float) -> Sequence[ProbeOutcome]:
         """Fire the next probe, due back by `deadline` (monotonic). Returns the losses known at once:
         usually none, as an empty tuple (no list made for every send)."""
@@ -119,6 +167,8 @@ class DatagramSession:
             del pending[seq]
         sent, wall = time.monotonic(), time.time()
         try:
+            if self.device is not None:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.device)
             self.sock.sendto(payload, dest)
         except OSError as exc:
             # No route, network down: the answer is known at once, but it is still a loss.
@@ -133,7 +183,7 @@ class DatagramSession:
         errors = 0
         for _ in range(reads):
             try:
-                data, ancillary, _flags, addr = self.sock.recvmsg(4096, _ANCILLARY)
+                data, ancillary, _flags, addr = self.sock.recvmsg(4096, self.ancillary_space)
             except (BlockingIOError, InterruptedError):
                 return outcomes
             except OSError:  # an ICMP error queued on the socket is reported once; read on past it
@@ -141,7 +191,7 @@ class DatagramSession:
                 if errors > 8:
                     return outcomes
                 continue
-            seq = self.match(data, addr)
+            seq = self.match_with(data, ancillary, addr) if self.checks_ancillary else self.match(data, addr)
             entry = self.pending.pop(seq, None) if seq is not None else None
             if entry is None:
                 continue  # not ours, or an answer to a probe already judged lost

@@ -13,17 +13,20 @@ import time
 from urllib.parse import urlsplit
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes.base import ProbeOutcome, family_of, marked_socket
+from failoverd.probes.base import ProbeOutcome, family_of, marked_socket, probe_device
 
 
 class HttpSession:
     def __init__(self, spec: ProbeSpec, uplink: UplinkSpec) -> None:
         self.spec = spec
         self.mark = uplink.fwmark
+        self.interface = uplink.interface
         url = urlsplit(spec.target)
         self.tls = url.scheme == "https"
-        self.host = url.hostname or ""
+        self.host = url.hostname or ""  # an IPv6 literal without its brackets, as getaddrinfo takes it
         self.port = url.port or (443 if self.tls else 80)
+        # RFC 9110 section 7.2: the Host field as the URL writes the authority, brackets and all.
+        self.authority = url.netloc.rpartition("@")[2]
         self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
 
     async def probe(self) -> ProbeOutcome:
@@ -39,7 +42,8 @@ class HttpSession:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         address = str(infos[0][4][0])
-        sock = marked_socket(family_of(address), socket.SOCK_STREAM, 0, self.mark)
+        family = family_of(address)
+        sock = marked_socket(family, socket.SOCK_STREAM, 0, self.mark, probe_device(family, self.interface))
         try:
             await loop.sock_connect(sock, (address, self.port))
         except BaseException:
@@ -53,7 +57,7 @@ class HttpSession:
         reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname=self.host if ctx else None)
         try:
             writer.write(
-                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUser-Agent: failoverd-probe\r\n"
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.authority}\r\nUser-Agent: failoverd-probe\r\n"
                 "Connection: close\r\n\r\n".encode()
             )
             line = await reader.readline()

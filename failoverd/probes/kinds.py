@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes import arp, dns, http, icmp, tcp, udp_echo
+from failoverd.probes import arp, dns, http, icmp, ndp, tcp, udp_echo
 from failoverd.probes.base import Session
 
 SessionFactory = Callable[[ProbeSpec, UplinkSpec], Session]
@@ -17,6 +17,7 @@ KINDS: dict[str, SessionFactory] = {
     "dns": dns.DnsSession,
     "http": http.HttpSession,
     "arp-nexthop": arp.ArpSession,
+    "ndp-nexthop": ndp.NdpSession,
 }
 
 

@@ -6,7 +6,7 @@ import os
 import socket
 
 from failoverd.policy.model import ProbeSpec, UplinkSpec
-from failoverd.probes.base import DatagramSession, family_of, marked_socket
+from failoverd.probes.base import DatagramSession, family_of, marked_socket, probe_device, zoned
 
 # A probe datagram: magic, our session token (4 bytes), sequence number (2 bytes, network order).
 # Echoed back verbatim.
@@ -16,8 +16,9 @@ _MAGIC = b"FOD1"
 class UdpEchoSession(DatagramSession):
     def __init__(self, spec: ProbeSpec, uplink: UplinkSpec) -> None:
         fam = family_of(spec.target)
-        super().__init__(marked_socket(fam, socket.SOCK_DGRAM, 0, uplink.fwmark), spec.timeout)
-        self.dest = (spec.target, spec.port or 7)
+        sock = marked_socket(fam, socket.SOCK_DGRAM, 0, uplink.fwmark)
+        super().__init__(sock, spec.timeout, probe_device(fam, uplink.interface))
+        self.dest = (zoned(spec.target, uplink.interface), spec.port or 7)
         self.prefix = _MAGIC + os.urandom(4)  # what every datagram of this session starts with
 
     def match(self, data: bytes, addr: tuple[str, int]) -> int | None:
