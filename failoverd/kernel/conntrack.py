@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
+# conntrack(8) reads, deletes and flushes IPv4 entries only unless told the family with -f.
+FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
 
-async def flush_mark(mark: int, mask: int) -> tuple[bool, str]:
-    """Delete the conntrack entries whose mark (under `mask`) is `mark`; returns (ok, what happened)."""
+
+async def flush_mark(mark: int, mask: int, family: int = 4) -> tuple[bool, str]:
+    """Delete the conntrack entries of `family` whose mark (under `mask`) is `mark`; (ok, what happened)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             "conntrack",
             "-D",
+            "-f",
+            FAMILY_NAMES[family],
             "-m",
             f"{mark:#x}/{mask:#x}",
             stdout=asyncio.subprocess.DEVNULL,
@@ -24,3 +29,12 @@ async def flush_mark(mark: int, mask: int) -> tuple[bool, str]:
     if proc.returncode == 0 or "0 flow entries" in text:
         return True, text.splitlines()[-1] if text else "flushed"
     return False, text or f"exit status {proc.returncode}"
+
+
+async def flush_families(mark: int, mask: int, families: tuple[int, ...]) -> tuple[bool, str]:
+    """flush_mark for each family a class carries: ok if every one was; what happened, per family."""
+    results = [(f, *await flush_mark(mark, mask, f)) for f in families]
+    ok = all(r[1] for r in results)
+    if len(results) == 1:
+        return ok, results[0][2]
+    return ok, "; ".join(f"{FAMILY_NAMES[f]}: {text}" for f, _, text in results)
