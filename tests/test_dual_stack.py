@@ -21,6 +21,7 @@ from failoverd.kernel.plan import Route
 from failoverd.observe.status import class_rows, uplink_rows
 from failoverd.policy import load_policy, parse_policy_text
 from failoverd.policy.model import AlarmRouteSpec, Policy
+from failoverd.simulate import Simulation, Timeline
 from tests.fakes import FakeGateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,3 +360,22 @@ def test_ipv6_evidence_alone_never_moves_an_ipv4_class(timeline: list[tuple[floa
         e for t, e in effects if t > settled_at and isinstance(e, fx.SwitchClass) and DUAL.classes[e.cls].family == 4
     ]
     assert not moved, moved
+
+
+def test_a_fiber_cut_takes_both_families_down_at_once() -> None:
+    """Carrier is the device's: a timeline's carrier change on fiber reaches fiber/v6 too."""
+    timeline = Timeline.model_validate({"duration": 20, "events": [{"at": 5, "uplink": "fiber", "carrier": "down"}]})
+    sim = Simulation(load_policy(EXAMPLE), timeline)
+    sim.run()
+    assert sim.state is not None
+    where = {name: c.uplink for name, c in sim.state.classes.items()}
+    assert where["voice"] == "lte" and where["voice/v6"] == "lte/v6", where
+    assert not sim.state.uplinks["fiber/v6"].carrier
+
+
+async def test_explain_of_a_dual_stack_class_covers_both_families() -> None:
+    g = FakeGateway(POLICY)
+    reply = await dispatch(g, {"cmd": "explain", "class": "voice"})
+    assert reply["ok"], reply
+    heads = [line for line in reply["chain"] if line.startswith("class ")]
+    assert [h.split()[1] for h in heads] == ["voice", "voice/v6"], heads
