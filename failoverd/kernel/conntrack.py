@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-# conntrack(8) reads, deletes and flushes IPv4 entries only unless told the family with -f.
+# The family is always named (-f): conntrack(8) gives IPv4 as the default of -L, while conntrack 1.4.7's
+# -D without -f deletes both; a class of one family must forget flows of that family only, on any version.
 FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
 
 
