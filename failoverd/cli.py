@@ -44,7 +44,8 @@ def _match_text(m: MatchSpec) -> str:
 
 def _uplink_text(u: UplinkSpec) -> str:
     via = f"via {u.next_hop}" if u.next_hop else "point-to-point"
-    bits = [f"{u.name:<10} {u.interface:<8} {via:<22} {u.kind:<9}"]
+    family = f"IPv{u.family}" if u.family is not None else "IPv4+IPv6"
+    bits = [f"{u.name:<10} {u.interface:<8} {via:<22} {u.kind:<9} {family:<9}"]
     if u.operator:
         bits.append(f"carrier {u.operator}")
     if u.metered:
@@ -87,7 +88,8 @@ def summary(policy: Policy) -> str:
             ready += f"; last uplink: {c.redundancy.alarm} alarm"
         if c.redundancy.prewarm:
             ready += "; pre-warms cold standby"
-        lines.append(f"    {'':<10} path {' > '.join(c.path)}; {back}; all down: {c.when_all_down}{ready}")
+        family = f"IPv{c.family} only" if c.family is not None else "IPv4 and IPv6"
+        lines.append(f"    {'':<10} {family}; path {' > '.join(c.path)}; {back}; all down: {c.when_all_down}{ready}")
     if policy.drills:
         lines.append(f"  drills ({len(policy.drills)}):")
     for d in policy.drills.values():

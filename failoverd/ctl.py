@@ -91,6 +91,25 @@ def _alarm_line(alarms: list[dict[str, Any]], tty: bool) -> list[str]:
     ]
 
 
+def _dual_stack_lines(uplinks: list[dict[str, Any]], tty: bool) -> list[str]:
+    """A dual-stack uplink is two rows above (NAME, NAME/v6: one per family, policy/compile.py); here
+    it is one line per link, each family's state and, where it is not UP, why."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for u in uplinks:
+        groups.setdefault(u.get("base") or u["name"], []).append(u)
+    pairs = {base: rows for base, rows in groups.items() if len(rows) == 2}
+    if not pairs:
+        return []
+    lines = ["", "DUAL-STACK"]
+    for base, rows in pairs.items():
+        parts = []
+        for u in rows:
+            why = "" if u["state"] == "UP" else f" ({u['cause']['code']}: {u['cause']['text']})"
+            parts.append(f"IPv{u['family']} " + _paint(u["state"], u["state"], tty) + why)
+        lines.append(_cut(f"{base:<10} " + "  ".join(parts), WIDTH + (20 if tty else 0)))
+    return lines
+
+
 def render_status(st: dict[str, Any], tty: bool) -> str:
     lines = [
         f"site {st['site']}   policy {st['policy']}   pid {st['pid']}   up {_age(st['uptime_s'])}   "
@@ -113,6 +132,7 @@ def render_status(st: dict[str, Any], tty: bool) -> str:
         lines.append(
             head + _paint(f"{state:<10}", u["state"], tty) + tail + _cut(cause, WIDTH - len(head) - 10 - len(tail))
         )
+    lines += _dual_stack_lines(st["uplinks"], tty)
     lines += ["", f"{'CLASS':<10} {'ROUTE':<18} {'SINCE':>6} {'SPARE':>5}  CAUSE"]
     for c in st["classes"]:
         route = f"via {c['uplink']}" if c["route"] == "via" else c["route"]

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
-from failoverd.control.commands import COMMANDS, BadRequest, to_event, validate
+from failoverd.control.commands import COMMANDS, BadRequest, to_events, validate
 from failoverd.drillwindows import window_event
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
@@ -189,7 +189,8 @@ def _check(t: Timeline, policy: Policy) -> list[tuple[tuple[str | int, ...], str
             bad.append(((*at, "flap"), "flap needs until"))
         if s.command is not None:
             try:
-                validate(command_request(s))
+                _, args = validate(command_request(s))
+                to_events(policy, s.command, args)
             except BadRequest as exc:
                 bad.append(((*at, "command"), str(exc)))
     return bad
@@ -462,6 +463,14 @@ class Simulation:
             self._apply_condition(link, s, s.target)
             if link.carrier != before:
                 yield ev.CarrierChanged(s.uplink, link.carrier)
+            # A carrier is the device's: both twins of a dual-stack uplink see it (loss, RTT and
+            # jitter stay with the twin named, so a timeline can fail one family).
+            device = self.policy.uplinks[s.uplink].interface
+            twins = [n for n, u in self.policy.uplinks.items() if n != s.uplink and u.interface == device]
+            for other in twins if s.carrier is not None else []:
+                if links[other].carrier != link.carrier:
+                    links[other].carrier = link.carrier
+                    yield ev.CarrierChanged(other, link.carrier)
         for key, down in (("carrier_outage", True), ("carrier_restored", False)):
             name = getattr(s, key)
             if name is not None:
@@ -474,7 +483,7 @@ class Simulation:
             self._plmn(s.plmn_restored, False, links)
         if s.command is not None:
             _, args = validate(command_request(s))  # checked when the timeline was loaded
-            yield to_event(s.command, args, request)
+            yield from to_events(self.policy, s.command, args, request)
         if s.clock is not None:
             self.wall_shift = s.wall_shift  # 0 unless given: a clock judged again is right again
             evidence = (f"wall clock shifted {s.wall_shift:+g}s",) if s.wall_shift else ()

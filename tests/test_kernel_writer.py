@@ -150,13 +150,15 @@ async def test_purge_removes_routes_rules_and_the_table_and_a_new_apply_loads_it
 async def test_conntrack_flushes_use_the_ownership_mask(
     policy: Policy, loads: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asked: list[tuple[int, int]] = []
+    asked: list[tuple[int, int, int]] = []
 
-    async def flush(mark: int, mask: int) -> tuple[bool, str]:
-        asked.append((mark, mask))
+    async def flush(mark: int, mask: int, family: int = 4) -> tuple[bool, str]:
+        asked.append((mark, mask, family))
         return True, "flushed"
 
     monkeypatch.setattr(conntrack, "flush_mark", flush)
     async with KernelWriter(policy.ownership) as k:
-        assert await k.flush_conntrack(0x3000000) == (True, "flushed")
-    assert asked == [(0x3000000, policy.ownership.fwmark_mask)]
+        assert await k.flush_conntrack(0x3000000) == (True, "ipv4: flushed; ipv6: flushed")
+        assert await k.flush_conntrack(0x4000000, (6,)) == (True, "flushed")
+    mask = policy.ownership.fwmark_mask
+    assert asked == [(0x3000000, mask, 4), (0x3000000, mask, 6), (0x4000000, mask, 6)]

@@ -119,7 +119,14 @@ def test_uplink_state_path_and_window_statistics() -> None:
     assert value(s, "failoverd_uplink_verified_age_seconds", uplink="fiber") == pytest.approx(2.0)  # left UP at 10 s
     assert value(s, "failoverd_uplink_verified_age_seconds", uplink="mobile") == 0  # UP now
     assert value(s, "failoverd_uplink_verified_age_seconds", uplink="sat") is None  # never seen working
-    info = {"uplink": "mobile", "interface": "wwan0", "kind": "cellular", "operator": ""}
+    info = {
+        "uplink": "mobile",
+        "interface": "wwan0",
+        "kind": "cellular",
+        "operator": "",
+        "link": "mobile",
+        "family": "4",
+    }
     assert value(s, "failoverd_uplink_info", **info) == 1
     # Classes: on the second uplink of their path, via a route, with one usable uplink left.
     assert value(s, "failoverd_class_uplink", **{"class": "critical", "uplink": "mobile"}) == 1

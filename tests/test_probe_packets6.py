@@ -158,13 +158,14 @@ classes:
 
 def test_ndp_nexthop_asks_for_the_uplinks_ipv6_next_hop() -> None:
     policy = parse_policy_text(DUAL, "dual.yaml")
-    fiber, lte = policy.uplinks["fiber"], policy.uplinks["lte"]
-    assert (fiber.next_hop, fiber.next_hop6) == ("192.0.2.1", "fe80::1")
-    assert [p.key for p in fiber.probes] == [
+    # A dual-stack uplink is one uplink per family (policy/compile.py): the IPv6 one's next hop is next_hop6.
+    fiber, fiber6, lte = policy.uplinks["fiber"], policy.uplinks["fiber/v6"], policy.uplinks["lte"]
+    assert (fiber.next_hop, fiber6.next_hop) == ("192.0.2.1", "fe80::1")
+    assert [p.key for p in fiber.probes] == ["arp-nexthop:192.0.2.1"]
+    assert [p.key for p in fiber6.probes] == [
         "icmp:2001:db8:ff::1",
         "ndp-nexthop:fe80::1",
         "ndp-nexthop:2001:db8:1::1",
-        "arp-nexthop:192.0.2.1",
     ]
     assert (lte.next_hop, lte.next_hop6) == ("2001:db8:2::1", None)  # IPv6-only: next_hop is the IPv6 one
     assert [p.key for p in lte.probes] == ["ndp-nexthop:2001:db8:2::1", "http:http://[2001:db8:ff::80]:8080/"]

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from failoverd.control.api import Gateway, OperatorCommand
@@ -22,6 +22,7 @@ from failoverd.engine import events as ev
 from failoverd.engine.explain import UnknownClass, explain
 from failoverd.observe.status import drill_rows
 from failoverd.policy.durations import parse_duration
+from failoverd.policy.model import Policy
 
 HISTORY_ALL = 1_000_000  # every record the history holds (it keeps a bounded number)
 
@@ -104,6 +105,29 @@ def to_event(name: str, args: dict[str, Any], request: str = "") -> OperatorComm
     raise BadRequest(f"{name} is not a command that the engine takes")
 
 
+def to_events(policy: Policy, name: str, args: dict[str, Any], request: str = "") -> list[OperatorCommand]:
+    """The engine events of a command, with names as the policy file gives them: a dual-stack class or
+    uplink (policy/compile.py) stands for both its twins. `failover voice --to mobile` puts voice on
+    mobile and voice/v6 on mobile/v6; `drain fiber` drains fiber and fiber/v6; a twin's own name
+    (`fiber/v6`) is that twin alone. Anything else is one event, as to_event makes it."""
+    one = to_event(name, args, request)
+    if isinstance(one, ev.ForceClass):
+        classes = policy.class_twins(one.cls)
+        if not classes or not policy.uplink_twins(one.uplink):
+            return [one]  # an unknown class or uplink: the engine says so
+        out: list[OperatorCommand] = []
+        for cls in classes:
+            family = policy.classes[cls].family
+            to = policy.twin(one.uplink, family) if family is not None else one.uplink
+            if to is None:
+                raise BadRequest(f'uplink "{one.uplink}" carries no IPv{family}: class "{cls}" cannot go there')
+            out.append(replace(one, cls=cls, uplink=to))
+        return out
+    if isinstance(one, ev.DrainUplink):
+        return [replace(one, uplink=u) for u in policy.uplink_twins(one.uplink)] or [one]
+    return [one]
+
+
 def _reply(r: fx.CommandReply) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": r.ok, "text": r.text, "changes": list(r.changes)}
     if r.override:
@@ -118,7 +142,17 @@ async def _status(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _to_engine(g: Gateway, args: dict[str, Any], name: str) -> dict[str, Any]:
-    return _reply(await g.submit(to_event(name, args)))
+    replies = [await g.submit(e) for e in to_events(g.policy, name, args)]
+    if len(replies) == 1:
+        return _reply(replies[0])
+    # Both twins of a dual-stack class or uplink: each is its own override, said one after the other;
+    # ok when either took (the text says which did not).
+    out = _reply(replace(replies[0], ok=any(r.ok for r in replies), text="; ".join(r.text for r in replies)))
+    out["changes"] = [c for r in replies for c in r.changes]
+    out["overrides"] = [r.override for r in replies if r.override]
+    if not out["ok"]:
+        out["error"] = out["text"]
+    return out
 
 
 async def _failover(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +173,12 @@ async def _release(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
 
 async def _explain(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
     try:
-        chain = explain(g.policy, g.state, args["class"])
+        # A dual-stack class by its file's name: the chain of each family's twin, IPv4 first.
+        chain = [
+            line
+            for cls in g.policy.class_twins(args["class"]) or (args["class"],)
+            for line in explain(g.policy, g.state, cls)
+        ]
     except UnknownClass as exc:
         raise BadRequest(str(exc)) from None
     return {"ok": True, "class": args["class"], "chain": chain}

@@ -26,6 +26,7 @@ import os
 import socket
 import time
 from collections import deque
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +56,14 @@ MAX_REQUEST = 64 * 1024
 TRANSPORT_FIELDS = ("key", "issued", "sig", "id", "dest")
 SAVE_EVERY = 1.0  # s: the last-issued table is written at most this often for refused commands
 ISSUED_FILE = "mqtt-issued.json"  # the last `issued` taken under each key
+
+
+def _family(host: str) -> int | None:
+    """The family of a broker given by address; None for a name."""
+    try:
+        return ip_address(host.strip("[]")).version
+    except ValueError:
+        return None
 
 
 class PathLost(Exception):
@@ -242,8 +251,13 @@ class Fleet:
         tls = client_context(s.ca_file, s.cert_file, s.cert_key_file) if s.tls else None
         # Over the preferred uplink while it is usable, else the first usable one, marked like the
         # probes: the gateway's own traffic has no route in the main table on most gateways.
-        usable_now = [n for n in self.g.policy.uplinks if usable(self.g.state, n)]
-        self.via = s.uplink if s.uplink in usable_now else next(iter(usable_now), None)
+        # A broker given by address goes over an uplink of its family (a dual-stack uplink's twins
+        # carry one each, policy/compile.py); a name is resolved by the client, in either.
+        pol = self.g.policy
+        family = _family(s.host)
+        usable_now = [n for n in pol.uplinks if pol.carries(n, family) and usable(self.g.state, n)]
+        preferred = pol.twin(s.uplink, family or 4) if s.uplink is not None else None
+        self.via = preferred if preferred in usable_now else next(iter(usable_now), None)
         self.path_lost.clear()
         client = aiomqtt.Client(
             s.host,

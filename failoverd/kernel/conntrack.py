@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
+# The family is always named (-f): conntrack(8) gives IPv4 as the default of -L, while conntrack 1.4.7's
+# -D without -f deletes both; a class of one family must forget flows of that family only, on any version.
+FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
 
-async def flush_mark(mark: int, mask: int) -> tuple[bool, str]:
-    """Delete the conntrack entries whose mark (under `mask`) is `mark`; returns (ok, what happened)."""
+
+async def flush_mark(mark: int, mask: int, family: int = 4) -> tuple[bool, str]:
+    """Delete the conntrack entries of `family` whose mark (under `mask`) is `mark`; (ok, what happened)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             "conntrack",
             "-D",
+            "-f",
+            FAMILY_NAMES[family],
             "-m",
             f"{mark:#x}/{mask:#x}",
             stdout=asyncio.subprocess.DEVNULL,
@@ -24,3 +30,12 @@ async def flush_mark(mark: int, mask: int) -> tuple[bool, str]:
     if proc.returncode == 0 or "0 flow entries" in text:
         return True, text.splitlines()[-1] if text else "flushed"
     return False, text or f"exit status {proc.returncode}"
+
+
+async def flush_families(mark: int, mask: int, families: tuple[int, ...]) -> tuple[bool, str]:
+    """flush_mark for each family a class carries: ok if every one was; what happened, per family."""
+    results = [(f, *await flush_mark(mark, mask, f)) for f in families]
+    ok = all(r[1] for r in results)
+    if len(results) == 1:
+        return ok, results[0][2]
+    return ok, "; ".join(f"{FAMILY_NAMES[f]}: {text}" for f, _, text in results)

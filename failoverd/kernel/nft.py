@@ -3,6 +3,10 @@
 failoverd owns one table, `inet failoverd`, and replaces it whole and atomically (`nft -f`), so a
 half-applied ruleset can never exist. ip rules cannot match DSCP and refuse port ranges ending at
 65535; nftables matches both, so every selector is expressed here and ip rules match marks only.
+
+A class of one family (policy/compile.py splits a dual-stack class into CLASS and CLASS/v6) marks
+packets of that family only: its table holds routes of that family only, and a packet of the other
+would find no route there and fall through to the main table, round failoverd's decision.
 """
 
 from __future__ import annotations
@@ -10,26 +14,33 @@ from __future__ import annotations
 import asyncio
 from ipaddress import ip_network
 
-from failoverd.policy.model import MatchSpec, Policy
+from failoverd.policy.model import Family, MatchSpec, Policy
 
 TABLE = "failoverd"
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
+NFPROTO = {4: "ipv4", 6: "ipv6"}
 
 
 class NftError(Exception):
     pass
 
 
-def _match_exprs(m: MatchSpec, mask: int) -> list[str]:
-    """One selector → nft match expressions, one list per address family it needs."""
+def _match_exprs(m: MatchSpec, mask: int, family: Family | None = None) -> list[str]:
+    """One selector → nft match expressions, one list per address family it needs (`family`: the
+    class's one family, or None for both)."""
     families: set[int] = {ip_network(p).version for p in (*m.src, *m.dst)}
+    prefixed = bool(families)
     if not families:
         # `ip dscp` matches IPv4 only, `ip6 dscp` IPv6 only: a DSCP selector needs both; others neither.
         families = {4, 6} if m.dscp else {0}
+        if family is not None:
+            families = {family}
     rules: list[str] = []
     for fam in sorted(families):
         ip = {4: "ip", 6: "ip6", 0: ""}[fam]
         parts: list[str] = []
+        if not prefixed and not m.dscp and family is not None:
+            parts.append(f"meta nfproto {NFPROTO[family]}")  # `ip saddr`, `ip6 dscp` say it already
         if m.iif:
             parts.append(f'iifname "{m.iif}"')
         if m.src:
@@ -60,10 +71,11 @@ def render(policy: Policy) -> str:
         )
         comment = f'comment "class {c.name}"'
         if not c.matches:
-            body.append(f"{action} {comment}")
+            only = f"meta nfproto {NFPROTO[c.family]} " if c.family is not None else ""
+            body.append(f"{only}{action} {comment}")
             continue
         for m in c.matches:
-            body += [f"{expr} {action} {comment}" for expr in _match_exprs(m, mask)]
+            body += [f"{expr} {action} {comment}" for expr in _match_exprs(m, mask, c.family)]
     # Traffic that already carries a failoverd mark (probes and control traffic sent with SO_MARK on
     # their uplink) is steered already: classification must not overwrite it. Replies belong to the
     # flow their original direction classified; marking them would put the gateway's own probe flows

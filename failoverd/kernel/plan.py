@@ -61,6 +61,8 @@ class Rule:
 
 
 def uplink_families(u: UplinkSpec) -> tuple[int, ...]:
+    if u.family is not None:
+        return (u.family,)  # one of a dual-stack uplink's twins (policy/compile.py), or single-stack
     if u.next_hop is None:
         return (4, 6)  # point-to-point: a dev route serves both families
     return (ip_address(u.next_hop).version,)
@@ -71,7 +73,10 @@ def uplink_routes(u: UplinkSpec, table: int) -> list[Route]:
 
 
 def class_families(policy: Policy, cls: str) -> tuple[int, ...]:
-    fams = {f for name in policy.classes[cls].path for f in uplink_families(policy.uplinks[name])}
+    c = policy.classes[cls]
+    if c.family is not None:
+        return (c.family,)  # nftables marks no packet of the other family for it
+    fams = {f for name in c.path for f in uplink_families(policy.uplinks[name])}
     return tuple(sorted(fams))
 
 
@@ -119,7 +124,10 @@ def desired_routes(policy: Policy, assignments: Mapping[str, tuple[str | None, s
         if c is None:
             continue
         if kind == "via" and uplink is not None and uplink in policy.uplinks:
-            routes |= set(uplink_routes(policy.uplinks[uplink], c.table))
+            # Only the class's families: a point-to-point uplink carries both, a class of one family
+            # gets the route of its own (the other would invite packets nftables never marks for it).
+            fams = set(class_families(policy, name))
+            routes |= {r for r in uplink_routes(policy.uplinks[uplink], c.table) if r.family in fams}
         elif kind in ("blackhole", "unreachable"):
             routes |= {Route(c.table, f, kind) for f in class_families(policy, name)}
     return routes
@@ -166,14 +174,15 @@ def owned_tables(policy: Policy) -> set[int]:
 def adopt(policy: Policy, routes: Iterable[Route]) -> dict[str, tuple[str | None, str]]:
     """What the kernel says each class uses now (after a restart): class → (uplink, kind)."""
     by_table = {c.table: name for name, c in policy.classes.items()}
-    by_dev = {u.interface: name for name, u in policy.uplinks.items()}
+    # A dual-stack uplink's twins share the device: the route's family tells which one it is.
+    by_dev = {(u.interface, f): name for name, u in reversed(list(policy.uplinks.items())) for f in uplink_families(u)}
     found: dict[str, tuple[str | None, str]] = {}
     for r in sorted(routes):
         cls = by_table.get(r.table)
         if cls is None or cls in found:
             continue
-        if r.kind == "unicast" and r.dev in by_dev:
-            found[cls] = (by_dev[r.dev], "via")
+        if r.kind == "unicast" and (r.dev or "", r.family) in by_dev:
+            found[cls] = (by_dev[(r.dev or "", r.family)], "via")
         elif r.kind in ("blackhole", "unreachable"):
             found[cls] = (None, r.kind)
     return found

@@ -126,9 +126,10 @@ class KernelWriter:
             self._nft_error = None
             return Applied(tuple(diff.added), tuple(diff.removed), tuple(diff.failed), "removed")
 
-    async def flush_conntrack(self, mark: int) -> tuple[bool, str]:
-        """Forget the flows of one class (its mark, under failoverd's mark mask); (ok, what happened)."""
-        return await conntrack.flush_mark(mark, self.ownership.fwmark_mask)
+    async def flush_conntrack(self, mark: int, families: tuple[int, ...] = (4, 6)) -> tuple[bool, str]:
+        """Forget the flows of one class (its mark, under failoverd's mark mask) in each family it
+        carries (kernel.plan.class_families); (ok, what happened)."""
+        return await conntrack.flush_families(mark, self.ownership.fwmark_mask, families)
 
     def _note_refused(self, failed: frozenset[str]) -> None:
         # A route via a link that is down (a cold standby that is off) is refused on every try: say so

@@ -91,8 +91,9 @@ def _uplinks(s: Snapshot) -> Iterator[Metric]:
     st, policy = s.state, s.policy
     info = _gauge(
         "failoverd_uplink_info",
-        "An uplink of the policy: its interface, kind and network operator.",
-        ("uplink", "interface", "kind", "operator"),
+        "An uplink of the policy: its interface, kind, network operator, the policy file's name for it "
+        "(link: fiber for both fiber and fiber/v6) and the family it carries (4, 6, or both).",
+        ("uplink", "interface", "kind", "operator", "link", "family"),
     )
     state = _gauge(
         "failoverd_uplink_state",
@@ -128,7 +129,8 @@ def _uplinks(s: Snapshot) -> Iterator[Metric]:
         u = st.uplinks.get(name)
         if u is None:
             continue  # a reload's new uplink, before the engine's first step under the new policy
-        info.add_metric([name, spec.interface, spec.kind, spec.operator or ""], 1.0)
+        family = str(spec.family) if spec.family is not None else "both"
+        info.add_metric([name, spec.interface, spec.kind, spec.operator or "", spec.file_name, family], 1.0)
         for word in UPLINK_STATES:
             state.add_metric([name, word], _flag(u.status == word))
         age.add_metric([name], max(0.0, s.mono - u.since))

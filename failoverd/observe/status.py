@@ -31,6 +31,8 @@ def uplink_rows(
         rows.append(
             {
                 "name": name,
+                "family": spec.family,  # 4 or 6; None: point-to-point, both on one judgement
+                "base": spec.file_name,  # the policy file's name: NAME for NAME/v6
                 "interface": spec.interface,
                 "kind": spec.kind,
                 "carrier_name": spec.operator,
@@ -101,6 +103,8 @@ def class_rows(policy: Policy, state: EngineState) -> list[dict[str, Any]]:
             "uplink": c.uplink,
             "route": c.route,
             "path": list(policy.classes[name].path),
+            "family": policy.classes[name].family,
+            "base": policy.classes[name].file_name,
             "since": _wall(c.since),
             "age_s": round(state.now - c.since, 1),
             "cause": c.cause.as_dict(),

@@ -1,13 +1,39 @@
-"""Compile a validated PolicyDocument into the frozen runtime Policy, assigning tables and marks."""
+"""Compile a validated PolicyDocument into the frozen runtime Policy, assigning tables and marks.
+
+Theory of operation: IPv6 on equal terms
+----------------------------------------
+The engine judges one health per uplink and places a class on one uplink. A dual-stack link can be
+dead for one family and fine for the other (an ISP's IPv6 blackholed, a router's RA gone), and a
+dual-stack class may then need IPv4 on one uplink and IPv6 on another. Rather than teach the pure
+engine about families, compilation hands it one uplink and one class per family:
+
+- An uplink with an IPv4 next_hop and a next_hop6, or a point-to-point one with probes of both
+  families, becomes NAME (IPv4: its IPv4 probes, arp-nexthop, routes via next_hop) and NAME/v6
+  (IPv6: its IPv6 probes, ndp-nexthop, routes via next_hop6 or the device): the same interface, each
+  with its own table, mark, health, damping and hold-down. Any other uplink stays one, of the family
+  of its next hop (a point-to-point one with probes of one family carries both, as before).
+- A class whose selectors can match both families and whose path has uplinks of both becomes CLASS
+  (its IPv4 selectors, the IPv4 uplinks of its path in order) and CLASS/v6 (the IPv6 ones). A class
+  of one family, by its selectors or by its path, stays one class of that family. Each carries its
+  family, and nftables marks only packets of it (kernel/nft.py), so no packet is marked for a table
+  that has no route of its family and leaks to the main table.
+- `/v6` cannot clash: policy names match schema.Name, which has no `/`. What a file names (admit,
+  clock servers, mqtt.uplink) follows the twins: admit lists the file's class names and admits each
+  twin to the uplink of its family; a time server goes over the twin of its address's family; a
+  drill names NAME (the IPv4 twin) or NAME/v6.
+- Cold standby and modem profiles belong to the link, not to a family; two engine uplinks would each
+  run the activate command or switch the modem. verify.py refuses them on a dual-stack uplink.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from urllib.parse import urlsplit
 
 from failoverd.policy import model as m
 from failoverd.policy import schema as s
@@ -78,6 +104,42 @@ def next_hop6(u: s.Uplink) -> IPv4Address | IPv6Address | None:
     if u.next_hop6 is not None:
         return u.next_hop6 if u.next_hop6.version == 6 else None  # verify.py refuses an IPv4 one
     return u.next_hop if u.next_hop is not None and u.next_hop.version == 6 else None
+
+
+def probe_family(p: s.Probe) -> int | None:
+    """The family a probe tests: its target's, arp-nexthop 4, ndp-nexthop 6; None for an http probe
+    to a name (it tests the family of its uplink, which resolves the name in that family)."""
+    match p:
+        case s.IcmpProbe() | s.UdpEchoProbe() | s.TcpProbe() | s.DnsProbe():
+            return p.target.version
+        case s.ArpProbe():
+            return 4
+        case s.NdpProbe():
+            return 6
+        case s.HttpProbe():
+            host = urlsplit(p.url).hostname or ""
+            try:
+                return ip_address(host).version
+            except ValueError:
+                return None
+    raise AssertionError(p)
+
+
+def dual_stack(u: s.Uplink) -> bool:
+    """The uplink is compiled into NAME and NAME/v6 (see the theory of operation above)."""
+    if u.point_to_point:
+        return {probe_family(p) for p in u.probes} >= {4, 6}
+    return u.next_hop is not None and u.next_hop.version == 4 and next_hop6(u) is not None
+
+
+def uplink_family(u: s.Uplink) -> int | None:
+    """The one family a single uplink carries (None: point-to-point, both)."""
+    return u.next_hop.version if u.next_hop is not None else None
+
+
+def match_families(mt: s.Match) -> set[int]:
+    """The families a selector can match: its prefixes' (verify.py refuses a mix), else both."""
+    return {p.version for p in (*(mt.src or ()), *(mt.dst or ()))} or {4, 6}
 
 
 def _probe(p: s.Probe, next_hop: str | None, neighbour6: str | None) -> m.ProbeSpec:
@@ -217,108 +279,224 @@ def _drill(d: s.Drill, site: str, valid: float, canary: m.CanarySpec | None = No
     )
 
 
+def _health(u: s.Uplink, probes: int) -> m.HealthSpec:
+    h = u.health
+    return m.HealthSpec(
+        down_losses=h.down.consecutive_losses,
+        down_loss_percent=h.down.loss_percent,
+        window=h.down.window,
+        degraded_rtt=h.degraded.rtt_ms / 1000 if h.degraded.rtt_ms else None,
+        degraded_jitter=h.degraded.jitter_ms / 1000 if h.degraded.jitter_ms else None,
+        degraded_loss_percent=h.degraded.loss_percent,
+        degraded_clear_after=h.degraded.clear_after,
+        up_successes=h.up.successes,
+        hold_down=h.up.hold_down,
+        quorum=h.quorum if h.quorum is not None else default_quorum(probes),
+    )
+
+
+def _standby(u: s.Uplink) -> m.StandbySpec:
+    return m.StandbySpec(
+        cold=u.standby.mode == "cold",
+        activate=_command(u.standby.activate),
+        deactivate=_command(u.standby.deactivate),
+        activation_time=u.standby.activation_time,
+        release_after=u.standby.release_after,
+        retry_after=u.standby.retry_after,
+        prewarm=u.standby.prewarm,
+    )
+
+
+def _damping(u: s.Uplink) -> m.DampingSpec:
+    return m.DampingSpec(
+        enabled=u.damping.enabled,
+        penalty=u.damping.penalty,
+        half_life=u.damping.half_life,
+        suppress=u.damping.suppress,
+        reuse=u.damping.reuse,
+        max_suppress=u.damping.max_suppress,
+    )
+
+
+def uplink_twins(u: s.Uplink) -> list[tuple[str, m.Family | None]]:
+    """The engine uplinks a file's uplink becomes: (name, family), IPv4 first."""
+    if dual_stack(u):
+        return [(u.name, 4), (u.name + m.V6_SUFFIX, 6)]
+    fam = uplink_family(u)
+    return [(u.name, 4 if fam == 4 else 6 if fam == 6 else None)]
+
+
+def uplink_evidence(u: s.Uplink) -> set[int]:
+    """The families an uplink's health speaks for: its twins', its next hop's, or for a
+    point-to-point uplink of one family of probes that family (IPv4 when it has none)."""
+    if dual_stack(u):
+        return {4, 6}
+    fam = uplink_family(u)
+    if fam is not None:
+        return {fam}
+    return {f for p in u.probes if (f := probe_family(p)) is not None} or {4}
+
+
+def class_twins(
+    c: s.TrafficClass, uplinks: Mapping[str, s.Uplink]
+) -> list[tuple[str, m.Family | None, tuple[str, ...]]]:
+    """The engine classes a file's class becomes: (name, family, path), IPv4 first (see the module's
+    theory of operation). A path of point-to-point uplinks only stays one class for both families,
+    as before there were families; otherwise a point-to-point uplink rides in the path of each
+    family, and counts for the family its probes speak for."""
+    known = [uplinks[n] for n in c.path if n in uplinks]
+    if not any(dual_stack(u) or uplink_family(u) is not None for u in known):
+        return [(c.name, None, tuple(c.path))]
+    selected = set().union(*(match_families(mt) for mt in c.match)) if c.match else {4, 6}
+    served = set().union(*(uplink_evidence(u) for u in known))
+    families = sorted(selected & served) or sorted(selected)
+    out: list[tuple[str, m.Family | None, tuple[str, ...]]] = []
+    for fam in families:
+        name = c.name + m.V6_SUFFIX if fam == 6 and len(families) == 2 else c.name
+        family: m.Family = 4 if fam == 4 else 6
+        path = tuple(n for u in known for n, f in uplink_twins(u) if f in (None, fam))
+        out.append((name, family, path))
+    return out
+
+
+def file_name(name: str) -> str:
+    """The file's name of an engine uplink or class: NAME for NAME/v6."""
+    return name.removesuffix(m.V6_SUFFIX)
+
+
+def time_server_uplink(t: s.TimeServer, twins: dict[str, list[tuple[str, m.Family | None]]]) -> str | None:
+    """A time server bound to a dual-stack uplink goes over the twin of its address's family."""
+    if t.uplink is None:
+        return None
+    return next((n for n, f in twins.get(t.uplink, []) if f in (None, t.address.version)), t.uplink)
+
+
 def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
     own = doc.ownership
     canaries = [d.canary for d in doc.drills if d.canary is not None]
     taken_tables = {u.table for u in doc.uplinks} | {c.table for c in doc.classes} | {c.table for c in canaries}
     free_tables = iter(t for t in range(own.tables.first, own.tables.last + 1) if t not in taken_tables)
     taken_marks = {u.fwmark for u in doc.uplinks} | {c.fwmark for c in doc.classes} | {c.fwmark for c in canaries}
-    needed = len(doc.uplinks) + len(doc.classes) + len(canaries)
-    free_marks = iter(v for v in mark_values(own.fwmark_mask, needed + 64) if v not in taken_marks)
-
+    twins = {u.name: uplink_twins(u) for u in doc.uplinks}
     by_name = {u.name: u for u in doc.uplinks}
+    class_split = {c.name: class_twins(c, by_name) for c in doc.classes}
+    extra = sum(len(ts) - 1 for ts in twins.values()) + sum(len(cs) - 1 for cs in class_split.values())
+    needed = len(doc.uplinks) + len(doc.classes) + len(canaries) + extra
+    free_marks = iter(v for v in mark_values(own.fwmark_mask, needed + 64) if v not in taken_marks)
+    # The file's uplinks, classes and canaries take tables and marks first, in the file's order, and the
+    # IPv6 twins after them all: making an uplink dual-stack moves no table or mark of what the file
+    # names (an IPv6 twin's may move; a reload reconciles it like any other change).
+    resources: dict[str, tuple[int, int]] = {}
+    for u in doc.uplinks:
+        resources[u.name] = (
+            u.table if u.table is not None else next(free_tables),
+            u.fwmark if u.fwmark is not None else next(free_marks),
+        )
+    for c in doc.classes:
+        resources[c.name] = (
+            c.table if c.table is not None else next(free_tables),
+            c.fwmark if c.fwmark is not None else next(free_marks),
+        )
+    canary_resources: dict[str, tuple[int, int]] = {}
+    for d in doc.drills:
+        if d.canary is not None:
+            canary_resources[d.uplink] = (
+                d.canary.table if d.canary.table is not None else next(free_tables),
+                d.canary.fwmark if d.canary.fwmark is not None else next(free_marks),
+            )
+    for name, _ in [t for ts in twins.values() for t in ts] + [(n, f) for cs in class_split.values() for n, f, _ in cs]:
+        if name not in resources:
+            resources[name] = (next(free_tables), next(free_marks))
+
+    class_family = {n: f for cs in class_split.values() for n, f, _ in cs}
+
+    def admitted(u: s.Uplink, family: m.Family | None) -> frozenset[str] | None:
+        # The file's admit names classes; each twin class goes to the twin uplink of its family.
+        if u.admit is None:
+            return None
+        return frozenset(
+            n
+            for c in u.admit
+            for n, f, _ in class_split.get(c, [(c, None, ())])
+            if family is None or f is None or f == family
+        )
+
     drilled = {d.uplink: d for d in reversed(doc.drills)}  # an uplink's first drill (verify.py refuses a second)
     uplinks: dict[str, m.UplinkSpec] = {}
     for u in doc.uplinks:
-        h = u.health
         next_hop = str(u.next_hop) if u.next_hop is not None else None
         v6 = next_hop6(u)
         neighbour6 = str(v6) if v6 is not None else None
-        probes = tuple(_probe(p, next_hop, neighbour6) for p in u.probes)
-        uplinks[u.name] = m.UplinkSpec(
-            name=u.name,
-            interface=u.interface,
-            next_hop=next_hop,
-            next_hop6=str(u.next_hop6) if u.next_hop6 is not None else None,
-            kind=u.kind,
-            operator=u.operator,
-            metered=u.metered,
-            admit=frozenset(u.admit) if u.admit is not None else None,
-            standby=m.StandbySpec(
-                cold=u.standby.mode == "cold",
-                activate=_command(u.standby.activate),
-                deactivate=_command(u.standby.deactivate),
-                activation_time=u.standby.activation_time,
-                release_after=u.standby.release_after,
-                retry_after=u.standby.retry_after,
-                prewarm=u.standby.prewarm,
-            ),
-            probes=probes,
-            health=m.HealthSpec(
-                down_losses=h.down.consecutive_losses,
-                down_loss_percent=h.down.loss_percent,
-                window=h.down.window,
-                degraded_rtt=h.degraded.rtt_ms / 1000 if h.degraded.rtt_ms else None,
-                degraded_jitter=h.degraded.jitter_ms / 1000 if h.degraded.jitter_ms else None,
-                degraded_loss_percent=h.degraded.loss_percent,
-                degraded_clear_after=h.degraded.clear_after,
-                up_successes=h.up.successes,
-                hold_down=h.up.hold_down,
-                quorum=h.quorum if h.quorum is not None else default_quorum(len(probes)),
-            ),
-            damping=m.DampingSpec(
-                enabled=u.damping.enabled,
-                penalty=u.damping.penalty,
-                half_life=u.damping.half_life,
-                suppress=u.damping.suppress,
-                reuse=u.damping.reuse,
-                max_suppress=u.damping.max_suppress,
-            ),
-            table=u.table if u.table is not None else next(free_tables),
-            fwmark=u.fwmark if u.fwmark is not None else next(free_marks),
-            verify=_verify(u, drilled.get(u.name)),
-            modem=_modem(u),
-        )
+        split = len(twins[u.name]) == 2
+        for name, family in twins[u.name]:
+            # An http probe to a name counts for IPv4 (its twin resolves the name in its own family).
+            kept = [p for p in u.probes if not split or (probe_family(p) or 4) == family]
+            probes = tuple(_probe(p, next_hop, neighbour6) for p in kept)
+            table, fwmark = resources[name]
+            uplinks[name] = m.UplinkSpec(
+                name=name,
+                interface=u.interface,
+                next_hop=(neighbour6 if family == 6 else next_hop) if split else next_hop,
+                next_hop6=None if split else (str(u.next_hop6) if u.next_hop6 is not None else None),
+                kind=u.kind,
+                operator=u.operator,
+                metered=u.metered,
+                admit=admitted(u, family),
+                standby=_standby(u),
+                probes=probes,
+                health=_health(u, len(probes)),
+                damping=_damping(u),
+                table=table,
+                fwmark=fwmark,
+                verify=_verify(u, drilled.get(name)),
+                modem=_modem(u),
+                family=family,
+                base=u.name if split else "",
+            )
 
     classes: dict[str, m.ClassSpec] = {}
     for c in doc.classes:
-        matches = tuple(
-            m.MatchSpec(
-                src=tuple(str(p) for p in mt.src or ()),
-                dst=tuple(str(p) for p in mt.dst or ()),
-                protocol=protocol_number(mt.protocol),
-                sport=parse_ports(mt.sport) if mt.sport is not None else None,
-                dport=parse_ports(mt.dport) if mt.dport is not None else None,
-                dscp=tuple(parse_dscp(d) for d in mt.dscp or ()),
-                fwmark=mt.fwmark,
-                iif=mt.iif,
+        split = len(class_split[c.name]) == 2
+        for name, family, path in class_split[c.name]:
+            selectors = [mt for mt in c.match if family is None or family in match_families(mt)]
+            matches = tuple(
+                m.MatchSpec(
+                    src=tuple(str(p) for p in mt.src or ()),
+                    dst=tuple(str(p) for p in mt.dst or ()),
+                    protocol=protocol_number(mt.protocol),
+                    sport=parse_ports(mt.sport) if mt.sport is not None else None,
+                    dport=parse_ports(mt.dport) if mt.dport is not None else None,
+                    dscp=tuple(parse_dscp(d) for d in mt.dscp or ()),
+                    fwmark=mt.fwmark,
+                    iif=mt.iif,
+                )
+                for mt in selectors
             )
-            for mt in c.match
-        )
-        classes[c.name] = m.ClassSpec(
-            name=c.name,
-            matches=matches,
-            path=tuple(c.path),
-            revertive=c.revertive,
-            preempt_delay=c.preempt_delay,
-            avoid_degraded=c.on_degraded == "avoid",
-            when_all_down=c.when_all_down,
-            flush_on_failover=c.conntrack.on_failover == "flush",
-            flush_on_failback=c.conntrack.on_failback == "flush",
-            table=c.table if c.table is not None else next(free_tables),
-            fwmark=c.fwmark if c.fwmark is not None else next(free_marks),
-            redundancy=m.RedundancySpec(
-                alarm=None if c.redundancy.alarm == "off" else c.redundancy.alarm, prewarm=c.redundancy.prewarm
-            ),
-        )
+            table, fwmark = resources[name]
+            classes[name] = m.ClassSpec(
+                name=name,
+                matches=matches,
+                path=path,
+                revertive=c.revertive,
+                preempt_delay=c.preempt_delay,
+                avoid_degraded=c.on_degraded == "avoid",
+                when_all_down=c.when_all_down,
+                flush_on_failover=c.conntrack.on_failover == "flush",
+                flush_on_failback=c.conntrack.on_failback == "flush",
+                table=table,
+                fwmark=fwmark,
+                redundancy=m.RedundancySpec(
+                    alarm=None if c.redundancy.alarm == "off" else c.redundancy.alarm, prewarm=c.redundancy.prewarm
+                ),
+                family=class_family[name],
+                base=c.name if split else "",
+            )
 
     def canary_of(d: s.Drill) -> m.CanarySpec | None:
-        # After the classes: a canary takes the next free table and mark, so adding one to a drill
-        # moves no uplink's or class's table.
         if d.canary is None:
             return None
-        table = d.canary.table if d.canary.table is not None else next(free_tables)
-        return _canary(d, table, d.canary.fwmark if d.canary.fwmark is not None else next(free_marks))
+        table, fwmark = canary_resources[d.uplink]
+        return _canary(d, table, fwmark)
 
     def reaction(r: s.ClockReaction) -> m.ClockReactionSpec:
         return m.ClockReactionSpec(
@@ -339,7 +517,9 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
         classes=classes,
         clock=m.ClockSpec(
             servers=tuple(
-                m.TimeServerSpec(address=str(t.address), port=t.port, uplink=t.uplink, operator=t.operator)
+                m.TimeServerSpec(
+                    address=str(t.address), port=t.port, uplink=time_server_uplink(t, twins), operator=t.operator
+                )
                 for t in ck.servers
             ),
             chrony=ck.chrony,
@@ -379,6 +559,9 @@ def compile_policy(doc: s.PolicyDocument, source: str) -> m.Policy:
             metrics=_metrics(doc.control.metrics),
         ),
         source=source,
-        drills={d.uplink: _drill(d, doc.site, _valid_for(by_name.get(d.uplink), d), canary_of(d)) for d in doc.drills},
+        drills={
+            d.uplink: _drill(d, doc.site, _valid_for(by_name.get(file_name(d.uplink)), d), canary_of(d))
+            for d in doc.drills
+        },
         alarms=_alarms(doc.alarms),
     )

@@ -20,6 +20,10 @@ AlarmSeverity = Literal["info", "warning", "critical"]
 Rat = Literal["5g", "4g", "3g", "2g"]
 WhileCovered = Literal["wait", "register", "any"]
 # The alarm kinds a route may name; engine/alarms.py keys its table (subject, default severity) by them.
+Family = Literal[4, 6]
+# The name of an uplink's or a class's IPv6 twin (policy/compile.py): policy names match
+# ^[a-z][a-z0-9_-]{0,30}$, so no name a user writes can contain it.
+V6_SUFFIX = "/v6"
 AlarmKind = Literal[
     "uplink-down",
     "uplink-degraded",
@@ -185,9 +189,17 @@ class UplinkSpec:
     # The IPv6 next hop of a dual-stack uplink whose next_hop is IPv4 (often link-local, fe80::1): asked
     # for by the ndp-nexthop probe. An IPv6-only uplink names its router in next_hop instead.
     next_hop6: str | None = None
+    # The one address family this uplink carries (a dual-stack uplink is compiled into one uplink per
+    # family); None: a point-to-point uplink that carries both on one health judgement.
+    family: Family | None = None
+    base: str = ""  # the name the policy file gives it: NAME for both NAME and NAME/v6 ("": same as name)
 
     def admits(self, cls: str) -> bool:
         return self.admit is None or cls in self.admit
+
+    @property
+    def file_name(self) -> str:
+        return self.base or self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +228,12 @@ class ClassSpec:
     table: int
     fwmark: int
     redundancy: RedundancySpec = RedundancySpec()
+    family: Family | None = None  # the one family its packets are (nftables restricts it); None: both
+    base: str = ""  # the name the policy file gives it: CLASS for both CLASS and CLASS/v6 ("": same as name)
+
+    @property
+    def file_name(self) -> str:
+        return self.base or self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,10 +386,12 @@ class AlarmRouteSpec:
     notify: tuple[str, ...]
 
     def matches(self, severity: str, kind: str, subject: str) -> bool:
+        # A route naming a dual-stack uplink or class ("fiber") takes the alarms of both its twins;
+        # naming the IPv6 twin ("fiber/v6") takes only that one's.
         return (
             (self.severity is None or severity in self.severity)
             and (self.kind is None or kind in self.kind)
-            and (self.subject is None or subject in self.subject)
+            and (self.subject is None or subject in self.subject or subject.removesuffix(V6_SUFFIX) in self.subject)
         )
 
 
@@ -398,3 +418,32 @@ class Policy:
     source: str = "<policy>"
     drills: Mapping[str, DrillSpec] = field(default_factory=dict, hash=False)  # by uplink, in the file's order
     alarms: AlarmsSpec = field(default_factory=AlarmsSpec, hash=False)
+
+    def uplink_twins(self, name: str) -> tuple[str, ...]:
+        """The engine's uplinks behind a name: an engine name is itself; a dual-stack uplink's file
+        name is both its twins, IPv4 first; an unknown name is none."""
+        if name in self.uplinks:
+            spec = self.uplinks[name]
+            if spec.family != 4 or not spec.base:
+                return (name,)
+        return tuple(n for n, u in self.uplinks.items() if u.file_name == name)
+
+    def class_twins(self, name: str) -> tuple[str, ...]:
+        """As uplink_twins, for classes: CLASS names CLASS and CLASS/v6 when it was split by family."""
+        if name in self.classes:
+            spec = self.classes[name]
+            if spec.family != 4 or not spec.base:
+                return (name,)
+        return tuple(n for n, c in self.classes.items() if c.file_name == name)
+
+    def carries(self, uplink: str, family: int | None) -> bool:
+        """The engine uplink carries packets of `family` (None: a family not known, any will do)."""
+        fam = self.uplinks[uplink].family
+        return family is None or fam is None or fam == family
+
+    def twin(self, name: str, family: int) -> str | None:
+        """The uplink behind `name` that carries `family`, or None."""
+        return next(
+            (n for n in self.uplink_twins(name) if self.uplinks[n].family in (None, family)),
+            None,
+        )

@@ -64,6 +64,8 @@ Prefix = Annotated[IPv4Network | IPv6Network, BeforeValidator(_parse_prefix)]
 Mark = Annotated[int, BeforeValidator(_parse_int_or_hex), Field(ge=1, le=0xFFFFFFFF)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,30}$")]
 Percent = Annotated[float, Field(ge=0, le=100)]
+# An uplink as a drill names it: NAME, or NAME/v6 for the IPv6 twin of a dual-stack uplink (compile.py).
+UplinkRef = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,30}(/v6)?$")]
 
 
 class Strict(BaseModel):
@@ -467,7 +469,7 @@ class Canary(Strict):
 class Drill(Strict):
     """A backup proved on a schedule: activated (if cold), probed through, released."""
 
-    uplink: Name
+    uplink: UplinkRef  # a dual-stack uplink's NAME drills its IPv4 side, NAME/v6 its IPv6 side
     every: Duration | None = None  # an interval, or ...
     # ... a weekly maintenance window, UTC: "Sun 02:00-04:00"; postponed while the clock is not trusted.
     window: Annotated[str, BeforeValidator(_check_window)] | None = None

@@ -8,13 +8,19 @@ from collections.abc import Iterator
 from failoverd.policy import schema as s
 from failoverd.policy.compile import (
     PORT_PROTOCOLS,
+    class_twins,
     default_quorum,
+    dual_stack,
+    file_name,
     mark_values,
     next_hop6,
     parse_dscp,
     parse_ports,
     parse_window,
+    probe_family,
     protocol_number,
+    uplink_evidence,
+    uplink_twins,
 )
 from failoverd.policy.model import ALARM_KIND_NAMES
 
@@ -78,6 +84,7 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
         if u.next_hop is not None and u.point_to_point:
             yield (*at, "point_to_point"), f'uplink "{u.name}": a point-to-point uplink takes no next_hop'
         yield from _next_hop6(u, at)
+        yield from _dual_stack(u, at)
         if u.metered and not u.admit:
             yield (
                 (*at, "metered"),
@@ -133,15 +140,14 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
                 )
         h = u.health
         targets = len(u.probes)
-        quorum = h.quorum if h.quorum is not None else default_quorum(targets)
-        if targets and quorum > targets:
-            yield (
-                (*at, "health", "quorum"),
-                (
-                    f'uplink "{u.name}": quorum {quorum} is more than its {targets} probe target(s), '
-                    "so it never goes down"
-                ),
-            )
+        for fam, count in _family_probes(u):
+            quorum = h.quorum if h.quorum is not None else default_quorum(count)
+            if count and quorum > count:
+                what = f"{count} IPv{fam} probe target(s)" if fam else f"{count} probe target(s)"
+                yield (
+                    (*at, "health", "quorum"),
+                    f'uplink "{u.name}": quorum {quorum} is more than its {what}, so it never goes down',
+                )
         if targets == 0 and h.quorum is not None:
             yield (*at, "health", "quorum"), f'uplink "{u.name}" has no probes to take a quorum of'
         if u.probes and h.down.window < max(p.interval for p in u.probes):
@@ -168,6 +174,46 @@ def _uplinks(doc: s.PolicyDocument) -> Iterator[Finding]:
                     "or a suppressed uplink is never reused"
                 ),
             )
+
+
+def _family_probes(u: s.Uplink) -> list[tuple[int, int]]:
+    """(family, probes) per engine uplink the uplink becomes; family 0: the one uplink of a single-stack one."""
+    if not dual_stack(u):
+        return [(0, len(u.probes))]
+    fams = [probe_family(p) or 4 for p in u.probes]  # an http probe to a name counts for IPv4
+    return [(4, fams.count(4)), (6, fams.count(6))]
+
+
+def _dual_stack(u: s.Uplink, at: tuple[str | int, ...]) -> Iterator[Finding]:
+    """A dual-stack uplink is two engine uplinks (compile.py); what belongs to the link itself is refused."""
+    if not dual_stack(u):
+        return
+    who = f'uplink "{u.name}" is dual-stack (compiled into "{u.name}" and "{u.name}/v6")'
+    if u.standby.mode == "cold":
+        yield (
+            (*at, "standby", "mode"),
+            f"{who}: cold standby is not supported on it yet (both would run the activate command); "
+            "drop next_hop6 or make it hot",
+        )
+    if u.profiles:
+        yield (
+            (*at, "profiles"),
+            f"{who}: modem profiles are not supported on it yet (both would switch the one modem); "
+            "drop next_hop6 or the IPv6 probes",
+        )
+    counts = dict(_family_probes(u))
+    if u.probes and not counts[6]:
+        yield (
+            (*at, "next_hop6"),
+            f"{who}, but none of its probes is IPv6: its IPv6 side would be judged by carrier alone; "
+            "add an IPv6 probe (ndp-nexthop at least)",
+        )
+    if u.probes and not counts[4]:
+        yield (
+            (*at, "probes"),
+            f"{who}, but none of its probes is IPv4: its IPv4 side would be judged by carrier alone; "
+            "add an IPv4 probe (arp-nexthop at least)",
+        )
 
 
 def _profiles(u: s.Uplink, at: tuple[str | int, ...]) -> Iterator[Finding]:
@@ -226,6 +272,8 @@ def _classes(doc: s.PolicyDocument) -> Iterator[Finding]:
                 usable = True
         if not usable and all(n in uplinks for n in c.path):
             yield (*at, "path"), f'class "{c.name}": no uplink in its path admits it (see their admit lists)'
+        if all(n in uplinks for n in c.path):
+            yield from _class_families(c, uplinks, at)
         cold = [
             n
             for n in c.path
@@ -266,6 +314,22 @@ def _classes(doc: s.PolicyDocument) -> Iterator[Finding]:
                 )
 
 
+def _class_families(c: s.TrafficClass, uplinks: dict[str, s.Uplink], at: tuple[str | int, ...]) -> Iterator[Finding]:
+    """A class's selectors must match a family its path carries, or nothing could route it."""
+    twins = class_twins(c, uplinks)
+    if twins[0][1] is None:
+        return  # a path of point-to-point uplinks only: every family, as before
+    served = set().union(*(uplink_evidence(uplinks[n]) for n in c.path))
+    for j, mt in enumerate(c.match):
+        families = {p.version for p in (*(mt.src or ()), *(mt.dst or ()))}
+        if len(families) == 1 and not families & served:
+            (fam,) = families
+            yield (
+                (*at, "match", j),
+                f'class "{c.name}": this selector matches IPv{fam} only, and no uplink in its path carries IPv{fam}',
+            )
+
+
 def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
     own = doc.ownership
     for name, rng in (("rule_priorities", own.rule_priorities), ("tables", own.tables)):
@@ -280,7 +344,11 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
         if own.tables.first <= t <= own.tables.last:
             yield ("ownership", "tables"), f"table range includes {t}, a table the kernel owns"
     canaries = [(i, d) for i, d in enumerate(doc.drills) if d.canary is not None]
-    needed = len(doc.uplinks) + len(doc.classes) + len(canaries)
+    by_name = {u.name: u for u in doc.uplinks}
+    uplink_count = sum(len(uplink_twins(u)) for u in doc.uplinks)
+    class_twins_of = {c.name: len(class_twins(c, by_name)) for c in doc.classes}
+    class_count = sum(class_twins_of.values())
+    needed = uplink_count + class_count + len(canaries)
     if own.tables.last - own.tables.first + 1 < needed:
         yield ("ownership", "tables"), f"table range holds fewer than the {needed} tables this policy needs"
     if len(mark_values(own.fwmark_mask, needed)) < needed:
@@ -288,7 +356,7 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
             ("ownership", "fwmark_mask"),
             f"fwmark_mask has room for fewer than the {needed} marks this policy needs",
         )
-    rules = len(doc.uplinks) + sum(max(1, len(c.match)) for c in doc.classes) + len(canaries)
+    rules = uplink_count + sum(max(1, len(c.match)) * class_twins_of[c.name] for c in doc.classes) + len(canaries)
     if own.rule_priorities.last - own.rule_priorities.first + 1 < 2 * rules:
         yield (
             ("ownership", "rule_priorities"),
@@ -327,13 +395,23 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
 
 
 def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
-    uplinks = {u.name for u in doc.uplinks}
+    by_name = {u.name: u for u in doc.uplinks}
+    uplinks = set(by_name)
     for i, t in enumerate(doc.clock.servers):
         if t.uplink is not None and t.uplink not in uplinks:
             yield (
                 ("clock", "servers", i, "uplink"),
                 f'time server {t.address} names unknown uplink "{t.uplink}"',
             )
+        elif t.uplink is not None:
+            u = by_name[t.uplink]
+            families = {4, 6} if all(f is None for _, f in uplink_twins(u)) else uplink_evidence(u)
+            if t.address.version not in families:
+                yield (
+                    ("clock", "servers", i, "address"),
+                    f'time server {t.address} is IPv{t.address.version}, and uplink "{t.uplink}" carries '
+                    f"IPv{min(families)} only",
+                )
     mq = doc.control.mqtt
     if mq.enabled:
         # The site is a level of the MQTT topics: it cannot be the fleet's level, span levels or be a wildcard.
@@ -357,9 +435,15 @@ def _drills(doc: s.PolicyDocument) -> Iterator[Finding]:
     seen: dict[str, int] = {}
     for i, d in enumerate(doc.drills):
         at = ("drills", i)
-        u = uplinks.get(d.uplink)
+        u = uplinks.get(file_name(d.uplink))
         if u is None:
             yield (*at, "uplink"), f'drill names unknown uplink "{d.uplink}" (uplinks: {", ".join(uplinks)})'
+            continue
+        if d.uplink != u.name and not dual_stack(u):
+            yield (
+                (*at, "uplink"),
+                f'drill names "{d.uplink}", but uplink "{u.name}" is not dual-stack: drill "{u.name}"',
+            )
             continue
         if d.uplink in seen:
             yield (*at, "uplink"), f'uplink "{d.uplink}" is drilled twice (first in drills.{seen[d.uplink]})'
@@ -376,7 +460,8 @@ def _drills(doc: s.PolicyDocument) -> Iterator[Finding]:
             )
         if (d.every is None) == (d.window is None):
             yield at, f'drill of "{d.uplink}": give either every (an interval) or window (e.g. Sun 02:00-04:00)'
-        if not u.probes:
+        fam = 6 if d.uplink != u.name else 4 if dual_stack(u) else 0
+        if not dict(_family_probes(u)).get(fam, len(u.probes)):
             yield (*at, "uplink"), f'drill of "{d.uplink}": the uplink has no probes, so nothing can pass through it'
         if u.metered and d.max_bytes is None:
             yield (
@@ -455,10 +540,12 @@ def _canary(d: s.Drill, c: s.Canary, u: s.Uplink, drill_at: tuple[str | int, ...
             (*at, "timeout"),
             f"{who}: timeout ({c.timeout:g}s) exceeds interval ({c.interval:g}s): one canary probe is sent at a time",
         )
-    if u.next_hop is not None and u.next_hop.version != c.target.version:
+    carries = 6 if d.uplink != u.name else 4 if dual_stack(u) else u.next_hop.version if u.next_hop else None
+    if carries is not None and carries != c.target.version:
+        hint = f' (drill "{u.name}/v6" for an IPv6 canary)' if dual_stack(u) and carries == 4 else ""
         yield (
             (*at, "target"),
-            f'{who}: target {c.target} is IPv{c.target.version} but uplink "{u.name}" routes IPv{u.next_hop.version}',
+            f'{who}: target {c.target} is IPv{c.target.version} but uplink "{d.uplink}" routes IPv{carries}{hint}',
         )
     rounds = c.rounds if c.rounds is not None else d.rounds
     needs = rounds * c.interval + (u.standby.activation_time if u.standby.mode == "cold" else 0.0)

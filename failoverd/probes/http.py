@@ -21,6 +21,8 @@ class HttpSession:
         self.spec = spec
         self.mark = uplink.fwmark
         self.interface = uplink.interface
+        # A dual-stack uplink's twins (policy/compile.py) each judge one family: a name is resolved in it.
+        self.family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(uplink.family or 0, socket.AF_UNSPEC)
         url = urlsplit(spec.target)
         self.tls = url.scheme == "https"
         self.host = url.hostname or ""  # an IPv6 literal without its brackets, as getaddrinfo takes it
@@ -40,7 +42,7 @@ class HttpSession:
 
     async def _get(self, start: float) -> ProbeOutcome:
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        infos = await loop.getaddrinfo(self.host, self.port, family=self.family, type=socket.SOCK_STREAM)
         address = str(infos[0][4][0])
         family = family_of(address)
         sock = marked_socket(family, socket.SOCK_STREAM, 0, self.mark, probe_device(family, self.interface))

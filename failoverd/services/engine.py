@@ -295,7 +295,7 @@ class EngineService:
         c = self._policy.classes.get(e.cls)
         if c is None:
             return
-        ok, text = await self.kernel.flush_conntrack(c.fwmark)
+        ok, text = await self.kernel.flush_conntrack(c.fwmark, plan.class_families(self._policy, e.cls))
         (log.info if ok else log.warning)("conntrack-flush", cls=e.cls, uplink=e.uplink, result=text)
 
     async def _standby(self, e: fx.ActivateStandby | fx.DeactivateStandby) -> None:

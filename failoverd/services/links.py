@@ -59,17 +59,16 @@ class LinkService:
     async def _watch(self) -> None:
         async for e in self.kernel.watch():
             if isinstance(e, LinkEvent):
-                by_iface = {u.interface: name for name, u in self.view.policy.uplinks.items()}
-                name = by_iface.get(e.link.name)
-                if name is None:
-                    continue
+                # Both twins of a dual-stack uplink (policy/compile.py) ride one device: one carrier.
+                names = [n for n, u in self.view.policy.uplinks.items() if u.interface == e.link.name]
                 up = e.link.up and e.link.carrier and not e.gone
-                if self.carrier.get(name) != up:
-                    self.carrier[name] = up
-                    log.info("carrier", uplink=name, interface=e.link.name, up=up)
-                    await self.inbox.put(ev.CarrierChanged(name, up))
-                    if up:
-                        self.audit_wanted.set()  # the kernel drops routes of a device that went down
+                for name in names:
+                    if self.carrier.get(name) != up:
+                        self.carrier[name] = up
+                        log.info("carrier", uplink=name, interface=e.link.name, up=up)
+                        await self.inbox.put(ev.CarrierChanged(name, up))
+                        if up:
+                            self.audit_wanted.set()  # the kernel drops routes of a device that went down
             elif isinstance(e, OwnedChanged):
                 # Ours or someone else's change: a full reconcile tells which, and undoes the latter.
                 self.audit_wanted.set()

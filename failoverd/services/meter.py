@@ -72,12 +72,19 @@ class MeterService:
         self.readings = 0
 
     def metered(self, policy: Policy) -> dict[str, str]:
-        return {n: u.interface for n, u in policy.uplinks.items() if u.metered}
+        """Metered uplink -> its interface; a dual-stack uplink's twins share the device's counters, so
+        they are read once, under the first twin's name (its file name)."""
+        out: dict[str, str] = {}
+        for n, u in policy.uplinks.items():
+            if u.metered and u.interface not in out.values():
+                out[n] = u.interface
+        return out
 
     async def read(self, names: set[str] | None = None) -> None:
         """Write a reading of each metered uplink in `names` (all if None) whose counters moved."""
-        for name, interface in self.metered(self.view.policy).items():
-            if names is not None and name not in names:
+        policy = self.view.policy
+        for name, interface in self.metered(policy).items():
+            if names is not None and not names & {name, *policy.uplink_twins(name)}:
                 continue
             got = await self.counters(interface)
             if got is None or got == self.last.get(name):

@@ -257,12 +257,14 @@ class NotifierService:
         host, port = url.hostname or "", url.port or (443 if tls else 80)
         path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         policy, state = self.view.policy, self.view.state
-        via = next((n for n in policy.uplinks if usable(state, n)), None)
-        if via is None:
-            raise DeliveryError("no usable uplink")
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         address = str(infos[0][4][0])
+        # An uplink of the address's family: a dual-stack uplink's twins carry one family each.
+        fam = 6 if family_of(address) == socket.AF_INET6 else 4
+        via = next((n for n in policy.uplinks if policy.carries(n, fam) and usable(state, n)), None)
+        if via is None:
+            raise DeliveryError(f"no usable uplink carries IPv{fam}")
         sock = marked_socket(family_of(address), socket.SOCK_STREAM, 0, policy.uplinks[via].fwmark)
         try:
             await loop.sock_connect(sock, (address, port))

@@ -24,8 +24,7 @@ site: probes6
 uplinks:
   - name: up
     interface: up0
-    next_hop: 198.18.1.1
-    next_hop6: 2001:db8:1::1
+    next_hop: 2001:db8:1::1          # IPv6 only: with an IPv4 next_hop and next_hop6 it would be two uplinks
     probes:
       - {kind: udp-echo, target: "2001:db8:ff::1", timeout: 500ms}
       - {kind: icmp, target: "2001:db8:ff::1", timeout: 500ms}
