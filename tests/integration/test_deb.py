@@ -3,8 +3,8 @@
 # One test, since each step starts from what the one before left: `make deb`'s package (scripts/deb,
 # lintian included) is installed with apt, the INSTALLED failoverd checks the example policy and
 # runs the lab's gateway (tests/netlab.py) from /etc/failoverd/policy.yaml through a fiber cut and an
-# operator's override; a package rebuilt with a higher version (built meanwhile, in the background)
-# is installed while that daemon runs; the daemon is restarted as the package's postinst would have
+# operator's override; a package rebuilt with a higher version (built meanwhile, in the background,
+# without network) is installed while that daemon runs; the daemon is restarted as the package's postinst would have
 # systemd restart it, and the override and the state are still there; `apt-get remove` keeps the
 # conffiles and the operator's files, `apt-get purge` removes them, and no path of the package nor
 # any other path named failoverd is left, but the system user and its groups (Debian keeps those).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -102,15 +103,29 @@ def machine() -> Iterator[set[str]]:
             subprocess.run(["apt-get", "purge", "-y", "-q", "failoverd"], capture_output=True, env=APT_ENV, check=False)
 
 
-def build(out: Path, *args: str) -> subprocess.Popen[str]:
+@pytest.fixture
+def builds() -> Iterator[list[subprocess.Popen[str]]]:
+    """The package builds a test starts; one still running at the end (the test failed) is ended."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)  # its own session: dpkg-buildpackage and all under it
+            p.wait()
+
+
+def build(out: Path, *args: str, offline: bool = False) -> subprocess.Popen[str]:
+    """scripts/deb into `out`; offline: in a network namespace of its own with no link but a down
+    loopback, so the build shows it needs nothing from the network once the wheelhouse is filled."""
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [str(ROOT / "scripts" / "deb"), *args],
+        [*(["unshare", "--net"] if offline else []), str(ROOT / "scripts" / "deb"), *args],
         cwd=ROOT,
         env={**os.environ, "OUT": str(out)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -131,16 +146,20 @@ def start(lab: GatewayLab) -> subprocess.Popen[bytes]:
     return lab.daemon
 
 
-def test_package_installs_runs_upgrades_and_purges(machine: set[str], tmp_path: Path) -> None:
+def test_package_installs_runs_upgrades_and_purges(
+    machine: set[str], builds: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
     took: dict[str, float] = {}
     t0 = time.monotonic()
     base_dir, upgrade_dir = ROOT / "build" / "deb-test" / "base", ROOT / "build" / "deb-test" / "upgrade"
-    deb = built(build(base_dir))  # linted: scripts/deb fails on a lintian warning
+    builds.append(build(base_dir))
+    deb = built(builds[-1])  # linted: scripts/deb fails on a lintian warning
     took["build+lintian"] = time.monotonic() - t0
     version = deb.name.split("_")[1]
     assert deb.name == f"failoverd_{version}_{ARCH}.deb"
-    # The upgrade builds while the first package is tried (the wheelhouse is full by now).
-    upgrade_build = build(upgrade_dir, "--version", version + UPGRADE, "--no-lintian")
+    # The upgrade builds while the first package is tried, with no network (the wheelhouse is full by now).
+    upgrade_build = build(upgrade_dir, "--version", version + UPGRADE, "--no-lintian", offline=True)
+    builds.append(upgrade_build)
 
     t = time.monotonic()
     run("apt-get", "install", "-y", "-q", f"./{deb.name}", cwd=deb.parent)
