@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all bootstrap test test-unit fuzz check lint types fmt demo clean
+.PHONY: all bootstrap test test-unit fuzz check lint types fmt demo clean deb
 
 all: check
 
@@ -28,13 +28,17 @@ fuzz: bootstrap
 	HYPOTHESIS_PROFILE=fuzz FUZZ_FACTOR=$(FUZZ_FACTOR) $(PY) -m pytest tests/fuzz -q $(PYTEST_ARGS)
 
 lint: bootstrap
-	$(VENV)/bin/ruff check failoverd tests lab bench
-	$(VENV)/bin/ruff format --check failoverd tests lab bench
+	$(VENV)/bin/ruff check failoverd tests lab bench scripts/manpages
+	$(VENV)/bin/ruff format --check failoverd tests lab bench scripts/manpages
 
 types: bootstrap
-	$(VENV)/bin/mypy failoverd lab bench tests/fakes.py tests/test_shell.py
+	$(VENV)/bin/mypy failoverd lab bench tests/fakes.py tests/test_shell.py scripts/manpages
 
 check: lint types test
+
+# build/deb/failoverd_<version>_<arch>.deb, linted (scripts/deb says how; README, "Run it on a gateway").
+deb: bootstrap
+	VENV=$(VENV) scripts/deb $(DEB_ARGS)
 
 fmt: bootstrap
 	$(VENV)/bin/ruff format failoverd tests lab bench

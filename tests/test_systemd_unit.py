@@ -152,3 +152,33 @@ def test_polkit_lets_failoverd_start_and_stop_only_its_standby_units_and_control
         check=True,
     )
     assert json.loads(r.stdout) == [want for _, want in cases]
+
+
+# -- the Debian package's unit: debian/rules renders it from the shipped one ------------------------
+def _packaged_unit(tmp_path: Path) -> Path:
+    """The unit as debian/rules writes it: its `sed 's|FROM|TO|g'` of the shipped file, applied here."""
+    rules = (UNIT.parent.parent / "debian" / "rules").read_text()
+    match = re.search(r"sed 's\|([^|]+)\|([^|]+)\|g' systemd/failoverd\.service > debian/failoverd\.service", rules)
+    assert match, "debian/rules no longer renders the unit with one sed substitution"
+    unit = tmp_path / "failoverd.service"
+    unit.write_text(UNIT.read_text().replace(match[1], match[2]))
+    return unit
+
+
+@needs_systemd_analyze
+def test_packaged_unit_scores_and_verifies_as_the_shipped_one(tmp_path: Path) -> None:
+    unit = _packaged_unit(tmp_path)
+    for key in ("ExecStart", "ExecStartPre"):
+        (line,) = [ln.split("=", 1)[1] for ln in unit.read_text().splitlines() if ln.startswith(f"{key}=")]
+        assert shlex.split(line)[0] == "/usr/sbin/failoverd"  # debian/failoverd.links puts it there
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for failoverd\.service: (\d+\.\d)", r.stdout)
+    assert match and float(match[1]) <= 2.0 and r.returncode == 0, r.stdout + r.stderr
+    (tmp_path / "verify").mkdir()
+    said = _verify(unit, "failoverd.service", {"/usr/sbin/failoverd": "failoverd"}, tmp_path / "verify")
+    assert said == "", said
