@@ -548,6 +548,7 @@ class Run:
             send = self.lab.topo.spawn(
                 path.node,
                 [PY, "-m", "lab.traffic", "send", "--dst", path.server, "--rate", str(spec.rate), *flag],
+                log=self.out / f"send-{name}.log",  # a UDP sender's last line: {"sent": N}
                 cwd=ROOT,
             )
             streams[name] = (streams[name][0], send, streams[name][2])
@@ -573,6 +574,7 @@ class Run:
             if rest > 0:
                 time.sleep(rest)
         finally:
+            stopped = time.monotonic()
             for _, send, _ in streams.values():
                 self.lab.topo.stop(send)
             time.sleep(0.5)
@@ -583,7 +585,13 @@ class Run:
             for thread in self.threads:
                 thread.join(sc.duration)
         # Keyed by the class each stream measures (critical6 → critical/v6).
-        traffic = {STREAMS[n].cls: json.loads(r.read_text()) for n, (_, _, r) in streams.items() if r.exists()}
+        traffic = {}
+        for name, (_, _, result) in streams.items():
+            if result.exists():
+                summary = json.loads(result.read_text())
+                if not STREAMS[name].tcp:
+                    summary = with_silent_tail(summary, stopped, _sent(self.out / f"send-{name}.log"))
+                traffic[STREAMS[name].cls] = summary
         try:
             final = Client(self.socket).request({"cmd": "status"})
             history = Client(self.socket).request({"cmd": "history", "last": 2000})["records"]
@@ -812,6 +820,34 @@ class Run:
             ok = len(value or []) >= 1
         of = {"of": e.of} if e.of != "policy" else {}
         return {"what": e.what, "class": e.cls, **of, **limit, "measured": value, "passed": bool(ok)}
+
+
+def with_silent_tail(summary: dict[str, Any], stopped: float, sent: int | None) -> dict[str, Any]:
+    """A UDP stream's summary counting what never came back: the receiver measures gaps between arrivals,
+    so a stream that died for good (a family left with no working uplink) would show no outage. The
+    silence from the last arrival to when the sender stopped is an outage too, and what the sender sent
+    after the last packet that arrived is lost."""
+    if not summary.get("received"):
+        return summary
+    tail_ms = round(max(0.0, stopped - summary["last_t"]) * 1000, 3)
+    out = {**summary, "tail_ms": tail_ms, "max_gap_ms": max(summary["max_gap_ms"], tail_ms)}
+    if sent is not None:
+        out["lost"] = summary["lost"] + max(0, sent - 1 - summary["last_seq"])
+    return out
+
+
+def _sent(log: Path) -> int | None:
+    """How many datagrams a sender sent, from its last line ({"sent": N}); None if it said nothing."""
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["sent"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def _family_match(step: Step) -> str:

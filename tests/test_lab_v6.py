@@ -57,3 +57,17 @@ def test_modem_routes_follow_each_family_named() -> None:
     assert DataPath({"20408": "198.18.6.1"}).families == ["-4"]  # an IPv4-only config leaves IPv6 alone
     assert next_hops("198.18.6.1") == ("198.18.6.1",)
     assert next_hops(["198.18.6.1", "2001:db8:6::1"]) == ("198.18.6.1", "2001:db8:6::1")
+
+
+def test_a_stream_that_never_comes_back_counts_its_silence() -> None:
+    """A family left with nowhere to go ends dead: the silence until the sender stopped is its outage, and
+    what was sent after the last arrival is lost."""
+    alive = {"received": 100, "max_gap_ms": 3.0, "lost": 0, "last_t": 9.999, "last_seq": 99}
+    assert sc.with_silent_tail(alive, 10.0, 100)["max_gap_ms"] == 3.0
+    assert sc.with_silent_tail(alive, 10.0, 100)["lost"] == 0
+    dead = {"received": 40, "max_gap_ms": 3.0, "lost": 0, "last_t": 4.0, "last_seq": 39}
+    got = sc.with_silent_tail(dead, 10.0, 100)
+    assert got["max_gap_ms"] == 6000.0 and got["tail_ms"] == 6000.0 and got["lost"] == 60
+    # Late arrivals (a satellite's delay) after the sender stopped are no silence.
+    assert sc.with_silent_tail({**alive, "last_t": 10.3}, 10.0, None)["max_gap_ms"] == 3.0
+    assert sc.with_silent_tail({"received": 0, "max_gap_ms": None}, 10.0, 5)["max_gap_ms"] is None
