@@ -50,6 +50,13 @@ def run_scenarios(lab: Lab, names: list[str], out_dir: Path, plot: bool, quiet: 
                 f"  [{mark}] {e['what']}{' of ' + e['class'] if e['class'] else ''}{run}: measured {e['measured']}"
                 f" ({limits})"
             )
+        v6 = report.get("families", {}).get("ipv6")
+        if v6:  # a scenario with an IPv6 stream: each family's outage, one beside the other
+            v4 = report["families"].get("ipv4", {})
+            print(
+                f"  critical per family: IPv4 {v4.get('outage_ms')} ms, lost {v4.get('lost_packets')}; "
+                f"IPv6 {v6['outage_ms']} ms, lost {v6['lost_packets']}"
+            )
         base = report.get("baseline")
         if base:
             print(

@@ -1,8 +1,9 @@
 """A user-space delay relay (this kernel has no netem): packets crossing a node wait in a TUN device.
 
-`python -m lab.delay --dev dly0 --delay-ms 300 --via down0 --via up0` routes every packet that
-arrives on a --via interface (and is not for this node) into the TUN device, holds it, and writes it
-back; it re-enters the kernel from the TUN device and is forwarded as usual. Send a number of
+`python -m lab.delay --dev dly0 --delay-ms 300 --via down0 --via up0` routes every packet of either
+family that arrives on a --via interface (and is not for this node) into the TUN device, holds it, and
+writes it back; it re-enters the kernel from the TUN device (without packet information the kernel
+reads the family from the IP version) and is forwarded as usual. Send a number of
 milliseconds to UDP 127.0.0.1:9999 inside the node to change the delay while it runs.
 """
 
@@ -65,9 +66,12 @@ async def main_async(dev: str, delay_ms: float, via: list[str], port: int) -> No
     sh("sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0")
     fd = open_tun(dev)
     sh("ip", "link", "set", "dev", dev, "up")
-    sh("ip", "route", "replace", "default", "dev", dev, "table", TABLE)
-    for i, ifname in enumerate(via):
-        sh("ip", "rule", "add", "iif", ifname, "lookup", TABLE, "priority", str(100 + i))
+    # The local table (rule 0) comes first: packets for this node, and IPv6 neighbour discovery (its
+    # multicast routes are local ones), are delivered, never delayed.
+    for family in ("-4", "-6"):
+        sh("ip", family, "route", "replace", "default", "dev", dev, "table", TABLE)
+        for i, ifname in enumerate(via):
+            sh("ip", family, "rule", "add", "iif", ifname, "lookup", TABLE, "priority", str(100 + i))
     relay = Relay(fd, delay_ms / 1000)
     loop = asyncio.get_running_loop()
     loop.add_reader(fd, relay.readable)

@@ -273,10 +273,11 @@ class ConfigAtEdge(BaseModel):
     slots: list[SimAtEdge | None]
     networks: list[NetworkAtEdge]
     timing: TimingAtEdge = TimingAtEdge()
-    # The lab's radio side: MCCMNC → the next hop into that network from the node the simulator runs in.
-    # While a bearer is connected on a network named here, that node's default route goes there;
-    # otherwise it is a blackhole (no bearer, no data), as through a real modem.
-    data_path: dict[str, str] = Field(default_factory=dict)
+    # The lab's radio side: MCCMNC → the next hop into that network from the node the simulator runs in
+    # (or a list: one of each family, for a dual-stack bearer). While a bearer is connected on a network
+    # named here, that node's default route goes there; otherwise it is a blackhole (no bearer, no
+    # data), as through a real modem.
+    data_path: dict[str, str | list[str]] = Field(default_factory=dict)
     polkit: bool = Field(
         default=False, description="ask polkitd on the bus before each method ModemManager guards, as it does"
     )
@@ -331,16 +332,23 @@ class ModemRun:
     task: asyncio.Task[None] | None = None
 
 
-class DataPath:
-    """The lab node's default route, following the modem: one `ip route replace` per change, in order."""
+def next_hops(value: str | list[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
-    def __init__(self, next_hops: dict[str, str]) -> None:
-        self.enabled = bool(next_hops)
-        self.wanted = ""  # a next hop, or "" for no data (blackhole)
-        self.applied: str | None = None
+
+class DataPath:
+    """The lab node's default routes, following the modem: one `ip route replace` per family and change,
+    in order. Only the families the configuration names are touched."""
+
+    def __init__(self, config: dict[str, str | list[str]]) -> None:
+        self.enabled = bool(config)
+        hops = [h for v in config.values() for h in next_hops(v)]
+        self.families = [f for f, v6 in (("-4", False), ("-6", True)) if any((":" in h) == v6 for h in hops)]
+        self.wanted: tuple[str, ...] = ()  # next hops, or none for no data (blackhole)
+        self.applied: tuple[str, ...] | None = None
         self.kick = asyncio.Event()
 
-    def want(self, via: str) -> None:
+    def want(self, via: tuple[str, ...]) -> None:
         if self.enabled and via != self.wanted:
             self.wanted = via
             self.kick.set()
@@ -357,9 +365,13 @@ class DataPath:
             via = self.wanted
             if via == self.applied:
                 continue
-            route = ["default", "via", via] if via else ["blackhole", "default"]
-            proc = await asyncio.create_subprocess_exec("ip", "route", "replace", *route)
-            if await proc.wait() == 0:
+            ok = True
+            for family in self.families:
+                hop = next((h for h in via if (":" in h) == (family == "-6")), None)
+                route = ["default", "via", hop] if hop else ["blackhole", "default"]
+                proc = await asyncio.create_subprocess_exec("ip", family, "route", "replace", *route)
+                ok = await proc.wait() == 0 and ok
+            if ok:
                 self.applied = via
             else:
                 await asyncio.sleep(0.5)
@@ -464,11 +476,11 @@ class ModemSimulator:
 
     def _follow_data_path(self) -> None:
         run = self.run
-        via = ""
+        via: tuple[str, ...] = ()
         if run is not None and run.registered_on and not self.carriers[run.registered_on].data_stopped:
             connected = (self.objects.get(p) for p in run.bearers)
             if any(b is not None and b.interfaces[BEARER]["Connected"].value for b in connected):
-                via = self.config.data_path.get(run.registered_on, "")
+                via = next_hops(self.config.data_path.get(run.registered_on, []))
         self.route.want(via)
 
     def reset(self) -> None:

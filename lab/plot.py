@@ -71,7 +71,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
             ys = [dense.get(t, {}).get(s, 0) * 10 for t in grid]  # per 100 ms → per second
             ax.fill_between(xs, ys, step="post", alpha=0.7, color=colour.get(s, "#555555"), label=f"via {s}")
         info = report.get("classes", {}).get(cls, {})
-        ax.set_ylabel(f"{cls}\npackets/s")
+        ax.set_ylabel(f"{cls}{' (IPv6)' if cls.endswith('/v6') else ''}\npackets/s")
         ax.legend(loc="upper right", fontsize=7)
         ax.text(
             0.01,

@@ -4,7 +4,11 @@ A scenario file (lab/scenarios/NAME.yaml) names a policy, the traffic, numbered 
 after the traffic starts: a fault, an operator command, a daemon crash) and expectations measured on
 what the traffic felt and what failoverd decided. `run()` brings failoverd up on the gateway, plays
 the steps, and returns a report: passed, each expectation with its measured value, the outage and
-losses of the critical stream, the switches, and a timeline.
+losses of the critical stream (of each family, when an IPv6 one runs), the switches, and a timeline.
+
+Streams are measured per class: the IPv6 stream `critical6` is what the class critical/v6 carries (a
+dual-stack class is two to the engine, CLASS and CLASS/v6, as a dual-stack uplink is NAME and NAME/v6),
+so an expectation names `class: critical/v6` and its uplinks `fiber/v6`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,14 +41,43 @@ SCENARIOS = ROOT / "lab" / "scenarios"
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 PY = sys.executable
 FAULT_TABLES = ("fault_blackhole", "fault_loss", "fault_dns", "fault_outage")  # what nft_fault installs
-# Where each class's stream goes: (source node, server address:port, TCP?).
-STREAMS = {"critical": ("dispatch", "198.19.1.10:9000", False), "bulk": ("office", "198.19.1.20:9001", True)}
+
+
+@dataclass(frozen=True)
+class StreamPath:
+    """Where a stream goes: from a LAN node to a server in the internet node, and the class it measures."""
+
+    node: str
+    server: str  # address:port, an IPv6 address in brackets
+    tcp: bool
+    cls: str
+
+    @property
+    def family(self) -> str:
+        return "ipv6" if self.server.startswith("[") else "ipv4"
+
+
+STREAMS = {
+    "critical": StreamPath("dispatch", "198.19.1.10:9000", False, "critical"),
+    "bulk": StreamPath("office", "198.19.1.20:9001", True, "bulk"),
+    "critical6": StreamPath("dispatch", "[2001:db8:19:1::10]:9000", False, "critical/v6"),
+}
+# The ISP nodes, whose forwarding faults are cleared before and after every scenario.
+ISPS = ("isp-fiber", "mno-a", "mno-b", "mno-c", "sat-gs")
 # The lab's mobile carriers: the node that is each one's network, and its MCCMNC in the modem simulator.
 CARRIERS = {"carrier-a": ("mno-a", "20408"), "carrier-b": ("mno-b", "20416")}
 # The modem node (lab/mmsim.py on a private bus) and the addresses its radio side masquerades to.
 MODEM_BUS = "unix:path=/tmp/fo-lab-modem/bus"
 MODEM_CONFIG = ROOT / "lab" / "modem.json"
-MODEM_NAT = {"198.18.6.2": "carrier-a", "198.18.7.2": "carrier-b"}
+MODEM_NAT = {
+    "198.18.6.2": "carrier-a",
+    "198.18.7.2": "carrier-b",
+    "2001:db8:6::2": "carrier-a",
+    "2001:db8:7::2": "carrier-b",
+}
+# Carrier C (mno-c) is IPv6-only: what its subscribers send to IPv4 through its NAT64 leaves masqueraded
+# as this address (containerlab/failoverd.clab.yml).
+NAT64_NODE, NAT64_SOURCE = "mno-c", "198.18.108.1"
 MMSIM = ("org.freedesktop.ModemManager1", "/net/failoverd/MmSim", "net.failoverd.MmSim.Control")
 
 
@@ -58,6 +92,8 @@ class Stream(Strict):
 class Traffic(Strict):
     critical: Stream | None = Stream()
     bulk: Stream | None = Stream(rate=200)
+    # The dispatch node's IPv6 stream (class critical/v6), off unless a scenario asks for it.
+    critical6: Stream | None = None
 
 
 class Step(Strict):
@@ -89,6 +125,8 @@ class Step(Strict):
     up: bool | None = None
     on: bool = True
     percent: float | None = Field(default=None, ge=0, le=100)
+    # blackhole, loss: only packets of this family (none: both), as when an ISP's IPv6 alone breaks.
+    family: Literal["ipv4", "ipv6"] | None = None
     direction: Literal["both", "down", "up"] = "both"
     period: float | None = Field(default=None, gt=0)
     until: float | None = None
@@ -108,6 +146,7 @@ class Expect(Strict):
         "switches",
         "final_uplink",
         "carried_by",
+        "ends_on",
         "never_on",
         "uplink_state",
         "delivered",
@@ -149,6 +188,13 @@ class ScenarioFile(BaseModel):
     traffic: Traffic = Traffic()
     steps: list[Step] = Field(default_factory=list)
     expect: list[Annotated[Expect, Field()]] = Field(default_factory=list)
+
+
+def unknown_classes(scenario: ScenarioFile, policy: Policy) -> list[str]:
+    """Classes the scenario's expectations name that its compiled policy does not have (a typo, or an
+    IPv6 twin such as critical/v6 from a failoverd that does not split classes by family)."""
+    named = {e.cls for e in scenario.expect if e.cls is not None}
+    return sorted(named - set(policy.classes))
 
 
 def catalog() -> dict[str, Path]:
@@ -264,7 +310,8 @@ class Run:
 
     # -- faults -------------------------------------------------------------------------------------
     def isp_of(self, uplink: str) -> tuple[str, str]:
-        u = self.policy.uplinks.get(uplink)
+        # An uplink's IPv6 twin (fiber/v6) is the same link as the uplink the file names (fiber).
+        u = self.policy.uplinks.get(uplink) or self.policy.uplinks.get(uplink.split("/", 1)[0])
         if u is None:
             raise LabError(f"unknown uplink {uplink!r}")
         return self.lab.peer("gw", u.interface)
@@ -288,11 +335,12 @@ class Run:
                 topo.sh(node, "ip", "link", "set", "dev", iface, "up" if step.up else "down")
             case "blackhole":
                 node, _ = self.isp_of(step.uplink or "")
-                self.nft_fault(node, "fault_blackhole", ["drop"] if step.on else None)
+                self.nft_fault(node, "fault_blackhole", [f"{_family_match(step)}drop"] if step.on else None)
             case "loss":
                 node, down_if = self.isp_of(step.uplink or "")
                 pct = int(step.percent or 0)
                 sel = {"both": "", "down": f'oifname "{down_if}" ', "up": f'iifname "{down_if}" '}[step.direction]
+                sel = _family_match(step) + sel
                 self.nft_fault(node, "fault_loss", [f"{sel}numgen random mod 100 < {pct} drop"] if pct else None)
             case "dns-fail":
                 node, _ = self.isp_of(step.uplink or "")
@@ -408,7 +456,7 @@ class Run:
         # One nft transaction a node (declaring a table before deleting it makes the delete safe when it
         # is absent): `ip netns exec` costs tens of milliseconds, and this runs before and after each scenario.
         script = "".join(f"table inet {t}\ndelete table inet {t}\n" for t in FAULT_TABLES)
-        for node in ("isp-fiber", "mno-a", "mno-b", "sat-gs"):
+        for node in (n for n in ISPS if n in self.lab.spec.nodes):
             self.lab.topo.nft(node, script)
             subprocess.run(["ip", "-n", self.lab.topo.ns(node), "link", "set", "dev", "down0", "up"], check=False)
         if "modem" in self.lab.spec.nodes:
@@ -474,16 +522,16 @@ class Run:
         self.wall0 = time.time()  # the incident report's period begins as the daemon starts
         self.start_daemon()
         streams: dict[str, tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], Path]] = {}
-        for cls, (_, server, tcp) in STREAMS.items():
-            spec = getattr(sc.traffic, cls)
+        for name, path in STREAMS.items():
+            spec = getattr(sc.traffic, name)
             if spec is None:
                 continue
-            result = self.out / f"traffic-{cls}.json"
-            flag = ["--tcp"] if tcp else []
+            result = self.out / f"traffic-{name}.json"
+            flag = ["--tcp"] if path.tcp else []
             recv = self.lab.topo.spawn(
-                "inet", [PY, "-m", "lab.traffic", "recv", "--bind", server, "--out", str(result), *flag], cwd=ROOT
+                "inet", [PY, "-m", "lab.traffic", "recv", "--bind", path.server, "--out", str(result), *flag], cwd=ROOT
             )
-            streams[cls] = (recv, recv, result)
+            streams[name] = (recv, recv, result)
         # The receivers start while failoverd settles; `settle` (at least 0.3 s) gives them time to bind.
         try:
             wait_for(self.settled, 20, what="failoverd to place every class")
@@ -492,15 +540,18 @@ class Run:
                 self.lab.topo.stop(recv)
             raise
         time.sleep(max(sc.settle, 0.3))
-        for cls, (node, server, tcp) in STREAMS.items():
-            if cls not in streams:
+        for name, path in STREAMS.items():
+            if name not in streams:
                 continue
-            spec = getattr(sc.traffic, cls)
-            flag = ["--tcp"] if tcp else []
+            spec = getattr(sc.traffic, name)
+            flag = ["--tcp"] if path.tcp else []
             send = self.lab.topo.spawn(
-                node, [PY, "-m", "lab.traffic", "send", "--dst", server, "--rate", str(spec.rate), *flag], cwd=ROOT
+                path.node,
+                [PY, "-m", "lab.traffic", "send", "--dst", path.server, "--rate", str(spec.rate), *flag],
+                log=self.out / f"send-{name}.log",  # a UDP sender's last line: {"sent": N}
+                cwd=ROOT,
             )
-            streams[cls] = (streams[cls][0], send, streams[cls][2])
+            streams[name] = (streams[name][0], send, streams[name][2])
         observer = Observer(self.socket)
         watcher = threading.Thread(target=observer.run, daemon=True)
         self.t0 = time.monotonic()
@@ -523,6 +574,7 @@ class Run:
             if rest > 0:
                 time.sleep(rest)
         finally:
+            stopped = time.monotonic()
             for _, send, _ in streams.values():
                 self.lab.topo.stop(send)
             time.sleep(0.5)
@@ -532,7 +584,14 @@ class Run:
             watcher.join(2)
             for thread in self.threads:
                 thread.join(sc.duration)
-        traffic = {cls: json.loads(r.read_text()) for cls, (_, _, r) in streams.items() if r.exists()}
+        # Keyed by the class each stream measures (critical6 → critical/v6).
+        traffic = {}
+        for name, (_, _, result) in streams.items():
+            if result.exists():
+                summary = json.loads(result.read_text())
+                if not STREAMS[name].tcp:
+                    summary = with_silent_tail(summary, stopped, _sent(self.out / f"send-{name}.log"))
+                traffic[STREAMS[name].cls] = summary
         try:
             final = Client(self.socket).request({"cmd": "status"})
             history = Client(self.socket).request({"cmd": "history", "last": 2000})["records"]
@@ -549,15 +608,33 @@ class Run:
 
     # -- the report ---------------------------------------------------------------------------------
     def nat_names(self) -> dict[str, str]:
+        """Source address at the receiver → the uplink that carried the packet (its engine name: an IPv6
+        source on a dual-stack uplink names the uplink's IPv6 twin, fiber/v6)."""
         names = {}
         for name, u in self.policy.uplinks.items():
-            out = self.lab.topo.sh("gw", "ip", "-4", "-o", "addr", "show", "dev", u.interface, check=False).stdout
+            out = self.lab.topo.sh("gw", "ip", "-o", "addr", "show", "dev", u.interface, check=False).stdout
             for word in out.split():
-                if "/" in word and word[0].isdigit():
-                    names[word.split("/")[0]] = name
+                if "/" not in word:
+                    continue
+                try:
+                    addr = ip_address(word.split("/")[0])
+                except ValueError:
+                    continue
+                if not addr.is_link_local:
+                    names[str(addr)] = self.twin_name(name, addr.version)
             if u.modem is not None:  # the modem masquerades again, as the network it is registered on
-                names.update({addr: f"{name}/{carrier}" for addr, carrier in MODEM_NAT.items()})
+                names.update({a: f"{self.twin_name(name, ip_address(a).version)}/{c}" for a, c in MODEM_NAT.items()})
+            if self.lab.peer("gw", u.interface)[0] == NAT64_NODE:  # IPv4 destinations reached by NAT64
+                names[NAT64_SOURCE] = name.split("/")[0]
         return names
+
+    def twin_name(self, name: str, version: int) -> str:
+        """The engine's name for the uplink `name` in one family: fiber/v6 for IPv6 over a dual-stack fiber
+        when the policy has that twin; the name itself otherwise (an uplink of one family)."""
+        base = name.split("/", 1)[0]
+        if version == 6 and f"{base}/v6" in self.policy.uplinks:
+            return f"{base}/v6"
+        return base
 
     def write_incident(self, reply: dict[str, Any]) -> None:
         """incident.md (and incident.json, the records it was made from, for its plot) in the run's directory."""
@@ -606,6 +683,16 @@ class Run:
             key=lambda x: x["t"],
         )
         critical = per_class.get("critical", {})
+        # The critical stream of each family that ran: outage and losses side by side.
+        families = {
+            path.family: {
+                "class": path.cls,
+                "outage_ms": per_class[path.cls].get("outage_ms"),
+                "lost_packets": per_class[path.cls].get("lost_packets"),
+            }
+            for path in (STREAMS["critical"], STREAMS["critical6"])
+            if path.cls in per_class
+        }
         baseline = None
         if self.baseline is not None:
             base_critical = self.baseline["classes"].get("critical", {})
@@ -624,6 +711,7 @@ class Run:
             "expectations": results,
             "outage_ms": critical.get("outage_ms"),
             "lost_packets": critical.get("lost_packets"),
+            "families": families,
             "switches": {c: sum(1 for d in decisions if d["class"] == c) for c in self.policy.classes},
             "classes": per_class,
             "final": {"classes": finals, "uplinks": states},
@@ -664,6 +752,12 @@ class Run:
                 value = finals.get(e.cls or "")
             case "carried_by":
                 value = sorted(u for u, n in c.get("carried_by", {}).items() if n >= 10)
+            case "ends_on":
+                # Where the stream's last packets came from: the class's final uplink, unless a stale NAT
+                # binding (conntrack not flushed on the switch) still names the one it left.
+                changes = c.get("path_changes", [])
+                carried = list(c.get("carried_by", {}))
+                value = changes[-1]["to"] if changes else (carried[0] if len(carried) == 1 else None)
             case "never_on":
                 value = sorted(
                     set(c.get("carried_by", {}))
@@ -728,6 +822,39 @@ class Run:
         return {"what": e.what, "class": e.cls, **of, **limit, "measured": value, "passed": bool(ok)}
 
 
+def with_silent_tail(summary: dict[str, Any], stopped: float, sent: int | None) -> dict[str, Any]:
+    """A UDP stream's summary counting what never came back: the receiver measures gaps between arrivals,
+    so a stream that died for good (a family left with no working uplink) would show no outage. The
+    silence from the last arrival to when the sender stopped is an outage too, and what the sender sent
+    after the last packet that arrived is lost."""
+    if not summary.get("received"):
+        return summary
+    tail_ms = round(max(0.0, stopped - summary["last_t"]) * 1000, 3)
+    out = {**summary, "tail_ms": tail_ms, "max_gap_ms": max(summary["max_gap_ms"], tail_ms)}
+    if sent is not None:
+        out["lost"] = summary["lost"] + max(0, sent - 1 - summary["last_seq"])
+    return out
+
+
+def _sent(log: Path) -> int | None:
+    """How many datagrams a sender sent, from its last line ({"sent": N}); None if it said nothing."""
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["sent"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _family_match(step: Step) -> str:
+    """The nftables selector for a step's family ("" for both), in an inet table."""
+    return {None: "", "ipv4": "meta nfproto ipv4 ", "ipv6": "meta nfproto ipv6 "}[step.family]
+
+
 def _describe(r: dict[str, Any]) -> str:
     match r.get("kind"):
         case "decision":
@@ -756,6 +883,9 @@ def run(lab: Lab, name: str, out: Path, progress: Callable[[str], None] = print)
         policy = load_policy(ROOT / scenario.policy)
     except PolicyError as exc:
         raise LabError(str(exc)) from None
+    unknown = unknown_classes(scenario, policy)
+    if unknown:
+        raise LabError(f"scenario {name}: {scenario.policy} has no class {', '.join(unknown)}")
     r = Run(lab, scenario, policy, out, progress)
     try:
         return r.execute()

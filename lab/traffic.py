@@ -2,6 +2,7 @@
 
 `python -m lab.traffic send --dst 198.19.1.10:9000 --rate 1000`
 `python -m lab.traffic recv --bind 198.19.1.10:9000 --out result.json`   (summary on SIGTERM)
+Either family: an IPv6 address is written in brackets, `--dst [2001:db8:19:1::10]:9000`.
 
 The receiver reports the longest gap between consecutive arrivals (the outage a user felt), lost,
 duplicated and reordered packets, and which source address (after NAT: which ISP) carried each part
@@ -34,10 +35,21 @@ def _addr(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _source(addr: str) -> str:
+    """A sender's address as written: an IPv4 one that reached an IPv6 socket loses its ::ffff: form."""
+    return addr.removeprefix("::ffff:") if addr.startswith("::ffff:") and "." in addr else addr
+
+
 async def send(dst: tuple[str, int], rate: float, duration: float | None, size: int, tos: int) -> int:
-    fam = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
+    fam = _family(dst[0])
     sock = socket.socket(fam, socket.SOCK_DGRAM)
-    if tos:
+    if tos and fam == socket.AF_INET6:  # the traffic class octet holds the DSCP as TOS does (RFC 2474)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+    elif tos:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
     sock.setblocking(False)
     stop = stop_on_signals()
@@ -125,10 +137,12 @@ async def recv(
 ) -> dict[str, Any]:
     """Receive the stream; a packet's path is its source address, or with `by_iface` the interface it
     arrived on (which tells the ISP that carried it even when a stale NAT binding kept the source)."""
-    fam = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
+    fam = _family(bind[0])
     sock = socket.socket(fam, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    if by_iface:
+    if by_iface and fam == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    elif by_iface:
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     sock.bind(bind)
     sock.setblocking(False)
@@ -139,26 +153,31 @@ async def recv(
 
     def iface(anc: list[tuple[int, int, bytes]]) -> str:
         for level, kind, blob in anc:
+            # struct in_pktinfo begins with the interface index; struct in6_pktinfo ends with it (RFC 3542 6.1).
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(blob) >= 4:
                 index = struct.unpack_from("=i", blob)[0]
-                if index not in names:
-                    try:
-                        names[index] = socket.if_indextoname(index)
-                    except OSError:
-                        names[index] = f"if{index}"
-                return names[index]
+            elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(blob) >= 20:
+                index = struct.unpack_from("=i", blob, 16)[0]
+            else:
+                continue
+            if index not in names:
+                try:
+                    names[index] = socket.if_indextoname(index)
+                except OSError:
+                    names[index] = f"if{index}"
+            return names[index]
         return "?"
 
     def readable() -> None:
         while True:
             try:
-                data, anc, _, addr = sock.recvmsg(2048, socket.CMSG_SPACE(12))
+                data, anc, _, addr = sock.recvmsg(2048, socket.CMSG_SPACE(20))
             except BlockingIOError:
                 return
             if len(data) >= SIZE:
                 magic, seq, sent = struct.unpack_from(FMT, data)
                 if magic == MAGIC:
-                    r.arrivals.append((time.monotonic(), seq, iface(anc) if by_iface else addr[0], sent))
+                    r.arrivals.append((time.monotonic(), seq, iface(anc) if by_iface else _source(addr[0]), sent))
 
     loop.add_reader(sock.fileno(), readable)
     if duration is None:
@@ -210,7 +229,7 @@ async def tcp_recv(bind: tuple[str, int], out: Path | None, duration: float | No
     record = SIZE + 52
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        src = writer.get_extra_info("peername")[0]
+        src = _source(writer.get_extra_info("peername")[0])
         try:
             while True:
                 data = await reader.readexactly(record)
