@@ -43,10 +43,6 @@ def test_scenario(lab: Lab, name: str, tmp_path: Path) -> None:
     scenario = sc.load_scenario(name)
     policy = load_policy(ROOT / scenario.policy)
     unknown = sc.unknown_classes(scenario, policy)
-    if unknown and all(c.endswith("/v6") for c in unknown):
-        # The IPv6 scenarios measure the IPv6 twin of a class, which only a failoverd that compiles a
-        # dual-stack class into CLASS and CLASS/v6 has; a failoverd that has it runs them.
-        pytest.skip(f"{scenario.policy} compiles no {', '.join(unknown)}: this failoverd splits no class by family")
     assert not unknown, f"{name}: {scenario.policy} has no class {', '.join(unknown)}"
     run = simcheck.TimedRun(lab, scenario, policy, tmp_path, progress=lambda _: None)
     try:
