@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from ipaddress import IPv6Address
 
 from failoverd.policy import schema as s
 from failoverd.policy.compile import (
@@ -327,12 +328,21 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
 
 
 def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
-    uplinks = {u.name for u in doc.uplinks}
+    interfaces = {u.name: u.interface for u in doc.uplinks}
+    uplinks = set(interfaces)
     for i, t in enumerate(doc.clock.servers):
+        at = ("clock", "servers", i)
         if t.uplink is not None and t.uplink not in uplinks:
+            yield (*at, "uplink"), f'time server {t.address} names unknown uplink "{t.uplink}"'
+        zone = t.address.scope_id if isinstance(t.address, IPv6Address) else None
+        if t.address.is_link_local and t.address.version == 6 and t.uplink is None:
+            # Its zone is the link it is on: the uplink's interface, whose mark and device it is asked by.
+            yield (*at, "uplink"), f"time server {t.address} is link-local: name the uplink whose link it is on"
+        elif zone is not None and t.uplink in interfaces and zone != interfaces[t.uplink]:
             yield (
-                ("clock", "servers", i, "uplink"),
-                f'time server {t.address} names unknown uplink "{t.uplink}"',
+                (*at, "address"),
+                f'time server {t.address}: zone "{zone}" is not uplink "{t.uplink}"\'s interface '
+                f'"{interfaces[t.uplink]}" (leave the zone out: the uplink\'s interface is used)',
             )
     mq = doc.control.mqtt
     if mq.enabled:
