@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, ip_address
 
 from failoverd.policy import schema as s
 from failoverd.policy.compile import (
@@ -327,6 +327,14 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
             marks.setdefault(mark, who)
 
 
+def _link_local6(host: str) -> bool:
+    try:
+        a = ip_address(host)
+    except ValueError:
+        return False  # a name
+    return a.version == 6 and a.is_link_local
+
+
 def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
     interfaces = {u.name: u.interface for u in doc.uplinks}
     uplinks = set(interfaces)
@@ -353,6 +361,9 @@ def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
             yield ("control", "mqtt", "topic_prefix"), f'topic_prefix "{mq.topic_prefix}" cannot hold "+" or "#"'
     if mq.uplink is not None and mq.uplink not in uplinks:
         yield ("control", "mqtt", "uplink"), f'MQTT names unknown uplink "{mq.uplink}"'
+    if mq.enabled and _link_local6(mq.host) and "%" not in mq.host and mq.uplink is None:
+        # The session rides the first usable uplink otherwise, and another uplink's link has no such broker.
+        yield ("control", "mqtt", "uplink"), f"MQTT broker {mq.host} is link-local: name the uplink whose link it is on"
     for field in ("ca_file", "cert_file", "cert_key_file"):
         if getattr(mq, field) is not None and not mq.tls:
             yield ("control", "mqtt", field), f"MQTT {field} is used only over TLS: add tls: true"
