@@ -428,15 +428,17 @@ def cmd_clock(args: argparse.Namespace) -> int:
     from failoverd.clock.sources import adjtimex  # noqa: PLC0415
     from failoverd.ctl import render_clock  # noqa: PLC0415
     from failoverd.engine.events import ClockState  # noqa: PLC0415
+    from failoverd.hostport import split_hostport  # noqa: PLC0415
 
-    def split(server: str) -> tuple[str, int]:
-        host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
-        return host, int(port) if port else 123
+    try:
+        servers = [split_hostport(server, 123) for server in args.server]
+    except ValueError as exc:
+        print(f"failoverd: --server {exc}", file=sys.stderr)
+        return EXIT_INVALID
 
     async def ask() -> list[Any]:
         best = []
-        for server in args.server:
-            host, port = split(server)
+        for host, port in servers:
             # Several exchanges a server, keep the one with the least delay (the RFC 5905 clock filter's idea).
             replies = [await query(host, port, timeout=args.timeout) for _ in range(args.samples)]
             good = [r for r in replies if r.ok]

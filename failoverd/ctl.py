@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from failoverd.control.commands import COMMANDS, Command
+from failoverd.hostport import split_hostport
 
 DEFAULT_SOCKET = "/run/failoverd/control.sock"
 WIDTH = 100
@@ -322,7 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", default=os.environ.get("FAILOVERD_SOCKET", DEFAULT_SOCKET))
     p.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
     m = p.add_argument_group("remote, over MQTT (signed; see control.mqtt in the policy)")
-    m.add_argument("--mqtt", metavar="BROKER[:PORT]", default=os.environ.get("FAILOVERD_MQTT"), help="the broker")
+    m.add_argument(
+        "--mqtt",
+        metavar="BROKER[:PORT]",
+        default=os.environ.get("FAILOVERD_MQTT"),
+        help="the broker: a name or an address; an IPv6 one with a port in brackets, [2001:db8::10]:1883",
+    )
     where = m.add_mutually_exclusive_group()
     where.add_argument("--site", help="the gateway to command (its policy's site)")
     where.add_argument("--fleet", action="store_true", help="every gateway on the fleet topic; see --sites")
@@ -443,10 +449,7 @@ async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict
     # The destination is signed with the command: a copy replayed on another topic is refused there.
     dest = fleet_dest(prefix, args.sites) if args.fleet else site_dest(prefix, args.site)
     signed = sign({**request, "id": rid}, name, private, time.time(), dest)
-    host, port = args.mqtt, 8883 if args.tls else 1883
-    if args.mqtt.count(":") == 1:  # host:port (an IPv6 address alone has more colons)
-        host, _, number = args.mqtt.partition(":")
-        port = int(number)
+    host, port = split_hostport(args.mqtt, 8883 if args.tls else 1883)
     topic = f"{prefix}/fleet/cmd" if args.fleet else f"{prefix}/{args.site}/cmd"
     replies: list[dict[str, Any]] = []
     password = Path(args.password_file).read_text().strip() if args.password_file else None
@@ -539,6 +542,10 @@ def main_remote(args: argparse.Namespace) -> int:
         print("failoverctl: remote commands are signed: give --key-file (or FAILOVERD_KEY_FILE)", file=sys.stderr)
         return EXIT_REFUSED
     problem = transport_problem(args)
+    try:
+        split_hostport(args.mqtt, 1883)
+    except ValueError as exc:
+        problem = f"--mqtt: {exc}"
     if problem:
         print(f"failoverctl: {problem}", file=sys.stderr)
         return EXIT_REFUSED

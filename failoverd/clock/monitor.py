@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any
 
 from failoverd import BUILD_FLOOR
 from failoverd.clock.consensus import Budget, Consensus, Sample, Step, Verdict, judge
 from failoverd.clock.sntp import Reply, query
 from failoverd.clock.sources import ChronyView, GpsFix, KernelClock, StepWatch, adjtimex, chrony_tracking, gpsd_time
-from failoverd.policy.model import Policy
+from failoverd.policy.model import Policy, TimeServerSpec
+from failoverd.probes.base import family_of, probe_device, zoned
 from failoverd.statedir import StateDir
 
 # The last confirmed-good wall time, minus this, is a floor the clock may not fall below after a restart.
@@ -73,18 +75,25 @@ class ClockMonitor:
         self.pending_steps += steps
         return steps
 
+    def _ask(self, s: TimeServerSpec, usable: list[str]) -> Awaitable[Reply]:
+        """One server's query, over its uplink or (that one down) the first usable one: marked, and an
+        IPv6 one bound to the uplink's device too, as the probes are. A link-local server is on its
+        uplink's link, its zone: asked there or not at all."""
+        ck = self.policy.clock
+        link_local = ip_address(s.address).is_link_local
+        via = s.uplink if s.uplink in usable or not usable or link_local else usable[0]
+        self.via[s.address] = via
+        timeout = min(2.0, ck.interval / 2)
+        up = self.policy.uplinks.get(via or "")
+        if up is None:
+            return query(s.address, s.port, timeout=timeout)
+        device = probe_device(family_of(s.address), up.interface)
+        return query(zoned(s.address, up.interface), s.port, timeout=timeout, mark=up.fwmark, device=device)
+
     async def round(self) -> Verdict:
         ck = self.policy.clock
-        marks = {name: u.fwmark for name, u in self.policy.uplinks.items()}
         usable = self.usable()
-        for s in ck.servers:
-            self.via[s.address] = s.uplink if s.uplink in usable or not usable else usable[0]
-        replies = await asyncio.gather(
-            *(
-                query(s.address, s.port, timeout=min(2.0, ck.interval / 2), mark=marks.get(self.via[s.address] or ""))
-                for s in ck.servers
-            )
-        )
+        replies = await asyncio.gather(*(self._ask(s, usable) for s in ck.servers))
         self.chrony = await chrony_tracking() if ck.chrony else None
         self.gps = None
         if ck.gpsd:

@@ -8,6 +8,8 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Any
 
 NTP_EPOCH = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _PACKET = "!BBbbIIIQQQQ"  # RFC 5905 figure 8, without extensions
@@ -92,10 +94,30 @@ def parse_reply(server: str, data: bytes, *, xmt: int, t1: float, t4: float, mon
     )
 
 
-async def query(server: str, port: int = 123, timeout: float = 1.0, mark: int | None = None) -> Reply:
-    """One SNTP exchange. `mark` steers it out of one uplink (SO_MARK), like the probes."""
-    fam = socket.AF_INET6 if ":" in server else socket.AF_INET
+async def _destination(server: str, port: int) -> tuple[int, tuple[Any, ...]]:
+    """The family and socket address to send to: an address as it is (a link-local one's zone becomes
+    its scope id), a name as the resolver gives it first (so a name with only an AAAA record works)."""
+    try:
+        family = socket.AF_INET6 if ip_address(server).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_UNSPEC
+    found = await asyncio.get_running_loop().getaddrinfo(server, port, family=family, type=socket.SOCK_DGRAM)
+    if not found:
+        raise OSError(f"no address for {server}")
+    return found[0][0], found[0][4]
+
+
+async def query(
+    server: str, port: int = 123, timeout: float = 1.0, mark: int | None = None, device: str | None = None
+) -> Reply:
+    """One SNTP exchange with `server`, an IPv4 or IPv6 address (a link-local one with its zone,
+    `fe80::1%fiber0`). `mark` steers it out of one uplink (SO_MARK), like the probes; `device` binds
+    it to that uplink's interface as well, which IPv6 needs (see `failoverd.probes.base.probe_device`)."""
     loop = asyncio.get_running_loop()
+    try:
+        fam, address = await _destination(server, port)
+    except OSError as exc:  # a name that does not resolve (`failoverd clock --server NAME`)
+        return Reply(server, False, mono=time.monotonic(), error=exc.strerror or str(exc))
     try:
         # Out of descriptors (EMFILE) is a failed query like any other, not the end of the daemon.
         sock = socket.socket(fam, socket.SOCK_DGRAM)
@@ -105,7 +127,9 @@ async def query(server: str, port: int = 123, timeout: float = 1.0, mark: int | 
     try:
         if mark is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-        await loop.sock_connect(sock, (server, port))
+        if device is not None:  # a missing device (a modem not attached yet) is a failed query, with its reason
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+        await loop.sock_connect(sock, address)
         t1 = time.time()
         packet, xmt = build_request(t1)
         await loop.sock_sendall(sock, packet)

@@ -99,8 +99,19 @@ async def chrony_tracking(timeout: float = 2.0) -> ChronyView | None:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except (OSError, TimeoutError):
         return None
-    fields = out.decode().strip().split(",")
-    if proc.returncode != 0 or len(fields) < 14:
+    return parse_tracking(out.decode(errors="replace")) if proc.returncode == 0 else None
+
+
+def parse_tracking(text: str) -> ChronyView | None:
+    """`chronyc -c tracking` (one CSV line) as chrony's view; None if it is not one.
+
+    The second field is the reference's address, IPv4 or IPv6 (chrony 4.3 following 2001:db8:ff::123
+    wrote `2A752757,2001:db8:ff::123,4,...`: the refid is a hash of the address, and the address has
+    colons but no commas, so the split holds), or the refid's name for a reference clock; empty with
+    no reference yet (`00000000,,0,...,Not synchronised`).
+    """
+    fields = text.strip().split(",")
+    if len(fields) < 14:
         return None
     try:
         leap = fields[13].strip()

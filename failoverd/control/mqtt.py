@@ -42,15 +42,18 @@ from failoverd.control.tls import client_context
 from failoverd.engine import events as ev
 from failoverd.engine.decide import usable
 from failoverd.engine.events import ClockState
+from failoverd.hostport import join_hostport
 from failoverd.observe.logging import get as get_logger
 from failoverd.observe.status import redundancy_summary
-from failoverd.policy.model import MqttSpec, Policy
+from failoverd.policy.model import MqttSpec, Policy, UplinkSpec
+from failoverd.probes.base import marked_socket, probe_device, zoned
 from failoverd.services.base import Applied, Failed, NeedsRestart, Reconfigured
 from failoverd.statedir import StateDir
 
 log = get_logger("failoverd.mqtt")
 STATUS_EVERY = 60.0  # s: the retained status is refreshed at least this often (its `at` shows it is live)
 BACKOFF = (1.0, 30.0)  # s: first and longest wait before reconnecting
+START_WAIT = 5.0  # s: at most this long, at start, for an uplink to ride before connecting without one
 EVENTS_KEPT = 500  # events queued while the broker is out of reach; the oldest go first
 MAX_REQUEST = 64 * 1024
 TRANSPORT_FIELDS = ("key", "issued", "sig", "id", "dest")
@@ -160,7 +163,7 @@ class Fleet:
     def status(self) -> dict[str, Any]:
         keys: str | list[str] = f"refused: {self.key_error}" if self.key_error else sorted(self.keys)
         return {
-            "broker": f"{self.spec.host}:{self.spec.port}",
+            "broker": join_hostport(self.spec.host, self.spec.port),
             "connected": self.connected,
             "via": self.via,
             "command_keys": keys,
@@ -179,13 +182,22 @@ class Fleet:
                     self.rerouted.set()
                 if record.get("kind") == "uplink" and self.via is not None and not usable(self.g.state, self.via):
                     self.path_lost.set()
+                elif (
+                    record.get("kind") in ("uplink", "decision")
+                    and self.via is None
+                    and any(usable(self.g.state, n) for n in self.g.policy.uplinks)
+                ):
+                    # A session made (or being made) while no uplink was usable, at start most often, rides
+                    # whatever the main table says, unmarked and, over IPv6, unbound: moved onto an uplink
+                    # once one is. (Set while connecting, it ends the session as soon as it is made.)
+                    self.path_lost.set()
 
     # -- the session --------------------------------------------------------------------------------
     def _reachable(self, yes: bool, why: str = "") -> None:
         """The mqtt-unreachable alarm: raised after `unreachable_alarm` without a session, cleared on the next.
         Judged at each attempt to connect, so raised within that plus the longest backoff: a broker
         restart or a failover of the path to it stays below it."""
-        broker = f"{self.spec.host}:{self.spec.port}"
+        broker = join_hostport(self.spec.host, self.spec.port)
         if yes:
             self.down_since = None
             if self.unreachable_raised:
@@ -203,6 +215,12 @@ class Fleet:
     async def _sessions(self) -> None:
         delay = BACKOFF[0]
         why = "not connected yet"
+        if not any(usable(self.g.state, n) for n in self.g.policy.uplinks):
+            # At start no uplink is judged yet: wait a moment for the first usable one, so the session is
+            # steered from its first packet rather than made over the main table and moved a moment later.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(START_WAIT):  # not wait_for: see _publisher
+                    await self.rerouted.wait()
         while True:
             self._reachable(False, why)
             try:
@@ -210,7 +228,7 @@ class Fleet:
                     delay = BACKOFF[0]
                     self.connected = True
                     self._reachable(True)
-                    broker = f"{self.spec.host}:{self.spec.port}"
+                    broker = join_hostport(self.spec.host, self.spec.port)
                     log.info("mqtt-connected", broker=broker, via=self.via, status=self.status_topic)
                     try:
                         await self._session(client)
@@ -221,11 +239,15 @@ class Fleet:
                             await asyncio.wait_for(self._publish_status(client, online=False, why="stopped"), 1.0)
                         raise
             except PathLost:
-                log.info("mqtt-rerouting", uplink=self.via, note="the uplink the session used is down")
-                why = "the uplink the session used went down"
+                if self.via is None:
+                    log.info("mqtt-rerouting", uplink=None, note="an uplink is usable now: the session moves onto it")
+                    why = "moving onto a usable uplink"
+                else:
+                    log.info("mqtt-rerouting", uplink=self.via, note="the uplink the session used is down")
+                    why = "the uplink the session used went down"
                 delay = 0.0
             except aiomqtt.MqttError as exc:
-                broker = f"{self.spec.host}:{self.spec.port}"
+                broker = join_hostport(self.spec.host, self.spec.port)
                 log.warning("mqtt-unreachable", broker=broker, error=str(exc), retry_s=delay)
                 why = str(exc)
             except OSError as exc:  # a password, CA or certificate file that cannot be read or does not fit
@@ -274,7 +296,7 @@ class Fleet:
             max_queued_incoming_messages=BACKLOG,
         )
         if self.via is not None:
-            _mark_before_connect(client, self.g.policy.uplinks[self.via].fwmark)
+            _steer_before_connect(client, self.g.policy.uplinks[self.via])
         return client
 
     async def _session(self, client: aiomqtt.Client) -> None:
@@ -469,10 +491,13 @@ def _rate_limited(key: str, wait: float) -> str:
     )
 
 
-def _mark_before_connect(client: aiomqtt.Client, mark: int) -> None:
-    """Make the session's TCP socket carry `mark` from its first packet.
+def _steer_before_connect(client: aiomqtt.Client, uplink: UplinkSpec) -> None:
+    """Make the session's TCP socket leave by `uplink` from its first packet, as a probe of it does:
+    carrying its mark, and an IPv6 one bound to its device as well (`probe_device` says why the mark
+    alone does not hold an IPv6 route to the uplink). A link-local broker is reached in the uplink's
+    zone.
 
-    The mark must be set before connect(): the route is chosen then, and aiomqtt's socket_options are
+    Both must be set before connect(): the route is chosen then, and aiomqtt's socket_options are
     applied only after. paho creates the socket in `_create_socket_connection` (paho-mqtt 2.x, pinned
     through aiomqtt < 3); this replaces it on this one client.
     """
@@ -481,11 +506,15 @@ def _mark_before_connect(client: aiomqtt.Client, mark: int) -> None:
     def connect() -> socket.socket:
         host, port, timeout = paho._host, paho._port, paho._connect_timeout
         error: OSError = OSError(f"no address for {host}")
-        for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-            sock = socket.socket(family, kind, proto)
+        found = socket.getaddrinfo(_zoned(host, uplink), port, type=socket.SOCK_STREAM)
+        for family, kind, proto, _, address in found:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-                sock.settimeout(timeout)
+                sock = marked_socket(family, kind, proto, uplink.fwmark, probe_device(family, uplink.interface))
+            except OSError as exc:  # the uplink's device is gone (a modem detached): try the next address
+                error = exc
+                continue
+            try:
+                sock.settimeout(timeout)  # paho connects blocking, in aiomqtt's executor thread
                 sock.connect(address)
             except OSError as exc:
                 sock.close()
@@ -495,3 +524,12 @@ def _mark_before_connect(client: aiomqtt.Client, mark: int) -> None:
         raise error
 
     paho._create_socket_connection = connect  # type: ignore[method-assign]
+
+
+def _zoned(host: str, uplink: UplinkSpec) -> str:
+    """A link-local broker address in the uplink's zone; a name or any other address as it is."""
+    try:
+        ip_address(host)
+    except ValueError:
+        return host
+    return zoned(host, uplink.interface)

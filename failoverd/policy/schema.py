@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
+from failoverd.hostport import unbracket
 from failoverd.policy.durations import parse_duration
 from failoverd.policy.model import (
     AlarmSeverity,
@@ -365,9 +366,23 @@ class Clock(Strict):
     on_insane: ClockReaction = ClockReaction(distrust=["certificates", "signed-commands", "schedules"])
 
 
+def _parse_host(value: object) -> object:
+    """A broker's name or address; an IPv6 one bare or in brackets (stored bare)."""
+    if isinstance(value, str):
+        host = unbracket(value.strip())  # raises ValueError, which pydantic locates at the key
+        if ":" in host:
+            try:
+                ip_address(host)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a name or an address (a port goes in port:)") from None
+        return host
+    return value
+
+
 class Mqtt(Strict):
     enabled: bool = False
-    host: str = "localhost"
+    # A name or an address: broker.example, 192.0.2.10, 2001:db8::10 or [2001:db8::10].
+    host: Annotated[str, BeforeValidator(_parse_host)] = "localhost"
     port: int = Field(default=1883, ge=1, le=65535)
     topic_prefix: str = "failoverd"
     client_id: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from ipaddress import IPv6Address, ip_address
 
 from failoverd.policy import schema as s
 from failoverd.policy.compile import (
@@ -394,14 +395,31 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
             marks.setdefault(mark, who)
 
 
+def _link_local6(host: str) -> bool:
+    try:
+        a = ip_address(host)
+    except ValueError:
+        return False  # a name
+    return a.version == 6 and a.is_link_local
+
+
 def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
     by_name = {u.name: u for u in doc.uplinks}
+    interfaces = {u.name: u.interface for u in doc.uplinks}
     uplinks = set(by_name)
     for i, t in enumerate(doc.clock.servers):
+        at = ("clock", "servers", i)
         if t.uplink is not None and t.uplink not in uplinks:
+            yield (*at, "uplink"), f'time server {t.address} names unknown uplink "{t.uplink}"'
+        zone = t.address.scope_id if isinstance(t.address, IPv6Address) else None
+        if t.address.is_link_local and t.address.version == 6 and t.uplink is None:
+            # Its zone is the link it is on: the uplink's interface, whose mark and device it is asked by.
+            yield (*at, "uplink"), f"time server {t.address} is link-local: name the uplink whose link it is on"
+        elif zone is not None and t.uplink in interfaces and zone != interfaces[t.uplink]:
             yield (
-                ("clock", "servers", i, "uplink"),
-                f'time server {t.address} names unknown uplink "{t.uplink}"',
+                (*at, "address"),
+                f'time server {t.address}: zone "{zone}" is not uplink "{t.uplink}"\'s interface '
+                f'"{interfaces[t.uplink]}" (leave the zone out: the uplink\'s interface is used)',
             )
         elif t.uplink is not None:
             u = by_name[t.uplink]
@@ -421,6 +439,9 @@ def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
             yield ("control", "mqtt", "topic_prefix"), f'topic_prefix "{mq.topic_prefix}" cannot hold "+" or "#"'
     if mq.uplink is not None and mq.uplink not in uplinks:
         yield ("control", "mqtt", "uplink"), f'MQTT names unknown uplink "{mq.uplink}"'
+    if mq.enabled and _link_local6(mq.host) and "%" not in mq.host and mq.uplink is None:
+        # The session rides the first usable uplink otherwise, and another uplink's link has no such broker.
+        yield ("control", "mqtt", "uplink"), f"MQTT broker {mq.host} is link-local: name the uplink whose link it is on"
     for field in ("ca_file", "cert_file", "cert_key_file"):
         if getattr(mq, field) is not None and not mq.tls:
             yield ("control", "mqtt", field), f"MQTT {field} is used only over TLS: add tls: true"

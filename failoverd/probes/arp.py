@@ -48,6 +48,11 @@ class ArpSession(DatagramSession):
             own = _own_ipv4(self.ifname)
         except OSError as exc:
             raise OSError(exc.errno, f"{self.ifname} has no IPv4 address ({exc.strerror})") from exc
+        # A reply queued before this request goes out answers someone else's: the kernel's own, most
+        # often, resolving the router for another probe's packet a moment ago (the packet socket hears
+        # every ARP on the link). Taken for ours it would pass a router that has since gone silent, or
+        # be timed when read: read past it, as ndp.py does, so only an answer to this request counts.
+        self.discard_queued()
         request = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, self.mac, own, b"\0" * 6, self.target)
         # One outstanding ARP at a time is enough: sequence "1" names it.
         return request, (self.ifname, ETH_P_ARP, 0, 0, b"\xff" * 6), 1

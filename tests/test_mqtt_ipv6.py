@@ -1,0 +1,96 @@
+"""MQTT to a broker at an IPv6 address: the policy's host forms, the status, the session's socket on its uplink."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from fakes import FakeGateway
+
+from failoverd.control import mqtt
+from failoverd.control.mqtt import Fleet
+from failoverd.ctl import EXIT_REFUSED, main
+from failoverd.errors import PolicyError
+from failoverd.policy import parse_policy_text
+from failoverd.statedir import StateDir
+
+SO_BINDTODEVICE_LEN = 16  # IFNAMSIZ
+
+
+def policy(mqtt_line: str) -> str:
+    return (
+        "site: north\n"
+        "uplinks:\n"
+        "  - {name: fiber, interface: fiber0, next_hop: 198.18.0.1}\n"
+        "  - {name: loop, interface: lo, point_to_point: true}\n"
+        "classes: [{name: all, path: [fiber, loop]}]\n"
+        f"control: {{mqtt: {mqtt_line}}}\n"
+    )
+
+
+@pytest.mark.parametrize("host", ['"2001:db8::10"', '"[2001:db8::10]"', "'[2001:db8::10]'", " 2001:db8::10"])
+def test_the_broker_may_be_written_bare_or_in_brackets(host: str) -> None:
+    pol = parse_policy_text(policy(f"{{enabled: true, host: {host}}}"), "t.yaml")
+    assert pol.control.mqtt.host == "2001:db8::10"
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [
+        ("broker.example:1884", "not a name or an address (a port goes in port:)"),
+        ('"[2001:db8::10]:1884"', "brackets hold an IPv6 address"),
+        ('"[broker.example]"', "brackets hold an IPv6 address"),
+        ('"fe80::1"', "MQTT broker fe80::1 is link-local: name the uplink whose link it is on"),
+    ],
+)
+def test_a_host_that_is_not_one_is_refused(host: str, says: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(policy(f"{{enabled: true, host: {host}}}"), "t.yaml")
+    [problem] = info.value.problems
+    assert says in problem.message and problem.path.startswith("control.mqtt."), problem
+
+
+def test_a_link_local_broker_on_a_named_uplink_is_accepted() -> None:
+    pol = parse_policy_text(policy('{enabled: true, host: "fe80::1", uplink: fiber}'), "t.yaml")
+    assert pol.control.mqtt.host == "fe80::1"
+    assert mqtt._zoned("fe80::1", pol.uplinks["fiber"]) == "fe80::1%fiber0"
+    assert mqtt._zoned("2001:db8::10", pol.uplinks["fiber"]) == "2001:db8::10"
+    assert mqtt._zoned("broker.example", pol.uplinks["fiber"]) == "broker.example"
+
+
+def test_the_status_names_an_ipv6_broker_in_brackets(tmp_path: Path) -> None:
+    gw = FakeGateway(policy('{enabled: true, host: "[2001:db8::10]"}'))
+    fleet = Fleet(gw, gw.policy.control.mqtt, StateDir(tmp_path))
+    assert fleet.status()["broker"] == "[2001:db8::10]:1883"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs CAP_NET_ADMIN, SO_BINDTODEVICE CAP_NET_RAW")
+@pytest.mark.parametrize(("address", "device"), [("::1", b"lo"), ("127.0.0.1", b"")])
+async def test_the_sessions_socket_leaves_by_its_uplink_from_the_first_packet(address: str, device: bytes) -> None:
+    """Marked as every family is; an IPv6 one bound to the uplink's device as well (an IPv4 one is not:
+    bound, the kernel would take the broker for a neighbour on the link)."""
+    up = parse_policy_text(policy("{enabled: true}"), "t.yaml").uplinks["loop"]
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as listener:
+        listener.bind((address, 0))
+        listener.listen()
+        client = aiomqtt.Client(address, listener.getsockname()[1])
+        mqtt._steer_before_connect(client, up)
+        client._client.connect_async(address, listener.getsockname()[1])  # where aiomqtt's connect puts them
+        sock = client._client._create_socket_connection()
+        try:
+            assert sock.getpeername()[:2] == listener.getsockname()[:2]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == up.fwmark
+            bound = sock.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, SO_BINDTODEVICE_LEN)
+            assert bound.rstrip(b"\0") == device
+        finally:
+            sock.close()
+
+
+def test_failoverctl_refuses_a_broker_it_cannot_read_before_trying_it(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--mqtt", "[broker.example]:1883", "--key-file", "/nonexistent/noc.key", "--site", "north", "status"]
+    assert main(argv) == EXIT_REFUSED
+    assert "--mqtt: '[broker.example]:1883': brackets hold an IPv6 address" in capsys.readouterr().err
