@@ -34,7 +34,7 @@ from lab.scenario import PY
 from lab.topology import ROOT, Lab
 
 ISP = "isp-fiber"  # the primary's ISP router; its port toward the gateway is down0
-PATHS = {"isp-fiber": "fiber", "mno-a": "mobile-a", "mno-b": "mobile-b", "sat-gs": "sat"}
+PATHS = {"isp-fiber": "fiber", "mno-a": "mobile-a", "mno-b": "mobile-b", "mno-c": "mobile-c", "sat-gs": "sat"}
 RATE = 1000.0
 # Per family: the receiver's bind address and the sender's destination (the same server, one port each).
 STREAMS = {"ipv4": "198.19.1.10:9000", "ipv6": "[2001:db8:19:1::10]:9000"}
