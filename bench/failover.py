@@ -19,8 +19,12 @@ loss), so it hits IPv6 as it hits IPv4.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -203,13 +207,22 @@ def measure_run(topo: Topology, faults: Faults, fault: str, window: float, out: 
         time.sleep(window)
         t_end = time.monotonic()
     finally:
-        for p in sends:
-            topo.stop(p)
+        stop_together(topo, sends)
         time.sleep(0.2)
-        for p in recvs:
-            topo.stop(p)
+        stop_together(topo, recvs)
         faults.clear()
     return {f: judge(fault, *logs[f], t_fault, t_end) for f in FAMILIES}
+
+
+def stop_together(topo: Topology, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Signal every one before waiting for any: stopped one after the other, the second stream would run
+    on for the first one's exit and count that tail as lost where its path is still broken."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+    for p in procs:
+        topo.stop(p)
 
 
 def judge(fault: str, result: Path, sent_log: Path, t_fault: float, t_end: float) -> Sample:
