@@ -2,17 +2,29 @@
 
 `python -m bench failover [--runs 5] [--peers ...] [--faults ...]`
 
-For every peer and fault: a critical UDP stream at 1000 packets/s from the dispatch host to its server
-crosses the gateway; the fault hits the fiber; the receiver (which names each packet's path by the
-interface it arrived on, so NAT cannot blur it) measures the longest gap, the packets lost, when the
-stream first arrived over the alternate, and how often its path changed. Faults are cleared and the
-peer given time to return to the fiber before the next run.
+For every peer and fault: two critical UDP streams at 1000 packets/s each, one per family, from the
+dispatch host to its server cross the gateway side by side; the fault hits the fiber; the receivers
+(which name each packet's path by the interface it arrived on, so NAT cannot blur it) measure per
+family the longest gap, the packets lost, when the stream first arrived over the alternate, and how
+often its path changed. Faults are cleared and the peer given time to return to the fiber before the
+next run.
+
+Both families in one run, not a second pass per peer: each run's fault then strikes the IPv4 and the
+IPv6 stream at the same instant, through the same daemon (or FRR) instance at the same phase of its
+probe or BFD timers, so a difference between the columns is the peer's handling of the family and
+not the luck of two runs; it also keeps the bench's length. The cost is twice the packets on the
+machine, the same for every peer. Every fault is written in nftables' `inet` family (or is a carrier
+loss), so it hits IPv6 as it hits IPv4.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -20,14 +32,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.peers import Failoverd, FrrPeer, KernelMetrics, Peer, Static
+from bench.peers import FAMILIES, Failoverd, FrrPeer, KernelMetrics, Peer, Static
 from lab.netns import LabError, Topology, wait_for
 from lab.scenario import PY
 from lab.topology import ROOT, Lab
 
 ISP = "isp-fiber"  # the primary's ISP router; its port toward the gateway is down0
-PATHS = {"isp-fiber": "fiber", "mno-a": "mobile-a", "mno-b": "mobile-b", "sat-gs": "sat"}
+PATHS = {"isp-fiber": "fiber", "mno-a": "mobile-a", "mno-b": "mobile-b", "mno-c": "mobile-c", "sat-gs": "sat"}
 RATE = 1000.0
+# Per family: the receiver's bind address and the sender's destination (the same server, one port each).
+STREAMS = {"ipv4": "198.19.1.10:9000", "ipv6": "[2001:db8:19:1::10]:9000"}
 FAULTS: dict[str, str] = {
     "carrier": "carrier loss on the fiber (the ISP's port goes dark)",
     "dead": "the fiber ISP's router dead: drops everything, link up",
@@ -42,14 +56,15 @@ PEERS: dict[str, str] = {
     "kernel-metrics": "two kernel routes with metrics, ignore_routes_with_linkdown",
     "frr-bfd": "FRR 8.4 BGP + BFD 50 ms × 3",
     "frr-bgp": "FRR 8.4 BGP, timers 3 s / 9 s",
-    "failoverd-fast": "failoverd, bench/policies/fast.yaml (udp-echo every 50 ms, 3 lost)",
-    "failoverd-example": "failoverd, policies/lab.yaml (the lab's example policy)",
+    "failoverd-fast": "failoverd, bench/policies/fast.yaml (udp-echo every 50 ms, 3 lost, per family)",
+    "failoverd-example": "failoverd, policies/lab-v6.yaml (the lab's dual-stack example policy)",
 }
 
 
 POLICIES = {
     "failoverd-fast": ROOT / "bench" / "policies" / "fast.yaml",
-    "failoverd-example": ROOT / "policies" / "lab.yaml",
+    # The dual-stack twin of policies/lab.yaml: the same IPv4 uplinks, probes and health, plus IPv6.
+    "failoverd-example": ROOT / "policies" / "lab-v6.yaml",
 }
 
 
@@ -113,7 +128,10 @@ def window_for(peer: str, fault: str) -> float:
 
 
 class Faults:
-    """Faults on the primary, all at the fiber ISP's router (isp-fiber), so the gateway is untouched."""
+    """Faults on the primary, all at the fiber ISP's router (isp-fiber), so the gateway is untouched.
+    The tables are of nftables' `inet` family, so every fault strikes IPv4 and IPv6 alike; `dead` also
+    drops neighbour discovery (ICMPv6), which ARP, outside the `inet` hooks, escapes: no difference to
+    the streams, both of which it drops."""
 
     def __init__(self, topo: Topology) -> None:
         self.topo = topo
@@ -170,16 +188,18 @@ class Faults:
         self.link(up=True)
 
 
-def measure_run(topo: Topology, faults: Faults, fault: str, window: float, out: Path) -> Sample:
-    """One run: stream for 1.5 s, inject, watch `window` seconds, stop; what the receiver saw."""
-    result, sent_log = out / "recv.json", out / "send.json"
-    for f in (result, sent_log):
-        f.unlink(missing_ok=True)
-    recv = topo.spawn("inet", [PY, "-m", "lab.traffic", "recv", "--bind", "198.19.1.10:9000", "--by-iface",
-                               "--out", str(result)], cwd=ROOT)  # fmt: skip
+def measure_run(topo: Topology, faults: Faults, fault: str, window: float, out: Path) -> dict[str, Sample]:
+    """One run: both families' streams for 1.5 s, inject, watch `window` seconds, stop; what each
+    receiver saw."""
+    logs = {f: (out / f"recv-{f}.json", out / f"send-{f}.json") for f in FAMILIES}
+    for pair in logs.values():
+        for path in pair:
+            path.unlink(missing_ok=True)
+    recv = [PY, "-m", "lab.traffic", "recv", "--by-iface", "--bind"]
+    recvs = [topo.spawn("inet", [*recv, STREAMS[f], "--out", str(logs[f][0])], cwd=ROOT) for f in FAMILIES]
     time.sleep(0.3)
-    send = topo.spawn("dispatch", [PY, "-m", "lab.traffic", "send", "--dst", "198.19.1.10:9000",
-                                   "--rate", str(RATE)], log=sent_log, cwd=ROOT)  # fmt: skip
+    send = [PY, "-m", "lab.traffic", "send", "--rate", str(RATE), "--dst"]
+    sends = [topo.spawn("dispatch", [*send, STREAMS[f]], log=logs[f][1], cwd=ROOT) for f in FAMILIES]
     try:
         time.sleep(1.5)
         t_fault = time.monotonic()
@@ -187,10 +207,26 @@ def measure_run(topo: Topology, faults: Faults, fault: str, window: float, out: 
         time.sleep(window)
         t_end = time.monotonic()
     finally:
-        topo.stop(send)
+        stop_together(topo, sends)
         time.sleep(0.2)
-        topo.stop(recv)
+        stop_together(topo, recvs)
         faults.clear()
+    return {f: judge(fault, *logs[f], t_fault, t_end) for f in FAMILIES}
+
+
+def stop_together(topo: Topology, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Signal every one before waiting for any: stopped one after the other, the second stream would run
+    on for the first one's exit and count that tail as lost where its path is still broken."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+    for p in procs:
+        topo.stop(p)
+
+
+def judge(fault: str, result: Path, sent_log: Path, t_fault: float, t_end: float) -> Sample:
+    """One family's stream in one run, from its receiver's summary and its sender's count."""
     try:
         summary: dict[str, Any] = json.loads(result.read_text())
         sent = int(json.loads(sent_log.read_text().strip().splitlines()[-1])["sent"])
@@ -255,31 +291,34 @@ def run(
     for name in peers:
         peer = make_peer(name, topo, out)
         progress(f"{name}: {peer.label}")
-        per_fault: dict[str, Any] = {}
+        # "faults" holds IPv4 as before (older results files read the same); "faults6" the IPv6 stream.
+        per_fault: dict[str, dict[str, Any]] = {"ipv4": {}, "ipv6": {}}
         try:
             peer.start()
             for fault in faults:
-                samples: list[Sample] = []
+                samples: dict[str, list[Sample]] = {fam: [] for fam in FAMILIES}
                 n = 1 if fault == "flap" or fault.startswith("gray") else runs
                 for i in range(n):
                     try:
                         peer.before_run()
-                        wait_for(peer.ready, 90, interval=0.1, what=f"{name} to carry the stream on the fiber")
+                        wait_for(peer.ready, 90, interval=0.1, what=f"{name} to carry both streams on the fiber")
                         time.sleep(0.5)
-                        s = measure_run(topo, f, fault, window_for(name, fault), out)
+                        got = measure_run(topo, f, fault, window_for(name, fault), out)
                     except LabError as exc:
-                        s = Sample(False, None, 0, None, 0, error=str(exc))
+                        got = {fam: Sample(False, None, 0, None, 0, error=str(exc)) for fam in FAMILIES}
                         f.clear()
-                    samples.append(s)
-                    shown = "never" if s.outage_ms is None else f"{s.outage_ms:.0f} ms"
-                    progress(
-                        f"  {fault:8} run {i + 1}/{n}: outage {shown}, lost {s.lost}, "
-                        f"moved {'-' if s.moved_ms is None else f'{s.moved_ms:.0f} ms'}, switches {s.switches}"
-                        + (f"  ERROR {s.error}" if s.error else "")
-                    )
-                per_fault[fault] = summarize(samples)
+                    for fam, s in got.items():
+                        samples[fam].append(s)
+                        shown = "never" if s.outage_ms is None else f"{s.outage_ms:.0f} ms"
+                        progress(
+                            f"  {fault:8} {fam} run {i + 1}/{n}: outage {shown}, lost {s.lost}, "
+                            f"moved {'-' if s.moved_ms is None else f'{s.moved_ms:.0f} ms'}, switches {s.switches}"
+                            + (f"  ERROR {s.error}" if s.error else "")
+                        )
+                for fam in FAMILIES:
+                    per_fault[fam][fault] = summarize(samples[fam])
         finally:
             peer.stop()
             f.clear()
-        results[name] = {"label": peer.label, "faults": per_fault}
+        results[name] = {"label": peer.label, "faults": per_fault["ipv4"], "faults6": per_fault["ipv6"]}
     return results

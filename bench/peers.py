@@ -1,8 +1,9 @@
 """What runs on the lab gateway to move traffic off a failed primary: failoverd and its peers.
 
-Every peer gets the same lab, the same critical stream (dispatch → 198.19.1.10) and the same faults on
-the fiber. `start()` sets it up, `ready()` says the fiber carries the stream and the alternate (carrier
-A) is ready to take it, `stop()` removes every trace so that the next peer starts clean.
+Every peer gets the same lab, the same critical streams (dispatch → 198.19.1.10 and, over IPv6,
+2001:db8:10::10 → 2001:db8:19:1::10) and the same faults on the fiber. `start()` sets it up for both
+families, `ready()` says the fiber carries each measured family's stream and the alternate (carrier A)
+is ready to take it, `stop()` removes every trace so that the next peer starts clean.
 """
 
 from __future__ import annotations
@@ -20,15 +21,46 @@ from lab.netns import LabError, Topology
 from lab.scenario import PY, launch_failoverd
 from lab.topology import ROOT
 
-SERVER = "198.19.1.10"
-PREFIX = "198.19.0.0/16"
-PRIMARY = ("fiber0", "198.18.1.1")
-ALTERNATE = ("mob1", "198.18.2.1")
+FAMILIES = ("ipv4", "ipv6")
 
 
-def route_dev(topo: Topology) -> str | None:
-    """The interface the gateway's main table sends the critical stream out of."""
-    out = topo.sh("gw", "ip", "-j", "route", "get", SERVER, "from", "198.18.10.10", "iif", "lan0", check=False)
+@dataclass(frozen=True)
+class Plan:
+    """One family's side of the bench: the stream's ends, the internet's prefix, the two next hops."""
+
+    server: str
+    source: str  # the dispatch host
+    prefix: str
+    primary: tuple[str, str]  # (interface, next hop)
+    alternate: tuple[str, str]
+
+    @property
+    def ip(self) -> tuple[str, ...]:
+        return ("ip", "-6") if ":" in self.server else ("ip",)
+
+
+PLANS = {
+    "ipv4": Plan(
+        server="198.19.1.10",
+        source="198.18.10.10",
+        prefix="198.19.0.0/16",
+        primary=("fiber0", "198.18.1.1"),
+        alternate=("mob1", "198.18.2.1"),
+    ),
+    "ipv6": Plan(
+        server="2001:db8:19:1::10",
+        source="2001:db8:10::10",
+        prefix="2001:db8:19::/48",
+        primary=("fiber0", "2001:db8:1::1"),
+        alternate=("mob1", "2001:db8:2::1"),
+    ),
+}
+
+
+def route_dev(topo: Topology, family: str = "ipv4") -> str | None:
+    """The interface the gateway sends one family's critical stream out of (rules and tables included)."""
+    p = PLANS[family]
+    out = topo.sh("gw", *p.ip, "-j", "route", "get", p.server, "from", p.source, "iif", "lan0", check=False)
     try:
         got = json.loads(out.stdout or "[]")
     except ValueError:
@@ -46,7 +78,7 @@ class Peer:
         raise NotImplementedError
 
     def ready(self) -> bool:
-        return route_dev(self.topo) == PRIMARY[0]
+        return all(route_dev(self.topo, f) == PLANS[f].primary[0] for f in FAMILIES)
 
     def before_run(self) -> None:
         """Called before each measured run, once the faults of the last one are cleared."""
@@ -60,10 +92,12 @@ class Static(Peer):
     """One static route via the fiber: no failover at all (the baseline of what an outage costs)."""
 
     def start(self) -> None:
-        self.topo.route("gw", PREFIX, "via", PRIMARY[1], "dev", PRIMARY[0])
+        for p in PLANS.values():
+            self.topo.sh("gw", *p.ip, "route", "add", p.prefix, "via", p.primary[1], "dev", p.primary[0])
 
     def stop(self) -> None:
-        self.topo.sh("gw", "ip", "route", "del", PREFIX, check=False)
+        for p in PLANS.values():
+            self.topo.sh("gw", *p.ip, "route", "del", p.prefix, check=False)
 
 
 @dataclass
@@ -72,14 +106,16 @@ class KernelMetrics(Peer):
     (ignore_routes_with_linkdown), which is the floor for carrier loss and blind to everything else."""
 
     def start(self) -> None:
-        self.topo.sh("gw", "sysctl", "-qw", "net.ipv4.conf.all.ignore_routes_with_linkdown=1")
-        self.topo.sh("gw", "ip", "route", "add", PREFIX, "via", PRIMARY[1], "dev", PRIMARY[0], "metric", "10")
-        self.topo.sh("gw", "ip", "route", "add", PREFIX, "via", ALTERNATE[1], "dev", ALTERNATE[0], "metric", "20")
+        for family, p in PLANS.items():
+            self.topo.sh("gw", "sysctl", "-qw", f"net.{family}.conf.all.ignore_routes_with_linkdown=1")
+            for (dev, via), metric in ((p.primary, "10"), (p.alternate, "20")):
+                self.topo.sh("gw", *p.ip, "route", "add", p.prefix, "via", via, "dev", dev, "metric", metric)
 
     def stop(self) -> None:
-        for _ in range(2):
-            self.topo.sh("gw", "ip", "route", "del", PREFIX, check=False)
-        self.topo.sh("gw", "sysctl", "-qw", "net.ipv4.conf.all.ignore_routes_with_linkdown=0")
+        for family, p in PLANS.items():
+            for _ in range(2):
+                self.topo.sh("gw", *p.ip, "route", "del", p.prefix, check=False)
+            self.topo.sh("gw", "sysctl", "-qw", f"net.{family}.conf.all.ignore_routes_with_linkdown=0")
 
 
 @dataclass
@@ -154,10 +190,16 @@ class Failoverd(Peer):
         return st if isinstance(st, dict) else {}
 
     def ready(self) -> bool:
+        """critical on the fiber and carrier A usable, in each family: to the engine the IPv6 side of
+        a dual-stack uplink or class is NAME/v6."""
         st = self.status()
         usable = {u["name"]: u.get("usable") for u in st.get("uplinks", [])}  # type: ignore[attr-defined]
         cls = {c["name"]: c.get("uplink") for c in st.get("classes", [])}  # type: ignore[attr-defined]
-        return cls.get("critical") == "fiber" and usable.get("fiber") is True and usable.get("mobile-a") is True
+        return all(
+            cls.get(f"critical{v}") == f"fiber{v}" and usable.get(f"fiber{v}") is True
+            and usable.get(f"mobile-a{v}") is True
+            for v in ("", "/v6")
+        )  # fmt: skip
 
     def stop(self) -> None:
         self._halt()

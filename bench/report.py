@@ -5,6 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 FAST, EXAMPLE, BFD = "failoverd-fast", "failoverd-example", "frr-bfd"
+# A peer's figures per family: IPv4 under "faults" (as in results from before IPv6 was measured), IPv6
+# under "faults6".
+KEYS = {"ipv4": "faults", "ipv6": "faults6"}
+NAMES = {"ipv4": "IPv4", "ipv6": "IPv6"}
+
+
+def families(fo: dict[str, Any]) -> list[str]:
+    """The families a failover run measured: IPv4 alone in results from before the IPv6 stream."""
+    return [f for f in KEYS if any(KEYS[f] in p for p in fo["peers"].values())]
+
+
+def _columns(fo: dict[str, Any], faults: list[str]) -> list[tuple[str, str, str]]:
+    """(fault, family, heading): each fault's IPv4 column with its IPv6 one beside it."""
+    fams = families(fo)
+    if fams == ["ipv4"]:
+        return [(f, "ipv4", f) for f in faults]
+    return [(f, fam, f"{f} {NAMES[fam]}") for f in faults for fam in fams]
+
+
+def _get(peer: dict[str, Any], fault: str, family: str) -> dict[str, Any] | None:
+    got: dict[str, Any] | None = peer.get(KEYS[family], {}).get(fault)
+    return got
 
 
 def _cell(f: dict[str, Any] | None) -> str:
@@ -37,21 +59,26 @@ def failover_table(fo: dict[str, Any]) -> list[str]:
     faults = [f for f in ("carrier", "dead", "beyond") if f in fo["faults"]]
     if not faults:
         return []
+    cols = _columns(fo, faults)
+    heads = " | ".join(h for _, _, h in cols)
+    both = len(families(fo)) > 1
     lines = [
-        f"Outage of the critical stream ({fo['rate_pps']:.0f} packets/s), longest gap in ms: "
-        f"median (min–max) of {fo['runs']} runs; *never* = the stream did not return before the window closed.",
+        f"Outage of the critical stream ({fo['rate_pps']:.0f} packets/s"
+        + (", one of each family in the same run, hit by the same fault" if both else "")
+        + f"), longest gap in ms: median (min–max) of {fo['runs']} runs; *never* = the stream did not return "
+        "before the window closed.",
         "",
-        "| peer | " + " | ".join(faults) + " |",
-        "|---|" + "---|" * len(faults),
+        f"| peer | {heads} |",
+        "|---|" + "---|" * len(cols),
     ]
     for name, p in peers.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(p["faults"].get(f)) for f in faults) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(_get(p, f, fam)) for f, fam, _ in cols) + " |")
     for mine in (FAST, EXAMPLE):
         if mine not in peers or BFD not in peers:
             continue
         cells = []
-        for f in faults:
-            a, b = peers[mine]["faults"].get(f), peers[BFD]["faults"].get(f)
+        for f, fam, _ in cols:
+            a, b = _get(peers[mine], f, fam), _get(peers[BFD], f, fam)
             ma, mb = _median(a, "outage_ms"), _median(b, "outage_ms")
             if ma is not None and _all_recovered(b) and mb:
                 cells.append(f"{ma / mb:.2f}")
@@ -61,9 +88,9 @@ def failover_table(fo: dict[str, Any]) -> list[str]:
                 cells.append("–")
         lines.append(f"| **{mine} / frr-bfd** | " + " | ".join(cells) + " |")
     lines.append("")
-    lines += ["| peer, lost packets (median) | " + " | ".join(faults) + " |", "|---|" + "---|" * len(faults)]
+    lines += [f"| peer, lost packets (median) | {heads} |", "|---|" + "---|" * len(cols)]
     for name, p in peers.items():
-        cells = [f"{m:.0f}" if (m := _median(p["faults"].get(f), "lost")) is not None else "–" for f in faults]
+        cells = [f"{m:.0f}" if (m := _median(_get(p, f, fam), "lost")) is not None else "–" for f, fam, _ in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -72,17 +99,18 @@ def gray_table(fo: dict[str, Any]) -> list[str]:
     grays = [f for f in ("gray5", "gray20", "gray40") if f in fo["faults"]]
     if not grays:
         return []
+    cols = [(g, fam, f"{g[4:]} % loss" + h[len(g) :]) for g, fam, h in _columns(fo, grays)]
     lines = [
         "Gray failure: random loss on the fiber, both ways, for 12 s. *moved* = time until the stream first",
         "arrived over another path; switches = path changes in the window (1 = moved and stayed); lost packets.",
         "",
-        "| peer | " + " | ".join(f"{g[4:]} % loss" for g in grays) + " |",
-        "|---|" + "---|" * len(grays),
+        "| peer | " + " | ".join(h for _, _, h in cols) + " |",
+        "|---|" + "---|" * len(cols),
     ]
     for name, p in fo["peers"].items():
         cells = []
-        for g in grays:
-            f = p["faults"].get(g)
+        for g, fam, _ in cols:
+            f = _get(p, g, fam)
             if f is None or not f["samples"]:
                 cells.append("–")
                 continue
@@ -96,18 +124,25 @@ def gray_table(fo: dict[str, Any]) -> list[str]:
 def flap_table(fo: dict[str, Any]) -> list[str]:
     if "flap" not in fo["faults"]:
         return []
+    fams = families(fo)
+    tag = {fam: "" if len(fams) == 1 else f", {NAMES[fam]}" for fam in fams}
     lines = [
         "Flap storm: the fiber's carrier down 1 s, up 1 s, for a minute (30 falls).",
         "",
-        "| peer | path switches | lost packets |",
-        "|---|---|---|",
+        "| peer | " + " | ".join(f"path switches{tag[f]} | lost packets{tag[f]}" for f in fams) + " |",
+        "|---|" + "---|---|" * len(fams),
     ]
     for name, p in fo["peers"].items():
-        f = p["faults"].get("flap")
-        if f is None or not f["samples"]:
-            continue
-        s = f["samples"][0]
-        lines.append(f"| {name} | {s['switches']} | {s['lost']} |")
+        cells = []
+        for fam in fams:
+            f = _get(p, "flap", fam)
+            if f is None or not f["samples"]:
+                cells += ["–", "–"]
+                continue
+            s = f["samples"][0]
+            cells += [str(s["switches"]), str(s["lost"])]
+        if any(c != "–" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -150,20 +185,25 @@ def targets(doc: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met?); None where this run did not measure it."""
     out: list[tuple[str, str, bool | None]] = []
     fo = doc.get("failover", {}).get("peers", {})
+    for fam in families(doc["failover"]) if fo else []:
+        # The same targets for the IPv6 stream, with the IPv6 figures of FRR as the yardstick.
+        on = "" if fam == "ipv4" else " (IPv6)"
+        fast6 = fo.get(FAST, {}).get(KEYS[fam], {})
+        bfd6 = fo.get(BFD, {}).get(KEYS[fam], {})
+        if "carrier" in fast6:
+            m = _median(fast6["carrier"], "outage_ms")
+            shown = f"{m} ms" if m is not None else "never"
+            out.append((f"carrier loss{on}: outage ≤ 10 ms", shown, m is not None and m <= 10))
+        if "dead" in fast6 and "dead" in bfd6:
+            a, b = _median(fast6["dead"], "outage_ms"), _median(bfd6["dead"], "outage_ms")
+            ok = a is not None and b is not None and a <= b
+            out.append((f"ISP router dead{on}: failoverd-fast / FRR-BFD ≤ 1.0", f"{a} / {b} ms", ok))
+        if "beyond" in fast6:
+            m = _median(fast6["beyond"], "outage_ms")
+            shown = f"{m} ms" if m is not None else "never"
+            out.append((f"blackhole beyond the ISP{on}: ≤ 300 ms", shown, m is not None and m <= 300))
     fast = fo.get(FAST, {}).get("faults", {})
     bfd = fo.get(BFD, {}).get("faults", {})
-    if "carrier" in fast:
-        m = _median(fast["carrier"], "outage_ms")
-        out.append(("carrier loss: outage ≤ 10 ms", f"{m} ms" if m is not None else "never", m is not None and m <= 10))
-    if "dead" in fast and "dead" in bfd:
-        a, b = _median(fast["dead"], "outage_ms"), _median(bfd["dead"], "outage_ms")
-        ok = a is not None and b is not None and a <= b
-        out.append(("ISP router dead: failoverd-fast / FRR-BFD ≤ 1.0", f"{a} / {b} ms", ok))
-    if "beyond" in fast:
-        m = _median(fast["beyond"], "outage_ms")
-        out.append(
-            ("blackhole beyond the ISP: ≤ 300 ms", f"{m} ms" if m is not None else "never", m is not None and m <= 300)
-        )
     flap_fast = fast.get("flap", {}).get("samples", [])
     flap_bfd = bfd.get("flap", {}).get("samples", [])
     if flap_fast:

@@ -55,3 +55,22 @@ def test_the_fast_policy_allows_few_switches_in_a_flap_storm() -> None:
     # 30 falls in a minute: hold-down and damping must keep the class from following each one.
     n = allowed_switches(Path(POLICIES["failoverd-fast"]))
     assert 1 <= n <= 4
+
+
+def test_the_ipv6_stream_is_a_column_beside_the_ipv4_one() -> None:
+    fast = {"carrier": _fault([5, 6, 7]), "dead": _fault([160, 170, 180])}
+    bfd = {"carrier": _fault([70, 75, 80]), "dead": _fault([200, 210, 220])}
+    fast6 = {"carrier": _fault([6, 7, 8]), "dead": _fault([190, 200, 210])}
+    bfd6 = {"carrier": _fault([72, 77, 82]), "dead": _fault([180, 190, 200])}
+    doc = _doc(fast, bfd)
+    doc["failover"]["faults"] = {"carrier": "", "dead": ""}
+    doc["failover"]["peers"]["failoverd-fast"]["faults6"] = fast6
+    doc["failover"]["peers"]["frr-bfd"]["faults6"] = bfd6
+    md = report.markdown(doc)
+    assert "| peer | carrier IPv4 | carrier IPv6 | dead IPv4 | dead IPv6 |" in md
+    assert "| frr-bfd | 75 (70–80) | 77 (72–82) | 210 (200–220) | 190 (180–200) |" in md
+    assert "| **failoverd-fast / frr-bfd** | 0.08 | 0.09 | 0.81 | 1.05 |" in md
+    got = {what: ok for what, _, ok in report.targets(doc)}
+    assert got["ISP router dead: failoverd-fast / FRR-BFD ≤ 1.0"] is True
+    assert got["ISP router dead (IPv6): failoverd-fast / FRR-BFD ≤ 1.0"] is False  # a miss is reported
+    assert got["carrier loss (IPv6): outage ≤ 10 ms"] is True
