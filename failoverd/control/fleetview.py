@@ -199,10 +199,10 @@ def row(v: SiteView) -> str:
     flags = ",".join(c for c in CONDITIONS[3:] if c in v.conditions and c != "unreadable") or "-"
     age = "-" if v.age_s is None else f"{max(0.0, v.age_s):.0f}s"
     what = v.why if state == "offline" else ", ".join(f"{c} {r}" for c, r in v.routes.items())
-    return f"{v.site:<20} {state:<10} {age:>6} {v.clock:<8} {flags:<24} {what}".rstrip()
+    return f"{v.site:<20} {state:<10} {age:>6} {v.clock:<8} {flags:<28} {what}".rstrip()
 
 
-HEADER = f"{'SITE':<20} {'STATE':<10} {'AGE':>6} {'CLOCK':<8} {'CONDITIONS':<24} CLASSES"
+HEADER = f"{'SITE':<20} {'STATE':<10} {'AGE':>6} {'CLOCK':<8} {'CONDITIONS':<28} CLASSES"
 
 
 def as_json(v: SiteView) -> dict[str, Any]:
