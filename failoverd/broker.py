@@ -1,7 +1,9 @@
 """A fleet broker's mosquitto configuration and ACL, rendered; and a throw-away PKI made with openssl.
 
 `python -m failoverd.broker render --prefix failoverd --operators noc,alice --out DIR` writes
-`DIR/failoverd.conf` and `DIR/failoverd.acl`; `python -m failoverd.broker pki --out DIR --server
+`DIR/failoverd.conf` and `DIR/failoverd.acl` (`--bridges east,west` on a central broker lets those regional
+brokers' bridges in); `python -m failoverd.broker bridge --name east --central HOST:8883 --out DIR` writes a
+regional broker's `DIR/failoverd-bridge.conf`; `python -m failoverd.broker pki --out DIR --server
 broker.example --server-ip 192.0.2.10 --clients site-a,site-b --operators noc` writes a CA, the
 broker's certificate and one client certificate per gateway and operator; `revoke` writes a CRL.
 mosquitto/README.md explains them.
@@ -37,6 +39,7 @@ AUTH_MODES = ("certificate", "password", "both")
 # Operators' usernames: "/" cannot appear in a site name that uses MQTT (policy/verify.py), so no
 # gateway can be issued an operator's name; their files live in a directory of the same name.
 OPERATOR_PREFIX = "op/"
+BRIDGE_PREFIX = "br/"  # regional brokers' bridges, on the central broker: "/" keeps them apart from sites too
 # A name that can be an MQTT username and one topic level: no wildcards, no separators, no spaces.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -56,6 +59,10 @@ class BrokerSpec:
     loopback_port: int | None = None  # a plaintext listener on 127.0.0.1 for local tools (password auth)
     etc: str = "/etc/mosquitto/failoverd"  # where the broker finds the files named below
     crlfile: str | None = None  # revoked client certificates (PEM CRL), on the certificate listener
+    bridges: tuple[str, ...] = ()  # regional brokers bridged to this one (usernames br/NAME)
+    # Messages queued per client: a `--fleet status` subscription gets every site's retained status at
+    # once, and mosquitto's default (1000) would drop the rest of a larger fleet's burst.
+    max_queued: int = 20000
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -67,11 +74,39 @@ class BrokerSpec:
             raise BrokerConfigError("name at least one operator")
         for name in self.operators:
             operator_username(name)
+        for name in self.bridges:
+            bridge_username(name)
         if self.loopback_port is not None and self.auth == "certificate":
             # Without a password file mosquitto would have nothing to check a plaintext client against.
             raise BrokerConfigError("a loopback listener authenticates with passwords: use --auth password or both")
         if self.crlfile is not None and self.auth == "password":
             raise BrokerConfigError("a CRL revokes client certificates: use --auth certificate or both")
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSpec:
+    """A regional broker's bridge to the central one."""
+
+    name: str  # the region: the bridge's username on the central broker is br/NAME
+    central: str  # HOST:PORT of the central broker's certificate listener
+    prefix: str = "failoverd"
+    etc: str = "/etc/mosquitto/failoverd"  # ca.pem and br/NAME.pem/.key, as `pki --bridges` writes them
+    restart_timeout: int = 5  # s before reconnecting to the central broker
+    keepalive: int = 30  # s
+
+    def __post_init__(self) -> None:
+        bridge_username(self.name)
+        host, colon, port = self.central.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise BrokerConfigError(f"central {self.central!r}: write HOST:PORT")
+
+
+def bridge_username(name: str) -> str:
+    """`br/NAME`, the username (certificate CN) of regional broker NAME's bridge; like an operator's, no
+    site can be named so."""
+    if not NAME.match(name):
+        raise BrokerConfigError(f"bridge {name!r}: letters, digits, . _ - only")
+    return BRIDGE_PREFIX + name
 
 
 def operator_username(name: str) -> str:
@@ -98,8 +133,57 @@ def render_acl(spec: BrokerSpec) -> str:
         "# Operators (op/NAME, never a site's name): send commands to one site or the fleet, read everything.",
     ]
     for name in spec.operators:
-        lines += [f"user {operator_username(name)}", f"topic read {p}/#", f"topic write {p}/+/cmd", ""]
+        lines += [
+            f"user {operator_username(name)}",
+            f"topic read {p}/#",
+            f"topic write {p}/+/cmd",
+            # failoverctl's end-of-burst marker (`--fleet status`); no site is named fleet.
+            f"topic write {p}/fleet/sync/#",
+            "",
+        ]
+    if spec.bridges:
+        lines += [
+            "# Regional brokers' bridges (br/NAME): carry gateways' status, events and replies in, commands out.",
+            "# A bridge writes for every site: each regional broker confines its own gateways.",
+        ]
+    for name in spec.bridges:
+        lines += [f"user {bridge_username(name)}"]
+        lines += [f"topic write {p}/+/{t}" for t in ("status", "events", "reply")]
+        lines += [f"topic read {p}/+/cmd", ""]
     return "\n".join(lines)
+
+
+def render_bridge(bridge: BridgeSpec) -> str:
+    """The `connection` section a regional broker adds to its configuration to bridge to the central one."""
+    p = bridge.prefix.strip("/")
+    etc = bridge.etc.rstrip("/")
+    user = bridge_username(bridge.name)
+    return "\n".join(
+        [
+            f"# failoverd: this regional broker bridged to the central one, as {user}; see mosquitto/README.md.",
+            "# Gateways' status (retained: the retain flag crosses the bridge), events and replies go up; operators'",
+            "# commands come down. Each gateway is confined by this broker's ACL before anything crosses.",
+            f"connection failoverd-{bridge.name}",
+            f"address {bridge.central}",
+            "bridge_protocol_version mqttv311",
+            "try_private true",
+            "cleansession false",
+            # No $SYS notifications: the central ACL does not grant them, and a stale status says more.
+            "notifications false",
+            "start_type automatic",
+            f"restart_timeout {bridge.restart_timeout}",
+            f"keepalive_interval {bridge.keepalive}",
+            f"bridge_cafile {etc}/ca.pem",
+            f"bridge_certfile {etc}/{user}.pem",
+            f"bridge_keyfile {etc}/{user}.key",
+            "bridge_insecure false",
+            f"topic {p}/+/status out 1",
+            f"topic {p}/+/events out 1",
+            f"topic {p}/+/reply out 1",
+            f"topic {p}/+/cmd in 1",
+            "",
+        ]
+    )
 
 
 def render_conf(spec: BrokerSpec) -> str:
@@ -119,6 +203,8 @@ def render_conf(spec: BrokerSpec) -> str:
         f"# Commands are at most {MAX_REQUEST} bytes (the gateway refuses more); replies such as a long",
         "# history are larger. A client that sends a bigger packet is disconnected.",
         f"max_packet_size {MAX_PACKET}",
+        "# `failoverctl --fleet status` receives every site's retained status at once: room for all of them.",
+        f"max_queued_messages {spec.max_queued}",
         "",
     ]
     # On each listener: the session is the username's, so a client that claims another's client id
@@ -202,18 +288,20 @@ def make_pki(
     clients: Sequence[str],
     *,
     operators: Sequence[str] = (),
+    bridges: Sequence[str] = (),
     days: int = 825,
 ) -> None:
     """ca.pem/ca.key, server.pem/server.key (SAN: the server's name and addresses), SITE.pem/SITE.key
-    per gateway (CN = SITE), op/NAME.pem/op/NAME.key per operator (CN = op/NAME), client
+    per gateway (CN = SITE), op/NAME.pem/op/NAME.key per operator (CN = op/NAME), br/NAME.pem/.key per
+    regional broker's bridge (CN = br/NAME), client
     authentication only; crl.pem, an empty CRL (see `revoke`). For tests and trials: a real fleet's
     CA key belongs offline."""
-    if not (clients or operators):
-        raise BrokerConfigError("name the gateways (--clients) or operators (--operators) to certify")
+    if not (clients or operators or bridges):
+        raise BrokerConfigError("name the gateways (--clients), operators (--operators) or bridges to certify")
     for name in clients:
         if not NAME.match(name) or name in ("ca", "server", "crl"):
             raise BrokerConfigError(f"client {name!r}: letters, digits, . _ - only, and not ca, server or crl")
-    usernames = [operator_username(name) for name in operators]
+    usernames = [operator_username(name) for name in operators] + [bridge_username(name) for name in bridges]
     out.mkdir(parents=True, exist_ok=True)
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -281,13 +369,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loopback-port", type=int, help="plaintext on 127.0.0.1 (password auth only)")
     r.add_argument("--etc", default="/etc/mosquitto/failoverd", help="where the broker finds these files")
     r.add_argument("--crlfile", help="revoked client certificates (PEM CRL) for the certificate listener")
+    r.add_argument("--bridges", type=_names, default=(), help="comma-separated regional brokers (usernames br/NAME)")
+    r.add_argument("--max-queued", type=int, default=20000, help="messages queued per client (more than the sites)")
     r.add_argument("--out", type=Path, required=True)
+    b = sub.add_parser("bridge", help="write failoverd-bridge.conf: a regional broker's bridge to the central one")
+    b.add_argument("--name", required=True, help="this region's name (its bridge's username is br/NAME)")
+    b.add_argument("--central", required=True, metavar="HOST:PORT", help="the central broker's certificate listener")
+    b.add_argument("--prefix", default="failoverd", help="the policies' control.mqtt.topic_prefix")
+    b.add_argument("--etc", default="/etc/mosquitto/failoverd", help="where ca.pem and br/NAME.pem/.key are")
+    b.add_argument("--out", type=Path, required=True)
     k = sub.add_parser("pki", help="a test CA, the broker's certificate and client certificates (openssl)")
     k.add_argument("--out", type=Path, required=True)
     k.add_argument("--server", required=True, help="the broker's DNS name (CN and SAN)")
     k.add_argument("--server-ip", action="append", default=[], help="an address of the broker (SAN); repeat")
     k.add_argument("--clients", type=_names, default=(), help="comma-separated gateways' site names")
     k.add_argument("--operators", type=_names, default=(), help="comma-separated operator names (CN op/NAME)")
+    k.add_argument("--bridges", type=_names, default=(), help="comma-separated regional brokers (CN br/NAME)")
     k.add_argument("--days", type=int, default=825)
     v = sub.add_parser("revoke", help="add client certificates of a `pki` directory to its crl.pem")
     v.add_argument("--pki", type=Path, required=True, help="the directory `pki` wrote")
@@ -309,12 +406,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loopback_port=args.loopback_port,
                 etc=args.etc,
                 crlfile=args.crlfile,
+                bridges=args.bridges,
+                max_queued=args.max_queued,
             )
             for path in render(spec, args.out):
                 print(path)
+        elif args.cmd == "bridge":
+            bridge = BridgeSpec(name=args.name, central=args.central, prefix=args.prefix, etc=args.etc)
+            args.out.mkdir(parents=True, exist_ok=True)
+            path = args.out / "failoverd-bridge.conf"
+            path.write_text(render_bridge(bridge), encoding="utf-8")
+            print(path)
         elif args.cmd == "pki":
-            make_pki(args.out, args.server, args.server_ip, args.clients, operators=args.operators, days=args.days)
+            make_pki(
+                args.out,
+                args.server,
+                args.server_ip,
+                args.clients,
+                operators=args.operators,
+                bridges=args.bridges,
+                days=args.days,
+            )
             names = [*args.clients, *(operator_username(o) for o in args.operators)]
+            names += [bridge_username(b) for b in args.bridges]
             print(f"{args.out}: ca.pem, server.pem/.key, crl.pem, " + ", ".join(f"{c}.pem/.key" for c in names))
         else:
             print(revoke(args.pki, args.names))

@@ -13,10 +13,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from failoverd.control import fleetview
 from failoverd.control.commands import COMMANDS, Command
 from failoverd.hostport import split_hostport
+
+if TYPE_CHECKING:
+    import aiomqtt
 
 DEFAULT_SOCKET = "/run/failoverd/control.sock"
 WIDTH = 100
@@ -368,6 +372,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-file", default=env("FAILOVERD_PASSWORD_FILE"), help="with --username: a file holding the password"
     )
     m.add_argument("--wait", type=float, default=5.0, help="seconds to wait for replies (default 5)")
+    v = p.add_argument_group(
+        "the fleet's status (--fleet status)",
+        "Read from the gateways' retained statuses in one subscription (no command is sent, no key needed). "
+        "A site is offline when its status says online: false (stopped, or the broker's last will); stale when "
+        "it says online but was not refreshed for --stale seconds (gateway, broker or bridge cut off); on backup "
+        "when a class left the first uplink of its path; on satellite when a class goes via a satellite uplink; "
+        "with a bad clock when the clock checker says suspect or insane; 'no-route' when a class is routed via no "
+        "uplink.",
+    )
+    v.add_argument(
+        "--where",
+        metavar="KEY=VALUE,...",
+        help="only the sites that match every KEY (alternatives with |): "
+        + "; ".join(f"{k}: {h}" for k, h in fleetview.WHERE_KEYS.items())
+        + ". E.g. class=dispatch,uplink=sat or state=offline|stale",
+    )
+    v.add_argument("--summary", action="store_true", help="print the counts only, not a line per site")
+    v.add_argument(
+        "--stale",
+        type=float,
+        default=fleetview.STALE_AFTER,
+        metavar="SECONDS",
+        help=f"a status older than this is stale (default {fleetview.STALE_AFTER:g}: three missed refreshes)",
+    )
+    v.add_argument(
+        "--live", action="store_true", help="ask every gateway instead (a signed status command; needs --key-file)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     groups: dict[str, Any] = {}  # `drill-run` in the table is `failoverctl drill run`
     for cmd in COMMANDS.values():
@@ -375,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
         if not leaf:
             parser = sub.add_parser(cmd.name, help=cmd.help)
             _add_command(parser, cmd)
+            if cmd.name == "status":  # the fleet view's options, also after the command (--fleet status --where ...)
+                for option, kind in (("--where", str), ("--stale", float)):
+                    parser.add_argument(option, type=kind, default=argparse.SUPPRESS, help=f"see {option} above")
+                for option in ("--summary", "--live"):
+                    parser.add_argument(option, action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             if cmd.name == "report":  # rendered here, from the records the daemon sends
                 parser.add_argument("--out", metavar="FILE", help="write the Markdown here (default: print it)")
                 parser.add_argument("--plot", metavar="FILE.png", help="also draw the period as a PNG")
@@ -436,10 +472,7 @@ def to_request(args: argparse.Namespace) -> dict[str, Any]:
 
 async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict[str, Any]]:
     """Sign the request, publish it to one site's or the fleet's command topic, collect the replies."""
-    import aiomqtt  # noqa: PLC0415 (only the remote path needs it)
-
     from failoverd.control.signing import fleet_dest, load_private_key, sign, site_dest  # noqa: PLC0415
-    from failoverd.control.tls import client_context  # noqa: PLC0415
 
     key_file = Path(args.key_file)
     private = load_private_key(key_file)
@@ -449,20 +482,9 @@ async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict
     # The destination is signed with the command: a copy replayed on another topic is refused there.
     dest = fleet_dest(prefix, args.sites) if args.fleet else site_dest(prefix, args.site)
     signed = sign({**request, "id": rid}, name, private, time.time(), dest)
-    host, port = split_hostport(args.mqtt, 8883 if args.tls else 1883)
     topic = f"{prefix}/fleet/cmd" if args.fleet else f"{prefix}/{args.site}/cmd"
     replies: list[dict[str, Any]] = []
-    password = Path(args.password_file).read_text().strip() if args.password_file else None
-    tls = client_context(args.ca_file, args.cert_file, args.cert_key_file) if args.tls else None
-    async with aiomqtt.Client(
-        host,
-        port,
-        identifier=f"failoverctl-{rid[:12]}",
-        username=args.username,
-        password=password,
-        tls_context=tls,
-        timeout=args.wait,
-    ) as client:
+    async with broker_client(args, rid) as client:
         await client.subscribe(f"{prefix}/+/reply" if args.fleet else f"{prefix}/{args.site}/reply", qos=1)
         await client.publish(topic, json.dumps(signed), qos=1)
         by_site: dict[str, dict[str, Any]] = {}
@@ -479,6 +501,110 @@ async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict
             pass
         replies = list(by_site.values())
     return replies
+
+
+def broker_client(args: argparse.Namespace, rid: str) -> aiomqtt.Client:
+    """An aiomqtt client for the broker the options name (not yet connected: `async with` it)."""
+    import aiomqtt  # noqa: PLC0415 (only the remote path needs it)
+
+    from failoverd.control.tls import client_context  # noqa: PLC0415
+
+    host, port = split_hostport(args.mqtt, 8883 if args.tls else 1883)  # [v6]:port, v6, name:port, ...
+    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    tls = client_context(args.ca_file, args.cert_file, args.cert_key_file) if args.tls else None
+    return aiomqtt.Client(
+        host,
+        port,
+        identifier=f"failoverctl-{rid[:12]}",
+        username=args.username,
+        password=password,
+        tls_context=tls,
+        timeout=args.wait,
+    )
+
+
+def sync_topic(prefix: str, nonce: str) -> str:
+    """Where failoverctl sends itself the marker that ends a retained burst. Under `fleet/`, which no site
+    can be named, so no gateway's topics are touched; the shipped ACL lets operators read and write it."""
+    return f"{prefix}/fleet/sync/{nonce}"
+
+
+async def collect_statuses(args: argparse.Namespace) -> tuple[dict[str, bytes], bool]:
+    """Every site's retained status, in one subscription to `<prefix>/+/status`; and whether the burst
+    was seen to end.
+
+    How the end is known: right after the subscription is acknowledged, failoverctl subscribes to a topic
+    of its own and publishes a marker there. The broker queues the retained messages for this client when
+    it handles the SUBSCRIBE, and the marker only when it handles the PUBLISH that comes after it on the
+    same connection, both at QoS 1 in one per-client queue: when the marker arrives, the burst is over.
+    No marker within --wait (a broker whose ACL does not grant the topic): what came is shown, marked
+    incomplete. A status published live while collecting replaces the retained one (it is newer)."""
+    prefix = args.prefix.rstrip("/")
+    nonce = uuid.uuid4().hex
+    marker = sync_topic(prefix, nonce)
+    statuses: dict[str, bytes] = {}
+    complete = False
+    async with broker_client(args, nonce) as client:
+        await client.subscribe(f"{prefix}/+/status", qos=1)
+        await client.subscribe(marker, qos=1)
+        await client.publish(marker, nonce, qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.wait):
+                async for message in client.messages:
+                    topic = str(message.topic)
+                    if topic == marker:
+                        complete = True
+                        break
+                    site = topic[len(prefix) + 1 : -len("/status")]
+                    if site and "/" not in site and site != "fleet" and isinstance(message.payload, bytes):
+                        statuses[site] = message.payload
+    return statuses, complete
+
+
+def main_fleet_status(args: argparse.Namespace) -> int:
+    """`failoverctl --mqtt BROKER --fleet status`: the summary, the matching sites, from retained statuses."""
+    try:
+        where = fleetview.Where.parse(args.where or "")
+    except fleetview.WhereError as exc:
+        print(f"failoverctl: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        statuses, complete = asyncio.run(collect_statuses(args))
+    except Exception as exc:  # the broker, a certificate: say which and stop
+        print(f"failoverctl: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    now = time.time()
+    views = [fleetview.read_status(site, doc, now, args.stale) for site, doc in sorted(statuses.items())]
+    if args.sites:
+        views = [v for v in views if v.site in args.sites]
+        for site in sorted(set(args.sites) - {v.site for v in views}):
+            print(f"failoverctl: no retained status for site {site}", file=sys.stderr)
+    chosen = [v for v in views if where(v)]
+    total, matched = fleetview.summarise(views), fleetview.summarise(chosen)
+    if args.json:
+        out: dict[str, Any] = {"complete": complete, "summary": {"sites": total.sites, **total.counts}}
+        if args.where:
+            out["matched"] = {"sites": matched.sites, **matched.counts}
+        if not args.summary:
+            out["sites"] = [fleetview.as_json(v) for v in chosen]
+        print(json.dumps(out, indent=2))
+    else:
+        print(total.line())
+        if args.where:
+            print(f"where {args.where}: {matched.line()}")
+        if not args.summary and chosen:
+            print()
+            print(fleetview.HEADER)
+            for v in chosen:
+                print(_cut(fleetview.row(v), 10 * WIDTH))
+    if not complete:
+        print(
+            f"failoverctl: the broker's retained statuses did not end within {args.wait:g}s: the list may be "
+            f"incomplete (does the broker's ACL let you use {sync_topic(args.prefix.rstrip('/'), '#')}?)",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    return EXIT_OK
 
 
 def take_reply(topic: str, payload: Any, rid: str, prefix: str) -> dict[str, Any] | None:
@@ -538,14 +664,24 @@ def main_remote(args: argparse.Namespace) -> int:
         # An empty list must not widen a narrow command to the whole fleet.
         print("failoverctl: --sites names no site: list them (a,b), or leave --sites out for all", file=sys.stderr)
         return EXIT_REFUSED
-    if not args.key_file:
-        print("failoverctl: remote commands are signed: give --key-file (or FAILOVERD_KEY_FILE)", file=sys.stderr)
-        return EXIT_REFUSED
     problem = transport_problem(args)
     try:
         split_hostport(args.mqtt, 1883)
     except ValueError as exc:
         problem = f"--mqtt: {exc}"
+    fleet_status = args.fleet and args.cmd == "status"
+    if fleet_status and not args.live:
+        if problem:
+            print(f"failoverctl: {problem}", file=sys.stderr)
+            return EXIT_REFUSED
+        return main_fleet_status(args)
+    if args.where or args.summary or (args.live and not fleet_status):
+        # --where and --summary read the retained statuses; --live asks the gateways instead.
+        print("failoverctl: --where and --summary go with --fleet status, --live with --fleet", file=sys.stderr)
+        return EXIT_REFUSED
+    if not args.key_file:
+        print("failoverctl: remote commands are signed: give --key-file (or FAILOVERD_KEY_FILE)", file=sys.stderr)
+        return EXIT_REFUSED
     if problem:
         print(f"failoverctl: {problem}", file=sys.stderr)
         return EXIT_REFUSED
@@ -599,6 +735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_keygen(args)
     if args.mqtt:
         return main_remote(args)
+    if args.where or args.summary or args.live:
+        print("failoverctl: --where, --summary and --live go with --mqtt BROKER --fleet status", file=sys.stderr)
+        return EXIT_REFUSED
     tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     try:
         reply = Client(args.socket).request(to_request(args))

@@ -11,12 +11,14 @@ import pytest
 from cryptography import x509
 
 from failoverd.broker import (
+    BridgeSpec,
     BrokerConfigError,
     BrokerSpec,
     main,
     make_pki,
     operator_username,
     render_acl,
+    render_bridge,
     render_conf,
     revoke,
 )
@@ -45,9 +47,10 @@ def test_acl_confines_gateways_by_username_and_lists_operators() -> None:
         "pattern read fleet-a/%u/cmd",
         "pattern read fleet-a/fleet/cmd",
     ]
+    sync = "topic write fleet-a/fleet/sync/#"  # failoverctl's end-of-burst marker (--fleet status)
     assert rules[5:] == [
-        *("user op/noc", "topic read fleet-a/#", "topic write fleet-a/+/cmd"),
-        *("user op/alice", "topic read fleet-a/#", "topic write fleet-a/+/cmd"),
+        *("user op/noc", "topic read fleet-a/#", "topic write fleet-a/+/cmd", sync),
+        *("user op/alice", "topic read fleet-a/#", "topic write fleet-a/+/cmd", sync),
     ]
     assert not any(r.startswith("topic") and "readwrite" in r for r in rules)
 
@@ -230,6 +233,38 @@ def test_documented_remote_calls_would_reach_the_shipped_broker(doc: str, monkey
     assert calls
     for argv, exported in calls:
         args = build_parser().parse_args(argv)
-        assert args.tls and args.key_file and args.key_file.endswith(".key"), argv
+        view = args.fleet and args.cmd == "status" and not args.live  # retained statuses: nothing to sign
+        assert args.tls and (view or (args.key_file and args.key_file.endswith(".key"))), argv
         assert exported or args.cert_file or args.username, argv
         assert transport_problem(args) == "", argv
+
+
+def test_a_central_broker_lets_bridges_carry_status_up_and_commands_down() -> None:
+    acl = render_acl(BrokerSpec(operators=("noc",), bridges=("east", "west"))).splitlines()
+    east = acl[acl.index("user br/east") + 1 : acl.index("user br/west")]
+    assert [r for r in east if r] == [
+        "topic write failoverd/+/status",
+        "topic write failoverd/+/events",
+        "topic write failoverd/+/reply",
+        "topic read failoverd/+/cmd",
+    ]
+    with pytest.raises(BrokerConfigError, match="bridge"):
+        BrokerSpec(bridges=("a/b",))
+    assert "max_queued_messages 20000" in render_conf(BrokerSpec())
+
+
+def test_a_regional_brokers_bridge(tmp_path: Path) -> None:
+    conf = render_bridge(BridgeSpec(name="east", central="central.example:8883", etc="/e")).splitlines()
+    assert "connection failoverd-east" in conf and "address central.example:8883" in conf
+    assert "bridge_certfile /e/br/east.pem" in conf and "bridge_insecure false" in conf
+    assert [line for line in conf if line.startswith("topic ")] == [
+        "topic failoverd/+/status out 1",
+        "topic failoverd/+/events out 1",
+        "topic failoverd/+/reply out 1",
+        "topic failoverd/+/cmd in 1",
+    ]
+    with pytest.raises(BrokerConfigError, match="HOST:PORT"):
+        BridgeSpec(name="east", central="central.example")
+    argv = ["bridge", "--name", "east", "--central", "c:8883", "--etc", "/e", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert (tmp_path / "failoverd-bridge.conf").read_text() == render_bridge(BridgeSpec("east", "c:8883", etc="/e"))

@@ -384,6 +384,12 @@ class Fleet:
                 clock=st.clock.state.value,
                 classes={n: (f"via {c.uplink}" if c.route == "via" else c.route) for n, c in st.classes.items()},
                 uplinks={n: u.status for n, u in st.uplinks.items()},
+                # For the fleet view (control/fleetview.py): a class is on backup when it leaves the first
+                # uplink of its path, on satellite when its uplink is of that kind.
+                primary={
+                    n: policy.classes[n].path[0] for n in st.classes if n in policy.classes and policy.classes[n].path
+                },
+                kinds={n: policy.uplinks[n].kind for n in st.uplinks if n in policy.uplinks},
                 redundancy=redundancy_summary(policy, st),
                 overrides=[o.describe() for o in st.overrides],
                 alarms={a.id: {"severity": a.severity, "acked_by": a.acked_by} for a in st.alarms.values()},

@@ -195,8 +195,14 @@ def test_acl_confines_each_gateway_and_failoverctl_works_over_tls(gwlab: Gateway
     )
     assert rc == 0 and reply["ok"] and reply["site"] == SITE, reply
     assert gwlab.cls("critical") == "mobile"
-    rc, reply = failoverctl(gwlab, pki, OPERATOR, sign_with, "--fleet", "status")
+    rc, reply = failoverctl(gwlab, pki, OPERATOR, sign_with, "--fleet", "status", "--live")
     assert rc == 0 and [r["site"] for r in reply] == [SITE], reply
+    # The fleet's view from retained statuses: the ACL lets the operator use its end-of-burst marker.
+    # (B's status above was not retained, and STOLEN never got one in.)
+    rc, view = failoverctl(gwlab, pki, OPERATOR, sign_with, "--fleet", "status")
+    assert rc == 0 and view["complete"], view
+    conditions = {s["site"]: s["conditions"] for s in view["sites"]}
+    assert set(conditions) == {SITE} and {"online", "backup"} <= set(conditions[SITE]), conditions
     # The operator's signing key on B's certificate: the broker drops the command, no gateway answers.
     rc, reply = failoverctl(gwlab, pki, OTHER, sign_with, "--site", SITE, "release", "--all", wait="2")
     assert rc == 3 and "no reply" in reply, reply
