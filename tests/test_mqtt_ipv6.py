@@ -27,7 +27,7 @@ def policy(mqtt_line: str) -> str:
     return (
         "site: north\n"
         "uplinks:\n"
-        "  - {name: fiber, interface: fiber0, next_hop: 198.18.0.1}\n"
+        '  - {name: fiber, interface: fiber0, next_hop: 198.18.0.1, next_hop6: "2001:db8:1::1"}\n'
         "  - {name: loop, interface: lo, point_to_point: true}\n"
         "classes: [{name: all, path: [fiber, loop]}]\n"
         f"control: {{mqtt: {mqtt_line}}}\n"
@@ -54,6 +54,15 @@ def test_a_host_that_is_not_one_is_refused(host: str, says: str) -> None:
         parse_policy_text(policy(f"{{enabled: true, host: {host}}}"), "t.yaml")
     [problem] = info.value.problems
     assert says in problem.message and problem.path.startswith("control.mqtt."), problem
+
+
+def test_a_broker_on_a_named_uplink_of_another_family_is_refused() -> None:
+    text = policy('{enabled: true, host: "fe80::1", uplink: fiber}').replace(', next_hop6: "2001:db8:1::1"', "")
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(text, "t.yaml")
+    [problem] = info.value.problems
+    assert problem.message == 'MQTT broker fe80::1 is IPv6, and uplink "fiber" carries IPv4 only', problem
+    assert problem.path == "control.mqtt.host", problem
 
 
 def test_a_link_local_broker_on_a_named_uplink_is_accepted() -> None:
