@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 UPLINKS = """
 site: t
 uplinks:
-  - {name: fiber, interface: fiber0, next_hop: 192.0.2.1}
-  - {name: mobile, interface: mob1, next_hop: 192.0.2.5}
+  - {name: fiber, interface: fiber0, next_hop: 192.0.2.1, next_hop6: "2001:db8:1::1"}
+  - {name: mobile, interface: mob1, next_hop: 192.0.2.5, next_hop6: "2001:db8:2::1"}
 classes: [{name: all, path: [fiber, mobile]}]
 clock:
   chrony: false
@@ -88,14 +88,16 @@ async def test_each_server_is_asked_over_its_uplink_an_ipv6_one_bound_to_its_dev
         ),
         "t.yaml",
     )
-    await ClockMonitor(pol, usable=lambda: ["fiber", "mobile"]).round()
-    fiber, mobile = pol.uplinks["fiber"].fwmark, pol.uplinks["mobile"].fwmark
+    await ClockMonitor(pol, usable=lambda: list(pol.uplinks)).round()
+    # Each family over its own twin (policy/compile.py): only the /v6 twin's table holds IPv6 routes.
+    fiber, fiber6, mobile6 = (pol.uplinks[n].fwmark for n in ("fiber", "fiber/v6", "mobile/v6"))
     assert asked == {
         # IPv4: the mark alone (SO_BINDTODEVICE would make the kernel ARP for the server on the link)
         "198.51.100.1": {"port": 123, "mark": fiber, "device": None},
-        "2001:db8::123": {"port": 1123, "mark": mobile, "device": "mob1"},
-        "fe80::123%fiber0": {"port": 123, "mark": fiber, "device": "fiber0"},  # in the uplink's zone
-        "2001:db8::124": {"port": 123, "mark": fiber, "device": "fiber0"},  # no uplink named: the first usable
+        "2001:db8::123": {"port": 1123, "mark": mobile6, "device": "mob1"},
+        "fe80::123%fiber0": {"port": 123, "mark": fiber6, "device": "fiber0"},  # in the uplink's zone
+        # No uplink named: the first usable one of its family, the fiber's IPv6 twin, not the fiber.
+        "2001:db8::124": {"port": 123, "mark": fiber6, "device": "fiber0"},
     }
 
 
@@ -104,13 +106,27 @@ async def test_an_uplink_down_its_servers_move_but_not_one_on_its_link(asked: As
         clock_policy('{address: "2001:db8::123", uplink: fiber}', '{address: "fe80::123", uplink: fiber}'),
         "t.yaml",
     )
-    mon = ClockMonitor(pol, usable=lambda: ["mobile"])
+    mon = ClockMonitor(pol, usable=lambda: ["mobile", "mobile/v6"])
     await mon.round()
-    fiber, mobile = pol.uplinks["fiber"].fwmark, pol.uplinks["mobile"].fwmark
-    assert asked["2001:db8::123"] == {"port": 123, "mark": mobile, "device": "mob1"}
+    fiber6, mobile6 = pol.uplinks["fiber/v6"].fwmark, pol.uplinks["mobile/v6"].fwmark
+    assert asked["2001:db8::123"] == {"port": 123, "mark": mobile6, "device": "mob1"}
     # The mobile uplink's link has no fe80::123 of the fiber's router: still asked on its own link.
-    assert asked["fe80::123%fiber0"] == {"port": 123, "mark": fiber, "device": "fiber0"}
-    assert mon.via == {"2001:db8::123": "mobile", "fe80::123": "fiber"}
+    assert asked["fe80::123%fiber0"] == {"port": 123, "mark": fiber6, "device": "fiber0"}
+    assert mon.via == {"2001:db8::123": "mobile/v6", "fe80::123": "fiber/v6"}
+
+
+async def test_a_server_moves_to_a_twin_of_its_family_not_the_first_usable_uplink(asked: Asked) -> None:
+    """The fiber's IPv6 dead, its IPv4 well: the fiber's IPv4 twin is usable and first, but its table
+    has no IPv6 route; the server goes to the mobile uplink's IPv6 twin."""
+    pol = parse_policy_text(clock_policy('{address: "2001:db8::123", uplink: fiber}'), "t.yaml")
+    mon = ClockMonitor(pol, usable=lambda: ["fiber", "mobile", "mobile/v6"])
+    await mon.round()
+    assert asked["2001:db8::123"] == {"port": 123, "mark": pol.uplinks["mobile/v6"].fwmark, "device": "mob1"}
+    assert mon.via == {"2001:db8::123": "mobile/v6"}
+    # No usable uplink of its family at all: asked over its own, as when nothing is usable.
+    asked.clear()
+    await ClockMonitor(pol, usable=lambda: ["fiber", "mobile"]).round()
+    assert asked["2001:db8::123"] == {"port": 123, "mark": pol.uplinks["fiber/v6"].fwmark, "device": "fiber0"}
 
 
 @pytest.mark.parametrize(

@@ -76,12 +76,16 @@ class ClockMonitor:
         return steps
 
     def _ask(self, s: TimeServerSpec, usable: list[str]) -> Awaitable[Reply]:
-        """One server's query, over its uplink or (that one down) the first usable one: marked, and an
-        IPv6 one bound to the uplink's device too, as the probes are. A link-local server is on its
-        uplink's link, its zone: asked there or not at all."""
+        """One server's query, over its uplink or (that one down) the first usable one of the server's
+        family: marked, and an IPv6 one bound to the uplink's device too, as the probes are. A
+        link-local server is on its uplink's link, its zone: asked there or not at all."""
         ck = self.policy.clock
-        link_local = ip_address(s.address).is_link_local
-        via = s.uplink if s.uplink in usable or not usable or link_local else usable[0]
+        address = ip_address(s.address)
+        # A dual-stack uplink is two engine uplinks (policy/compile.py), and only the twin of the
+        # server's family has a route to it in its table: an IPv6 server moved onto an IPv4 twin's
+        # mark would find none there and leave by the main table.
+        fit = [n for n in usable if self.policy.carries(n, address.version)]
+        via = s.uplink if s.uplink in fit or not fit or address.is_link_local else fit[0]
         self.via[s.address] = via
         timeout = min(2.0, ck.interval / 2)
         up = self.policy.uplinks.get(via or "")

@@ -182,14 +182,12 @@ class Fleet:
                     self.rerouted.set()
                 if record.get("kind") == "uplink" and self.via is not None and not usable(self.g.state, self.via):
                     self.path_lost.set()
-                elif (
-                    record.get("kind") in ("uplink", "decision")
-                    and self.via is None
-                    and any(usable(self.g.state, n) for n in self.g.policy.uplinks)
-                ):
-                    # A session made (or being made) while no uplink was usable, at start most often, rides
-                    # whatever the main table says, unmarked and, over IPv6, unbound: moved onto an uplink
-                    # once one is. (Set while connecting, it ends the session as soon as it is made.)
+                elif record.get("kind") in ("uplink", "decision") and self.via is None and self._usable_now():
+                    # A session made (or being made) while no uplink of its family was usable, at start most
+                    # often, rides whatever the main table says, unmarked and, over IPv6, unbound: moved onto
+                    # an uplink once one is. (Set while connecting, it ends the session as soon as it is
+                    # made.) Only one of its family will do: an IPv4 twin's table has no route to an IPv6
+                    # broker, and a session moved for it would be made unmarked again, and moved again.
                     self.path_lost.set()
 
     # -- the session --------------------------------------------------------------------------------
@@ -215,7 +213,7 @@ class Fleet:
     async def _sessions(self) -> None:
         delay = BACKOFF[0]
         why = "not connected yet"
-        if not any(usable(self.g.state, n) for n in self.g.policy.uplinks):
+        if not self._usable_now():
             # At start no uplink is judged yet: wait a moment for the first usable one, so the session is
             # steered from its first packet rather than made over the main table and moved a moment later.
             with contextlib.suppress(TimeoutError):
@@ -264,6 +262,11 @@ class Fleet:
                     await self.rerouted.wait()
             delay = min(max(delay * 2, BACKOFF[0]), BACKOFF[1])
 
+    def _usable_now(self) -> list[str]:
+        """The engine uplinks usable now that carry the broker's family (any, for a broker by name)."""
+        pol, family = self.g.policy, _family(self.spec.host)
+        return [n for n in pol.uplinks if pol.carries(n, family) and usable(self.g.state, n)]
+
     def _client(self) -> aiomqtt.Client:
         s = self.spec
         will = json.dumps({"online": False, "site": self.site, "why": "connection lost"})
@@ -276,9 +279,8 @@ class Fleet:
         # A broker given by address goes over an uplink of its family (a dual-stack uplink's twins
         # carry one each, policy/compile.py); a name is resolved by the client, in either.
         pol = self.g.policy
-        family = _family(s.host)
-        usable_now = [n for n in pol.uplinks if pol.carries(n, family) and usable(self.g.state, n)]
-        preferred = pol.twin(s.uplink, family or 4) if s.uplink is not None else None
+        usable_now = self._usable_now()
+        preferred = pol.twin(s.uplink, _family(s.host) or 4) if s.uplink is not None else None
         self.via = preferred if preferred in usable_now else next(iter(usable_now), None)
         self.path_lost.clear()
         client = aiomqtt.Client(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from ipaddress import IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from failoverd.policy import schema as s
 from failoverd.policy.compile import (
@@ -395,6 +395,14 @@ def _resources(doc: s.PolicyDocument) -> Iterator[Finding]:
             marks.setdefault(mark, who)
 
 
+def _address(host: str) -> IPv4Address | IPv6Address | None:
+    """The broker's address, or None for a name."""
+    try:
+        return ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
 def _link_local6(host: str) -> bool:
     try:
         a = ip_address(host)
@@ -439,6 +447,17 @@ def _control(doc: s.PolicyDocument) -> Iterator[Finding]:
             yield ("control", "mqtt", "topic_prefix"), f'topic_prefix "{mq.topic_prefix}" cannot hold "+" or "#"'
     if mq.uplink is not None and mq.uplink not in uplinks:
         yield ("control", "mqtt", "uplink"), f'MQTT names unknown uplink "{mq.uplink}"'
+    broker = _address(mq.host)
+    if mq.enabled and broker is not None and mq.uplink in by_name:
+        # As for a time server: only a twin of the broker's family has a route to it (policy/compile.py).
+        u = by_name[mq.uplink]
+        families = {4, 6} if all(f is None for _, f in uplink_twins(u)) else uplink_evidence(u)
+        if broker.version not in families:
+            yield (
+                ("control", "mqtt", "host"),
+                f'MQTT broker {mq.host} is IPv{broker.version}, and uplink "{mq.uplink}" carries '
+                f"IPv{min(families)} only",
+            )
     if mq.enabled and _link_local6(mq.host) and "%" not in mq.host and mq.uplink is None:
         # The session rides the first usable uplink otherwise, and another uplink's link has no such broker.
         yield ("control", "mqtt", "uplink"), f"MQTT broker {mq.host} is link-local: name the uplink whose link it is on"
