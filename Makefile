@@ -14,7 +14,7 @@ demo:
 	@scripts/bootstrap
 	$(PY) -m lab demo
 
-# Unit tests on every core, then the namespace tests and scenarios alone (scripts/test says why).
+# Unit tests on every core, the namespace tests two at a time, the lab and its scenarios alone (scripts/test says why).
 test: bootstrap
 	VENV=$(VENV) scripts/test $(PYTEST_ARGS)
 

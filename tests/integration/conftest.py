@@ -21,7 +21,13 @@ def gwlab(tmp_path: Path) -> Iterator[GatewayLab]:
         lab.destroy()
 
 
+# The tests that bring up the lab (containerlab/failoverd.clab.yml: namespaces fo-failoverd-*, fixed /tmp paths).
+LAB_FILES = ("test_scenarios.py", "test_lab_dualstack.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.netns)
+            if item.fspath.basename in LAB_FILES:
+                item.add_marker(pytest.mark.lab)
