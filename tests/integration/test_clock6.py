@@ -92,6 +92,13 @@ def test_the_clock_is_judged_sane_from_ipv6_servers_and_the_liar_is_named(lab6: 
     wait_for(lambda: lab6.clock()["state"] == "sane", 20, what="clock SANE")
     # Judged sane once, now a few rounds (1 s apart) with every source's answer in.
     wait_for(lambda: all(s["state"] != "no answer" for s in lab6.clock()["sources"]), 10, what="every answer")
+
+    def liar_via_mobile() -> bool:
+        # A round made while mobile/v6 was not yet UP asked the liar over the fiber (as designed); the
+        # report names the uplink of the last answer, so wait for a round made since.
+        return any(s["server"] == LIAR and s["uplink"] == "mobile/v6" for s in lab6.clock()["sources"])
+
+    wait_for(liar_via_mobile, 10, what="the liar asked over mobile/v6")
     rep = lab6.clock()
     verdicts = {s["server"]: s["state"] for s in rep["sources"]}
     assert verdicts == {**dict.fromkeys((*HONEST, ON_LINK), "agrees"), LIAR: "falseticker"}, rep
