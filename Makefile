@@ -32,7 +32,7 @@ lint: bootstrap
 	$(VENV)/bin/ruff format --check failoverd tests lab bench scripts/manpages
 
 types: bootstrap
-	$(VENV)/bin/mypy failoverd lab bench tests/fakes.py tests/test_shell.py scripts/manpages
+	$(VENV)/bin/mypy failoverd lab bench tests/test_shell.py scripts/manpages
 
 check: lint types test
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import failover, report
+from bench import failover, fleet, report
 
 if TYPE_CHECKING:
     from lab.topology import Lab
@@ -23,6 +23,8 @@ USAGE = """usage: python -m bench COMMAND [options]
   failover   failover time, gray failure and flap storm for failoverd and its peers (needs root)
   cost       failoverd's RSS and CPU at 4 uplinks x 2 targets x 20 probes/s, idle and in a failover (root)
   reconcile  time to reconcile 1,000 and 10,000 owned routes (root)
+  fleet      signed fleet commands and fleet status over 100, 1,000 and 5,000 simulated gateways on
+             one mosquitto and on a two-level bridge (root)
   engine     the pure engine's decisions per second
   intake     what a request on the MQTT command topic costs before it is refused or run
   report     re-render the markdown of a results file (default bench/results/latest.json -> latest.md)
@@ -58,7 +60,7 @@ def meta(argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("all", "failover", "cost", "reconcile", "engine", "intake", "report"):
+    if not argv or argv[0] not in ("all", "failover", "cost", "reconcile", "fleet", "engine", "intake", "report"):
         print(USAGE, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
@@ -82,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--runs", type=int, default=5, help="runs per peer and fault (default 5)")
         ap.add_argument("--peers", default=",".join(failover.PEERS))
         ap.add_argument("--faults", default=",".join(failover.FAULTS))
+    if cmd in ("all", "fleet"):
+        ap.add_argument("--sizes", default=",".join(map(str, fleet.SIZES)), help="fleet: gateways (100,1000,5000)")
+        ap.add_argument("--topologies", default=",".join(fleet.TOPOLOGIES), help="fleet: single, bridge")
+        ap.add_argument("--rounds", type=int, default=6, help="fleet: commands at each size (default 6)")
     ap.add_argument("--out", type=Path, help="results JSON (default: bench/results/<stamp>.json, latest.*)")
     args = ap.parse_args(rest)
     doc: dict[str, Any] = {"meta": meta(argv)}
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if lab is not None:
             lab.down()
+    if cmd in ("all", "fleet"):  # after the lab is down: the simulated fleet wants every CPU
+        sizes = ["--sizes", args.sizes, "--topologies", args.topologies, "--rounds", str(args.rounds)]
+        doc["fleet"] = fleet.in_namespace(sizes)
     doc["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     text = report.markdown(doc)
     print(text)

@@ -181,6 +181,36 @@ def reconcile_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ms(s: float | None) -> str:
+    return "–" if s is None else f"{s * 1000:.0f}"
+
+
+def fleet_table(f: dict[str, Any]) -> list[str]:
+    lines = [
+        f"N simulated gateways (failoverd's own MQTT code, the real engine, TLS and passwords) in "
+        f"{f['per_worker']:,}-gateway worker processes; {f['rounds']} signed fleet commands at each size "
+        "(failover, release), times from the operator's publish over every site of every round. The N gateways",
+        "share this machine's CPUs: the tail includes N × one gateway's CPU per command done in turn.",
+        "",
+        "| topology | gateways | reached p50 / p99 / max ms | answered p50 / p99 / max ms | all answered "
+        "| fleet status s (3 runs) | sessions up s | broker RSS MiB | broker CPU ms/command "
+        "| gateway RSS KiB | gateway CPU ms/command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in f["runs"]:
+        reach, answer = r["reach_s"], r["answer_s"]
+        status = " / ".join(f"{s['s']:.2f}" + ("" if s["complete"] else " incomplete") for s in r["status"])
+        rss = ", ".join(f"{n} {v / 1024:.0f}" for n, v in r["broker_rss_kib"].items())
+        cpu = ", ".join(f"{n} {v:.0f}" for n, v in r["broker_cpu_ms_per_command"].items())
+        lines.append(
+            f"| {r['topology']} | {r['sites']:,} | {_ms(reach['p50'])} / {_ms(reach['p99'])} / {_ms(reach['max'])} "
+            f"| {_ms(answer['p50'])} / {_ms(answer['p99'])} / {_ms(answer['max'])} "
+            f"| {'yes' if r['answered_all'] else 'NO'} | {status} | {r['connect_s']:.1f} | {rss} | {cpu} "
+            f"| {r['gateway_rss_kib']:.0f} | {r['gateway_cpu_ms_per_command']:.2f} |"
+        )
+    return lines
+
+
 def targets(doc: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met?); None where this run did not measure it."""
     out: list[tuple[str, str, bool | None]] = []
@@ -228,6 +258,16 @@ def targets(doc: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         out.append((f"{big['routes']:,} routes reconciled (empty → N) ≤ 1 s", f"{t:.3f} s", t <= 1.0))
         a = big["audit_s"]
         out.append((f"{big['routes']:,} routes audited (full dump, nothing to do) ≤ 1 s", f"{a:.3f} s", a <= 1.0))
+    for r in doc.get("fleet", {}).get("runs", []):
+        where = "one broker" if r["topology"] == "single" else "a two-level bridge"
+        if r["sites"] == 1000:
+            p99 = r["answer_s"]["p99"]
+            met = p99 is not None and p99 <= 2.0 and r["answered_all"]
+            out.append((f"1,000 gateways commanded and answered on {where}: p99 ≤ 2 s", f"{_ms(p99)} ms", met))
+        if r["sites"] == 5000:
+            worst = max(s["s"] for s in r["status"])
+            met = worst <= 5.0 and all(s["complete"] and s["summary"]["sites"] == 5000 for s in r["status"])
+            out.append((f"status of 5,000 gateways collected on {where}: ≤ 5 s", f"{worst:.2f} s (worst of 3)", met))
     return out
 
 
@@ -257,6 +297,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["## Cost", "", *cost_table(doc["cost"]), ""]
     if "reconcile" in doc:
         lines += ["## Reconcile", "", *reconcile_table(doc["reconcile"]), ""]
+    if "fleet" in doc:
+        lines += ["## Fleet control", "", *fleet_table(doc["fleet"]), ""]
     if "engine" in doc:
         e = doc["engine"]
         lines += [

@@ -507,7 +507,7 @@ def broker_client(args: argparse.Namespace, rid: str) -> aiomqtt.Client:
     """An aiomqtt client for the broker the options name (not yet connected: `async with` it)."""
     import aiomqtt  # noqa: PLC0415 (only the remote path needs it)
 
-    from failoverd.control.tls import client_context  # noqa: PLC0415
+    from failoverd.control.tls import SOCKET_OPTIONS, client_context  # noqa: PLC0415
 
     host, port = split_hostport(args.mqtt, 8883 if args.tls else 1883)  # [v6]:port, v6, name:port, ...
     password = Path(args.password_file).read_text().strip() if args.password_file else None
@@ -519,6 +519,7 @@ def broker_client(args: argparse.Namespace, rid: str) -> aiomqtt.Client:
         username=args.username,
         password=password,
         tls_context=tls,
+        socket_options=SOCKET_OPTIONS,
         timeout=args.wait,
     )
 

@@ -67,12 +67,12 @@ def test_the_service_sends_a_window_again_only_when_it_moved() -> None:
 
 
 def test_drill_commands_through_the_table() -> None:
-    from fakes import FakeGateway
+    from failoverd.control.engineonly import EngineGateway
 
     from failoverd.control.commands import dispatch
     from failoverd.ctl import render_drills
 
-    g = FakeGateway(POLICY_TEXT)
+    g = EngineGateway(POLICY_TEXT)
     refused = asyncio.run(dispatch(g, {"cmd": "drill-run", "uplink": "mobile", "by": "op"}))
     assert not refused["ok"] and "not safe to drill mobile: uplink fiber is UNKNOWN" in refused["error"]
     assert not asyncio.run(dispatch(g, {"cmd": "drill-run", "uplink": "mobile"}, may_change=False))["ok"]

@@ -22,7 +22,7 @@ from failoverd.observe.status import class_rows, uplink_rows
 from failoverd.policy import load_policy, parse_policy_text
 from failoverd.policy.model import AlarmRouteSpec, Policy
 from failoverd.simulate import Simulation, Timeline
-from tests.fakes import FakeGateway
+from failoverd.control.engineonly import EngineGateway
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "policies" / "dual-stack.yaml"
@@ -208,7 +208,7 @@ def test_alarm_routes_naming_a_file_name_take_both_twins() -> None:
 
 
 async def test_failover_of_a_dual_stack_class_moves_both_families() -> None:
-    g = FakeGateway(POLICY)
+    g = EngineGateway(POLICY)
     reply = await dispatch(g, {"cmd": "failover", "class": "voice", "to": "lte", "reason": "test", "force": True})
     assert reply["ok"], reply
     assert {(o.cls, o.uplink) for o in g.state.overrides} == {("voice", "lte"), ("voice/v6", "lte/v6")}
@@ -224,7 +224,7 @@ async def test_failover_of_a_dual_stack_class_moves_both_families() -> None:
 
 
 def test_status_shows_a_dual_stack_uplink_on_one_line() -> None:
-    g = FakeGateway(POLICY)
+    g = EngineGateway(POLICY)
     st = {
         "site": "s",
         "policy": "t.yaml",
@@ -374,7 +374,7 @@ def test_a_fiber_cut_takes_both_families_down_at_once() -> None:
 
 
 async def test_explain_of_a_dual_stack_class_covers_both_families() -> None:
-    g = FakeGateway(POLICY)
+    g = EngineGateway(POLICY)
     reply = await dispatch(g, {"cmd": "explain", "class": "voice"})
     assert reply["ok"], reply
     heads = [line for line in reply["chain"] if line.startswith("class ")]

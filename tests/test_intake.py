@@ -9,7 +9,7 @@ from typing import Any
 
 import keys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fakes import FakeGateway
+from failoverd.control.engineonly import EngineGateway
 
 from failoverd.control import intake
 from failoverd.control.intake import Backlog, Intake, Rate, TokenBucket, reason_kind
@@ -114,9 +114,9 @@ def test_the_backlog_drops_are_reported_in_the_summary() -> None:
     assert i.summary(20.0) is None  # already reported: not again
 
 
-def fleet(tmp: Path) -> tuple[Fleet, FakeGateway, Ed25519PrivateKey]:
+def fleet(tmp: Path) -> tuple[Fleet, EngineGateway, Ed25519PrivateKey]:
     keys_file, secret = operator_keys(tmp)
-    d = FakeGateway(
+    d = EngineGateway(
         "site: north\nuplinks: [{name: a, interface: eth0, next_hop: 198.18.0.1}]\nclasses: [{name: all, path: [a]}]\n"
         f"control: {{mqtt: {{enabled: true, keys_file: {keys_file}}}}}\n"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from fakes import FakeGateway
+from failoverd.control.engineonly import EngineGateway
 
 from failoverd.control import mqtt
 from failoverd.control.mqtt import Fleet
@@ -74,7 +74,7 @@ def test_a_link_local_broker_on_a_named_uplink_is_accepted() -> None:
 
 
 def test_the_status_names_an_ipv6_broker_in_brackets(tmp_path: Path) -> None:
-    gw = FakeGateway(policy('{enabled: true, host: "[2001:db8::10]"}'))
+    gw = EngineGateway(policy('{enabled: true, host: "[2001:db8::10]"}'))
     fleet = Fleet(gw, gw.policy.control.mqtt, StateDir(tmp_path))
     assert fleet.status()["broker"] == "[2001:db8::10]:1883"
 
@@ -118,7 +118,7 @@ DUAL_STACK = (
 )
 
 
-def health(gw: FakeGateway, up: set[str]) -> None:
+def health(gw: EngineGateway, up: set[str]) -> None:
     """The engine's view: the uplinks in `up` UP, every other one DOWN."""
     uplinks = {
         n: dataclasses.replace(u, health=Health.UP if n in up else Health.DOWN) for n, u in gw.state.uplinks.items()
@@ -129,7 +129,7 @@ def health(gw: FakeGateway, up: set[str]) -> None:
 async def test_an_ipv6_broker_is_reached_over_an_ipv6_twin_only(tmp_path: Path) -> None:
     """A dual-stack uplink is two engine uplinks, and only the /v6 twin's table routes IPv6: the session
     goes over the named uplink's IPv6 twin, or another uplink's, never over an IPv4 twin's mark."""
-    gw = FakeGateway(DUAL_STACK)
+    gw = EngineGateway(DUAL_STACK)
     fleet = Fleet(gw, gw.policy.control.mqtt, StateDir(tmp_path))
     health(gw, {"fiber", "fiber/v6", "mobile", "mobile/v6"})
     fleet._client()

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from fakes import FakeGateway
+from failoverd.control.engineonly import EngineGateway
 
 from failoverd.control.mqtt import Fleet, PathLost
 from failoverd.statedir import StateDir
@@ -42,7 +42,7 @@ class Broker:
 
 
 async def test_a_lost_path_ends_the_session_at_once(tmp_path: Path) -> None:
-    d = FakeGateway(
+    d = EngineGateway(
         "site: north\nuplinks: [{name: a, interface: eth0, next_hop: 198.18.0.1}]\nclasses: [{name: all, path: [a]}]\n"
         "control: {mqtt: {enabled: true}}\n"
     )

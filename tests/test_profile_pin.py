@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fakes import FakeGateway
+from failoverd.control.engineonly import EngineGateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keys import operator_keys
@@ -286,7 +286,7 @@ def test_failoverctl_modem_use_is_the_table_command() -> None:
 
 
 async def test_a_pin_through_the_table_shows_in_status() -> None:
-    g = FakeGateway(TEMPLATE.replace("WHILE", "register"))
+    g = EngineGateway(TEMPLATE.replace("WHILE", "register"))
     reply = await dispatch(g, {"cmd": "modem-use", "uplink": "mobile", "profile": "b", "reason": "r", "by": "noc"})
     assert reply["ok"] and reply["override"] == "o1", reply
     refused = await dispatch(
@@ -323,7 +323,7 @@ def test_a_pin_waits_for_the_modem_to_report_at_all() -> None:
 async def test_a_signed_pin_over_mqtt_names_its_key(tmp_path: Path) -> None:
     key, keys = operator_keys(tmp_path / "k", "noc")
     text = TEMPLATE.replace("WHILE", "register") + f"control: {{mqtt: {{enabled: true, keys_file: {keys}}}}}\n"
-    g = FakeGateway(text)
+    g = EngineGateway(text)
     fleet = Fleet(g, g.policy.control.mqtt, StateDir(tmp_path))
     req = {"cmd": "modem-use", "uplink": "mobile", "profile": "b", "for": "2h", "reason": "outage", "id": "m1"}
     payload = json.dumps(sign(req, "noc", load_private_key(key), time.time(), site_dest("failoverd", "profiles")))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from fakes import FakeGateway
+from failoverd.control.engineonly import EngineGateway
 
 from failoverd.control import unix
 from failoverd.control.commands import COMMANDS, BadRequest, dispatch, to_event, validate
@@ -192,7 +192,7 @@ def test_the_same_command_is_the_same_engine_event_everywhere() -> None:
 
 
 async def test_commands_through_the_interface_reach_the_engine() -> None:
-    g = FakeGateway(POLICY)
+    g = EngineGateway(POLICY)
     reply = await dispatch(g, {"cmd": "drain", "uplink": "fiber", "reason": "splice", "by": "t"})
     assert reply["ok"] and g.state.classes["dispatch"].uplink == "mobile", reply
     reply = await dispatch(g, {"cmd": "explain", "class": "dispatch"})
@@ -202,7 +202,7 @@ async def test_commands_through_the_interface_reach_the_engine() -> None:
 
 
 async def test_a_reader_of_the_socket_may_not_change_anything(tmp_path: Path) -> None:
-    g = FakeGateway(POLICY)
+    g = EngineGateway(POLICY)
     sock = ControlSocket(g, str(tmp_path / "s"))
     line = json.dumps({"cmd": "drain", "uplink": "fiber", "reason": "r"}).encode()
     refused = await sock.answer(line, writable=False)
@@ -245,7 +245,7 @@ class Restarter(Recorder):
 async def test_a_reload_asks_every_service_and_reports_each(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.replace("north", "south"))
-    g = FakeGateway(POLICY)
+    g = EngineGateway(POLICY)
     history = History(Journal(StateDir(None)))
     ok, later = Recorder(Applied("3 probes")), Restarter(NeedsRestart("settings read at start"))
     report = await reload(path, g, [ok, later], history)
@@ -264,7 +264,7 @@ async def test_a_reload_asks_every_service_and_reports_each(tmp_path: Path) -> N
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
 async def test_the_kernel_names_the_peer_and_a_stranger_may_only_read() -> None:
     """A real socket and a real client process running as nobody: SO_PEERCRED, not what it claims."""
-    g = FakeGateway(POLICY + "control: {socket_mode: '0666'}\n")
+    g = EngineGateway(POLICY + "control: {socket_mode: '0666'}\n")
     where = Path(tempfile.mkdtemp(prefix="fo-ctl-"))
     where.chmod(0o755)  # nobody must reach the socket
     sock = ControlSocket(g, str(where / "control.sock"))
@@ -343,7 +343,7 @@ def test_without_the_option_the_groups_come_from_proc() -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(g: FakeGateway, where: Path) -> AsyncIterator[ControlSocket]:
+async def serving(g: EngineGateway, where: Path) -> AsyncIterator[ControlSocket]:
     """A real control socket at where/control.sock, served in this loop until the block ends."""
     sock = ControlSocket(g, str(where / "control.sock"))
     server = asyncio.create_task(sock.run(), name="control-under-test")
@@ -360,7 +360,7 @@ async def serving(g: FakeGateway, where: Path) -> AsyncIterator[ControlSocket]:
 
 
 async def test_an_oversized_request_is_refused_with_a_reason(tmp_path: Path) -> None:
-    async with serving(FakeGateway(POLICY), tmp_path):
+    async with serving(EngineGateway(POLICY), tmp_path):
         reader, writer = await asyncio.open_unix_connection(str(tmp_path / "control.sock"))
         writer.write(b'{"cmd": "status", "pad": "' + b"x" * (2 * unix.MAX_REQUEST) + b'"}\n')
         await writer.drain()
@@ -392,7 +392,7 @@ async def test_a_user_other_than_root_holds_a_few_connections_at_once() -> None:
     """Each connection costs the daemon a descriptor: a reader must not be able to use them all up."""
     where = Path(tempfile.mkdtemp(prefix="fo-ctl-"))
     where.chmod(0o755)
-    g = FakeGateway(POLICY + "control: {socket_mode: '0666'}\n")
+    g = EngineGateway(POLICY + "control: {socket_mode: '0666'}\n")
     try:
         async with serving(g, where) as sock:
             path = str(where / "control.sock")
@@ -439,7 +439,7 @@ class Broken(Recorder):
 async def test_a_reload_outlives_a_service_that_fails_and_a_file_that_is_not_text(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
-    g = FakeGateway(POLICY)
+    g = EngineGateway(POLICY)
     history = History(Journal(StateDir(None)))
     ok, later = Recorder(Applied()), Restarter(Applied())
     report = await reload(path, g, [ok, Broken(Applied()), later], history)
@@ -457,7 +457,7 @@ async def test_a_reload_outlives_a_service_that_fails_and_a_file_that_is_not_tex
 async def test_the_supervisor_answers_every_reload_even_when_one_raises(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
-    g = FakeGateway(POLICY)
+    g = EngineGateway(POLICY)
     supervisor = Supervisor(path, g, History(Journal(StateDir(None))), alarm=g.alarm)
 
     class Exploding(Recorder):

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fakes import FakeGateway
+from failoverd.control.engineonly import EngineGateway
 from keys import operator_keys
 
 from failoverd.cli import deployment_warnings
@@ -317,7 +317,7 @@ def request(key: Path, dest: dict[str, Any], name: str = "noc", **extra: Any) ->
 
 async def test_a_gateway_takes_its_own_and_fleet_commands_and_says_why_it_refuses(tmp_path: Path) -> None:
     key, keys = operator_keys(tmp_path, "noc")
-    d = FakeGateway(gateway_text("north", f"{{enabled: true, keys_file: {keys}}}"))
+    d = EngineGateway(gateway_text("north", f"{{enabled: true, keys_file: {keys}}}"))
     fleet = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))
     own, everyone = fleet.cmd_topic, fleet.fleet_topic
 
@@ -359,7 +359,7 @@ async def test_a_command_replayed_on_another_gateway_is_refused_there(tmp_path: 
     """Two gateways, one key: what one accepted cannot be played to the other, on any topic."""
     key, keys = operator_keys(tmp_path, "noc")
     mqtt = f"{{enabled: true, keys_file: {keys}}}"
-    north_gw, south_gw = FakeGateway(gateway_text("north", mqtt)), FakeGateway(gateway_text("south", mqtt))
+    north_gw, south_gw = EngineGateway(gateway_text("north", mqtt)), EngineGateway(gateway_text("south", mqtt))
     (tmp_path / "north").mkdir()
     (tmp_path / "south").mkdir()
     north = Fleet(north_gw, north_gw.policy.control.mqtt, StateDir(tmp_path / "north"))
@@ -388,7 +388,7 @@ async def test_deleting_a_key_and_reloading_revokes_it(tmp_path: Path) -> None:
     field, _ = operator_keys(tmp_path / "k", "field")
     path = tmp_path / "policy.yaml"
     path.write_text(gateway_text("north", f"{{enabled: true, keys_file: {keys}}}"))
-    d = FakeGateway(path.read_text())
+    d = EngineGateway(path.read_text())
     fleet = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))
     history = History(Journal(StateDir(None)))
     assert (await fleet.handle(fleet.cmd_topic, request(field, TO_NORTH, "field")) or {})["ok"]
@@ -493,7 +493,7 @@ async def test_a_command_refused_over_the_rate_stays_refused_after_a_restart(tmp
     """Before, the rate-limited command was marked seen in memory only: after a restart, the operator
     having been told "try again", a replay of it ran."""
     key, keys = operator_keys(tmp_path / "k", "noc")
-    d = FakeGateway(gateway_text("north", f"{{enabled: true, keys_file: {keys}}}"))
+    d = EngineGateway(gateway_text("north", f"{{enabled: true, keys_file: {keys}}}"))
     fleet = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))
     private, base = load_private_key(key), time.time()
     burst = int(intake.COMMANDS.burst)

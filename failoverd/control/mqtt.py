@@ -38,7 +38,7 @@ from failoverd.control.commands import COMMANDS, BadRequest, decode_request, dis
 from failoverd.control.intake import BACKLOG, Intake
 from failoverd.control.intake import COMMANDS as COMMAND_RATE
 from failoverd.control.signing import Here, KeyFileError, for_others, load_keys, verify
-from failoverd.control.tls import client_context
+from failoverd.control.tls import SOCKET_OPTIONS, client_context
 from failoverd.engine import events as ev
 from failoverd.engine.decide import usable
 from failoverd.engine.events import ClockState
@@ -291,6 +291,7 @@ class Fleet:
             password=password,
             will=aiomqtt.Will(self.status_topic, will, qos=1, retain=True),
             tls_context=tls,
+            socket_options=SOCKET_OPTIONS,
             keepalive=s.keepalive,  # the broker publishes the will 1.5 keepalives after the gateway vanishes
             timeout=10,
             # Bounded like the backlog it feeds: while the backlog keeps up this queue stays near empty,

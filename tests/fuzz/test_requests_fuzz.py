@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from budget import examples
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fakes import FakeGateway
+from failoverd.control.engineonly import EngineGateway
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -128,7 +128,7 @@ NESTED = b"[" * 100_000 + b"]" * 100_000
 
 def test_a_nan_duration_from_within_is_refused_too(loop: asyncio.AbstractEventLoop) -> None:
     """Before: `for` NaN passed the engine's positive and max_override checks, an override that never expires."""
-    g = FakeGateway(POLICY)
+    g = EngineGateway(POLICY)
     reply = loop.run_until_complete(dispatch(g, {"cmd": "drain", "uplink": "lte", "reason": "x", "for": float("nan")}))
     assert reply["ok"] is False and "expected a duration" in reply["error"], reply
     assert g.state.overrides == ()
@@ -145,20 +145,20 @@ def test_a_nan_duration_from_within_is_refused_too(loop: asyncio.AbstractEventLo
     ids=["not-utf8", "huge-int", "deep", "nan"],
 )
 def test_lines_that_escaped_the_socket_are_refused(loop: asyncio.AbstractEventLoop, line: bytes) -> None:
-    sock = ControlSocket(FakeGateway(POLICY), "/nonexistent/ctl.sock")
+    sock = ControlSocket(EngineGateway(POLICY), "/nonexistent/ctl.sock")
     reply = loop.run_until_complete(sock.answer(line, True, Peer(1, 0, "root")))
     assert reply["ok"] is False and reply["error"].startswith("not JSON"), reply
 
 
 @pytest.fixture(scope="module")
-def gateway() -> FakeGateway:
-    return FakeGateway(POLICY)  # one for all examples: overrides pile up, as on a gateway that runs
+def gateway() -> EngineGateway:
+    return EngineGateway(POLICY)  # one for all examples: overrides pile up, as on a gateway that runs
 
 
 @settings(max_examples=examples(150))
 @given(raw_lines, st.booleans())
 @example(b'{"cmd": ["status"]}', True)
-def test_socket_lines(loop: asyncio.AbstractEventLoop, gateway: FakeGateway, line: bytes, writable: bool) -> None:
+def test_socket_lines(loop: asyncio.AbstractEventLoop, gateway: EngineGateway, line: bytes, writable: bool) -> None:
     sock = ControlSocket(gateway, "/nonexistent/ctl.sock")
     check_reply(loop.run_until_complete(sock.answer(line, writable, Peer(1, 1000, "alice"))))
 
@@ -181,7 +181,7 @@ class Clock:
 def fleet() -> Iterator[Fleet]:
     with tempfile.TemporaryDirectory() as d:
         keys = write_keys(Path(d))
-        g = FakeGateway(POLICY + f"control: {{mqtt: {{enabled: true, keys_file: {keys}}}}}\n")
+        g = EngineGateway(POLICY + f"control: {{mqtt: {{enabled: true, keys_file: {keys}}}}}\n")
         state = Path(d) / "state"
         state.mkdir()
         yield Fleet(g, g.policy.control.mqtt, StateDir(state))

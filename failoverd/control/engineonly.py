@@ -1,4 +1,4 @@
-"""A small daemon for control's tests: the real engine behind the Gateway interface, no sockets, no kernel."""
+"""A gateway of the real engine alone behind control's interface: no probes, kernel or sockets (tests, fleet bench)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from failoverd.policy.load import parse_policy_text
 from failoverd.policy.model import Policy
 
 
-class FakeGateway:
+class EngineGateway:
     """Steps the real engine for each command; keeps the records it is given."""
 
-    def __init__(self, text: str) -> None:
-        self._policy = parse_policy_text(text, "t.yaml")
-        self._state = initial_state(self._policy, 0.0)
+    def __init__(self, text: str, *, policy: Policy | None = None, state: EngineState | None = None) -> None:
+        """From a policy's text; or, for many at once (the fleet bench), a policy and a state already made."""
+        self._policy = policy if policy is not None else parse_policy_text(text, "t.yaml")
+        self._state = state if state is not None else initial_state(self._policy, 0.0)
         self.records: list[dict[str, Any]] = []
         self.feeds: list[Feed] = []
         self.reloads = 0
@@ -72,5 +73,5 @@ class FakeGateway:
         return feed
 
 
-def _conforms(g: FakeGateway) -> Gateway:
-    return g  # mypy checks that the fake implements the interface
+def _conforms(g: EngineGateway) -> Gateway:
+    return g  # mypy checks that it implements the interface
