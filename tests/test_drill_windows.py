@@ -67,9 +67,8 @@ def test_the_service_sends_a_window_again_only_when_it_moved() -> None:
 
 
 def test_drill_commands_through_the_table() -> None:
-    from failoverd.control.engineonly import EngineGateway
-
     from failoverd.control.commands import dispatch
+    from failoverd.control.engineonly import EngineGateway
     from failoverd.ctl import render_drills
 
     g = EngineGateway(POLICY_TEXT)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from failoverd.control.commands import dispatch
+from failoverd.control.engineonly import EngineGateway
 from failoverd.ctl import render_status
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
@@ -22,7 +23,6 @@ from failoverd.observe.status import class_rows, uplink_rows
 from failoverd.policy import load_policy, parse_policy_text
 from failoverd.policy.model import AlarmRouteSpec, Policy
 from failoverd.simulate import Simulation, Timeline
-from failoverd.control.engineonly import EngineGateway
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "policies" / "dual-stack.yaml"

@@ -9,9 +9,9 @@ from typing import Any
 
 import keys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from failoverd.control.engineonly import EngineGateway
 
 from failoverd.control import intake
+from failoverd.control.engineonly import EngineGateway
 from failoverd.control.intake import Backlog, Intake, Rate, TokenBucket, reason_kind
 from failoverd.control.mqtt import Fleet
 from failoverd.control.signing import load_private_key, sign, site_dest

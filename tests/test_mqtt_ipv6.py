@@ -10,9 +10,9 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from failoverd.control.engineonly import EngineGateway
 
 from failoverd.control import mqtt
+from failoverd.control.engineonly import EngineGateway
 from failoverd.control.mqtt import Fleet
 from failoverd.ctl import EXIT_REFUSED, main
 from failoverd.engine.state import Health

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from failoverd.control.engineonly import EngineGateway
 
+from failoverd.control.engineonly import EngineGateway
 from failoverd.control.mqtt import Fleet, PathLost
+from failoverd.ctl import broker_client, build_parser
 from failoverd.statedir import StateDir
 
 
@@ -60,3 +62,29 @@ async def test_a_lost_path_ends_the_session_at_once(tmp_path: Path) -> None:
     with pytest.raises(PathLost):
         await session
     assert time.monotonic() - lost < 1.0  # not after a publish over the dead path timed out
+
+
+async def test_sessions_turn_nagle_off(tmp_path: Path) -> None:
+    """The gateway's session and failoverctl's: TCP_NODELAY on the socket as the kernel holds it (with Nagle,
+    a reply written after an acknowledgement waited for the broker's delayed ACK; bench/fleet.py)."""
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        await writer.drain()
+        await reader.read(1024)  # until the client goes
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    d = EngineGateway(
+        "site: north\nuplinks: [{name: a, interface: eth0, next_hop: 198.18.0.1}]\nclasses: [{name: all, path: [a]}]\n"
+        f"control: {{mqtt: {{enabled: true, host: 127.0.0.1, port: {port}}}}}\n"
+    )
+    gateway = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))._client()
+    ctl = broker_client(build_parser().parse_args(["--mqtt", f"127.0.0.1:{port}", "--site", "north", "status"]), "x")
+    async with server:
+        for client in (gateway, ctl):
+            async with client:
+                sock = client._client.socket()
+                assert isinstance(sock, socket.socket)
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

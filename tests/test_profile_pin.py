@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from failoverd.control.engineonly import EngineGateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keys import operator_keys
@@ -28,6 +27,7 @@ from test_profiles import (
 )
 
 from failoverd.control.commands import dispatch, to_event, validate
+from failoverd.control.engineonly import EngineGateway
 from failoverd.control.mqtt import Fleet
 from failoverd.control.signing import load_private_key, sign, site_dest
 from failoverd.ctl import build_parser, render_status, to_request

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from failoverd.control.engineonly import EngineGateway
 
 from failoverd.control import unix
 from failoverd.control.commands import COMMANDS, BadRequest, dispatch, to_event, validate
+from failoverd.control.engineonly import EngineGateway
 from failoverd.control.unix import ControlSocket, may_change, peer_groups, peergroups_option
 from failoverd.ctl import build_parser, to_request
 from failoverd.engine import events as ev

@@ -13,12 +13,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from failoverd.control.engineonly import EngineGateway
 from keys import operator_keys
 
 from failoverd.cli import deployment_warnings
 from failoverd.control import intake
 from failoverd.control.commands import BadRequest, decode_request
+from failoverd.control.engineonly import EngineGateway
 from failoverd.control.mqtt import Fleet, clock_trusted
 from failoverd.control.signing import (
     Here,

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from budget import examples
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from failoverd.control.engineonly import EngineGateway
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from failoverd.control.commands import COMMANDS, dispatch
+from failoverd.control.engineonly import EngineGateway
 from failoverd.control.intake import Intake
 from failoverd.control.mqtt import Fleet
 from failoverd.control.signing import canonical, public_line, sign, site_dest
