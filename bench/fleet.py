@@ -387,6 +387,18 @@ def fleet_status(pki: Path) -> dict[str, Any]:
     return {"s": took, "complete": view["complete"], "summary": view["summary"]}
 
 
+def ctl_command(pki: Path) -> dict[str, Any]:
+    """`failoverctl --fleet release --all` itself, timed: it reads the retained statuses, publishes, and
+    returns once every site that was online has answered."""
+    cmd = [sys.executable, "-m", "failoverd.ctl", *_ctl_args(pki), "--key-file", str(pki / "noc.key"), "--json"]
+    cmd += ["--wait", "60", "--fleet", "release", "--all"]
+    start = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False, timeout=180)
+    took = time.monotonic() - start
+    replies = json.loads(r.stdout) if r.stdout.strip() else []
+    return {"s": took, "exit": r.returncode, "replies": len(replies), "ok": sum(bool(x.get("ok")) for x in replies)}
+
+
 def _spread(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None}
@@ -436,6 +448,7 @@ def measure(topology: str, sites: int, rounds: int, pki: Path) -> dict[str, Any]
         cpu_gw = sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before, strict=True))
         broker_cpu_s = {b.name: _cpu_s(b.proc.pid) - broker_cpu[b.name] for b in run.brokers}
         statuses = [fleet_status(pki) for _ in range(3)]
+        ctl = ctl_command(pki)
         return {
             "topology": topology,
             "sites": sites,
@@ -446,6 +459,7 @@ def measure(topology: str, sites: int, rounds: int, pki: Path) -> dict[str, Any]
             "answer_s": _spread(answered_all),
             "answered_all": all(r["answered"] == sites and r["ok"] == sites for r in out_rounds),
             "status": statuses,
+            "failoverctl_command": ctl,
             "broker_rss_kib": {b.name: _rss_kib(b.proc.pid) for b in run.brokers},
             "broker_cpu_ms_per_command": {n: 1000 * s / rounds for n, s in broker_cpu_s.items()},
             "gateway_rss_kib": sum(a["rss_kib"] for a in after) / sites,

@@ -193,19 +193,21 @@ def fleet_table(f: dict[str, Any]) -> list[str]:
         "share this machine's CPUs: the tail includes N × one gateway's CPU per command done in turn.",
         "",
         "| topology | gateways | reached p50 / p99 / max ms | answered p50 / p99 / max ms | all answered "
-        "| fleet status s (3 runs) | sessions up s | broker RSS MiB | broker CPU ms/command "
-        "| gateway RSS KiB | gateway CPU ms/command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| fleet status s (3 runs) | failoverctl --fleet command s | sessions up s | broker RSS MiB "
+        "| broker CPU ms/command | gateway RSS KiB | gateway CPU ms/command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in f["runs"]:
         reach, answer = r["reach_s"], r["answer_s"]
         status = " / ".join(f"{s['s']:.2f}" + ("" if s["complete"] else " incomplete") for s in r["status"])
         rss = ", ".join(f"{n} {v / 1024:.0f}" for n, v in r["broker_rss_kib"].items())
         cpu = ", ".join(f"{n} {v:.0f}" for n, v in r["broker_cpu_ms_per_command"].items())
+        c = r.get("failoverctl_command")
+        ctl = "–" if c is None else f"{c['s']:.2f}" + ("" if c["ok"] == r["sites"] else f" ({c['ok']} ok)")
         lines.append(
             f"| {r['topology']} | {r['sites']:,} | {_ms(reach['p50'])} / {_ms(reach['p99'])} / {_ms(reach['max'])} "
             f"| {_ms(answer['p50'])} / {_ms(answer['p99'])} / {_ms(answer['max'])} "
-            f"| {'yes' if r['answered_all'] else 'NO'} | {status} | {r['connect_s']:.1f} | {rss} | {cpu} "
+            f"| {'yes' if r['answered_all'] else 'NO'} | {status} | {ctl} | {r['connect_s']:.1f} | {rss} | {cpu} "
             f"| {r['gateway_rss_kib']:.0f} | {r['gateway_cpu_ms_per_command']:.2f} |"
         )
     return lines

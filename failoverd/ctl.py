@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_SOCKET = "/run/failoverd/control.sock"
 WIDTH = 100
 EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 3
+SILENT_SHOWN = 20  # sites named when more did not answer a fleet command (the rest are counted)
 
 COLOURS = {
     "UP": "32",
@@ -470,8 +472,29 @@ def to_request(args: argparse.Namespace) -> dict[str, Any]:
     return req
 
 
-async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict[str, Any]]:
-    """Sign the request, publish it to one site's or the fleet's command topic, collect the replies."""
+@dataclass(frozen=True, slots=True)
+class Answers:
+    """What came back from a remote command: the replies, and for a fleet command the sites whose retained
+    status said they were online when it was sent (None when that could not be read), and how many
+    sites were offline or stale then (not waited for)."""
+
+    replies: list[dict[str, Any]]
+    expected: frozenset[str] | None = None
+    unexpected: int = 0
+
+    def silent(self, sites: Sequence[str] | None) -> list[str]:
+        """The sites that should have answered and did not."""
+        awaited = set(sites) if sites else self.expected or set()
+        return sorted(awaited - {str(r.get("site")) for r in self.replies})
+
+
+async def remote(args: argparse.Namespace, request: dict[str, Any]) -> Answers:
+    """Sign the request, publish it to one site's or the fleet's command topic, collect the replies.
+
+    A fleet command without --sites first reads every site's retained status on the same connection
+    (as `--fleet status` does): the sites online then are the ones it waits for, so it returns as soon
+    as all of them have answered, and names those that did not within --wait; offline and stale sites
+    are counted, not waited for. Without the statuses (the end marker never came) it waits --wait."""
     from failoverd.control.signing import fleet_dest, load_private_key, sign, site_dest  # noqa: PLC0415
 
     key_file = Path(args.key_file)
@@ -479,28 +502,37 @@ async def remote(args: argparse.Namespace, request: dict[str, Any]) -> list[dict
     name = args.key or key_file.stem
     rid = uuid.uuid4().hex
     prefix = args.prefix.rstrip("/")
-    # The destination is signed with the command: a copy replayed on another topic is refused there.
-    dest = fleet_dest(prefix, args.sites) if args.fleet else site_dest(prefix, args.site)
-    signed = sign({**request, "id": rid}, name, private, time.time(), dest)
     topic = f"{prefix}/fleet/cmd" if args.fleet else f"{prefix}/{args.site}/cmd"
-    replies: list[dict[str, Any]] = []
+    expected: frozenset[str] | None = None
+    unexpected = 0
     async with broker_client(args, rid) as client:
         await client.subscribe(f"{prefix}/+/reply" if args.fleet else f"{prefix}/{args.site}/reply", qos=1)
+        if args.fleet and not args.sites:
+            statuses, complete = await retained_statuses(client, prefix, args.wait)
+            await client.unsubscribe(f"{prefix}/+/status")  # the statuses the command changes are not wanted
+            if complete:
+                now = time.time()
+                views = [fleetview.read_status(s, doc, now, args.stale) for s, doc in statuses.items()]
+                expected = frozenset(v.site for v in views if "online" in v.conditions)
+                unexpected = len(views) - len(expected)
+        awaited = set(args.sites) if args.fleet and args.sites else {args.site} if not args.fleet else expected
+        # The destination is signed with the command: a copy replayed on another topic is refused there.
+        # Signed only now: reading the statuses may take a while, and `issued` starts the command's max_age.
+        dest = fleet_dest(prefix, args.sites) if args.fleet else site_dest(prefix, args.site)
+        signed = sign({**request, "id": rid}, name, private, time.time(), dest)
         await client.publish(topic, json.dumps(signed), qos=1)
         by_site: dict[str, dict[str, Any]] = {}
-        awaited = set(args.sites) if args.fleet and args.sites else {args.site} if not args.fleet else None
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(args.wait):
+                if awaited is not None and not awaited:
+                    return Answers([], expected, unexpected)  # no site online: nothing to wait for
                 async for message in client.messages:
                     reply = take_reply(str(message.topic), message.payload, rid, prefix)
                     if reply is not None and reply["site"] not in by_site:
                         by_site[reply["site"]] = reply
                         if awaited is not None and awaited <= set(by_site):
                             break
-        except TimeoutError:
-            pass
-        replies = list(by_site.values())
-    return replies
+    return Answers(list(by_site.values()), expected, unexpected)
 
 
 def broker_client(args: argparse.Namespace, rid: str) -> aiomqtt.Client:
@@ -531,6 +563,12 @@ def sync_topic(prefix: str, nonce: str) -> str:
 
 
 async def collect_statuses(args: argparse.Namespace) -> tuple[dict[str, bytes], bool]:
+    """Every site's retained status and whether the burst was seen to end (`retained_statuses`)."""
+    async with broker_client(args, uuid.uuid4().hex) as client:
+        return await retained_statuses(client, args.prefix.rstrip("/"), args.wait)
+
+
+async def retained_statuses(client: aiomqtt.Client, prefix: str, wait: float) -> tuple[dict[str, bytes], bool]:
     """Every site's retained status, in one subscription to `<prefix>/+/status`; and whether the burst
     was seen to end.
 
@@ -538,27 +576,28 @@ async def collect_statuses(args: argparse.Namespace) -> tuple[dict[str, bytes], 
     of its own and publishes a marker there. The broker queues the retained messages for this client when
     it handles the SUBSCRIBE, and the marker only when it handles the PUBLISH that comes after it on the
     same connection, both at QoS 1 in one per-client queue: when the marker arrives, the burst is over.
-    No marker within --wait (a broker whose ACL does not grant the topic): what came is shown, marked
+    No marker within `wait` (a broker whose ACL does not grant the topic): what came is returned, marked
     incomplete. A status published live while collecting replaces the retained one (it is newer)."""
-    prefix = args.prefix.rstrip("/")
     nonce = uuid.uuid4().hex
     marker = sync_topic(prefix, nonce)
     statuses: dict[str, bytes] = {}
     complete = False
-    async with broker_client(args, nonce) as client:
-        await client.subscribe(f"{prefix}/+/status", qos=1)
-        await client.subscribe(marker, qos=1)
-        await client.publish(marker, nonce, qos=1)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(args.wait):
-                async for message in client.messages:
-                    topic = str(message.topic)
-                    if topic == marker:
-                        complete = True
-                        break
-                    site = topic[len(prefix) + 1 : -len("/status")]
-                    if site and "/" not in site and site != "fleet" and isinstance(message.payload, bytes):
-                        statuses[site] = message.payload
+    await client.subscribe(f"{prefix}/+/status", qos=1)
+    await client.subscribe(marker, qos=1)
+    await client.publish(marker, nonce, qos=1)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait):
+            async for message in client.messages:
+                topic = str(message.topic)
+                if topic == marker:
+                    complete = True
+                    break
+                if not topic.endswith("/status"):
+                    continue  # a reply to an earlier command on this connection, or another topic
+                site = topic[len(prefix) + 1 : -len("/status")]
+                if site and "/" not in site and site != "fleet" and isinstance(message.payload, bytes):
+                    statuses[site] = message.payload
+    await client.unsubscribe(marker)
     return statuses, complete
 
 
@@ -694,15 +733,20 @@ def main_remote(args: argparse.Namespace) -> int:
         print(f"failoverctl: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     try:
-        replies = asyncio.run(remote(args, to_request(args)))
+        answers = asyncio.run(remote(args, to_request(args)))
     except Exception as exc:  # the key file, the broker: say which and stop
         print(f"failoverctl: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    replies = answers.replies
+    if answers.unexpected:
+        print(f"failoverctl: {answers.unexpected} sites offline or stale when sent: not waited for", file=sys.stderr)
     if not replies:
         where = "any gateway" if args.fleet else f"site {args.site}"
+        if answers.expected is not None and not answers.expected:
+            where = "any gateway (no site was online)"
         print(f"failoverctl: no reply from {where} within {args.wait:g}s", file=sys.stderr)
         return EXIT_UNREACHABLE
-    silent = sorted(set(args.sites or ()) - {str(r.get("site")) for r in replies})
+    silent = answers.silent(args.sites)
     if args.json:
         print(json.dumps(replies if args.fleet else replies[0], indent=2))
     elif args.fleet:
@@ -711,7 +755,10 @@ def main_remote(args: argparse.Namespace) -> int:
     else:
         show(args, replies[0], sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
     if silent:
-        print(f"failoverctl: no reply from {', '.join(silent)} within {args.wait:g}s", file=sys.stderr)
+        shown = ", ".join(silent[:SILENT_SHOWN]) + (
+            f" and {len(silent) - SILENT_SHOWN} more" if len(silent) > SILENT_SHOWN else ""
+        )
+        print(f"failoverctl: no reply from {len(silent)} sites within {args.wait:g}s: {shown}", file=sys.stderr)
         return EXIT_UNREACHABLE
     return EXIT_OK if all(r.get("ok") for r in replies) else EXIT_REFUSED
 

@@ -68,7 +68,7 @@ def fleet_status(lab: GatewayLab, *args: str) -> dict[str, Any]:
 
 def test_fleet_status_summarises_and_filters_retained_statuses(gwlab: GatewayLab) -> None:
     plain_broker(gwlab)
-    _, keys_file = keys.operator_keys(gwlab.tmp / "operators", "noc")
+    noc_key, keys_file = keys.operator_keys(gwlab.tmp / "operators", "noc")
     mqtt = f"  mqtt: {{enabled: true, host: {BROKER}, keys_file: {keys_file}, keepalive: 2s}}\n"
     gwlab.policy_path.write_text(gwlab.policy_path.read_text().replace("control:\n", "control:\n" + mqtt, 1))
     now = time.time()
@@ -108,6 +108,19 @@ def test_fleet_status_summarises_and_filters_retained_statuses(gwlab: GatewayLab
     assert on_sat["matched"]["sites"] == len(on_sat["sites"]) and on_sat["summary"]["sites"] == 41
     assert fleet_status(gwlab, "--where", "clock=bad,site=sim-1*")["matched"]["sites"] == 1  # sim-11
     assert "sites" not in fleet_status(gwlab, "--summary")
+
+    ctl_in_inet = ["ip", "netns", "exec", gwlab.topo.ns("inet"), PY, "-m", "failoverd.ctl", "--mqtt", BROKER]
+    # A fleet command waits for the sites whose status said online, and names those that did not answer
+    # (the simulated ones: a retained status and nothing behind it); offline and stale ones are counted.
+    r = subprocess.run(
+        [*ctl_in_inet, "--key-file", str(noc_key), "--wait", "3", "--fleet", "release", "--all"],
+        capture_output=True, text=True, cwd=ROOT, timeout=30, check=False,
+    )  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.startswith(f"{SITE}: "), r.stdout
+    silent = ", ".join(f"sim-{n:02d}" for n in live[:20])
+    assert f"{len(offline) + len(stale)} sites offline or stale when sent: not waited for" in r.stderr, r.stderr
+    assert f"no reply from {len(live)} sites within 3s: {silent} and {len(live) - 20} more" in r.stderr, r.stderr
 
     # The real gateway moved off its primary: on backup. Killed: its last will makes it offline.
     gwlab.ctl("failover", "critical", "--to", "mobile", "--reason", "drill")

@@ -32,6 +32,9 @@ def test_the_fleet_benchmark_commands_and_counts_every_simulated_gateway(tmp_pat
         for status in run["status"]:
             assert status["complete"], status
             assert status["summary"]["sites"] == status["summary"]["online"] == status["summary"]["backup"] == 20
+        # failoverctl's own fleet command returned once every online site had answered, long before --wait.
+        ctl = run["failoverctl_command"]
+        assert (ctl["exit"], ctl["replies"], ctl["ok"]) == (0, 20, 20) and ctl["s"] < 50, ctl
     assert "## Fleet control" in r.stdout and "| bridge | 20 |" in r.stdout
     assert (
         "fo-bench-fleet"
