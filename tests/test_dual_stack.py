@@ -223,6 +223,24 @@ async def test_failover_of_a_dual_stack_class_moves_both_families() -> None:
     assert {o.uplink for o in g.state.overrides if o.kind == "drain"} == {"fiber", "fiber/v6"}
 
 
+async def test_releasing_one_override_of_a_dual_stack_command_releases_its_twin() -> None:
+    g = EngineGateway(POLICY)
+    await dispatch(g, {"cmd": "failover", "class": "voice", "to": "lte", "reason": "test", "force": True})  # o1, o2
+    await dispatch(g, {"cmd": "failover", "class": "bulk/v6", "to": "lte", "reason": "test", "force": True})  # o3
+    await dispatch(g, {"cmd": "drain", "uplink": "fiber", "reason": "works", "force": True})  # o4, o5
+    await dispatch(g, {"cmd": "drain", "uplink": "lte/v6", "reason": "works", "force": True})  # o6
+    reply = await dispatch(g, {"cmd": "release", "override": "o2"})
+    assert reply["ok"] and reply["text"].startswith("released o2 ") and "; released o1 " in reply["text"], reply
+    assert [o.id for o in g.state.overrides] == ["o3", "o4", "o5", "o6"]
+    # bulk/v6 was forced alone: its release is its own; a drain's twin goes with it, not another uplink's.
+    assert (await dispatch(g, {"cmd": "release", "override": "o3"}))["text"].startswith("released o3 ")
+    assert [o.id for o in g.state.overrides] == ["o4", "o5", "o6"]
+    await dispatch(g, {"cmd": "release", "override": "o4"})
+    assert [o.id for o in g.state.overrides] == ["o6"]
+    refused = await dispatch(g, {"cmd": "release", "override": "o4"})
+    assert not refused["ok"], refused
+
+
 def test_status_shows_a_dual_stack_uplink_on_one_line() -> None:
     g = EngineGateway(POLICY)
     st = {

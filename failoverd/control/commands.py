@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from failoverd.control.api import Gateway, OperatorCommand
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.explain import UnknownClass, explain
+from failoverd.engine.state import Override
 from failoverd.observe.status import drill_rows
 from failoverd.policy.durations import parse_duration
 from failoverd.policy.model import Policy
@@ -105,12 +106,17 @@ def to_event(name: str, args: dict[str, Any], request: str = "") -> OperatorComm
     raise BadRequest(f"{name} is not a command that the engine takes")
 
 
-def to_events(policy: Policy, name: str, args: dict[str, Any], request: str = "") -> list[OperatorCommand]:
+def to_events(
+    policy: Policy, name: str, args: dict[str, Any], request: str = "", overrides: Iterable[Override] = ()
+) -> list[OperatorCommand]:
     """The engine events of a command, with names as the policy file gives them: a dual-stack class or
     uplink (policy/compile.py) stands for both its twins. `failover voice --to mobile` puts voice on
     mobile and voice/v6 on mobile/v6; `drain fiber` drains fiber and fiber/v6; a twin's own name
-    (`fiber/v6`) is that twin alone. Anything else is one event, as to_event makes it."""
+    (`fiber/v6`) is that twin alone. `release o1`, where o1 is one of the two overrides such a command
+    made, releases both (`overrides`: those in force). Anything else is one event, as to_event makes it."""
     one = to_event(name, args, request)
+    if isinstance(one, ev.Release) and one.override is not None:
+        return [replace(one, override=o) for o in twin_overrides(policy, tuple(overrides), one.override)]
     if isinstance(one, ev.ForceClass):
         classes = policy.class_twins(one.cls)
         if not classes or not policy.uplink_twins(one.uplink):
@@ -128,6 +134,28 @@ def to_events(policy: Policy, name: str, args: dict[str, Any], request: str = ""
     return [one]
 
 
+def twin_overrides(policy: Policy, overrides: tuple[Override, ...], oid: str) -> list[str]:
+    """`oid` and the override made with it by the same command for the other family: the same kind,
+    reason and author, on the other twin of the same class and uplink. `oid` alone otherwise (also when it
+    is not in force: the engine says so)."""
+    mine = next((o for o in overrides if o.id == oid), None)
+    if mine is None:
+        return [oid]
+
+    def file_name(table: Mapping[str, Any], n: str | None) -> str | None:
+        return table[n].file_name if n is not None and n in table else n
+
+    def same(o: Override) -> bool:
+        return (
+            (o.kind, o.reason, o.by, o.profile) == (mine.kind, mine.reason, mine.by, mine.profile)
+            and file_name(policy.classes, o.cls) == file_name(policy.classes, mine.cls)
+            and file_name(policy.uplinks, o.uplink) == file_name(policy.uplinks, mine.uplink)
+            and (o.cls, o.uplink) != (mine.cls, mine.uplink)
+        )
+
+    return [oid, *(o.id for o in overrides if o.id != oid and same(o))]
+
+
 def _reply(r: fx.CommandReply) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": r.ok, "text": r.text, "changes": list(r.changes)}
     if r.override:
@@ -142,7 +170,7 @@ async def _status(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _to_engine(g: Gateway, args: dict[str, Any], name: str) -> dict[str, Any]:
-    replies = [await g.submit(e) for e in to_events(g.policy, name, args)]
+    replies = [await g.submit(e) for e in to_events(g.policy, name, args, overrides=g.state.overrides)]
     if len(replies) == 1:
         return _reply(replies[0])
     # Both twins of a dual-stack class or uplink: each is its own override, said one after the other;
