@@ -42,10 +42,10 @@ def _match_text(m: MatchSpec) -> str:
     return " ".join(parts)
 
 
-def _uplink_text(u: UplinkSpec) -> str:
+def _uplink_text(u: UplinkSpec, nw: int = 10, iw: int = 8) -> str:
     via = f"via {u.next_hop}" if u.next_hop else "point-to-point"
     family = f"IPv{u.family}" if u.family is not None else "IPv4+IPv6"
-    bits = [f"{u.name:<10} {u.interface:<8} {via:<22} {u.kind:<9} {family:<9}"]
+    bits = [f"{u.name:<{nw}} {u.interface:<{iw}} {via:<22} {u.kind:<9} {family:<9}"]
     if u.operator:
         bits.append(f"carrier {u.operator}")
     if u.metered:
@@ -77,33 +77,36 @@ def summary(policy: Policy) -> str:
         f"{own.rule_priorities[1]}, tables {own.tables[0]}-{own.tables[1]}, marks in {own.fwmark_mask:#010x}",
         f"  uplinks ({len(policy.uplinks)}):",
     ]
-    lines += [f"    {_uplink_text(u)}" for u in policy.uplinks.values()]
+    # Columns as wide as the longest name (a twin's, `fiber-east/v6`, is long), at least as before.
+    nw = max([10, *(len(n) for n in [*policy.uplinks, *policy.classes])])
+    iw = max([8, *(len(u.interface) for u in policy.uplinks.values())])
+    lines += [f"    {_uplink_text(u, nw, iw)}" for u in policy.uplinks.values()]
     lines.append(f"  classes ({len(policy.classes)}), matched in this order:")
     for c in policy.classes.values():
         match = " | ".join(_match_text(m) for m in c.matches) or "everything else"
         back = f"revertive after {c.preempt_delay:g}s" if c.revertive else "non-revertive"
-        lines.append(f"    {c.name:<10} {match}")
+        lines.append(f"    {c.name:<{nw}} {match}")
         ready = ""
         if c.redundancy.alarm is not None:
             ready += f"; last uplink: {c.redundancy.alarm} alarm"
         if c.redundancy.prewarm:
             ready += "; pre-warms cold standby"
         family = f"IPv{c.family} only" if c.family is not None else "IPv4 and IPv6"
-        lines.append(f"    {'':<10} {family}; path {' > '.join(c.path)}; {back}; all down: {c.when_all_down}{ready}")
+        lines.append(f"    {'':<{nw}} {family}; path {' > '.join(c.path)}; {back}; all down: {c.when_all_down}{ready}")
     if policy.drills:
         lines.append(f"  drills ({len(policy.drills)}):")
     for d in policy.drills.values():
         when = f"every {d.every:g}s" if d.every is not None else f"window {d.window.text if d.window else '?'} UTC"
         budget = f", at most {d.max_bytes} bytes" if d.max_bytes is not None else ""
         lines.append(
-            f"    {d.uplink:<10} {when}, this site at +{d.offset:.0f}s; {d.rounds} rounds, "
+            f"    {d.uplink:<{nw}} {when}, this site at +{d.offset:.0f}s; {d.rounds} rounds, "
             f"loss <= {d.max_loss_percent:g}%, within {d.max_duration:g}s{budget}; verifies for {d.valid_for:g}s"
         )
         if d.canary is not None:
             cy = d.canary
             port = f":{cy.probe.port}" if cy.probe.port is not None else ""
             lines.append(
-                f"    {'':<10} canary {cy.probe.kind} to {cy.probe.target}{port} every {cy.probe.interval:g}s, "
+                f"    {'':<{nw}} canary {cy.probe.kind} to {cy.probe.target}{port} every {cy.probe.interval:g}s, "
                 f"{cy.rounds} rounds, loss <= {cy.max_loss_percent:g}%; table {cy.table}, mark {cy.fwmark:#x}"
             )
     a = policy.alarms

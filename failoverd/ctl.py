@@ -108,22 +108,32 @@ def _dual_stack_lines(uplinks: list[dict[str, Any]], tty: bool) -> list[str]:
     if not pairs:
         return []
     lines = ["", "DUAL-STACK"]
+    bw = _width(10, pairs)
     for base, rows in pairs.items():
         parts = []
         for u in rows:
             why = "" if u["state"] == "UP" else f" ({u['cause']['code']}: {u['cause']['text']})"
             parts.append(f"IPv{u['family']} " + _paint(u["state"], u["state"], tty) + why)
-        lines.append(_cut(f"{base:<10} " + "  ".join(parts), WIDTH + (20 if tty else 0)))
+        lines.append(_cut(f"{base:<{bw}} " + "  ".join(parts), WIDTH + (20 if tty else 0)))
     return lines
 
 
+def _width(least: int, values: Any) -> int:
+    """A column as wide as its longest value, and at least `least` (a twin's name, `fiber-east/v6`, is long)."""
+    return max([least, *(len(str(v)) for v in values)])
+
+
 def render_status(st: dict[str, Any], tty: bool) -> str:
+    nw = _width(10, [u["name"] for u in st["uplinks"]] + [m["uplink"] for m in st.get("modems") or []])
+    iw = _width(8, [u["interface"] for u in st["uplinks"]])
+    routes = [f"via {c['uplink']}" if c["route"] == "via" else c["route"] for c in st["classes"]]
+    cw, rw = _width(10, [c["name"] for c in st["classes"]]), _width(18, routes)
     lines = [
         f"site {st['site']}   policy {st['policy']}   pid {st['pid']}   up {_age(st['uptime_s'])}   "
         f"clock {st['clock']['state'].upper()}",
         *_alarm_line(st.get("alarms", []), tty),
         "",
-        f"{'UPLINK':<10} {'IFACE':<8} {'KIND':<9} {'STATE':<10} {'RTT':>8} {'LOSS':>5} {'SINCE':>6}  CAUSE",
+        f"{'UPLINK':<{nw}} {'IFACE':<{iw}} {'KIND':<9} {'STATE':<10} {'RTT':>8} {'LOSS':>5} {'SINCE':>6}  CAUSE",
     ]
     for u in st["uplinks"]:
         state = u["state"] + ("*" if u["suppressed"] or u["drained"] else "")
@@ -134,20 +144,19 @@ def render_status(st: dict[str, Any], tty: bool) -> str:
             cause = "drained; " + cause
         if u["suppressed"]:
             cause = f"damped (penalty {u['penalty']:.0f}); " + cause
-        head = f"{u['name']:<10} {u['interface']:<8} {u['kind']:<9} "
+        head = f"{u['name']:<{nw}} {u['interface']:<{iw}} {u['kind']:<9} "
         tail = f" {rtt:>8} {loss:>5} {_age(u['age_s']):>6}  "
         lines.append(
             head + _paint(f"{state:<10}", u["state"], tty) + tail + _cut(cause, WIDTH - len(head) - 10 - len(tail))
         )
     lines += _dual_stack_lines(st["uplinks"], tty)
-    lines += ["", f"{'CLASS':<10} {'ROUTE':<18} {'SINCE':>6} {'SPARE':>5}  CAUSE"]
-    for c in st["classes"]:
-        route = f"via {c['uplink']}" if c["route"] == "via" else c["route"]
+    lines += ["", f"{'CLASS':<{cw}} {'ROUTE':<{rw}} {'SINCE':>6} {'SPARE':>5}  CAUSE"]
+    for c, route in zip(st["classes"], routes, strict=True):
         cause = f"{c['cause']['code']}: {c['cause']['text']}"
         # SPARE: usable uplinks + known-good cold standby ("1+1"); "!" while the last-uplink alarm is up.
         r = c.get("redundancy")
         spare = "-" if r is None else f"{r['usable']}+{r['standby']}" + ("!" if r["alarm"] else "")
-        head = f"{c['name']:<10} {route:<18} {_age(c['age_s']):>6} "
+        head = f"{c['name']:<{cw}} {route:<{rw}} {_age(c['age_s']):>6} "
         lines.append(
             head
             + _paint(f"{spare:>5}", "DOWN" if r and r["alarm"] else "", tty)
@@ -157,14 +166,14 @@ def render_status(st: dict[str, Any], tty: bool) -> str:
     if st.get("modems"):
         lines += [
             "",
-            f"{'MODEM':<10} {'PROFILE':<16} {'PHASE':<10} {'REG':<10} {'OPERATOR':<8} {'RAT':<6} {'SIG':>4}  CAUSE",
+            f"{'MODEM':<{nw}} {'PROFILE':<16} {'PHASE':<10} {'REG':<10} {'OPERATOR':<8} {'RAT':<6} {'SIG':>4}  CAUSE",
         ]
         for m in st["modems"]:
             profile = m["profile"] + (f">{m['target']}" if m.get("target") else "")
             sig = "-" if m["signal"] is None else f"{m['signal']}%"
             reg = m["registration"] + ("+data" if m["bearer"] else "")
             head = (
-                f"{m['uplink']:<10} {profile:<16} {m['phase']:<10} {reg:<10} {m['operator'] or '-':<8} "
+                f"{m['uplink']:<{nw}} {profile:<16} {m['phase']:<10} {reg:<10} {m['operator'] or '-':<8} "
                 f"{m['access'] or '-':<6} {sig:>4}  "
             )
             lines.append(head + _cut(f"{m['cause']['code']}: {m['cause']['text']}", WIDTH - len(head)))

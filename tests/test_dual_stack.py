@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from failoverd.cli import summary
 from failoverd.control.commands import dispatch
 from failoverd.control.engineonly import EngineGateway
 from failoverd.ctl import render_status
@@ -257,6 +258,40 @@ def test_status_shows_a_dual_stack_uplink_on_one_line() -> None:
     [line] = [ln for ln in text.splitlines() if ln.startswith("fiber ") and "IPv4" in ln]
     assert "IPv6" in line, text
     assert not any(ln.startswith("sat ") and "IPv4" in ln for ln in text.splitlines())
+
+
+def test_status_and_check_columns_hold_long_twin_names() -> None:
+    g = EngineGateway(POLICY.replace("fiber", "fiber-eastern").replace("office", "office-eastern"))
+    st = {
+        "site": "s",
+        "policy": "t.yaml",
+        "pid": 1,
+        "uptime_s": 1.0,
+        "clock": {"state": "sane"},
+        "uplinks": uplink_rows(g.policy, g.state, {}),
+        "classes": class_rows(g.policy, g.state),
+        "overrides": [],
+    }
+    lines = render_status(st, tty=False).splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("UPLINK"))
+    rows = lines[head + 1 : head + 1 + len(st["uplinks"])]
+    assert any(r.startswith("fiber-eastern/v6 ") for r in rows), lines
+    for column in ("IFACE", "KIND", "STATE"):  # each value starts under its heading
+        at = lines[head].index(column)
+        assert all(r[at - 1] == " " and r[at] != " " for r in rows), (column, lines)
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("CLASS"))
+    rows = lines[head + 1 : head + 1 + len(st["classes"])]
+    assert any(r.startswith("office-eastern/v6 ") for r in rows), lines
+    at = lines[head].index("ROUTE")
+    assert all(r[at - 1] == " " and r[at] != " " for r in rows), lines
+    head = lines.index("DUAL-STACK")
+    assert lines[head + 1].index(" IPv4 ") == lines[head + 2].index(" IPv4 "), lines
+    # failoverd check: every uplink's interface starts in one column, every class's match in one.
+    text = summary(g.policy).splitlines()
+    first = next(i for i, ln in enumerate(text) if ln.strip().startswith("uplinks ("))
+    rows = text[first + 1 : first + 1 + len(g.policy.uplinks)]
+    assert [ln.split()[0] for ln in rows] == list(g.policy.uplinks), text
+    assert len({ln.index(u.interface + " ") for ln, u in zip(rows, g.policy.uplinks.values(), strict=True)}) == 1, text
 
 
 @pytest.mark.parametrize(
