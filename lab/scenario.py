@@ -534,6 +534,9 @@ class Run:
         said, _ = purge.communicate(timeout=30)
         if purge.returncode != 0:
             raise LabError(f"failoverd purge exited with {purge.returncode}: {said.decode(errors='replace').strip()}")
+        # As after `lab up`: a link the last scenario cut and mended (or clear_faults raised) puts its
+        # link-local addresses through duplicate detection again, and IPv6 probes sent meanwhile are lost.
+        self.lab.topo.wait_ipv6_settled()
         self.wall0 = time.time()  # the incident report's period begins as the daemon starts
         self.start_daemon()
         streams: dict[str, tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], Path]] = {}
