@@ -12,7 +12,7 @@ import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -1093,23 +1093,43 @@ async def serve(address: str, config: ConfigAtEdge) -> None:
     bus.disconnect()
 
 
-def own_bus(where: Path) -> tuple[str, subprocess.Popen[str]]:
-    """A private system-like dbus-daemon with its socket in `where` (the lab's modem node runs one)."""
+class BusError(RuntimeError):
+    """A private bus that did not come up."""
+
+
+def own_bus(
+    where: Path,
+    prefix: Sequence[str] = (),
+    *,
+    socket: str = "bus",
+    config: Callable[[Path], str] = bus_config,
+    conf: Path | None = None,
+) -> tuple[str, subprocess.Popen[str]]:
+    """A private dbus-daemon listening at where/socket: its address and process (the caller stops it).
+    Its configuration, config(the socket's path), is written to `conf` (where/bus.conf unless given): by
+    default a system-like bus open to everyone (the lab's modem node runs one). `prefix` goes before
+    its command line: an argv that runs it in a mount namespace of its own, say (tests/mmbus.py)."""
     where.mkdir(parents=True, exist_ok=True)
-    (where / "bus").unlink(missing_ok=True)
-    conf = where / "bus.conf"
-    conf.write_text(bus_config(where / "bus"))
+    (where / socket).unlink(missing_ok=True)
+    conf = conf or where / "bus.conf"
+    conf.write_text(config(where / socket))
     proc = subprocess.Popen(
-        ["dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address"],
+        [*prefix, "dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    assert proc.stdout is not None
-    address = proc.stdout.readline().strip()
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     if not address.startswith("unix:path="):
         proc.kill()
-        raise SystemExit(f"mmsim: dbus-daemon did not start ({address!r})")
+        proc.wait()
+        raise BusError(f"dbus-daemon did not start ({address!r})")
     return address, proc
 
 
@@ -1125,7 +1145,10 @@ def main() -> None:
     if args.bus:
         asyncio.run(serve(args.bus, config))
         return
-    address, daemon = own_bus(args.own_bus)
+    try:
+        address, daemon = own_bus(args.own_bus)
+    except BusError as exc:
+        raise SystemExit(f"mmsim: {exc}") from None
     try:
         asyncio.run(serve(address, config))
     finally:

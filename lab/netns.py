@@ -129,6 +129,20 @@ class Topology:
                 p.wait()
         return p.returncode
 
+    def ipv6_settled(self) -> bool:
+        """No node holds a tentative IPv6 address. The links' link-local addresses go through duplicate
+        detection for a second or two after the veths come up (addresses added `nodad` do not), and
+        until then neighbour discovery cannot run from them: a daemon started at once saw its first IPv6
+        probes lost and judged its /v6 uplinks DOWN, to wait out their hold-down."""
+        return not any(
+            ip("-n", self.ns(n), "-6", "addr", "show", "tentative", check=False).stdout.strip() for n in self.nodes
+        )
+
+    def wait_ipv6_settled(self, timeout: float = 10) -> None:
+        wait_for(
+            self.ipv6_settled, timeout, what=f"the IPv6 addresses of {self.prefix}-* to finish duplicate detection"
+        )
+
     def destroy(self) -> None:
         for p in self.procs:
             self.stop(p, signal.SIGKILL, timeout=5)

@@ -27,7 +27,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from failoverd.ctl import Client
 from failoverd.errors import PolicyError
@@ -189,6 +189,13 @@ class ScenarioFile(BaseModel):
     steps: list[Step] = Field(default_factory=list)
     expect: list[Annotated[Expect, Field()]] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _baseline_for_its_expectations(self) -> ScenarioFile:
+        for i, e in enumerate(self.expect):
+            if e.of == "baseline" and self.baseline is None:
+                raise ValueError(f"expect.{i} ({e.what}) is of: baseline, but there is no baseline: POLICY to run")
+        return self
+
 
 def unknown_classes(scenario: ScenarioFile, policy: Policy) -> list[str]:
     """Classes the scenario's expectations name that its compiled policy does not have (a typo, or an
@@ -273,7 +280,14 @@ class Run:
     alarms: list[dict[str, Any]] = field(default_factory=list)
     policy_file: str | None = None  # what the daemon runs: the scenario's policy unless this is the baseline run
     baseline: dict[str, Any] | None = None  # the baseline run's report
+    base: Run | None = None  # the baseline run itself: what expectations `of: baseline` measure
     profiles: dict[str, str] = field(default_factory=dict)  # uplink → its modem's profile at the end
+    # What the run's expectations measure, kept by report(): each class's stream, the decisions made
+    # during the traffic, and where the classes and uplinks ended.
+    per_class: dict[str, Any] = field(default_factory=dict)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    finals: dict[str, Any] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)
 
     @property
     def policy_path(self) -> Path:
@@ -493,6 +507,7 @@ class Run:
             except PolicyError as exc:
                 raise LabError(str(exc)) from None
             base = Run(self.lab, sc, policy, self.out / "baseline", self.progress, policy_file=sc.baseline)
+            self.base = base
             self.say(f"baseline run under {sc.baseline}")
             try:
                 self.baseline = base.execute()
@@ -519,6 +534,9 @@ class Run:
         said, _ = purge.communicate(timeout=30)
         if purge.returncode != 0:
             raise LabError(f"failoverd purge exited with {purge.returncode}: {said.decode(errors='replace').strip()}")
+        # As after `lab up`: a link the last scenario cut and mended (or clear_faults raised) puts its
+        # link-local addresses through duplicate detection again, and IPv6 probes sent meanwhile are lost.
+        self.lab.topo.wait_ipv6_settled()
         self.wall0 = time.time()  # the incident report's period begins as the daemon starts
         self.start_daemon()
         streams: dict[str, tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], Path]] = {}
@@ -670,9 +688,10 @@ class Run:
             r for r in history if r.get("kind") == "drill" and "verdict" in r and r.get("mono", 0) >= self.t0
         ]
         self.alarms = [r for r in history if r.get("kind") == "alarm" and r.get("mono", 0) >= self.t0]
+        self.per_class, self.decisions, self.finals, self.states = per_class, decisions, finals, states
         # The baseline run is measured by the main run's report (expectations `of: baseline`), not its own.
         expect = [] if self.policy_file is not None else self.scenario.expect
-        results = [self.measure(e, per_class, decisions, finals, states) for e in expect]
+        results = [self.measure(e) for e in expect]
         timeline = sorted(
             [{"t": round(e["t"] - self.t0, 3), "kind": "fault", "what": e["fault"]} for e in self.events]
             + [
@@ -726,19 +745,13 @@ class Run:
             },
         }
 
-    def measure(
-        self,
-        e: Expect,
-        per_class: dict[str, Any],
-        decisions: list[dict[str, Any]],
-        finals: dict[str, Any],
-        states: dict[str, str],
-    ) -> dict[str, Any]:
-        if e.of == "baseline":
-            if self.baseline is None:
-                raise LabError("an expectation of the baseline needs a scenario with baseline: POLICY")
-            per_class = self.baseline["classes"]
-            finals, states = self.baseline["final"]["classes"], self.baseline["final"]["uplinks"]
+    def measure(self, e: Expect) -> dict[str, Any]:
+        """One expectation, measured on this run or (`of: baseline`) on the baseline run: its streams, its
+        decisions, drills, alarms, clock and modems, and where its classes and uplinks ended."""
+        run = self if e.of == "policy" else self.base
+        if run is None:
+            raise LabError(f"scenario {self.scenario.name}: an expectation of the baseline, but no baseline run")
+        per_class, decisions, finals, states = run.per_class, run.decisions, run.finals, run.states
         c = per_class.get(e.cls or "", {})
         value: Any
         match e.what:
@@ -766,18 +779,18 @@ class Run:
             case "uplink_state":
                 value = states.get(e.uplink or "")
             case "clock_state":
-                value = self.clock.get("state")
+                value = run.clock.get("state")
             case "falseticker":
-                value = sorted(s["server"] for s in self.clock.get("sources", []) if s.get("state") == "falseticker")
+                value = sorted(s["server"] for s in run.clock.get("sources", []) if s.get("state") == "falseticker")
             case "clock_steps":
-                value = [round(s["delta_s"], 3) for s in self.clock.get("steps", []) if not s["explained"]]
+                value = [round(s["delta_s"], 3) for s in run.clock.get("steps", []) if not s["explained"]]
             case "drill_verdict":  # the last drill of the uplink: pass, fail, aborted, production
-                value = next((d["verdict"] for d in reversed(self.drills) if d["uplink"] == e.uplink), None)
+                value = next((d["verdict"] for d in reversed(run.drills) if d["uplink"] == e.uplink), None)
             case "modem_profile":
-                value = self.profiles.get(e.uplink or "")
+                value = run.profiles.get(e.uplink or "")
             case "warning_lead_s":
                 # How long before the class lost its last route the failed drill of the uplink warned.
-                warned = next((a["mono"] for a in self.alarms if a["cause"]["code"] == "drill-failed"), None)
+                warned = next((a["mono"] for a in run.alarms if a["cause"]["code"] == "drill-failed"), None)
                 lost = next(
                     (
                         d["mono"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from lab.netns import PREFIX, LabError, Topology, delete_namespaces, existing, wait_for
+from lab.netns import PREFIX, LabError, Topology, delete_namespaces, existing
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAB = ROOT / "containerlab" / "failoverd.clab.yml"
@@ -92,25 +92,10 @@ class Lab:
                     )
                     if r.returncode != 0:
                         raise LabError(f"{node}: exec {line!r}: {r.stderr.strip() or r.stdout.strip()}")  # noqa: TRY301
-            wait_for(self._ipv6_settled, 10, what="the lab's IPv6 addresses to finish duplicate detection")
+            self.topo.wait_ipv6_settled()
         except BaseException:
             self.down()
             raise
-
-    def _ipv6_settled(self) -> bool:
-        """No node holds a tentative IPv6 address. The links' link-local addresses go through duplicate
-        detection for a second or two after the veths come up (the global ones are added `nodad`), and
-        until then neighbour discovery cannot run from them: a daemon started at once saw its first IPv6
-        probes lost and judged the /v6 uplinks DOWN, to wait out their hold-down."""
-        return not any(
-            subprocess.run(
-                ["ip", "-n", self.topo.ns(n), "-6", "addr", "show", "tentative"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-            for n in self.spec.nodes
-        )
 
     def down(self) -> list[str]:
         gone = delete_namespaces(self.topo.prefix + "-")

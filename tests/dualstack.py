@@ -33,7 +33,7 @@ DUAL_STACK = (
 
 
 def dual_stack(lab: GatewayLab) -> None:
-    """Add IPv6 to a built lab (before failoverd starts)."""
+    """Add IPv6 to a built lab (before failoverd starts), and wait until no address of it is tentative."""
     t = lab.topo
     for node, ifname, cidr in (
         ("gw", "fiber0", "2001:db8:1::2/64"),
@@ -59,6 +59,10 @@ def dual_stack(lab: GatewayLab) -> None:
         assert single in text, f"netlab.POLICY changed: no {single!r} to make dual-stack"
         text = text.replace(single, dual, 1)
     lab.policy_path.write_text(text)
+    # As `lab up` does: the veths' link-local addresses out of duplicate detection before failoverd
+    # starts (a second or two after build made the links). Here, not in GatewayLab.build, so that the
+    # IPv4-only labs, most of them, do not wait for it.
+    t.wait_ipv6_settled()
 
 
 def serve6(lab: GatewayLab, address: str) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab.mmsim import bus_config
+from lab.mmsim import own_bus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,26 +30,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 def start_bus(where: Path) -> tuple[str, subprocess.Popen[str]]:
     """A dbus-daemon with its own config under `where`: its address and process (the caller stops it)."""
-    conf = where / "bus.conf"
-    conf.write_text(bus_config(where / "bus"))
-    return _bus(conf)
-
-
-def _bus(conf: Path, prefix: list[str] | None = None) -> tuple[str, subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [*(prefix or []), "dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        assert address.startswith("unix:path="), address
-    except BaseException:
-        stop(proc)
-        raise
-    return address, proc
+    return own_bus(where)
 
 
 def launch_mmsim(bus: str, where: Path, config: dict[str, Any]) -> subprocess.Popen[str]:
@@ -137,9 +118,13 @@ def start_system_bus(socket_dir: Path, users: dict[str, Path], rules: list[Path]
     /run/dbus has it). dbus-daemon refuses a connection from a user it cannot look up, and ignores a
     policy for one: `users` (user_database) are its."""
     socket_dir.mkdir(mode=0o755, exist_ok=True)
-    conf = socket_dir.parent / "system-bus.conf"
-    conf.write_text(system_bus_config(socket_dir / "system_bus_socket", rules))
-    return _bus(conf, private_mounts(users))
+    return own_bus(
+        socket_dir,
+        private_mounts(users),
+        socket="system_bus_socket",
+        config=lambda path: system_bus_config(path, rules),
+        conf=socket_dir.parent / "system-bus.conf",  # not beside the socket: that directory is the unit's /run/dbus
+    )
 
 
 POLKITD = "/usr/lib/polkit-1/polkitd"

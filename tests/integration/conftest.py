@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from netlab import GatewayLab
 
+from lab.netns import existing
+from lab.topology import Lab, load
+
 
 @pytest.fixture
 def gwlab(tmp_path: Path) -> Iterator[GatewayLab]:
@@ -19,6 +22,26 @@ def gwlab(tmp_path: Path) -> Iterator[GatewayLab]:
         yield lab
     finally:
         lab.destroy()
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The lab (containerlab/failoverd.clab.yml on namespaces), built once for every test that uses it:
+    test_lab_dualstack.py's and the scenario catalog's take the same topology, and `lab up` costs
+    seconds. What a test changes it undoes: test_lab_dualstack's routes go after each test, and each
+    scenario clears the faults and purges the gateway before it runs and clears its faults after.
+    (A scenario's daemon leaves its routes and rules behind, fail-static; the dualstack tests pass
+    after one all the same.)"""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates fo-* network namespaces")
+    lab = Lab(load())
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.down()
+    # Said here, after the session's last test: taking the lab down leaves none of its namespaces.
+    assert not existing(lab.topo.prefix + "-"), "lab down left namespaces behind"
 
 
 # The tests that bring up the lab (containerlab/failoverd.clab.yml: namespaces fo-failoverd-*, fixed /tmp paths).

@@ -4,7 +4,6 @@ and the internet node's servers answering both families."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from lab.netns import wait_for
-from lab.topology import ROOT, Lab, load
+from lab.topology import ROOT, Lab
 
 PY = sys.executable
 SERVER4, SERVER6 = "198.19.1.10:9000", "[2001:db8:19:1::10]:9000"
@@ -48,18 +47,6 @@ PATHS = {
 def nat64(v4: str) -> str:
     a, b, c, d = (int(x) for x in v4.split("."))
     return f"{NAT64}{a << 8 | b:x}:{c << 8 | d:x}"
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates fo-* network namespaces")
-    lab = Lab(load())
-    lab.up()
-    try:
-        yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +14,9 @@ from failoverd import report as incident
 from failoverd.policy import load_policy
 from lab import scenario as sc
 from lab.netns import existing
-from lab.topology import ROOT, Lab, load
+from lab.topology import ROOT, Lab
 
 NAMES = sorted(sc.catalog())
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates fo-* network namespaces")
-    lab = Lab(load())
-    lab.up()
-    try:
-        yield lab
-    finally:
-        lab.down()
-    # Said here, after the module's last test: taking the lab down leaves none of its namespaces.
-    assert not existing(lab.topo.prefix + "-"), "lab down left namespaces behind"
 
 
 @pytest.mark.scenario
