@@ -26,7 +26,7 @@ from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
 from failoverd.engine.drillstate import DrillPhase
 from failoverd.engine.records import effect_record, note_record, stamped
-from failoverd.engine.state import EngineState, initial_state
+from failoverd.engine.state import EngineState, Override, initial_state
 from failoverd.engine.step import next_deadline, step
 from failoverd.errors import PolicyError
 from failoverd.policy.load import locate, parse_document
@@ -393,7 +393,7 @@ class Simulation:
                     push(until, "flap", payload)
             elif kind == "step":
                 i, s = payload
-                for change in self._step_events(s, links, i, requests):
+                for change in self._step_events(s, links, i, requests, state.overrides):
                     requests += 1
                     state = self._step(state, change, t, links, push)
                 if s.clock is not None and s.wall_shift:
@@ -455,7 +455,9 @@ class Simulation:
         if c.jitter_ms is not None:
             link.jitter = c.jitter_ms / 1000
 
-    def _step_events(self, s: Step, links: dict[str, _Link], index: int, seq: int) -> Iterator[ev.Event]:
+    def _step_events(
+        self, s: Step, links: dict[str, _Link], index: int, seq: int, overrides: tuple[Override, ...]
+    ) -> Iterator[ev.Event]:
         request = f"r{index}"
         if s.uplink is not None and s.command is None:
             link = links[s.uplink]
@@ -483,7 +485,7 @@ class Simulation:
             self._plmn(s.plmn_restored, False, links)
         if s.command is not None:
             _, args = validate(command_request(s))  # checked when the timeline was loaded
-            yield from to_events(self.policy, s.command, args, request)
+            yield from to_events(self.policy, s.command, args, request, overrides=overrides)
         if s.clock is not None:
             self.wall_shift = s.wall_shift  # 0 unless given: a clock judged again is right again
             evidence = (f"wall clock shifted {s.wall_shift:+g}s",) if s.wall_shift else ()

@@ -240,6 +240,22 @@ async def test_releasing_one_override_of_a_dual_stack_command_releases_its_twin(
     assert [o.id for o in g.state.overrides] == ["o6"]
     refused = await dispatch(g, {"cmd": "release", "override": "o4"})
     assert not refused["ok"], refused
+    # A drain of one twin that replaced its half of a dual-stack drain is its own command: released alone.
+    await dispatch(g, {"cmd": "drain", "uplink": "fiber", "reason": "works", "force": True})  # o7, o8
+    await dispatch(g, {"cmd": "drain", "uplink": "fiber/v6", "reason": "works", "for": "4h", "force": True})  # o9
+    assert [o.id for o in g.state.overrides] == ["o6", "o7", "o9"]
+    await dispatch(g, {"cmd": "release", "override": "o9"})
+    assert [o.id for o in g.state.overrides] == ["o6", "o7"]
+
+
+def test_a_timeline_releases_both_twins_as_the_daemon_does() -> None:
+    events = [
+        {"at": 1, "command": "failover", "class": "voice", "to": "lte", "reason": "t", "force": True},
+        {"at": 2, "command": "release", "override": "o1"},
+    ]
+    sim = Simulation(parse_policy_text(POLICY, "t.yaml"), Timeline.model_validate({"duration": 5, "events": events}))
+    sim.run()
+    assert sim.state is not None and sim.state.overrides == ()
 
 
 def test_status_shows_a_dual_stack_uplink_on_one_line() -> None:

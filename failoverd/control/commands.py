@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -107,16 +107,23 @@ def to_event(name: str, args: dict[str, Any], request: str = "") -> OperatorComm
 
 
 def to_events(
-    policy: Policy, name: str, args: dict[str, Any], request: str = "", overrides: Iterable[Override] = ()
+    policy: Policy,
+    name: str,
+    args: dict[str, Any],
+    request: str = "",
+    *,
+    overrides: Iterable[Override] = (),
+    group: str = "",
 ) -> list[OperatorCommand]:
     """The engine events of a command, with names as the policy file gives them: a dual-stack class or
     uplink (policy/compile.py) stands for both its twins. `failover voice --to mobile` puts voice on
     mobile and voice/v6 on mobile/v6; `drain fiber` drains fiber and fiber/v6; a twin's own name
-    (`fiber/v6`) is that twin alone. `release o1`, where o1 is one of the two overrides such a command
-    made, releases both (`overrides`: those in force). Anything else is one event, as to_event makes it."""
+    (`fiber/v6`) is that twin alone. The twins' events carry `group` (else `request`): `release o1`,
+    where o1 is one of the two overrides such a command made, releases both (`overrides`: those in
+    force). Anything else is one event, as to_event makes it."""
     one = to_event(name, args, request)
     if isinstance(one, ev.Release) and one.override is not None:
-        return [replace(one, override=o) for o in twin_overrides(policy, tuple(overrides), one.override)]
+        return [replace(one, override=o) for o in twin_overrides(tuple(overrides), one.override)]
     if isinstance(one, ev.ForceClass):
         classes = policy.class_twins(one.cls)
         if not classes or not policy.uplink_twins(one.uplink):
@@ -127,33 +134,21 @@ def to_events(
             to = policy.twin(one.uplink, family) if family is not None else one.uplink
             if to is None:
                 raise BadRequest(f'uplink "{one.uplink}" carries no IPv{family}: class "{cls}" cannot go there')
-            out.append(replace(one, cls=cls, uplink=to))
+            out.append(replace(one, cls=cls, uplink=to, group=(group or request) if len(classes) > 1 else None))
         return out
     if isinstance(one, ev.DrainUplink):
-        return [replace(one, uplink=u) for u in policy.uplink_twins(one.uplink)] or [one]
+        twins = policy.uplink_twins(one.uplink)
+        return [replace(one, uplink=u, group=(group or request) if len(twins) > 1 else None) for u in twins] or [one]
     return [one]
 
 
-def twin_overrides(policy: Policy, overrides: tuple[Override, ...], oid: str) -> list[str]:
-    """`oid` and the override made with it by the same command for the other family: the same kind,
-    reason and author, on the other twin of the same class and uplink. `oid` alone otherwise (also when it
-    is not in force: the engine says so)."""
+def twin_overrides(overrides: tuple[Override, ...], oid: str) -> list[str]:
+    """`oid` and the overrides made with it by one command (a dual-stack class's or uplink's twins share
+    a `group`); `oid` alone otherwise, also when it is not in force (the engine says so)."""
     mine = next((o for o in overrides if o.id == oid), None)
-    if mine is None:
+    if mine is None or mine.group is None:
         return [oid]
-
-    def file_name(table: Mapping[str, Any], n: str | None) -> str | None:
-        return table[n].file_name if n is not None and n in table else n
-
-    def same(o: Override) -> bool:
-        return (
-            (o.kind, o.reason, o.by, o.profile) == (mine.kind, mine.reason, mine.by, mine.profile)
-            and file_name(policy.classes, o.cls) == file_name(policy.classes, mine.cls)
-            and file_name(policy.uplinks, o.uplink) == file_name(policy.uplinks, mine.uplink)
-            and (o.cls, o.uplink) != (mine.cls, mine.uplink)
-        )
-
-    return [oid, *(o.id for o in overrides if o.id != oid and same(o))]
+    return [oid, *(o.id for o in overrides if o.id != oid and o.group == mine.group)]
 
 
 def _reply(r: fx.CommandReply) -> dict[str, Any]:
@@ -170,7 +165,10 @@ async def _status(g: Gateway, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _to_engine(g: Gateway, args: dict[str, Any], name: str) -> dict[str, Any]:
-    replies = [await g.submit(e) for e in to_events(g.policy, name, args, overrides=g.state.overrides)]
+    # The group of a dual-stack command's twins: unique within this boot, as the overrides it is kept with.
+    group = f"g{time.monotonic_ns()}"
+    events = to_events(g.policy, name, args, overrides=g.state.overrides, group=group)
+    replies = [await g.submit(e) for e in events]
     if len(replies) == 1:
         return _reply(replies[0])
     # Both twins of a dual-stack class or uplink: each is its own override, said one after the other;

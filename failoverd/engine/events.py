@@ -65,6 +65,7 @@ class ForceClass:
     ttl: float | None = None
     force: bool = False  # pin it there even if the uplink is down
     by: str = "operator"
+    group: str | None = None  # the operator command it is one of: a dual-stack class's two twins share one
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class DrainUplink:
     ttl: float | None = None
     force: bool = False  # drain even if a class is left with no uplink
     by: str = "operator"
+    group: str | None = None  # the operator command it is one of: a dual-stack uplink's two twins share one
 
 
 @dataclass(frozen=True, slots=True)

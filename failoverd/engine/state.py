@@ -186,6 +186,7 @@ class Override:
     expires: float
     force: bool = False
     profile: str | None = None  # for profile (a default: overrides.json of earlier versions has none)
+    group: str | None = None  # made by one command with the others of its group (a dual-stack twin's)
 
     def describe(self) -> str:
         what = {

@@ -365,8 +365,9 @@ class _Work:
     ) -> Override:
         self.seq += 1
         profile = ev.profile if isinstance(ev, PinProfile) else None
+        group = None if isinstance(ev, PinProfile) else ev.group
         return Override(
-            f"o{self.seq}", kind, cls, ev.uplink, ev.reason, ev.by, self.now, self.now + ttl, ev.force, profile
+            f"o{self.seq}", kind, cls, ev.uplink, ev.reason, ev.by, self.now, self.now + ttl, ev.force, profile, group
         )
 
     def force_class(self, ev: ForceClass) -> None:
