@@ -483,13 +483,13 @@ def to_request(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Answers:
-    """What came back from a remote command: the replies, and for a fleet command the sites whose retained
-    status said they were online when it was sent (None when that could not be read), and how many
-    sites were offline or stale then (not waited for)."""
+    """What came back from a remote command: the replies; for a fleet command, the sites whose retained
+    status said online when it was sent (None: the statuses could not be read) and how many others had
+    a status (offline, stale, unreadable: not waited for)."""
 
     replies: list[dict[str, Any]]
     expected: frozenset[str] | None = None
-    unexpected: int = 0
+    not_awaited: int = 0
 
     def silent(self, sites: Sequence[str] | None) -> list[str]:
         """The sites that should have answered and did not."""
@@ -500,10 +500,13 @@ class Answers:
 async def remote(args: argparse.Namespace, request: dict[str, Any]) -> Answers:
     """Sign the request, publish it to one site's or the fleet's command topic, collect the replies.
 
-    A fleet command without --sites first reads every site's retained status on the same connection
-    (as `--fleet status` does): the sites online then are the ones it waits for, so it returns as soon
-    as all of them have answered, and names those that did not within --wait; offline and stale sites
-    are counted, not waited for. Without the statuses (the end marker never came) it waits --wait."""
+    A fleet command without --sites also learns which sites to wait for, without delaying the command:
+    it subscribes to the retained statuses and publishes the end marker (as `--fleet status` does,
+    `retained_statuses`), then the command at once. The broker queues for this client the retained
+    statuses, then the marker, then (later still) the replies the command causes; when the marker
+    comes, the sites online by their statuses are the ones waited for, so it returns as soon as the
+    last of them has answered. No marker (a broker whose ACL lacks `fleet/sync/#`): every reply
+    within --wait is taken, as for a fleet command before."""
     from failoverd.control.signing import fleet_dest, load_private_key, sign, site_dest  # noqa: PLC0415
 
     key_file = Path(args.key_file)
@@ -512,36 +515,41 @@ async def remote(args: argparse.Namespace, request: dict[str, Any]) -> Answers:
     rid = uuid.uuid4().hex
     prefix = args.prefix.rstrip("/")
     topic = f"{prefix}/fleet/cmd" if args.fleet else f"{prefix}/{args.site}/cmd"
+    awaited = set(args.sites) if args.fleet and args.sites else {args.site} if not args.fleet else None
+    marker = sync_topic(prefix, rid) if args.fleet and not args.sites else None
+    statuses: dict[str, bytes] = {}
     expected: frozenset[str] | None = None
-    unexpected = 0
+    not_awaited = 0
+    by_site: dict[str, dict[str, Any]] = {}
     async with broker_client(args, rid) as client:
         await client.subscribe(f"{prefix}/+/reply" if args.fleet else f"{prefix}/{args.site}/reply", qos=1)
-        if args.fleet and not args.sites:
-            statuses, complete = await retained_statuses(client, prefix, args.wait)
-            await client.unsubscribe(f"{prefix}/+/status")  # the statuses the command changes are not wanted
-            if complete:
-                now = time.time()
-                views = [fleetview.read_status(s, doc, now, args.stale) for s, doc in statuses.items()]
-                expected = frozenset(v.site for v in views if "online" in v.conditions)
-                unexpected = len(views) - len(expected)
-        awaited = set(args.sites) if args.fleet and args.sites else {args.site} if not args.fleet else expected
+        if marker is not None:
+            await client.subscribe(f"{prefix}/+/status", qos=1)
+            await client.subscribe(marker, qos=1)
+            await client.publish(marker, rid, qos=1)
         # The destination is signed with the command: a copy replayed on another topic is refused there.
-        # Signed only now: reading the statuses may take a while, and `issued` starts the command's max_age.
         dest = fleet_dest(prefix, args.sites) if args.fleet else site_dest(prefix, args.site)
         signed = sign({**request, "id": rid}, name, private, time.time(), dest)
         await client.publish(topic, json.dumps(signed), qos=1)
-        by_site: dict[str, dict[str, Any]] = {}
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(args.wait):
-                if awaited is not None and not awaited:
-                    return Answers([], expected, unexpected)  # no site online: nothing to wait for
                 async for message in client.messages:
-                    reply = take_reply(str(message.topic), message.payload, rid, prefix)
+                    where = str(message.topic)
+                    if marker is not None and expected is None:
+                        if where == marker:
+                            now = time.time()
+                            views = [fleetview.read_status(s, doc, now, args.stale) for s, doc in statuses.items()]
+                            expected = frozenset(v.site for v in views if "online" in v.conditions)
+                            not_awaited, awaited = len(views) - len(expected), set(expected)
+                            await client.unsubscribe(f"{prefix}/+/status")  # what the command changes: not wanted
+                        elif (site := status_site(where, prefix)) is not None and isinstance(message.payload, bytes):
+                            statuses[site] = message.payload
+                    reply = take_reply(where, message.payload, rid, prefix)
                     if reply is not None and reply["site"] not in by_site:
                         by_site[reply["site"]] = reply
-                        if awaited is not None and awaited <= set(by_site):
-                            break
-    return Answers(list(by_site.values()), expected, unexpected)
+                    if awaited is not None and awaited <= set(by_site):
+                        break
+    return Answers(list(by_site.values()), expected, not_awaited)
 
 
 def broker_client(args: argparse.Namespace, rid: str) -> aiomqtt.Client:
@@ -577,6 +585,14 @@ async def collect_statuses(args: argparse.Namespace) -> tuple[dict[str, bytes], 
         return await retained_statuses(client, args.prefix.rstrip("/"), args.wait)
 
 
+def status_site(topic: str, prefix: str) -> str | None:
+    """The site whose status topic this is (`<prefix>/<site>/status`), or None."""
+    if not (topic.startswith(prefix + "/") and topic.endswith("/status")):
+        return None
+    site = topic[len(prefix) + 1 : -len("/status")]
+    return site if site and "/" not in site and site != "fleet" else None
+
+
 async def retained_statuses(client: aiomqtt.Client, prefix: str, wait: float) -> tuple[dict[str, bytes], bool]:
     """Every site's retained status, in one subscription to `<prefix>/+/status`; and whether the burst
     was seen to end.
@@ -601,10 +617,8 @@ async def retained_statuses(client: aiomqtt.Client, prefix: str, wait: float) ->
                 if topic == marker:
                     complete = True
                     break
-                if not topic.endswith("/status"):
-                    continue  # a reply to an earlier command on this connection, or another topic
-                site = topic[len(prefix) + 1 : -len("/status")]
-                if site and "/" not in site and site != "fleet" and isinstance(message.payload, bytes):
+                site = status_site(topic, prefix)
+                if site is not None and isinstance(message.payload, bytes):
                     statuses[site] = message.payload
     await client.unsubscribe(marker)
     return statuses, complete
@@ -747,13 +761,22 @@ def main_remote(args: argparse.Namespace) -> int:
         print(f"failoverctl: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     replies = answers.replies
-    if answers.unexpected:
-        print(f"failoverctl: {answers.unexpected} sites offline or stale when sent: not waited for", file=sys.stderr)
+    if answers.not_awaited:
+        n = answers.not_awaited
+        print(f"failoverctl: {_sites(n)} offline, stale or unreadable when sent: not waited for", file=sys.stderr)
+    if args.fleet and not args.sites and answers.expected is None:
+        marker = sync_topic(args.prefix.rstrip("/"), "#")
+        print(
+            f"failoverctl: the sites' statuses could not be read (does the broker's ACL let you use {marker}?):"
+            f" took every reply within {args.wait:g}s",
+            file=sys.stderr,
+        )
     if not replies:
-        where = "any gateway" if args.fleet else f"site {args.site}"
         if answers.expected is not None and not answers.expected:
-            where = "any gateway (no site was online)"
-        print(f"failoverctl: no reply from {where} within {args.wait:g}s", file=sys.stderr)
+            print("failoverctl: no site was online when sent: no reply awaited", file=sys.stderr)
+        else:
+            where = "any gateway" if args.fleet else f"site {args.site}"
+            print(f"failoverctl: no reply from {where} within {args.wait:g}s", file=sys.stderr)
         return EXIT_UNREACHABLE
     silent = answers.silent(args.sites)
     if args.json:
@@ -767,9 +790,13 @@ def main_remote(args: argparse.Namespace) -> int:
         shown = ", ".join(silent[:SILENT_SHOWN]) + (
             f" and {len(silent) - SILENT_SHOWN} more" if len(silent) > SILENT_SHOWN else ""
         )
-        print(f"failoverctl: no reply from {len(silent)} sites within {args.wait:g}s: {shown}", file=sys.stderr)
+        print(f"failoverctl: no reply from {_sites(len(silent))} within {args.wait:g}s: {shown}", file=sys.stderr)
         return EXIT_UNREACHABLE
     return EXIT_OK if all(r.get("ok") for r in replies) else EXIT_REFUSED
+
+
+def _sites(n: int) -> str:
+    return f"{n} site" + ("" if n == 1 else "s")
 
 
 def main_keygen(args: argparse.Namespace) -> int:
