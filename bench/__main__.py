@@ -79,15 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         from bench import intake  # noqa: PLC0415
 
         return intake.main(rest)
-    ap = argparse.ArgumentParser(prog=f"python -m bench {cmd}")
+    # The fleet's options are bench/fleet.py's own (its parser is also that of `python -m bench.fleet`).
+    parents = [fleet.parser(add_help=False)] if cmd in ("all", "fleet") else []
+    ap = argparse.ArgumentParser(prog=f"python -m bench {cmd}", parents=parents)
     if cmd in ("all", "failover"):
         ap.add_argument("--runs", type=int, default=5, help="runs per peer and fault (default 5)")
         ap.add_argument("--peers", default=",".join(failover.PEERS))
         ap.add_argument("--faults", default=",".join(failover.FAULTS))
-    if cmd in ("all", "fleet"):
-        ap.add_argument("--sizes", default=",".join(map(str, fleet.SIZES)), help="fleet: gateways (100,1000,5000)")
-        ap.add_argument("--topologies", default=",".join(fleet.TOPOLOGIES), help="fleet: single, bridge")
-        ap.add_argument("--rounds", type=int, default=6, help="fleet: commands at each size (default 6)")
     ap.add_argument("--out", type=Path, help="results JSON (default: bench/results/<stamp>.json, latest.*)")
     args = ap.parse_args(rest)
     doc: dict[str, Any] = {"meta": meta(argv)}
@@ -128,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             lab.down()
     if cmd in ("all", "fleet"):  # after the lab is down: the simulated fleet wants every CPU
         sizes = ["--sizes", args.sizes, "--topologies", args.topologies, "--rounds", str(args.rounds)]
-        doc["fleet"] = fleet.in_namespace(sizes)
+        try:
+            doc["fleet"] = fleet.in_namespace(sizes)
+        except RuntimeError as exc:  # the rest of a long `all` run is kept, and the failure shown with it
+            doc["fleet"] = {"error": str(exc)}
     doc["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     text = report.markdown(doc)
     print(text)

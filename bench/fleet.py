@@ -33,19 +33,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
+import queue
 import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from bench.cost import cpu_seconds, memory_mib
+from lab.netns import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "fo-bench-fleet"
@@ -79,26 +85,28 @@ def site_name(i: int) -> str:
     return f"sim-{i:05d}"
 
 
+class WorkerConf(TypedDict):
+    first: int  # its gateways are sim-<first> .. sim-<first + count - 1>
+    count: int
+    port: int  # of the broker they connect to, on the namespace's loopback
+    pki: str
+    state: str  # the directory of their state directories
+
+
+def _dies_with_parent(argv: list[str], sig: str = "KILL") -> list[str]:
+    """`argv`, sent `sig` when the process that started it dies, even by SIGKILL (a test's timeout), so
+    that no broker or gateway outlives the run (util-linux setpriv: no preexec_fn, which threads make unsafe)."""
+    return ["setpriv", f"--pdeathsig={sig}", "--", *argv]
+
+
 # -- a worker: a share of the fleet in one event loop --------------------------------------------------
-def _rss_kib(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid`, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def worker(conf: dict[str, Any]) -> None:
+async def worker(conf: WorkerConf) -> None:
     """Run gateways `first`..`first + count - 1` until stdin closes; on each `report` line, print the
     times their requests arrived since the last report, this process's RSS and CPU seconds."""
     from failoverd.control.engineonly import EngineGateway  # noqa: PLC0415
     from failoverd.control.mqtt import Fleet  # noqa: PLC0415
     from failoverd.engine import events as ev  # noqa: PLC0415
+    from failoverd.engine.state import initial_state  # noqa: PLC0415
     from failoverd.engine.step import step  # noqa: PLC0415
     from failoverd.observe.logging import configure  # noqa: PLC0415
     from failoverd.policy.load import parse_policy_text  # noqa: PLC0415
@@ -115,12 +123,11 @@ async def worker(conf: dict[str, Any]) -> None:
     pki = conf["pki"]
     base = parse_policy_text(POLICY.format(host=HOST, port=conf["port"], pki=pki), "bench-fleet.yaml")
     # Every uplink judged UP before the start, as on a healthy gateway: made once, shared (it is frozen).
-    state, now = None, 0.0
-    from failoverd.engine.state import initial_state  # noqa: PLC0415
-
-    state = initial_state(base, 0.0)
-    while any(u.status != "UP" for u in state.uplinks.values()) and now < 120:
+    state, now = initial_state(base, 0.0), 0.0
+    while any(u.status != "UP" for u in state.uplinks.values()):
         now += 0.5
+        if now > 600:
+            raise RuntimeError(f"the simulated uplinks never came UP: {state.uplinks}")
         batch = tuple(ev.ProbeResult(n, u.probes[0].key, True, 0.01) for n, u in base.uplinks.items())
         state, _ = step(state, ev.ProbeBatch(batch), base, now)
     fleets = []
@@ -128,7 +135,7 @@ async def worker(conf: dict[str, Any]) -> None:
         site = site_name(i)
         mqtt = replace(base.control.mqtt, username=site)
         policy = replace(base, site=site, control=replace(base.control, mqtt=mqtt))
-        gateway = EngineGateway("", policy=policy, state=state)
+        gateway = EngineGateway(policy=policy, state=state)
         fleets.append(BenchFleet(gateway, mqtt, StateDir.create(Path(conf["state"]) / site)))
 
     loop = asyncio.get_running_loop()
@@ -144,7 +151,8 @@ async def worker(conf: dict[str, Any]) -> None:
                     if not line:
                         raise asyncio.CancelledError  # the runner is gone, or says stop: end every session
                     if line.strip() == b"report":
-                        out = {"arrived": list(arrived), "rss_kib": _rss_kib(), "cpu_s": _cpu_s(os.getpid())}
+                        me = os.getpid()
+                        out = {"arrived": list(arrived), "rss_mib": memory_mib(me)["VmRSS"], "cpu_s": cpu_seconds(me)}
                         arrived.clear()
                         print(json.dumps(out), flush=True)
             connected = sum(f.connected for f in fleets)
@@ -161,14 +169,6 @@ async def worker(conf: dict[str, Any]) -> None:
 # -- the runner --------------------------------------------------------------------------------------
 def _sh(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
-def _wait(what: str, ok: Any, timeout: float, every: float = 0.2) -> None:
-    end = time.monotonic() + timeout
-    while not ok():
-        if time.monotonic() > end:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
 
 
 def prepare(sites: int) -> Path:
@@ -207,6 +207,7 @@ class Run:
     brokers: list[Broker] = field(default_factory=list)
     workers: list[subprocess.Popen[str]] = field(default_factory=list)
     connected: list[int] = field(default_factory=list)
+    lines: list[queue.Queue[str | None]] = field(default_factory=list)  # each worker's, by its reader thread
 
     def start_brokers(self) -> None:
         from failoverd.broker import BridgeSpec, BrokerSpec, render_bridge, render_conf  # noqa: PLC0415
@@ -230,14 +231,16 @@ class Run:
             path.write_text(conf)
             log = WORK / f"mosquitto-{name}.log"
             with log.open("wb") as out:
-                proc = subprocess.Popen(["mosquitto", "-c", str(path)], stdout=out, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(
+                    _dies_with_parent(["mosquitto", "-c", str(path)]), stdout=out, stderr=subprocess.STDOUT
+                )
             self.brokers.append(Broker(name, proc, log))
             port = spec.password_port if spec.auth == "both" else spec.port
             # The central broker first: a bridge that finds it closed waits restart_timeout to try again.
-            _wait(f"mosquitto {name}", lambda p=port: f"{HOST}:{p} " in _sh("ss", "-ltnH").stdout, 10)
+            wait_for(functools.partial(_listening, port), 10, what=f"mosquitto {name}")
         if self.topology == "bridge":
             central = WORK / "mosquitto-central.log"
-            _wait("both bridges", lambda: all(f" as br/{n} (" in central.read_text() for n in ("east", "west")), 15)
+            wait_for(lambda: all(f" as br/{n} (" in central.read_text() for n in ("east", "west")), 15, what="bridges")
 
     def start_workers(self) -> None:
         ports = [CENTRAL_PW] if self.topology == "single" else [EAST, WEST]
@@ -248,27 +251,33 @@ class Run:
             first, count = w * share, max(0, min(share, self.sites - w * share))
             if count == 0:
                 continue
-            conf = {
+            conf: WorkerConf = {
                 "first": first,
                 "count": count,
                 "port": ports[w * len(ports) // n_workers],
                 "pki": str(self.pki),
                 "state": str(WORK / "state"),
             }
-            err = (WORK / f"worker-{w}.log").open("w")
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.fleet", "worker", json.dumps(conf)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
-            )  # fmt: skip
-            err.close()
+            with (WORK / f"worker-{w}.log").open("w") as err:
+                proc = subprocess.Popen(
+                    _dies_with_parent([sys.executable, "-m", "bench.fleet", "worker", json.dumps(conf)]),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
+                )  # fmt: skip
             self.workers.append(proc)
             self.connected.append(0)
+            # One reader per worker: a line is never left in a pipe's buffer while the runner waits on
+            # another worker (select() on a buffered pipe sees the kernel's buffer, not Python's).
+            lines: queue.Queue[str | None] = queue.Queue()
+            self.lines.append(lines)
+            threading.Thread(target=_pump, args=(proc, lines), daemon=True).start()
 
-    def _read(self, w: int) -> dict[str, Any]:
-        out = self.workers[w].stdout
-        assert out is not None
-        line = out.readline()
-        if not line:
+    def _read(self, w: int, timeout: float) -> dict[str, Any] | None:
+        """The next message of worker `w`, or None after `timeout` seconds."""
+        try:
+            line = self.lines[w].get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if line is None:
             raise RuntimeError(f"worker {w} ended: see {WORK}/worker-{w}.log")
         msg: dict[str, Any] = json.loads(line)
         if "connected" in msg:
@@ -278,20 +287,12 @@ class Run:
     def wait_connected(self, timeout: float) -> float:
         """Until every gateway has its session; how long that took."""
         start = time.monotonic()
-        import selectors  # noqa: PLC0415
-
-        sel = selectors.DefaultSelector()
-        for w, proc in enumerate(self.workers):
-            assert proc.stdout is not None
-            sel.register(proc.stdout, selectors.EVENT_READ, w)
-        try:
-            while sum(self.connected) < self.sites:
-                if time.monotonic() - start > timeout:
-                    raise RuntimeError(f"{sum(self.connected)} of {self.sites} gateways connected in {timeout:g}s")
-                for key, _ in sel.select(1.0):
-                    self._read(key.data)
-        finally:
-            sel.close()
+        while sum(self.connected) < self.sites:
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"{sum(self.connected)} of {self.sites} gateways connected in {timeout:g}s")
+            for w in range(len(self.workers)):
+                while self._read(w, 0.05) is not None:
+                    pass
         return time.monotonic() - start
 
     def report(self) -> list[dict[str, Any]]:
@@ -302,9 +303,13 @@ class Run:
             proc.stdin.write("report\n")
             proc.stdin.flush()
         for w in range(len(self.workers)):
-            while "arrived" not in (msg := self._read(w)):
-                pass
-            out.append(msg)
+            while True:
+                msg = self._read(w, 120)
+                if msg is None:
+                    raise RuntimeError(f"worker {w} did not report within 120s: see {WORK}/worker-{w}.log")
+                if "arrived" in msg:
+                    out.append(msg)
+                    break
         return out
 
     def close(self) -> None:
@@ -326,6 +331,17 @@ class Run:
             except subprocess.TimeoutExpired:
                 b.proc.kill()
                 b.proc.wait()
+
+
+def _listening(port: int) -> bool:
+    return f"{HOST}:{port} " in _sh("ss", "-ltnH").stdout
+
+
+def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.put(line)
+    lines.put(None)  # the worker ended
 
 
 def _ctl_args(pki: Path) -> list[str]:
@@ -413,9 +429,10 @@ def measure(topology: str, sites: int, rounds: int, pki: Path) -> dict[str, Any]
         run.start_workers()
         connect_s = run.wait_connected(60 + sites / 20)
         # Every retained status visible to the operator before the first command.
-        _wait("every retained status", lambda: fleet_status(pki)["summary"]["online"] >= sites, 60 + sites / 50, 1.0)
+        everyone = lambda: fleet_status(pki)["summary"]["online"] >= sites  # noqa: E731
+        wait_for(everyone, 60 + sites / 50, 1.0, what="every retained status")
         run.report()  # a fresh start for the counters
-        broker_cpu = {b.name: _cpu_s(b.proc.pid) for b in run.brokers}
+        broker_cpu = {b.name: cpu_seconds(b.proc.pid) for b in run.brokers}
         requests: list[dict[str, Any]] = [
             {"cmd": "failover", "class": "dispatch", "to": "mobile", "reason": "bench", "for": "10m"},
             {"cmd": "release", "all": True},
@@ -427,7 +444,8 @@ def measure(topology: str, sites: int, rounds: int, pki: Path) -> dict[str, Any]
         for r in range(rounds):
             start, replies, ok = asyncio.run(command(pki, requests[r % 2], sites))
             got = run.report()
-            arrived = [t - start for w in got for t in w["arrived"]]
+            # A request that arrived after an earlier round gave up on it (REPLY_WAIT) is not this round's.
+            arrived = [t - start for w in got for t in w["arrived"] if t >= start]
             answered = [t - start for t in replies.values()]
             reached_all += arrived
             answered_all += answered
@@ -446,7 +464,7 @@ def measure(topology: str, sites: int, rounds: int, pki: Path) -> dict[str, Any]
             time.sleep(1.0)  # the statuses the command caused settle before the next
         after = run.report()
         cpu_gw = sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before, strict=True))
-        broker_cpu_s = {b.name: _cpu_s(b.proc.pid) - broker_cpu[b.name] for b in run.brokers}
+        broker_cpu_s = {b.name: cpu_seconds(b.proc.pid) - broker_cpu[b.name] for b in run.brokers}
         statuses = [fleet_status(pki) for _ in range(3)]
         ctl = ctl_command(pki)
         return {
@@ -459,10 +477,12 @@ def measure(topology: str, sites: int, rounds: int, pki: Path) -> dict[str, Any]
             "answer_s": _spread(answered_all),
             "answered_all": all(r["answered"] == sites and r["ok"] == sites for r in out_rounds),
             "status": statuses,
+            # Each collection saw every site, and ended with its marker: what bench/README.md promises.
+            "status_complete": all(s["complete"] and s["summary"]["sites"] == sites for s in statuses),
             "failoverctl_command": ctl,
-            "broker_rss_kib": {b.name: _rss_kib(b.proc.pid) for b in run.brokers},
+            "broker_rss_mib": {b.name: memory_mib(b.proc.pid)["VmRSS"] for b in run.brokers},
             "broker_cpu_ms_per_command": {n: 1000 * s / rounds for n, s in broker_cpu_s.items()},
-            "gateway_rss_kib": sum(a["rss_kib"] for a in after) / sites,
+            "gateway_rss_kib": 1024 * sum(a["rss_mib"] for a in after) / sites,
             "gateway_cpu_ms_per_command": 1000 * cpu_gw / sites / rounds,
         }
     finally:
@@ -484,33 +504,43 @@ def run(sizes: list[int], topologies: list[str], rounds: int) -> dict[str, Any]:
     return {"rounds": rounds, "per_worker": PER_WORKER, "runs": results}
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m bench fleet")
+def parser(add_help: bool = True) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench fleet", add_help=add_help)
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="gateways (default 100,1000,5000)")
     ap.add_argument("--topologies", default=",".join(TOPOLOGIES), help="single, bridge (default both)")
     ap.add_argument("--rounds", type=int, default=6, help="fleet commands at each size (default 6)")
     return ap
 
 
+def _end_namespace() -> None:
+    """Every process still in the namespace (ours: nothing else runs there), then the namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", NS], capture_output=True, text=True, check=False).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
+
+
 def in_namespace(argv: list[str]) -> dict[str, Any]:
-    """Run the measurement in `fo-bench-fleet` (made here, removed at the end, also on failure)."""
+    """Run the measurement in `fo-bench-fleet` (made here, removed at the end, also on failure); its
+    files (a throw-away PKI, the gateways' state) are removed after a run that succeeded, kept with the
+    logs after one that failed."""
     if os.geteuid() != 0:
         raise SystemExit("the fleet benchmark needs root (a network namespace of its own); run with sudo")
-    subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
+    _end_namespace()  # a run killed before its clean-up
     _sh("ip", "netns", "add", NS)
     out = WORK.parent / "fo-bench-fleet.json"
     try:
         _sh("ip", "-n", NS, "link", "set", "lo", "up")
-        r = subprocess.run(
-            ["ip", "netns", "exec", NS, sys.executable, "-m", "bench.fleet", "inner", str(out), *argv],
-            cwd=ROOT, check=False,
-        )  # fmt: skip
+        inner = ["ip", "netns", "exec", NS, sys.executable, "-m", "bench.fleet", "inner", str(out), *argv]
+        r = subprocess.run(_dies_with_parent(inner, "TERM"), cwd=ROOT, check=False)
         if r.returncode != 0:
-            raise SystemExit(f"fleet benchmark failed (exit {r.returncode}); logs in {WORK}")
+            raise RuntimeError(f"fleet benchmark failed (exit {r.returncode}); logs in {WORK}")
         doc: dict[str, Any] = json.loads(out.read_text())
+        shutil.rmtree(WORK, ignore_errors=True)
         return doc
     finally:
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
+        _end_namespace()
         out.unlink(missing_ok=True)
 
 
@@ -521,6 +551,8 @@ def main(argv: list[str]) -> int:
             asyncio.run(worker(json.loads(argv[1])))
         return 0
     if argv[:1] == ["inner"]:
+        # SIGTERM (the runner died: _dies_with_parent) ends the run through its clean-up.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         args = parser().parse_args(argv[2:])
         sizes = [int(s) for s in args.sizes.split(",") if s]
         topologies = [t for t in args.topologies.split(",") if t]
@@ -530,7 +562,11 @@ def main(argv: list[str]) -> int:
         Path(argv[1]).write_text(json.dumps(run(sizes, topologies, args.rounds)))
         return 0
     parser().parse_args(argv)  # refused here, before a namespace is made
-    print(json.dumps(in_namespace(argv), indent=1))
+    try:
+        print(json.dumps(in_namespace(argv), indent=1))
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 

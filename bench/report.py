@@ -186,6 +186,8 @@ def _ms(s: float | None) -> str:
 
 
 def fleet_table(f: dict[str, Any]) -> list[str]:
+    if "error" in f:
+        return [f"The fleet benchmark failed: {f['error']}"]
     lines = [
         f"N simulated gateways (failoverd's own MQTT code, the real engine, TLS and passwords) in "
         f"{f['per_worker']:,}-gateway worker processes; {f['rounds']} signed fleet commands at each size "
@@ -199,8 +201,13 @@ def fleet_table(f: dict[str, Any]) -> list[str]:
     ]
     for r in f["runs"]:
         reach, answer = r["reach_s"], r["answer_s"]
-        status = " / ".join(f"{s['s']:.2f}" + ("" if s["complete"] else " incomplete") for s in r["status"])
-        rss = ", ".join(f"{n} {v / 1024:.0f}" for n, v in r["broker_rss_kib"].items())
+        status = " / ".join(
+            f"{s['s']:.2f}" + ("" if s["complete"] and s["summary"]["sites"] == r["sites"] else " INCOMPLETE")
+            for s in r["status"]
+        )
+        # Results from before broker_rss_mib kept the broker's RSS in KiB.
+        mib = r.get("broker_rss_mib") or {n: v / 1024 for n, v in r["broker_rss_kib"].items()}
+        rss = ", ".join(f"{n} {v:.0f}" for n, v in mib.items())
         cpu = ", ".join(f"{n} {v:.0f}" for n, v in r["broker_cpu_ms_per_command"].items())
         c = r.get("failoverctl_command")
         ctl = "–" if c is None else f"{c['s']:.2f}" + ("" if c["ok"] == r["sites"] else f" ({c['ok']} ok)")

@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,7 +118,7 @@ def _dual_stack_lines(uplinks: list[dict[str, Any]], tty: bool) -> list[str]:
     return lines
 
 
-def _width(least: int, values: Any) -> int:
+def _width(least: int, values: Iterable[object]) -> int:
     """A column as wide as its longest value, and at least `least` (a twin's name, `fiber-east/v6`, is long)."""
     return max([least, *(len(str(v)) for v in values)])
 

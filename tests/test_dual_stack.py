@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -258,9 +259,9 @@ def test_a_timeline_releases_both_twins_as_the_daemon_does() -> None:
     assert sim.state is not None and sim.state.overrides == ()
 
 
-def test_status_shows_a_dual_stack_uplink_on_one_line() -> None:
-    g = EngineGateway(POLICY)
-    st = {
+def status_of(g: EngineGateway) -> dict[str, Any]:
+    """What `failoverctl status` gets from a daemon running this gateway's policy and state."""
+    return {
         "site": "s",
         "policy": "t.yaml",
         "pid": 1,
@@ -270,6 +271,11 @@ def test_status_shows_a_dual_stack_uplink_on_one_line() -> None:
         "classes": class_rows(g.policy, g.state),
         "overrides": [],
     }
+
+
+def test_status_shows_a_dual_stack_uplink_on_one_line() -> None:
+    g = EngineGateway(POLICY)
+    st = status_of(g)
     text = render_status(st, tty=False)
     [line] = [ln for ln in text.splitlines() if ln.startswith("fiber ") and "IPv4" in ln]
     assert "IPv6" in line, text
@@ -278,16 +284,7 @@ def test_status_shows_a_dual_stack_uplink_on_one_line() -> None:
 
 def test_status_and_check_columns_hold_long_twin_names() -> None:
     g = EngineGateway(POLICY.replace("fiber", "fiber-eastern").replace("office", "office-eastern"))
-    st = {
-        "site": "s",
-        "policy": "t.yaml",
-        "pid": 1,
-        "uptime_s": 1.0,
-        "clock": {"state": "sane"},
-        "uplinks": uplink_rows(g.policy, g.state, {}),
-        "classes": class_rows(g.policy, g.state),
-        "overrides": [],
-    }
+    st = status_of(g)
     lines = render_status(st, tty=False).splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.startswith("UPLINK"))
     rows = lines[head + 1 : head + 1 + len(st["uplinks"])]

@@ -15,6 +15,7 @@ import pytest
 from failoverd.control.engineonly import EngineGateway
 from failoverd.control.mqtt import Fleet, PathLost
 from failoverd.ctl import broker_client, build_parser
+from failoverd.engine import events as ev
 from failoverd.statedir import StateDir
 
 
@@ -80,11 +81,18 @@ async def test_sessions_turn_nagle_off(tmp_path: Path) -> None:
         "site: north\nuplinks: [{name: a, interface: eth0, next_hop: 198.18.0.1}]\nclasses: [{name: all, path: [a]}]\n"
         f"control: {{mqtt: {{enabled: true, host: 127.0.0.1, port: {port}}}}}\n"
     )
-    gateway = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))._client()
+    fleet = Fleet(d, d.policy.control.mqtt, StateDir(tmp_path))
+    unsteered = fleet._client()  # no uplink usable yet: over the main table
+    assert fleet.via is None
+    d.feed(ev.CarrierChanged("a", True))
+    steered = fleet._client()  # over uplink a: its own socket, marked (_steer_before_connect)
+    assert fleet.via == "a"
     ctl = broker_client(build_parser().parse_args(["--mqtt", f"127.0.0.1:{port}", "--site", "north", "status"]), "x")
     async with server:
-        for client in (gateway, ctl):
+        for client in (unsteered, steered, ctl):
             async with client:
                 sock = client._client.socket()
                 assert isinstance(sock, socket.socket)
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                if client is steered:
+                    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == d.policy.uplinks["a"].fwmark

@@ -18,8 +18,10 @@ from failoverd.policy.model import Policy
 class EngineGateway:
     """Steps the real engine for each command; keeps the records it is given."""
 
-    def __init__(self, text: str, *, policy: Policy | None = None, state: EngineState | None = None) -> None:
+    def __init__(self, text: str = "", *, policy: Policy | None = None, state: EngineState | None = None) -> None:
         """From a policy's text; or, for many at once (the fleet bench), a policy and a state already made."""
+        if (policy is None) == (not text):
+            raise ValueError("give the policy's text or a policy, not both")
         self._policy = policy if policy is not None else parse_policy_text(text, "t.yaml")
         self._state = state if state is not None else initial_state(self._policy, 0.0)
         self.records: list[dict[str, Any]] = []
@@ -62,6 +64,10 @@ class EngineGateway:
 
     async def read_meters(self) -> None:
         pass  # no interfaces here
+
+    def feed(self, event: ev.Event) -> None:
+        """Step the engine with an event the shell would give it (a carrier change, probe results)."""
+        self._state, _ = step(self._state, event, self._policy, time.monotonic())
 
     def alarm(self, event: ev.ServiceAlarm) -> None:
         self._state, effects = step(self._state, event, self._policy, time.monotonic())

@@ -119,7 +119,9 @@ def test_fleet_status_summarises_and_filters_retained_statuses(gwlab: GatewayLab
     assert r.returncode == 3, r.stderr
     assert r.stdout.startswith(f"{SITE}: "), r.stdout
     silent = ", ".join(f"sim-{n:02d}" for n in live[:20])
-    assert f"{len(offline) + len(stale)} sites offline, stale or unreadable when sent: not waited for" in r.stderr, r.stderr
+    assert f"{len(offline) + len(stale)} sites offline, stale or unreadable when sent: not waited for" in r.stderr, (
+        r.stderr
+    )
     assert f"no reply from {len(live)} sites within 3s: {silent} and {len(live) - 20} more" in r.stderr, r.stderr
 
     # The real gateway moved off its primary: on backup. Killed: its last will makes it offline.
