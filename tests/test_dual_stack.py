@@ -353,6 +353,9 @@ def test_the_example_policy_is_dual_stack() -> None:
 # -- the engine over a dual-stack policy: it never mixes the families ------------------------------
 DUAL = parse_policy_text(POLICY, "t.yaml")
 V6_UPLINKS = [n for n, u in DUAL.uplinks.items() if u.family == 6]
+DEVICES: dict[str, list[str]] = {}  # device -> the uplinks on it (a dual-stack one: both twins)
+for _name, _u in DUAL.uplinks.items():
+    DEVICES.setdefault(_u.interface, []).append(_name)
 
 
 def _results(names: list[str]) -> st.SearchStrategy[ev.Event]:
@@ -371,6 +374,12 @@ _any_event = st.one_of(
     _results(list(DUAL.uplinks)),
     _results(list(DUAL.uplinks)),
     st.builds(ev.CarrierChanged, st.sampled_from(list(DUAL.uplinks)), st.booleans()),
+    # A device's carrier for both twins at once, as the link service tells it (services/links.py).
+    st.builds(
+        lambda dev, up: ev.CarrierBatch(tuple(ev.CarrierChanged(n, up) for n in DEVICES[dev])),
+        st.sampled_from(sorted(DEVICES)),
+        st.booleans(),
+    ),
     st.just(ev.Tick()),
 )
 

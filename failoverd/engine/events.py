@@ -45,6 +45,17 @@ class CarrierChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class CarrierBatch:
+    """Carrier changes that are one fact, folded in one step: the twins of a dual-stack uplink
+    (policy/compile.py) ride one device, whose carrier is both families' at the same instant. Stepped
+    one by one, the second family's move would wait for the first one's whole step: its kernel write
+    and the state files it saves (alarms.json, fsynced), milliseconds of the second family's stream
+    sent into a dead link."""
+
+    changes: tuple[CarrierChanged, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StandbyResult:
     """The outcome of a cold-standby activate/deactivate action the runtime ran."""
 
@@ -204,6 +215,7 @@ Event = (
     ProbeResult
     | ProbeBatch
     | CarrierChanged
+    | CarrierBatch
     | StandbyResult
     | ForceClass
     | DrainUplink

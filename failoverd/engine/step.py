@@ -57,6 +57,7 @@ from failoverd.engine.effects import (
 )
 from failoverd.engine.events import (
     AckAlarm,
+    CarrierBatch,
     CarrierChanged,
     ClockChanged,
     ClockState,
@@ -922,6 +923,9 @@ def step(state: EngineState, event: Event, policy: Policy, now: float) -> tuple[
             dr.fold_probes(w, event.results)
         case CarrierChanged():
             w.carrier(event)
+        case CarrierBatch():
+            for change in event.changes:
+                w.carrier(change)
         case StandbyResult():
             w.standby_result(event)
         case ForceClass():

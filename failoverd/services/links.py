@@ -46,15 +46,18 @@ class LinkService:
         return {"carrier": dict(self.carrier)}
 
     def _announce(self, policy: Policy) -> None:
+        changes: list[ev.CarrierChanged] = []
         for name, u in policy.uplinks.items():
             link = self.kernel.links.get(u.interface)
             up = link is not None and link.up and link.carrier
             if self.carrier.get(name) != up:
                 self.carrier[name] = up
-                self.inbox.put_nowait(ev.CarrierChanged(name, up))
+                changes.append(ev.CarrierChanged(name, up))
             if link is None and name not in self.missing:
                 log.warning("missing-interface", uplink=name, interface=u.interface)
             self.missing = (self.missing | {name}) if link is None else (self.missing - {name})
+        if changes:
+            self.inbox.put_nowait(_one_event(changes))
 
     async def _watch(self) -> None:
         async for e in self.kernel.watch():
@@ -62,13 +65,16 @@ class LinkService:
                 # Both twins of a dual-stack uplink (policy/compile.py) ride one device: one carrier.
                 names = [n for n, u in self.view.policy.uplinks.items() if u.interface == e.link.name]
                 up = e.link.up and e.link.carrier and not e.gone
-                for name in names:
-                    if self.carrier.get(name) != up:
-                        self.carrier[name] = up
-                        log.info("carrier", uplink=name, interface=e.link.name, up=up)
-                        await self.inbox.put(ev.CarrierChanged(name, up))
-                        if up:
-                            self.audit_wanted.set()  # the kernel drops routes of a device that went down
+                changes = [ev.CarrierChanged(name, up) for name in names if self.carrier.get(name) != up]
+                for change in changes:
+                    self.carrier[change.uplink] = up
+                    log.info("carrier", uplink=change.uplink, interface=e.link.name, up=up)
+                if changes:
+                    # One event, so one engine step and one kernel write, for both families: as two,
+                    # the IPv6 route waited for the IPv4 step's kernel write and state files.
+                    await self.inbox.put(_one_event(changes))
+                    if up:
+                        self.audit_wanted.set()  # the kernel drops routes of a device that went down
             elif isinstance(e, OwnedChanged):
                 # Ours or someone else's change: a full reconcile tells which, and undoes the latter.
                 self.audit_wanted.set()
@@ -81,3 +87,8 @@ class LinkService:
             await asyncio.sleep(SETTLE)
             self.audit_wanted.clear()
             await self.inbox.put(Audit())
+
+
+def _one_event(changes: list[ev.CarrierChanged]) -> ev.CarrierChanged | ev.CarrierBatch:
+    """Carrier changes known at one instant, for one engine step (a lone change as itself)."""
+    return changes[0] if len(changes) == 1 else ev.CarrierBatch(tuple(changes))
