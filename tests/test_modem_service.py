@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -609,3 +610,10 @@ async def test_a_modem_left_disabled_is_enabled_and_connected_without_a_switch(m
     assert not [e for e in seen if isinstance(e, fx.SwitchProfile)]
     assert len(await bearers_of(mmsim)) == 1
     assert "connected with APN internet.a" in note, note
+
+
+def test_a_daemon_without_a_modem_does_not_load_the_dbus_library() -> None:
+    """dbus_fast is imported when a modem is first met: a daemon without one keeps its memory (RSS target)."""
+    code = "import sys, failoverd.runtime, failoverd.cli; print('dbus_fast' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False", r.stdout

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, ClassVar
-
-from dbus_fast import BusType, Message, MessageType, Variant
-from dbus_fast.aio import MessageBus
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from failoverd.engine import effects as fx
 from failoverd.engine import events as ev
@@ -17,6 +14,10 @@ from failoverd.engine.profiles import iccid_key
 from failoverd.observe.logging import get as get_logger
 from failoverd.policy.model import ModemSpec, Policy, ProfileSpec
 from failoverd.services.base import Applied, EngineView, Inbox, Reconfigured
+
+if TYPE_CHECKING:  # dbus_fast is imported when a modem is first met: ~14 MiB a daemon without one never needs
+    from dbus_fast import Message, Variant
+    from dbus_fast.aio import MessageBus
 
 # Theory of operation. One connection to the system bus (DBUS_SYSTEM_BUS_ADDRESS, else the default
 # system bus) per session. ModemManager lists its modems through the ObjectManager at MM_PATH; the
@@ -122,7 +123,15 @@ def access_name(mask: int) -> str | None:
     return next((name for bit, name in ACCESS if mask & bit), None)
 
 
+def _variant(signature: str, value: Any) -> Variant:
+    from dbus_fast import Variant  # noqa: PLC0415
+
+    return Variant(signature, value)
+
+
 def _unpack(props: dict[str, Variant]) -> dict[str, Any]:
+    from dbus_fast import Variant  # noqa: PLC0415
+
     return {k: v.value if isinstance(v, Variant) else v for k, v in props.items()}
 
 
@@ -220,6 +229,9 @@ class ModemService:
 
     # -- the session --------------------------------------------------------------------------------
     async def _session(self) -> None:
+        from dbus_fast import BusType  # noqa: PLC0415
+        from dbus_fast.aio import MessageBus  # noqa: PLC0415
+
         bus = MessageBus(bus_address=self.bus_address, bus_type=BusType.SYSTEM)
         await asyncio.wait_for(bus.connect(), CALL_TIMEOUT)
         self.bus = bus
@@ -306,6 +318,8 @@ class ModemService:
 
     # -- ModemManager's signals ---------------------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
+        from dbus_fast import MessageType  # noqa: PLC0415
+
         if msg.message_type != MessageType.SIGNAL:
             return
         path = msg.path or ""
@@ -487,7 +501,7 @@ class ModemService:
                 if int(self.modems.get(path, {}).get(MODEM, {}).get("State", 0)) == STATE_DISABLED:
                     await self._call(path, MODEM, "Enable", "b", [True])
                     log.info("modem-enabled", uplink=uplink, modem=path)
-                props = {"apn": Variant("s", apn)}
+                props = {"apn": _variant("s", apn)}
                 (bearer,) = await self._call(path, SIMPLE, "Connect", "a{sv}", [props], timeout=None)
             self.bearers[bearer], self.bearer_apns[bearer] = True, apn
             self.connect_note[uplink] = f"connected with APN {apn} ({bearer})"
@@ -562,7 +576,7 @@ class ModemService:
             self.rejects.pop(e.uplink, None)
         m = self.modems.get(path, {}).get(MODEM, {})
         if not any(self.bearers.get(b, False) for b in m.get("Bearers", [])):
-            apn = {"apn": Variant("s", e.apn)}
+            apn = {"apn": _variant("s", e.apn)}
             (bearer,) = await self._call(path, SIMPLE, "Connect", "a{sv}", [apn], timeout=None)
             self.bearers[bearer] = True
             self._publish()
@@ -607,6 +621,8 @@ class ModemService:
         timeout: float | None = CALL_TIMEOUT,
     ) -> list[Any]:
         """One method call; an error reply raises CallFailed naming it. timeout None: the caller bounds it."""
+        from dbus_fast import Message, MessageType  # noqa: PLC0415
+
         if self.bus is None:
             raise CallFailed("not connected to the system bus")
         msg = Message(
